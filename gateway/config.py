@@ -1,0 +1,265 @@
+"""
+The gateway's one TOML file: schema, loading, and problems reported with their
+key and line, so ``xmpp-gateway check-config`` can list everything wrong at once.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.adapters import UnknownAdapter, load_adapter
+from gateway.options import Option, Problem, non_negative, positive, validate_table
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _domain(value: str) -> str | None:
+    return None if _DOMAIN_RE.match(value) else f"{value!r} is not a valid domain name"
+
+
+def _domains(value: list) -> str | None:
+    for v in value:
+        msg = _domain(v)
+        if msg:
+            return msg
+    return None
+
+
+def _bare_jids(value: list) -> str | None:
+    for v in value:
+        if v.count("@") != 1 or "/" in v or _domain(v.split("@")[1]):
+            return f"{v!r} is not a bare JID (user@domain)"
+    return None
+
+
+def _registry_url(value: str) -> str | None:
+    if value.startswith(("sqlite:", "postgresql://", "postgres://")):
+        return None
+    return "must start with sqlite: (e.g. sqlite:///var/lib/xmpp-gateway/registry.sqlite) or postgresql://"
+
+
+SECTIONS: dict[str, list[Option]] = {
+    "gateway": [
+        Option("allowed_domains", list, item_type=str, check=_domains,
+               doc="JID domains whose users may register and use the components; everyone else "
+                   "is refused (`<forbidden/>` on registration, `<service-unavailable/>` otherwise)."),
+        Option("admins", list, [], item_type=str, check=_bare_jids,
+               doc="Bare JIDs allowed to run the admin ad-hoc commands (list-users, stats, delete-user)."),
+        Option("instance_id", str, "",
+               doc="Names this process in outbox claims; stable across restarts so a restarted "
+                   "process takes back its own claims at once. Default: the host name."),
+    ],
+    "xmpp": [
+        Option("host", str, "127.0.0.1", doc="XMPP server address for the component connections."),
+        Option("port", int, 5347, doc="XMPP server component port (Prosody 5347, ejabberd: the ejabberd_service listener)."),
+        Option("stanza_size_limit", int, 65536, check=positive,
+               doc="Largest stanza, in bytes, accepted from users; larger ones get `<policy-violation/>`."),
+        Option("ping_interval", float, 60.0, check=non_negative,
+               doc="Seconds between XEP-0199 keepalive pings on each component stream; 0 disables."),
+        Option("ping_timeout", float, 20.0, check=positive,
+               doc="A keepalive ping unanswered this long drops the stream, which then reconnects."),
+        Option("reconnect_initial_delay", float, 1.0, check=positive,
+               doc="First reconnect delay in seconds; doubles (with jitter) after each failure."),
+        Option("reconnect_max_delay", float, 60.0, check=positive, doc="Longest delay between reconnects."),
+    ],
+    "registry": [
+        Option("url", str, "sqlite:///var/lib/xmpp-gateway/registry.sqlite", check=_registry_url,
+               doc="`sqlite:///ABSOLUTE/PATH` (one process) or `postgresql://user@host/db` (shared by several)."),
+        Option("secret_key", str, secret=True,
+               doc="Key that encrypts user secrets at rest (a Fernet key from `xmpp-gateway genkey`, "
+                   "or any passphrase, which is hashed into one)."),
+    ],
+    "outbox": [
+        Option("retry_initial", float, 2.0, check=positive, doc="First retry delay (seconds) after a temporary failure."),
+        Option("retry_max", float, 300.0, check=positive, doc="Longest delay between retries."),
+        Option("deadline", float, 3600.0, check=positive,
+               doc="Seconds after which an undelivered message is given up and its sender gets an error."),
+        Option("lease", float, 120.0, check=positive,
+               doc="How long a process owns a message it is sending before another process may take it over."),
+        Option("poll_interval", float, 1.0, check=positive, doc="How often due retries are looked for."),
+    ],
+    "limits": [
+        Option("rate", float, 5.0, check=positive, doc="Messages per second each user may send (token bucket refill rate)."),
+        Option("burst", int, 20, check=positive, doc="Messages a user may send at once before the rate applies."),
+    ],
+    "web": [
+        Option("listen", str, "tcp:8480:interface=127.0.0.1",
+               doc="Twisted endpoint for /healthz, /metrics and adapter webhooks; empty disables."),
+    ],
+    "log": [
+        Option("format", str, "text", choices=("text", "json"), doc="`text` for people, `json` for one JSON object per line."),
+        Option("level", str, "info", choices=("debug", "info", "warn", "error"), doc="Lowest level written."),
+    ],
+}
+
+COMPONENT_OPTIONS: list[Option] = [
+    Option("domain", str, check=_domain, doc="The component's domain, e.g. `sms.example.org`."),
+    Option("secret", str, secret=True, doc="The XEP-0114 shared secret configured on the XMPP server."),
+    Option("adapter", str, doc="Which network: an entry point name in `gateway.adapters` (`echo`, ...)."),
+    Option("name", str, "", doc="Name shown in service discovery; default: the adapter's own."),
+    Option("host", str, "", doc="Overrides `xmpp.host` for this component."),
+    Option("port", int, 0, doc="Overrides `xmpp.port` for this component."),
+    Option("options", dict, {}, doc="The adapter's own keys (see the adapter's section)."),
+]
+
+
+@dataclass
+class ComponentConfig:
+    domain: str
+    secret: str
+    adapter: str
+    adapter_class: type
+    name: str
+    host: str
+    port: int
+    options: dict[str, Any]
+
+
+@dataclass
+class Config:
+    gateway: dict[str, Any]
+    xmpp: dict[str, Any]
+    registry: dict[str, Any]
+    outbox: dict[str, Any]
+    limits: dict[str, Any]
+    web: dict[str, Any]
+    log: dict[str, Any]
+    components: list[ComponentConfig] = field(default_factory=list)
+    path: str = ""
+
+    def secrets(self) -> list[str]:
+        """Every secret value, so log observers can make sure none is ever written."""
+        values = [self.registry["secret_key"]] + [c.secret for c in self.components]
+        for comp in self.components:
+            for opt in getattr(comp.adapter_class, "options", []):
+                if opt.secret and comp.options.get(opt.key):
+                    values.append(comp.options[opt.key])
+        return [v for v in values if v]
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem], filename: str = ""):
+        self.problems = problems
+        self.filename = filename
+        super().__init__("\n".join(p.format(filename) for p in problems))
+
+
+def _locate(lines: list[str], key: str) -> int | None:
+    """
+    Best-effort line of a dotted key (``components[1].options.prefix``): tomllib
+    gives no positions, so we follow table headers through the text ourselves.
+    """
+    parts = re.findall(r"[^.\[\]]+|\[\d+\]", key)
+    target: list[Any] = [int(p[1:-1]) if p.startswith("[") else p for p in parts]
+    header: list[Any] = []
+    counts: dict[tuple, int] = {}
+    best = None
+    for number, raw in enumerate(lines, 1):
+        line = raw.split("#", 1)[0].strip() if not raw.strip().startswith("#") else ""
+        m = re.match(r"^\[\[\s*([^\]]+?)\s*\]\]$", line)
+        if m:
+            names = [n.strip().strip('"') for n in m.group(1).split(".")]
+            counts[tuple(names)] = counts.get(tuple(names), -1) + 1
+            header = names[:-1] + [names[-1], counts[tuple(names)]]
+            if header == target[: len(header)] and best is None and len(header) == len(target):
+                best = number
+            continue
+        m = re.match(r"^\[\s*([^\]]+?)\s*\]$", line)
+        if m:
+            names = [n.strip().strip('"') for n in m.group(1).split(".")]
+            resolved: list[Any] = []
+            for i, n in enumerate(names):
+                resolved.append(n)
+                idx = counts.get(tuple(names[: i + 1]))
+                if idx is not None:
+                    resolved.append(idx)
+            header = resolved
+            if header == target:
+                return number
+            continue
+        m = re.match(r"^([A-Za-z0-9_\-\".]+)\s*=", line)
+        if m:
+            keyparts = [k.strip().strip('"') for k in m.group(1).split(".")]
+            if header + keyparts == target:
+                return number
+    if best:
+        return best
+    if len(target) > 1:
+        return _locate(lines, ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in target[:-1]).replace(".[", "["))
+    return None
+
+
+def parse(text: str, filename: str = "") -> Config:
+    """Validate the whole file; raise ConfigError listing every problem found."""
+    problems: list[Problem] = []
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"line (\d+)", str(e))
+        raise ConfigError([Problem("(syntax)", str(e), int(m.group(1)) if m else None)], filename)
+
+    allowed = set(SECTIONS) | {"components"}
+    for key in data:
+        if key not in allowed:
+            problems.append(Problem(key, "unknown section"))
+    sections = {name: validate_table(data.get(name, {}), opts, name + ".", problems)
+                for name, opts in SECTIONS.items()}
+
+    comps: list[ComponentConfig] = []
+    raw_comps = data.get("components", [])
+    if not isinstance(raw_comps, list) or not raw_comps:
+        problems.append(Problem("components", "at least one [[components]] table is required"))
+        raw_comps = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_comps):
+        prefix = f"components[{i}]."
+        values = validate_table(raw, COMPONENT_OPTIONS, prefix, problems)
+        if "domain" in values:
+            if values["domain"] in seen:
+                problems.append(Problem(prefix + "domain", f"{values['domain']} is configured twice"))
+            seen.add(values["domain"])
+        if "adapter" not in values:
+            continue
+        try:
+            cls = load_adapter(values["adapter"])
+        except UnknownAdapter as e:
+            problems.append(Problem(prefix + "adapter", str(e)))
+            continue
+        opts = validate_table(raw.get("options", {}), list(getattr(cls, "options", [])),
+                              prefix + "options.", problems)
+        if {"domain", "secret"} <= values.keys():
+            comps.append(ComponentConfig(
+                domain=values["domain"], secret=values["secret"], adapter=values["adapter"],
+                adapter_class=cls, name=values["name"] or cls.display_name,
+                host=values["host"], port=values["port"], options=opts))
+
+    if "secret_key" in sections["registry"]:
+        from gateway.registry.crypto import SecretBox, KeyError_
+
+        try:
+            SecretBox(sections["registry"]["secret_key"])
+        except KeyError_ as e:
+            problems.append(Problem("registry.secret_key", str(e)))
+    if not sections["gateway"].get("instance_id"):
+        sections["gateway"]["instance_id"] = socket.gethostname()
+
+    if problems:
+        lines = text.splitlines()
+        for p in problems:
+            if p.line is None:
+                p.line = _locate(lines, p.key)
+        raise ConfigError(problems, filename)
+    return Config(components=comps, path=filename, **sections)
+
+
+def load(path: str) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError([Problem("(file)", f"cannot read config: {e.strerror}")], path)
+    return parse(text, path)

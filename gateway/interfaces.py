@@ -1,0 +1,105 @@
+"""
+The zope.interface contracts between the layers.
+
+``IAdapter`` is what a network package implements; ``IAdapterContext`` is what
+the bridge hands it. ``IRegistry`` is the storage the bridge and the XMPP side
+use; ``IStanzaOutput`` is how the bridge reaches the XMPP side without
+importing it (the XMPP side sits above the bridge).
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IAdapter(Interface):
+    """
+    One foreign network behind one component domain.
+
+    Adapters are constructed as ``Adapter(options, context)`` where ``options``
+    is the validated ``[components.options]`` table and ``context`` provides
+    ``IAdapterContext``. An adapter is also a ``twisted.application.service.IService``:
+    it is started after the registry is open and stopped before it closes.
+    """
+
+    name = Attribute("Entry point name, e.g. 'echo'.")
+    gateway_type = Attribute("XEP-0030 gateway identity type: 'sms', 'smtp', 'irc', ...")
+    display_name = Attribute("Human name of the service, shown in disco and forms.")
+    features = Attribute(
+        "frozenset of what the network carries: 'receipts', 'chatstates', 'subject', "
+        "'thread', 'attachments'."
+    )
+    options = Attribute("list of gateway.options.Option: the adapter's config keys.")
+    registration_fields = Attribute("list of gateway.model.Field for XEP-0077.")
+    settings_fields = Attribute("list of gateway.model.Field a user may change later (XEP-0050).")
+    instructions = Attribute("Registration instructions shown to the user.")
+    address_prompt = Attribute("jabber:iq:gateway prompt: what kind of address to type.")
+    contact_presence = Attribute("'available' to show every contact online, or None.")
+
+    def normalize_address(text):
+        """Canonical foreign address for ``text`` typed by a user; raise AddressError."""
+
+    def validate_registration(jid, values, current):
+        """
+        Check a registration form and return (or fire a Deferred with)
+        ``(foreign_id, settings, secrets)``. ``current`` is the existing
+        Registration when the user changes one. Raise RegistrationError.
+        """
+
+    def validate_settings(registration, values):
+        """Return the new settings dict for a settings change; raise RegistrationError."""
+
+    def send(message, registration):
+        """Hand an OutboundMessage to the network; a Deferred firing with SendResult.
+
+        Fail with TemporaryFailure to be retried, PermanentFailure to give up."""
+
+    def user_registered(registration):
+        """A user registered or changed a registration (may return a Deferred)."""
+
+    def user_unregistered(registration):
+        """A user left: drop any per-user state and connections."""
+
+
+class IAdapterContext(Interface):
+    """What the bridge offers an adapter."""
+
+    component = Attribute("The component domain the adapter serves.")
+    clock = Attribute("IReactorTime to schedule with (the reactor in production).")
+
+    def deliver(message):
+        """Queue an InboundMessage durably; the Deferred fires once it is stored."""
+
+    def report(report):
+        """A DeliveryReport for an earlier message (receipts, late failures)."""
+
+    def registration(jid):
+        """Deferred firing with the Registration of ``jid``, or None."""
+
+    def registration_by_foreign_id(foreign_id):
+        """Deferred firing with the Registration owning ``foreign_id``, or None."""
+
+
+class IStanzaOutput(Interface):
+    """How the bridge reaches the XMPP users of one component."""
+
+    connected = Attribute("True while the component stream is authenticated.")
+
+    def send_message(message):
+        """Send an InboundMessage to its user now."""
+
+    def send_error(message, error):
+        """Tell the sender of an OutboundMessage that it failed (a GatewayError)."""
+
+    def send_receipt(user, resource, contact, xmpp_id):
+        """Send an XEP-0184 receipt for ``xmpp_id`` from ``contact`` to ``user``."""
+
+
+class IRegistry(Interface):
+    """Durable state; every method returns a Deferred. See gateway.registry.sql."""
+
+    def open():
+        """Connect and apply schema migrations."""
+
+    def close():
+        """Release connections."""

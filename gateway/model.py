@@ -1,0 +1,182 @@
+"""
+The neutral model: what the bridge, the XMPP side and the adapters say to each other.
+
+Nothing here knows XML or any foreign protocol. Addresses are plain strings:
+``user`` is always an XMPP bare JID, ``recipient``/``sender`` always a foreign
+address exactly as the adapter spells it (an E.164 number, an email address,
+``#chan%server``). Turning those into JIDs is the XMPP side's job (XEP-0106).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class OutboundMessage:
+    """A message from an XMPP user to a foreign address, as stored in the outbox."""
+
+    component: str
+    user: str
+    recipient: str
+    body: str | None = None
+    subject: str | None = None
+    thread: str | None = None
+    attachments: list[str] = field(default_factory=list)
+    xmpp_id: str | None = None
+    resource: str | None = None
+    receipt_requested: bool = False
+    chat_state: str | None = None
+    #: Stable across retries and restarts: adapters whose network has
+    #: idempotency keys (or Message-IDs) should use it, so a resend after a
+    #: crash is recognisably the same message.
+    id: str = field(default_factory=new_id)
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "OutboundMessage":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class InboundMessage:
+    """A message from a foreign address to an XMPP user."""
+
+    component: str
+    user: str
+    sender: str
+    body: str | None = None
+    subject: str | None = None
+    thread: str | None = None
+    attachments: list[str] = field(default_factory=list)
+    foreign_id: str | None = None
+    #: ``chat`` for one-to-one, ``groupchat`` for rooms, ``normal`` for mail-like.
+    type: str = "chat"
+    #: For group chats: the occupant nickname the message is from.
+    nick: str | None = None
+    #: The foreign network's own timestamp (seconds since the epoch), if older than now.
+    timestamp: float | None = None
+    #: For delivery receipts and chat states: the XMPP id this message refers to.
+    receipt_for: str | None = None
+    chat_state: str | None = None
+    id: str = field(default_factory=new_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "InboundMessage":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class SendResult:
+    """What an adapter says after handing a message to its network."""
+
+    #: The network's id for the message, used to match later delivery reports.
+    foreign_id: str | None = None
+    #: True when the network confirmed delivery to the recipient already.
+    delivered: bool = False
+    #: How many network messages were used (SMS segments, IRC lines).
+    parts: int = 1
+
+
+@dataclass
+class DeliveryReport:
+    """An asynchronous verdict on a message sent earlier (SMS status callbacks, DSNs)."""
+
+    component: str
+    user: str
+    foreign_id: str
+    delivered: bool
+    condition: str | None = None
+    text: str | None = None
+
+
+@dataclass
+class Registration:
+    """One user's registration with one component."""
+
+    component: str
+    jid: str
+    foreign_id: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    #: Decrypted in memory only; stored encrypted with the registry key.
+    secrets: dict[str, str] = field(default_factory=dict)
+    #: Whether the user still accepts our presence (XEP-0100: after an
+    #: unsubscribe the gateway sends nothing more).
+    subscribed: bool = True
+    created_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class Field:
+    """A field an adapter asks for (XEP-0004 field types), at registration or in settings."""
+
+    var: str
+    label: str
+    type: str = "text-single"
+    required: bool = False
+    default: Any = None
+    options: tuple[str, ...] = ()
+    desc: str = ""
+
+    @property
+    def secret(self) -> bool:
+        return self.type == "text-private"
+
+
+class GatewayError(Exception):
+    """An error with an XMPP stanza error condition and human-readable text."""
+
+    condition = "undefined-condition"
+    error_type = "cancel"
+
+    def __init__(self, text: str = "", condition: str | None = None):
+        super().__init__(text)
+        self.text = text
+        if condition:
+            self.condition = condition
+
+
+class TemporaryFailure(GatewayError):
+    """The network may accept the message later: the outbox retries until its deadline."""
+
+    condition = "remote-server-timeout"
+    error_type = "wait"
+
+
+class PermanentFailure(GatewayError):
+    """The network refused the message for good: the sender gets this error at once."""
+
+    condition = "recipient-unavailable"
+
+
+class RegistrationError(GatewayError):
+    condition = "not-acceptable"
+    error_type = "modify"
+
+
+class AddressError(GatewayError):
+    """A foreign address the adapter cannot use."""
+
+    condition = "jid-malformed"
+    error_type = "modify"
+
+
+class PolicyViolation(GatewayError):
+    condition = "policy-violation"
+    error_type = "modify"

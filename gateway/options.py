@@ -1,0 +1,138 @@
+"""
+Declared config keys, shared by the gateway's own sections and every adapter's
+``[components.options]`` table, so ``check-config`` and the configuration
+reference (docs/configuration.md) come from one source.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+REQUIRED = object()
+
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", bool: "boolean", list: "array"}
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    type: type
+    default: Any = REQUIRED
+    doc: str = ""
+    #: Secrets may be given as {env = "NAME"} or {file = "/path"} and are never logged.
+    secret: bool = False
+    choices: tuple = ()
+    #: Extra check: returns an error message or None.
+    check: Callable[[Any], str | None] | None = None
+    #: For arrays: the type of each item.
+    item_type: type | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def type_name(self) -> str:
+        name = _TYPE_NAMES.get(self.type, self.type.__name__)
+        if self.type is list and self.item_type:
+            name = f"array of {_TYPE_NAMES[self.item_type]}s"
+        if self.secret:
+            name += " (secret)"
+        return name
+
+
+@dataclass
+class Problem:
+    key: str
+    message: str
+    line: int | None = None
+
+    def format(self, filename: str = "") -> str:
+        where = f"{filename}:{self.line}: " if self.line else (f"{filename}: " if filename else "")
+        return f"{where}{self.key}: {self.message}"
+
+
+def resolve_secret(value: Any, key: str, problems: list[Problem]) -> str | None:
+    """A secret given inline, as {env = NAME} or as {file = PATH}; the value is never echoed."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and len(value) == 1 and ("env" in value or "file" in value):
+        if "env" in value:
+            name = value["env"]
+            if name not in os.environ:
+                problems.append(Problem(key, f"environment variable {name} is not set"))
+                return None
+            return os.environ[name]
+        path = value["file"]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError as e:
+            problems.append(Problem(key, f"cannot read secret file {path}: {e.strerror}"))
+            return None
+    problems.append(Problem(key, 'must be a string, {env = "NAME"} or {file = "/path"}'))
+    return None
+
+
+def _type_ok(value: Any, typ: type) -> bool:
+    if typ is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, typ)
+
+
+def validate_table(
+    table: Any, options: list[Option], prefix: str, problems: list[Problem]
+) -> dict[str, Any]:
+    """Check one TOML table against its options; fill defaults; collect every problem."""
+    if not isinstance(table, dict):
+        problems.append(Problem(prefix.rstrip("."), "must be a table"))
+        return {}
+    known = {o.key: o for o in options}
+    result: dict[str, Any] = {}
+    for key in table:
+        if key not in known:
+            problems.append(Problem(prefix + key, "unknown key"))
+    for opt in options:
+        full = prefix + opt.key
+        if opt.key not in table:
+            if opt.required:
+                problems.append(Problem(full, "is required"))
+            else:
+                result[opt.key] = list(opt.default) if isinstance(opt.default, list) else opt.default
+            continue
+        value = table[opt.key]
+        if opt.secret:
+            value = resolve_secret(value, full, problems)
+            if value is None:
+                continue
+        if not _type_ok(value, opt.type):
+            problems.append(Problem(full, f"must be a {opt.type_name()}, not {type(value).__name__}"))
+            continue
+        if opt.type is float:
+            value = float(value)
+        if opt.type is list and opt.item_type:
+            bad = [v for v in value if not _type_ok(v, opt.item_type)]
+            if bad:
+                problems.append(Problem(full, f"every item must be a {_TYPE_NAMES[opt.item_type]}"))
+                continue
+        if opt.choices and value not in opt.choices:
+            problems.append(Problem(full, f"must be one of {', '.join(map(repr, opt.choices))}"))
+            continue
+        if opt.check:
+            msg = opt.check(value)
+            if msg:
+                problems.append(Problem(full, msg))
+                continue
+        result[opt.key] = value
+    return result
+
+
+def positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must not be negative"

@@ -1,0 +1,9 @@
+"""
+Durable state: registrations, address and message-id mappings, and the queue
+(outbox towards the networks, inbox towards XMPP). One SQL implementation
+serves SQLite and PostgreSQL; see ``sql.py``.
+"""
+
+from gateway.registry.sql import QueueItem, RegistrationConflict, SQLRegistry, open_registry
+
+__all__ = ["SQLRegistry", "QueueItem", "RegistrationConflict", "open_registry"]

@@ -1,0 +1,54 @@
+"""
+Versioned schema. Each entry is applied once, in order, inside one transaction,
+and ``schema_version`` records how far a database has come. Never edit an
+applied entry: append a new one. The SQL is the common subset of SQLite and
+PostgreSQL.
+"""
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE registrations (
+            component TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            foreign_id TEXT,
+            settings TEXT NOT NULL,
+            secrets TEXT,
+            subscribed BOOLEAN NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (component, jid))""",
+        "CREATE UNIQUE INDEX registrations_foreign ON registrations (component, foreign_id)",
+        """CREATE TABLE address_map (
+            component TEXT NOT NULL,
+            address TEXT NOT NULL,
+            localpart TEXT NOT NULL,
+            PRIMARY KEY (component, address))""",
+        "CREATE UNIQUE INDEX address_map_local ON address_map (component, localpart)",
+        """CREATE TABLE message_ids (
+            component TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            xmpp_id TEXT NOT NULL,
+            foreign_id TEXT NOT NULL,
+            contact TEXT NOT NULL,
+            resource TEXT,
+            receipt BOOLEAN NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (component, jid, xmpp_id))""",
+        "CREATE INDEX message_ids_foreign ON message_ids (component, foreign_id)",
+        """CREATE TABLE queue (
+            id TEXT PRIMARY KEY,
+            component TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            direction TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            next_attempt DOUBLE PRECISION NOT NULL,
+            deadline DOUBLE PRECISION NOT NULL,
+            claimed_by TEXT,
+            claimed_until DOUBLE PRECISION,
+            last_error TEXT,
+            created_at DOUBLE PRECISION NOT NULL)""",
+        "CREATE INDEX queue_due ON queue (component, direction, next_attempt)",
+        "CREATE INDEX queue_user ON queue (component, jid)",
+    ]),
+]

@@ -1,0 +1,98 @@
+"""Starting and stopping a server process, and waiting until it is ready."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from typing import Callable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with status {proc.returncode}")
+        time.sleep(0.02)
+    raise TimeoutError(f"{what}: not ready after {timeout} s")
+
+
+def make_dir(path: str, mode: int = 0o755) -> str:
+    """A directory servers that drop privileges can reach (pytest's tmp dirs are 0700)."""
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, mode)
+    return path
+
+
+class Server:
+    """One foreground server process with a log file."""
+
+    def __init__(self, name: str, argv: list[str], logfile: str, stop_signal: int = signal.SIGTERM,
+                 env: dict | None = None, cwd: str | None = None, **popen):
+        self.name = name
+        self.argv = argv
+        self.logfile = logfile
+        self.stop_signal = stop_signal
+        self.env = env
+        self.cwd = cwd
+        self.popen = popen
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Server":
+        log = open(self.logfile, "ab")
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True, env=self.env, cwd=self.cwd, **self.popen)
+        log.close()
+        return self
+
+    def log(self) -> str:
+        try:
+            with open(self.logfile, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def wait_log(self, text: str, timeout: float = 15.0, fail: str | None = None, since: int = 0) -> None:
+        def ready():
+            content = self.log()[since:]
+            if fail and fail in content:
+                raise RuntimeError(f"{self.name}: {fail!r} in its log:\n{content[-2000:]}")
+            return text in content
+
+        wait_for(ready, timeout, f"{self.name} ({text!r})", self.proc)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.proc.send_signal(self.stop_signal)
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
