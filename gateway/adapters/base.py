@@ -1,0 +1,62 @@
+"""A base class with the defaults most adapters want (see docs/adapters.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import service
+from zope.interface import implementer
+
+from gateway.interfaces import IAdapter
+from gateway.model import AddressError, Field, Registration, RegistrationError
+
+
+@implementer(IAdapter)
+class AdapterBase(service.Service):
+    name = "base"
+    gateway_type = "xmpp"
+    display_name = "Gateway"
+    features: frozenset[str] = frozenset()
+    options: list = []
+    registration_fields: list[Field] = []
+    settings_fields: list[Field] = []
+    instructions = "Fill in the form to register."
+    address_prompt = "Address"
+    contact_presence: str | None = None
+    #: Longest address accepted by normalize_address.
+    max_address_length = 256
+
+    def __init__(self, options: dict[str, Any], context):
+        self.config = options
+        self.context = context
+
+    def normalize_address(self, text: str) -> str:
+        text = (text or "").strip()
+        if not text:
+            raise AddressError("the address is empty")
+        if len(text) > self.max_address_length:
+            raise AddressError(f"the address is longer than {self.max_address_length} characters")
+        if any(ord(c) < 32 for c in text):
+            raise AddressError("the address contains control characters")
+        return text
+
+    def validate_registration(self, jid: str, values: dict[str, Any], current: Registration | None):
+        settings = {f.var: values.get(f.var, f.default) for f in self.registration_fields if not f.secret}
+        secrets = {f.var: values[f.var] for f in self.registration_fields if f.secret and values.get(f.var)}
+        return None, settings, secrets
+
+    def validate_settings(self, registration: Registration, values: dict[str, Any]) -> dict[str, Any]:
+        allowed = {f.var for f in self.settings_fields}
+        unknown = set(values) - allowed
+        if unknown:
+            raise RegistrationError("unknown setting(s): " + ", ".join(sorted(unknown)))
+        return values
+
+    def send(self, message, registration):
+        raise NotImplementedError
+
+    def user_registered(self, registration: Registration) -> None:
+        pass
+
+    def user_unregistered(self, registration: Registration) -> None:
+        pass

@@ -1,0 +1,231 @@
+"""
+One Bridge per component: the adapter's context, the XMPP side's single entry
+point into the network, and the owner of registrations, limits and the outbox.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from gateway import metrics
+from gateway.bridge.outbox import Outbox
+from gateway.bridge.ratelimit import TokenBuckets
+from gateway.interfaces import IAdapterContext
+from gateway.model import (DeliveryReport, Field, GatewayError, InboundMessage, OutboundMessage, PolicyViolation,
+                           Registration, RegistrationError, SendResult)
+from gateway.registry import RegistrationConflict
+
+log = Logger(namespace="gateway.bridge")
+
+
+class _Disconnected:
+    """Stand-in output until the XMPP side attaches: holds everything inbound."""
+
+    connected = False
+
+    def send_message(self, message):
+        raise RuntimeError("no XMPP output attached")
+
+    send_error = send_receipt = send_message
+
+
+def coerce_field(field: Field, value: Any) -> Any:
+    """Form values arrive as strings or lists; give the adapter the field's own type."""
+    if field.type == "boolean":
+        if isinstance(value, bool):
+            return value
+        return str(value).strip().lower() in ("1", "true")
+    if field.type in ("text-multi", "list-multi", "jid-multi"):
+        if isinstance(value, str):
+            return [v for v in value.split("\n")]
+        return list(value or [])
+    if isinstance(value, list):
+        return "\n".join(value)
+    return "" if value is None else str(value)
+
+
+@implementer(IAdapterContext)
+class Bridge(service.MultiService):
+    #: How long a cached registration is trusted when several processes share the registry.
+    CACHE_TTL = 30.0
+
+    def __init__(self, component: str, adapter_class: type, adapter_options: dict, registry, clock,
+                 outbox_settings: dict, limits: dict):
+        super().__init__()
+        self.component = component
+        self.registry = registry
+        self.clock = clock
+        self.output: Any = _Disconnected()
+        self.adapter = adapter_class(adapter_options, self)
+        if isinstance(self.adapter, service.IService):
+            self.adapter.setServiceParent(self)
+        self.limiter = TokenBuckets(limits["rate"], limits["burst"])
+        self.rate_text = (f"rate limit exceeded: at most {limits['rate']:g} messages per second "
+                          f"(bursts of {limits['burst']})")
+        self.outbox = Outbox(registry, component, self.adapter, lambda: self.output, self.registration,
+                             clock, outbox_settings, on_sent=self._sent)
+        self._cache: dict[str, tuple[float, Registration | None]] = {}
+
+    def startService(self):
+        super().startService()
+        self.outbox.start()
+
+    def stopService(self):
+        self.outbox.stop()
+        return super().stopService()
+
+    # -- the XMPP side attaches here ------------------------------------------
+
+    def attach(self, output) -> None:
+        self.output = output
+
+    def stream_up(self) -> defer.Deferred:
+        metrics.STREAM_UP.labels(self.component).set(1)
+        return self.outbox.flush_inbound()
+
+    def stream_down(self) -> None:
+        metrics.STREAM_UP.labels(self.component).set(0)
+
+    # -- IAdapterContext --------------------------------------------------
+
+    def deliver(self, message: InboundMessage) -> defer.Deferred:
+        message.component = self.component
+        return self.outbox.deliver(message)
+
+    @defer.inlineCallbacks
+    def report(self, report: DeliveryReport):
+        found = yield self.registry.message_by_foreign_id(self.component, report.foreign_id)
+        if found is None:
+            log.info("delivery report for unknown message {fid}", fid=report.foreign_id)
+            return
+        jid, xmpp_id, contact, resource, receipt = found
+        if report.delivered:
+            if receipt:
+                self.output.send_receipt(jid, resource, contact, xmpp_id)
+        else:
+            failed = OutboundMessage(component=self.component, user=jid, recipient=contact,
+                                     xmpp_id=xmpp_id, resource=resource)
+            self.output.send_error(failed, GatewayError(report.text or "delivery failed",
+                                                        report.condition or "recipient-unavailable"))
+
+    @defer.inlineCallbacks
+    def registration(self, jid: str):
+        cached = self._cache.get(jid)
+        if cached is not None and (not self.registry.shared or time.monotonic() - cached[0] < self.CACHE_TTL):
+            return cached[1]
+        reg = yield self.registry.get_registration(self.component, jid)
+        self._cache[jid] = (time.monotonic(), reg)
+        if len(self._cache) > 50000:
+            self._cache.clear()
+        return reg
+
+    def registration_by_foreign_id(self, foreign_id: str) -> defer.Deferred:
+        return self.registry.registration_by_foreign_id(self.component, foreign_id)
+
+    # -- registration (XEP-0077, XEP-0050) ------------------------------------
+
+    def _coerce(self, fields: list[Field], values: dict[str, Any]) -> dict[str, Any]:
+        known = {f.var: f for f in fields}
+        return {k: coerce_field(known[k], v) for k, v in values.items() if k in known}
+
+    @defer.inlineCallbacks
+    def register(self, jid: str, values: dict[str, Any]):
+        """Create or change ``jid``'s registration; an empty secret keeps the stored one."""
+        fields = list(self.adapter.registration_fields)
+        values = self._coerce(fields, values)
+        current = yield self.registration(jid)
+        for f in fields:
+            if f.secret and current is not None and not values.get(f.var) and f.var in current.secrets:
+                values[f.var] = current.secrets[f.var]
+        missing = [f.label for f in fields if f.required and values.get(f.var) in (None, "", [])]
+        if missing:
+            raise RegistrationError("missing required field(s): " + ", ".join(missing))
+        foreign_id, settings, secrets = yield defer.maybeDeferred(
+            self.adapter.validate_registration, jid, values, current)
+        reg = Registration(self.component, jid, foreign_id, dict(settings), dict(secrets))
+        if current is not None:
+            reg.settings = {**current.settings, **reg.settings}
+            reg.created_at = current.created_at
+            reg.subscribed = current.subscribed
+        try:
+            yield self.registry.put_registration(reg)
+        except RegistrationConflict:
+            raise RegistrationError(f"{foreign_id} is already registered to another user", "conflict")
+        self._cache.pop(jid, None)
+        yield defer.maybeDeferred(self.adapter.user_registered, reg)
+        log.info("{jid} registered with {component}", jid=jid, component=self.component)
+        return reg, current is None
+
+    @defer.inlineCallbacks
+    def unregister(self, jid: str):
+        reg = yield self.registration(jid)
+        found = yield self.registry.delete_registration(self.component, jid)
+        self._cache.pop(jid, None)
+        if reg is not None:
+            yield defer.maybeDeferred(self.adapter.user_unregistered, reg)
+            log.info("{jid} unregistered from {component}", jid=jid, component=self.component)
+        return found
+
+    @defer.inlineCallbacks
+    def update_settings(self, jid: str, values: dict[str, Any]):
+        reg = yield self.registration(jid)
+        if reg is None:
+            raise RegistrationError("you are not registered", "registration-required")
+        values = self._coerce(list(self.adapter.settings_fields), values)
+        settings = yield defer.maybeDeferred(self.adapter.validate_settings, reg, values)
+        reg.settings = {**reg.settings, **settings}
+        yield self.registry.put_registration(reg)
+        self._cache.pop(jid, None)
+        yield defer.maybeDeferred(self.adapter.user_registered, reg)
+        return reg
+
+    @defer.inlineCallbacks
+    def set_subscribed(self, jid: str, subscribed: bool):
+        yield self.registry.set_subscribed(self.component, jid, subscribed)
+        self._cache.pop(jid, None)
+
+    # -- messages ---------------------------------------------------------
+
+    def submit(self, message: OutboundMessage) -> defer.Deferred:
+        """Accept an outbound message into the outbox (rate limit first)."""
+        if not self.limiter.allow(message.user):
+            return defer.fail(PolicyViolation(self.rate_text))
+        message.component = self.component
+        return self.outbox.submit(message)
+
+    def chat_state(self, message: OutboundMessage) -> defer.Deferred:
+        """Chat states are transient: passed on when the network has them, never queued."""
+        if "chatstates" not in self.adapter.features:
+            return defer.succeed(None)
+        d = self.registration(message.user)
+        d.addCallback(lambda reg: reg and self.adapter.send(message, reg))
+        return d.addErrback(lambda f: log.debug("chat state not passed on: {f}", f=f.getErrorMessage()))
+
+    def normalize_address(self, text: str) -> str:
+        return self.adapter.normalize_address(text)
+
+    def _sent(self, message: OutboundMessage, result: SendResult):
+        if message.xmpp_id and message.receipt_requested and result.delivered:
+            self.output.send_receipt(message.user, message.resource, message.recipient, message.xmpp_id)
+        elif message.xmpp_id and result.foreign_id and not result.delivered:
+            return self.registry.put_message_id(self.component, message.user, message.xmpp_id,
+                                                result.foreign_id, message.recipient, message.resource,
+                                                message.receipt_requested)
+
+    # -- admin ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def stats(self):
+        users = yield self.registry.count_registrations(self.component)
+        depth = yield self.registry.queue_depth(self.component)
+        metrics.REGISTRATIONS.labels(self.component).set(users)
+        metrics.QUEUE_DEPTH.labels(self.component, "out").set(depth["out"])
+        metrics.QUEUE_DEPTH.labels(self.component, "in").set(depth["in"])
+        return {"registered users": users, "outbox": depth["out"], "held inbound": depth["in"],
+                "stream up": bool(self.output.connected)}

@@ -1,0 +1,23 @@
+"""Prometheus metrics, in the process's own registry (served at /metrics)."""
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+STANZAS = Counter("xmpp_gateway_stanzas", "Stanzas through the component streams.",
+                  ["component", "direction", "type"], registry=REGISTRY)
+MESSAGES = Counter("xmpp_gateway_messages", "Messages carried, by direction (out: to the network).",
+                   ["component", "direction"], registry=REGISTRY)
+ERRORS = Counter("xmpp_gateway_errors", "Stanza errors sent to users, by condition.",
+                 ["component", "condition"], registry=REGISTRY)
+REGISTRATIONS = Gauge("xmpp_gateway_registrations", "Registered users.", ["component"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge("xmpp_gateway_queue_depth", "Messages waiting (out: outbox, in: held for XMPP).",
+                    ["component", "direction"], registry=REGISTRY)
+STREAM_UP = Gauge("xmpp_gateway_stream_up", "1 while the component stream is authenticated.",
+                  ["component"], registry=REGISTRY)
+SEND_LATENCY = Histogram("xmpp_gateway_send_latency_seconds",
+                         "From accepting an XMPP message to the network confirming it.", ["component"],
+                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                                  60, 300, 3600), registry=REGISTRY)
+RETRIES = Counter("xmpp_gateway_retries", "Temporary send failures that were retried.", ["component"],
+                  registry=REGISTRY)

@@ -1,0 +1,190 @@
+"""
+Messages between users and foreign contacts: stanzas in, neutral messages to
+the bridge; neutral messages out, stanzas to users. XEP-0184 receipts,
+XEP-0085 chat states, XEP-0066 out-of-band URLs, XEP-0203 delay and
+XEP-0201 threads are carried through when the adapter has them.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from twisted.logger import Logger
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from gateway.interfaces import IStanzaOutput
+from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
+from gateway.xmpp import compat  # noqa: F401
+from gateway.xmpp.escaping import EscapingError, escape, unescape
+from gateway.xmpp.stanzas import error_reply, parse_jid, text_of
+from wokkel.subprotocols import XMPPHandler
+
+log = Logger(namespace="gateway.xmpp.messages")
+
+NS_RECEIPTS = "urn:xmpp:receipts"
+NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+NS_OOB = "jabber:x:oob"
+NS_DELAY = "urn:xmpp:delay"
+NS_CLIENT = "jabber:component:accept"
+CHAT_STATES = frozenset({"active", "composing", "paused", "inactive", "gone"})
+
+
+class MessageHandler(XMPPHandler):
+    def __init__(self, stream, bridge):
+        super().__init__()
+        self.stream = stream
+        self.bridge = bridge
+        self.domain = stream.domain
+
+    def connectionInitialized(self):
+        self.xmlstream.addObserver("/message", self.on_message)
+
+    def on_message(self, stanza: domish.Element) -> None:
+        stype = stanza.getAttribute("type", "normal")
+        if stype == "error":
+            return
+        to = parse_jid(stanza.getAttribute("to"))
+        sender = parse_jid(stanza.getAttribute("from"))
+        if to is None or sender is None:
+            return
+        if not to.user:
+            if text_of(stanza, None, "body") is not None:
+                self.stream.refuse(stanza, "service-unavailable",
+                                   "write to a contact's address, not to the gateway itself")
+            return
+        try:
+            recipient = self.bridge.normalize_address(unescape(to.user))
+        except AddressError as e:
+            self.stream.refuse(stanza, e.condition, e.text, e.error_type)
+            return
+        message = self._parse(stanza, sender, recipient)
+        if message is None:
+            return
+        d = self.bridge.registration(message.user)
+        d.addCallback(self._accept, stanza, message)
+        d.addErrback(self._failed, stanza)
+
+    def _parse(self, stanza: domish.Element, sender, recipient: str) -> OutboundMessage | None:
+        body = subject = thread = chat_state = None
+        attachments: list[str] = []
+        receipt = False
+        for el in stanza.elements():
+            if el.name == "body" and el.uri in (NS_CLIENT, None, ""):
+                body = str(el)
+            elif el.name == "subject" and el.uri in (NS_CLIENT, None, ""):
+                subject = str(el)
+            elif el.name == "thread" and el.uri in (NS_CLIENT, None, ""):
+                thread = str(el)
+            elif el.uri == NS_RECEIPTS and el.name == "request":
+                receipt = True
+            elif el.uri == NS_CHATSTATES and el.name in CHAT_STATES:
+                chat_state = el.name
+            elif el.uri == NS_OOB and el.name == "x":
+                url = text_of(el, NS_OOB, "url")
+                if url:
+                    attachments.append(url.strip())
+        if body is None and subject is None and not attachments and chat_state is None:
+            return None
+        if body is not None and attachments and body.strip() in attachments:
+            body = None  # the URL repeated in the body, as XEP-0066 clients do
+        return OutboundMessage(
+            component=self.domain, user=sender.userhost(), recipient=recipient, body=body, subject=subject,
+            thread=thread, attachments=attachments, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,
+            receipt_requested=receipt and "receipts" in self.bridge.adapter.features, chat_state=chat_state)
+
+    def _accept(self, registration, stanza: domish.Element, message: OutboundMessage):
+        if registration is None:
+            self.stream.refuse(stanza, "registration-required",
+                               f"register with {self.domain} first (XEP-0077)", "auth")
+            return None
+        if message.body is None and message.subject is None and not message.attachments:
+            return self.bridge.chat_state(message)
+        return self.bridge.submit(message)
+
+    def _failed(self, failure, stanza: domish.Element):
+        if failure.check(GatewayError):
+            e = failure.value
+            self.stream.refuse(stanza, e.condition, e.text, e.error_type)
+        else:
+            log.failure("message from {sender} not accepted", failure, sender=stanza.getAttribute("from"))
+            self.stream.refuse(stanza, "internal-server-error", "the gateway could not store the message", "wait")
+
+
+@implementer(IStanzaOutput)
+class StanzaOutput:
+    """How the bridge reaches the users of one component (see IStanzaOutput)."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.domain = stream.domain
+
+    @property
+    def connected(self) -> bool:
+        return self.stream.connected
+
+    def contact_jid(self, address: str, resource: str | None = None) -> str:
+        jid = f"{escape(address)}@{self.domain}"
+        return f"{jid}/{resource}" if resource else jid
+
+    def send_message(self, message: InboundMessage) -> None:
+        try:
+            sender = self.contact_jid(message.sender, message.nick if message.type == "groupchat" else None)
+        except EscapingError as e:
+            log.error("dropping message from unaddressable {sender!r}: {e}", sender=message.sender, e=e)
+            return
+        el = domish.Element((None, "message"))
+        el["from"] = sender
+        el["to"] = message.user
+        el["type"] = message.type
+        el["id"] = message.id
+        body = message.body
+        if message.attachments:
+            urls = "\n".join(message.attachments)
+            body = f"{body}\n{urls}" if body else urls
+        if message.subject is not None:
+            el.addElement("subject", content=message.subject)
+        if body is not None:
+            el.addElement("body", content=body)
+        if message.thread:
+            el.addElement("thread", content=message.thread)
+        for url in message.attachments:
+            x = el.addElement((NS_OOB, "x"))
+            x.addElement("url", content=url)
+        if message.chat_state in CHAT_STATES:
+            el.addElement((NS_CHATSTATES, message.chat_state))
+        elif body is not None and message.type == "chat":
+            el.addElement((NS_CHATSTATES, "active"))
+        if message.receipt_for:
+            el.addElement((NS_RECEIPTS, "received"))["id"] = message.receipt_for
+        if message.timestamp:
+            stamp = datetime.datetime.fromtimestamp(message.timestamp, datetime.timezone.utc)
+            delay = el.addElement((NS_DELAY, "delay"))
+            delay["stamp"] = stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            delay["from"] = self.domain
+        self.stream.send(el)
+
+    def send_error(self, message: OutboundMessage, error: GatewayError) -> None:
+        original = domish.Element((None, "message"))
+        original["from"] = message.user + (f"/{message.resource}" if message.resource else "")
+        try:
+            original["to"] = self.contact_jid(message.recipient)
+        except EscapingError:
+            original["to"] = self.domain
+        if message.xmpp_id:
+            original["id"] = message.xmpp_id
+        reply = error_reply(original, error.condition, error.text or None, error.error_type)
+        if message.body is not None:
+            reply.addElement("body", content=message.body)
+        self.stream._errors(self.domain, error.condition).inc()
+        self.stream.send(reply)
+
+    def send_receipt(self, user: str, resource: str | None, contact: str, xmpp_id: str) -> None:
+        el = domish.Element((None, "message"))
+        el["from"] = self.contact_jid(contact)
+        el["to"] = user + (f"/{resource}" if resource else "")
+        el.addElement((NS_RECEIPTS, "received"))["id"] = xmpp_id
+        self.stream.send(el)
+
+
+__all__ = ["MessageHandler", "StanzaOutput"]

@@ -1,0 +1,95 @@
+"""
+XEP-0077 in-band registration with XEP-0004 forms whose fields the adapter
+declares. Legacy fields are offered only where the adapter's field has a
+standard XEP-0077 name (no new elements in jabber:iq:register), and an empty
+password never blanks a stored one.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.xish import domish
+
+from gateway.model import GatewayError
+from gateway.xmpp import compat  # noqa: F401
+from gateway.xmpp.forms import build_form, submitted_values
+from gateway.xmpp.stanzas import parse_jid
+from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
+
+NS_REGISTER = "jabber:iq:register"
+#: The field names XEP-0077 defines; only these may appear as legacy elements.
+LEGACY_FIELDS = frozenset({"username", "nick", "password", "name", "first", "last", "email", "address", "city",
+                           "state", "zip", "phone", "url", "date", "misc", "text", "key"})
+
+
+def stanza_error(e: GatewayError) -> StanzaError:
+    return StanzaError(e.condition, e.error_type, e.text or None)
+
+
+class RegisterHandler(XMPPHandler, IQHandlerMixin):
+    iqHandlers = {
+        f"/iq[@type='get']/query[@xmlns='{NS_REGISTER}']": "on_get",
+        f"/iq[@type='set']/query[@xmlns='{NS_REGISTER}']": "on_set",
+    }
+
+    def __init__(self, stream, bridge, presence):
+        super().__init__()
+        self.stream = stream
+        self.bridge = bridge
+        self.presence = presence
+        self.adapter = bridge.adapter
+
+    def connectionInitialized(self):
+        self.xmlstream.addObserver(f"/iq[@type='get' or @type='set']/query[@xmlns='{NS_REGISTER}']",
+                                   self.handleRequest)
+
+    @staticmethod
+    def _user(iq) -> str:
+        to = parse_jid(iq.getAttribute("to"))
+        if to is not None and to.user:
+            raise StanzaError("service-unavailable", text="register with the gateway itself, not a contact")
+        return parse_jid(iq["from"]).userhost()
+
+    @defer.inlineCallbacks
+    def on_get(self, iq):
+        reg = yield self.bridge.registration(self._user(iq))
+        fields = list(self.adapter.registration_fields)
+        values = {}
+        if reg is not None:
+            values = {**reg.settings, "username": reg.foreign_id, **{f.var: "" for f in fields if f.secret}}
+        query = domish.Element((NS_REGISTER, "query"))
+        query.addElement("instructions", content=self.adapter.instructions)
+        if reg is not None:
+            query.addElement("registered")
+        for f in fields:
+            if f.var in LEGACY_FIELDS:
+                value = values.get(f.var)
+                query.addElement(f.var, content=None if f.secret or value is None else str(value))
+        form = build_form(fields, values, NS_REGISTER, title=f"Register with {self.stream.domain}",
+                          instructions=self.adapter.instructions)
+        query.addChild(form.toElement())
+        return query
+
+    @defer.inlineCallbacks
+    def on_set(self, iq):
+        user = self._user(iq)
+        query = next(iq.elements(NS_REGISTER, "query"))
+        if any(c.name == "remove" for c in query.elements()):
+            found = yield self.bridge.unregister(user)
+            if not found:
+                raise StanzaError("registration-required", text="you are not registered")
+            self.presence.on_unregistered(user)
+            return None
+        values = submitted_values(query, NS_REGISTER)
+        if values is None:
+            values = {c.name: str(c) for c in query.elements()
+                      if c.name in LEGACY_FIELDS and c.uri == NS_REGISTER}
+            if not values:
+                raise StanzaError("bad-request", text="send a filled-in form or the registration fields")
+        try:
+            reg, new = yield self.bridge.register(user, values)
+        except GatewayError as e:
+            raise stanza_error(e)
+        self.presence.on_registered(user, new)
+        return None
