@@ -1,0 +1,162 @@
+"""The ``xmpp-gateway`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gateway import __version__
+
+
+def _load_or_exit(path: str):
+    from gateway.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as e:
+        print(f"{path}: {len(e.problems)} problem(s):", file=sys.stderr)
+        for p in e.problems:
+            print("  " + p.format(path), file=sys.stderr)
+        sys.exit(1)
+
+
+def cmd_check_config(args) -> int:
+    config = _load_or_exit(args.config)
+    names = ", ".join(f"{c.domain} ({c.adapter})" for c in config.components)
+    print(f"{args.config}: OK: {len(config.components)} component(s): {names}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    config = _load_or_exit(args.config)
+    if args.log_format:
+        config.log["format"] = args.log_format
+    from twisted.internet import reactor
+
+    from gateway.logs import start_logging
+    from gateway.service import GatewayService
+
+    start_logging(config.log["format"], config.log["level"], config.secrets())
+    gateway = GatewayService(config, reactor)
+    reactor.callWhenRunning(gateway.startService)
+    reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
+    reactor.run()
+    return gateway.exit_code
+
+
+def _with_registry(args, work):
+    """Run ``work(registry)`` against the configured registry, outside any running gateway."""
+    config = _load_or_exit(args.config)
+    from twisted.internet import defer, task
+
+    from gateway.registry import SQLRegistry
+
+    result = {}
+
+    @defer.inlineCallbacks
+    def main(reactor):
+        registry = SQLRegistry(config.registry["url"], config.registry["secret_key"],
+                               config.gateway["instance_id"] + "-cli")
+        yield registry.open()
+        try:
+            result["value"] = yield work(registry)
+        finally:
+            registry.close()
+
+    try:
+        task.react(main)
+    except SystemExit as e:
+        if e.code:
+            raise
+    return result.get("value")
+
+
+def cmd_registry(args) -> int:
+    if args.action == "list":
+        regs = _with_registry(args, lambda r: r.list_registrations())
+        for reg in regs:
+            print(f"{reg.component}\t{reg.jid}\t{reg.foreign_id or '-'}")
+        print(f"{len(regs)} registration(s)", file=sys.stderr)
+    elif args.action == "export":
+        rows = _with_registry(args, lambda r: r.export())
+        text = json.dumps({"version": 1, "registrations": rows}, indent=2)
+        if args.file and args.file != "-":
+            with open(args.file, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+        else:
+            print(text)
+    else:
+        if not args.file:
+            print("registry import needs a FILE (or - for standard input)", file=sys.stderr)
+            return 1
+        raw = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+        try:
+            data = json.loads(raw)
+            rows = data["registrations"]
+        except (ValueError, KeyError, TypeError) as e:
+            print(f"{args.file}: not a registry export: {e}", file=sys.stderr)
+            return 1
+        count = _with_registry(args, lambda r: r.import_(rows))
+        print(f"imported {count} registration(s)")
+    return 0
+
+
+def cmd_genkey(args) -> int:
+    from gateway.registry.crypto import SecretBox
+
+    print(SecretBox.generate())
+    return 0
+
+
+def cmd_config_reference(args) -> int:
+    from gateway.docs import config_reference
+
+    sys.stdout.write(config_reference())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(args.dir, args.log_format)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="xmpp-gateway",
+                                     description="Bridge XMPP to SMS, email and IRC as XEP-0114 components.")
+    parser.add_argument("--version", action="version", version=f"xmpp-gateway {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run the gateway")
+    p.add_argument("config")
+    p.add_argument("--log-format", choices=("text", "json"), help="overrides log.format")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("check-config", help="report every problem in a config file")
+    p.add_argument("config")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("registry", help="list, export or import registrations")
+    p.add_argument("action", choices=("list", "export", "import"))
+    p.add_argument("file", nargs="?", help="export: where to write (default stdout); import: what to read")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_registry)
+
+    p = sub.add_parser("genkey", help="print a new key for registry.secret_key")
+    p.set_defaults(func=cmd_genkey)
+
+    p = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
+    p.set_defaults(func=cmd_config_reference)
+
+    p = sub.add_parser("demo", help="start a local Prosody and the gateway with the echo adapter")
+    p.add_argument("--dir", default="demo-run", help="where the demo keeps its files")
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.set_defaults(func=cmd_demo)
+
+    args = parser.parse_args(argv)
+    sys.exit(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    main()

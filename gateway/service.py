@@ -1,0 +1,90 @@
+"""
+The service tree built from the config: registry, one bridge and one
+component stream per configured domain, and the web site.
+
+Start order matters: the registry must be open before a bridge sends or a
+stream hands over stanzas, so the components start once it is. A fatal
+component error (wrong secret, unknown domain) stops the whole process with
+a non-zero status: an operator would rather see it fail than limp.
+"""
+
+from __future__ import annotations
+
+from twisted.application import service, strports
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gateway.bridge import Bridge
+from gateway.config import Config
+from gateway.registry import SQLRegistry
+from gateway.web.site import build_site
+from gateway.xmpp.service import build_component
+
+log = Logger(namespace="gateway.service")
+
+EXIT_FATAL = 2
+
+
+class GatewayService(service.MultiService):
+    def __init__(self, config: Config, reactor=None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.config = config
+        self.exit_code = 0
+        self.registry = SQLRegistry(config.registry["url"], config.registry["secret_key"],
+                                    config.gateway["instance_id"], config.outbox["lease"])
+        self.bridges: list[Bridge] = []
+        self.components = []
+        self._web = None
+        for comp in config.components:
+            bridge = Bridge(comp.domain, comp.adapter_class, comp.options, self.registry, reactor,
+                            config.outbox, config.limits)
+            self.bridges.append(bridge)
+            self.components.append(build_component(comp, config.xmpp, config.gateway, bridge, self.fail, reactor))
+        self.ready = defer.Deferred()
+
+    def startService(self):
+        service.Service.startService(self)
+        d = self.registry.open()
+        d.addCallback(self._start_children)
+        d.addCallbacks(self.ready.callback, self._start_failed)
+
+    def _start_children(self, _):
+        log.info("registry open ({dialect}); starting {n} component(s)", dialect=self.registry.dialect,
+                 n=len(self.components))
+        for bridge in self.bridges:
+            bridge.setServiceParent(self)
+        for stream in self.components:
+            stream.setServiceParent(self)
+        listen = self.config.web["listen"]
+        if listen:
+            self._web = strports.service(listen, build_site(self))
+            self._web.setServiceParent(self)
+            log.info("web: /healthz and /metrics on {listen}", listen=listen)
+
+    def _start_failed(self, failure):
+        log.critical("cannot start: {error}", error=failure.getErrorMessage())
+        self.exit_code = EXIT_FATAL
+        self._stop_reactor()
+
+    def fail(self, error) -> None:
+        """A component met an error no reconnect can fix: stop with a non-zero status."""
+        self.exit_code = EXIT_FATAL
+        self._stop_reactor()
+
+    def _stop_reactor(self) -> None:
+        if self.reactor.running:
+            self.reactor.callLater(0, self.reactor.stop)
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        for stream in self.components:
+            if stream.connected:
+                try:
+                    yield stream.presence.announce("unavailable")
+                except Exception:
+                    log.failure("announcing unavailability failed")
+        yield defer.maybeDeferred(super().stopService)
+        self.registry.close()

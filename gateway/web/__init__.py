@@ -1,0 +1,1 @@
+"""twisted.web: /healthz, /metrics, and the adapters' webhooks."""

@@ -1,0 +1,93 @@
+"""
+The gateway's HTTP side. ``/healthz`` answers 200 only when every component
+stream is authenticated and the registry answers; ``/metrics`` is Prometheus'
+text format; adapters may mount webhooks under ``/hooks/<domain>/``.
+"""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import resource, server
+
+from gateway import metrics
+
+log = Logger(namespace="gateway.web")
+
+
+class _Async(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        d = defer.maybeDeferred(self.respond, request)
+
+        def done(body):
+            if not request.finished and not getattr(request, "_disconnected", False):
+                request.write(body)
+                request.finish()
+
+        def failed(f):
+            log.failure("{path} failed", f, path=request.path)
+            request.setResponseCode(500)
+            done(b"internal error\n")
+
+        d.addCallbacks(done, failed)
+        return server.NOT_DONE_YET
+
+
+class Health(_Async):
+    def __init__(self, gateway):
+        super().__init__()
+        self.gateway = gateway
+
+    @defer.inlineCallbacks
+    def respond(self, request):
+        streams = {c.domain: c.connected for c in self.gateway.components}
+        try:
+            registry_ok = yield self.gateway.registry.ping().addTimeout(3, self.gateway.reactor)
+        except Exception as e:
+            registry_ok = False
+            log.warn("health check: registry did not answer: {e}", e=e)
+        ok = bool(streams) and all(streams.values()) and registry_ok
+        request.setResponseCode(200 if ok else 503)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps({"ok": ok, "components": streams, "registry": registry_ok}).encode() + b"\n"
+
+
+class Metrics(_Async):
+    def __init__(self, gateway):
+        super().__init__()
+        self.gateway = gateway
+
+    @defer.inlineCallbacks
+    def respond(self, request):
+        for bridge in self.gateway.bridges:
+            try:
+                yield bridge.stats()  # refreshes the registration and queue gauges
+            except Exception:
+                log.failure("refreshing metrics for {c}", component=bridge.component)
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(metrics.REGISTRY)
+
+
+def build_site(gateway) -> server.Site:
+    root = resource.Resource()
+    root.putChild(b"healthz", Health(gateway))
+    root.putChild(b"metrics", Metrics(gateway))
+    hooks = resource.Resource()
+    root.putChild(b"hooks", hooks)
+    for bridge in gateway.bridges:
+        getter = getattr(bridge.adapter, "web_resources", None)
+        if getter is None:
+            continue
+        mount = resource.Resource()
+        for name, res in getter().items():
+            mount.putChild(name.encode(), res)
+        hooks.putChild(bridge.component.encode(), mount)
+    site = server.Site(root)
+    site.noisy = False
+    site.displayTracebacks = False
+    return site

@@ -1,0 +1,243 @@
+"""
+XEP-0050 ad-hoc commands on the component domain.
+
+Users: ``settings`` (the adapter's per-user options) and ``unregister``.
+Admins (``gateway.admins``): ``list-users``, ``stats``, ``delete-user``.
+Each command is a small class with a first step (usually a form) and a
+completion step; sessions live in memory and expire.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from twisted.internet import defer
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.protocols.jabber.jid import JID
+from twisted.words.xish import domish
+from zope.interface import implementer
+
+from gateway.model import Field, GatewayError
+from gateway.xmpp import compat  # noqa: F401
+from gateway.xmpp.forms import build_form, result_form, submitted_values
+from gateway.xmpp.register import stanza_error
+from gateway.xmpp.stanzas import parse_jid
+from wokkel import disco
+from wokkel.iwokkel import IDisco
+from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
+
+NS_COMMANDS = "http://jabber.org/protocol/commands"
+SESSION_TTL = 600.0
+
+
+class Done(Exception):
+    """Raised by a command step to complete the command with a note."""
+
+    def __init__(self, note: str, form=None):
+        super().__init__(note)
+        self.note = note
+        self.form = form
+
+
+class Command:
+    node = ""
+    name = ""
+    admin = False
+    needs_registration = False
+
+    def __init__(self, handler):
+        self.handler = handler
+        self.bridge = handler.bridge
+
+    def start(self, user: str):
+        """First step: return a form to fill in, or raise Done."""
+        raise NotImplementedError
+
+    def complete(self, user: str, values: dict):
+        raise NotImplementedError
+
+
+class SettingsCommand(Command):
+    node = "settings"
+    name = "Settings"
+    needs_registration = True
+
+    @defer.inlineCallbacks
+    def start(self, user):
+        reg = yield self.bridge.registration(user)
+        fields = list(self.bridge.adapter.settings_fields)
+        if not fields:
+            raise Done("This gateway has no settings to change.")
+        return build_form(fields, reg.settings, NS_COMMANDS, title=f"Settings on {self.handler.domain}")
+
+    @defer.inlineCallbacks
+    def complete(self, user, values):
+        reg = yield self.bridge.update_settings(user, values)
+        labels = {f.var: f.label for f in self.bridge.adapter.settings_fields}
+        rows = {labels.get(k, k): v for k, v in reg.settings.items() if k in labels}
+        raise Done("Settings saved.", result_form(None, "Settings", rows))
+
+
+class UnregisterCommand(Command):
+    node = "unregister"
+    name = "Unregister"
+    needs_registration = True
+
+    def start(self, user):
+        return build_form([Field("confirm", "Delete my registration and all data stored for me",
+                                 type="boolean", required=True)], {"confirm": False}, NS_COMMANDS,
+                          title="Unregister")
+
+    @defer.inlineCallbacks
+    def complete(self, user, values):
+        if str(values.get("confirm", "")).lower() not in ("1", "true"):
+            raise Done("Nothing changed: you did not confirm.")
+        yield self.bridge.unregister(user)
+        self.handler.presence.on_unregistered(user)
+        raise Done("You are unregistered; everything stored for you is deleted.")
+
+
+class ListUsersCommand(Command):
+    node = "list-users"
+    name = "List registered users"
+    admin = True
+
+    @defer.inlineCallbacks
+    def start(self, user):
+        regs = yield self.bridge.registry.list_registrations(self.handler.domain)
+        rows = {"registered users": [r.jid for r in regs], "count": len(regs)}
+        raise Done(f"{len(regs)} registered user(s).", result_form(None, "Registered users", rows))
+
+
+class StatsCommand(Command):
+    node = "stats"
+    name = "Statistics"
+    admin = True
+
+    @defer.inlineCallbacks
+    def start(self, user):
+        stats = yield self.bridge.stats()
+        raise Done("Statistics for " + self.handler.domain, result_form(None, "Statistics", stats))
+
+
+class DeleteUserCommand(Command):
+    node = "delete-user"
+    name = "Delete a user"
+    admin = True
+
+    def start(self, user):
+        return build_form([Field("jid", "User to delete (bare JID)", type="jid-single", required=True)], {},
+                          NS_COMMANDS, title="Delete a user")
+
+    @defer.inlineCallbacks
+    def complete(self, user, values):
+        target = parse_jid(str(values.get("jid", "")).strip())
+        if target is None or not target.user:
+            raise StanzaError("bad-request", text="give a bare JID such as user@example.org")
+        found = yield self.bridge.unregister(target.userhost())
+        if not found:
+            raise Done(f"{target.userhost()} was not registered.")
+        self.handler.presence.on_unregistered(target.userhost())
+        raise Done(f"{target.userhost()} is deleted.")
+
+
+COMMANDS = [SettingsCommand, UnregisterCommand, ListUsersCommand, StatsCommand, DeleteUserCommand]
+
+
+@implementer(IDisco)
+class CommandsHandler(XMPPHandler, IQHandlerMixin):
+    iqHandlers = {f"/iq[@type='set']/command[@xmlns='{NS_COMMANDS}']": "on_command"}
+
+    def __init__(self, stream, bridge, presence, admins: list[str], clock):
+        super().__init__()
+        self.stream = stream
+        self.domain = stream.domain
+        self.bridge = bridge
+        self.presence = presence
+        self.admins = frozenset(a.lower() for a in admins)
+        self.clock = clock
+        self.commands = {c.node: c(self) for c in COMMANDS}
+        self.sessions: dict[str, tuple[str, str, float]] = {}
+
+    def connectionInitialized(self):
+        self.xmlstream.addObserver(f"/iq[@type='set']/command[@xmlns='{NS_COMMANDS}']", self.handleRequest)
+
+    def _allowed(self, user: str, command: Command) -> bool:
+        return not command.admin or user.lower() in self.admins
+
+    # -- disco ------------------------------------------------------------
+
+    def getDiscoInfo(self, requestor: JID, target: JID, nodeIdentifier: str = ""):
+        command = self.commands.get(nodeIdentifier)
+        if target.user or command is None or not self._allowed(requestor.userhost(), command):
+            return []
+        return [disco.DiscoIdentity("automation", "command-node", command.name),
+                disco.DiscoFeature(NS_COMMANDS), disco.DiscoFeature("jabber:x:data")]
+
+    def getDiscoItems(self, requestor: JID, target: JID, nodeIdentifier: str = ""):
+        if target.user or nodeIdentifier != NS_COMMANDS:
+            return []
+        user = requestor.userhost()
+        return [disco.DiscoItem(JID(self.domain), c.node, c.name)
+                for c in self.commands.values() if self._allowed(user, c)]
+
+    # -- execution --------------------------------------------------------
+
+    def _reply(self, node: str, session: str, status: str, form=None, note: str | None = None,
+               actions: bool = False):
+        el = domish.Element((NS_COMMANDS, "command"))
+        el["node"] = node
+        el["sessionid"] = session
+        el["status"] = status
+        if actions:
+            acts = el.addElement("actions")
+            acts["execute"] = "complete"
+            acts.addElement("complete")
+        if note:
+            n = el.addElement("note", content=note)
+            n["type"] = "info"
+        if form is not None:
+            el.addChild(form.toElement())
+        return el
+
+    @defer.inlineCallbacks
+    def on_command(self, iq):
+        cmd = next(iq.elements(NS_COMMANDS, "command"))
+        node = cmd.getAttribute("node", "")
+        action = cmd.getAttribute("action", "execute")
+        session = cmd.getAttribute("sessionid")
+        user = parse_jid(iq["from"]).userhost()
+        command = self.commands.get(node)
+        if command is None:
+            raise StanzaError("item-not-found", text=f"no command {node!r}")
+        if not self._allowed(user, command):
+            raise StanzaError("forbidden", text="only the gateway's administrators may run this command")
+        if command.needs_registration and (yield self.bridge.registration(user)) is None:
+            raise StanzaError("registration-required", "auth", f"register with {self.domain} first")
+        self._expire()
+        try:
+            if session is None:
+                session = uuid.uuid4().hex
+                form = yield defer.maybeDeferred(command.start, user)
+                self.sessions[session] = (user, node, time.monotonic())
+                return self._reply(node, session, "executing", form, actions=True)
+            known = self.sessions.pop(session, None)
+            if known is None or known[:2] != (user, node):
+                err = StanzaError("bad-request", text="unknown or expired session")
+                raise err
+            if action == "cancel":
+                return self._reply(node, session, "canceled")
+            values = submitted_values(cmd, None) or {}
+            yield defer.maybeDeferred(command.complete, user, values)
+            return self._reply(node, session, "completed", note="Done.")
+        except Done as done:
+            return self._reply(node, session or uuid.uuid4().hex, "completed", done.form, done.note)
+        except GatewayError as e:
+            raise stanza_error(e)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for key, (_, _, started) in list(self.sessions.items()):
+            if now - started > SESSION_TTL:
+                del self.sessions[key]

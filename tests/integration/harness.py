@@ -1,0 +1,259 @@
+"""
+The user's side (slixmpp, a client library written by others, so our stanzas
+are checked by a real peer) and the gateway as a real process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import xml.etree.ElementTree as ET
+
+import slixmpp
+from slixmpp.exceptions import IqError
+from slixmpp.xmlstream import ET as SET  # noqa: F401  (same ElementTree)
+from slixmpp.xmlstream.handler import Callback
+from slixmpp.xmlstream.matcher import MatchXPath
+
+from gateway.registry.crypto import SecretBox
+from gateway.testing.process import free_port, wait_for
+
+NS_CLIENT = "jabber:client"
+TIMEOUT = 10.0
+
+
+def run(coro, timeout: float = 60.0):
+    """Run one async test body with an overall time limit."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def q(name: str, ns: str = NS_CLIENT) -> str:
+    return f"{{{ns}}}{name}"
+
+
+class Client(slixmpp.ClientXMPP):
+    """A user's client: every stanza it receives lands in a queue the test reads."""
+
+    def __init__(self, jid: str, password: str):
+        # Loopback test servers have no TLS: allow SASL over the plain stream.
+        super().__init__(jid, password, plugin_config={"feature_mechanisms": {"unencrypted_plain": True,
+                                                                             "unencrypted_scram": True}})
+        self.enable_direct_tls = False
+        self.enable_starttls = False
+        self.enable_plaintext = True
+        for plugin in ("xep_0030", "xep_0004", "xep_0050", "xep_0199", "xep_0184", "xep_0085"):
+            self.register_plugin(plugin)
+        self.plugin["xep_0184"].auto_ack = False
+        self.plugin["xep_0184"].auto_request = False
+        self.messages: asyncio.Queue = asyncio.Queue()
+        self.presences: asyncio.Queue = asyncio.Queue()
+        self.register_handler(Callback("all messages", MatchXPath(f"{{{NS_CLIENT}}}message"),
+                                       lambda m: self.messages.put_nowait(m.xml)))
+        self.register_handler(Callback("all presences", MatchXPath(f"{{{NS_CLIENT}}}presence"),
+                                       lambda p: self.presences.put_nowait(p.xml)))
+        self._ready = asyncio.get_event_loop().create_future()
+        self.add_event_handler("session_start", self._session_start)
+        self.add_event_handler("failed_auth", lambda *_: self._ready.done() or self._ready.set_exception(
+            RuntimeError("authentication failed")))
+
+    async def _session_start(self, _):
+        self.send_presence()
+        await self.get_roster()
+        if not self._ready.done():
+            self._ready.set_result(True)
+
+    async def start(self, port: int) -> "Client":
+        self.connect("127.0.0.1", port)
+        await asyncio.wait_for(self._ready, TIMEOUT)
+        return self
+
+    async def stop(self) -> None:
+        self.disconnect()
+        try:
+            await asyncio.wait_for(self.disconnected, 5)
+        except (asyncio.TimeoutError, Exception):
+            pass
+
+    # -- waiting ----------------------------------------------------------
+
+    async def next_message(self, predicate=lambda m: True, timeout: float = TIMEOUT):
+        return await self._next(self.messages, predicate, timeout, "message")
+
+    async def next_presence(self, predicate=lambda p: True, timeout: float = TIMEOUT):
+        return await self._next(self.presences, predicate, timeout, "presence")
+
+    async def _next(self, queue, predicate, timeout, what):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no matching {what} within {timeout} s")
+            try:
+                stanza = await asyncio.wait_for(queue.get(), left)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"no matching {what} within {timeout} s")
+            if predicate(stanza):
+                return stanza
+
+    async def quiet(self, queue_name: str = "messages", seconds: float = 1.0, predicate=lambda s: True):
+        """Everything matching that arrives in the next ``seconds``."""
+        queue = getattr(self, queue_name)
+        got = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                stanza = await asyncio.wait_for(queue.get(), left)
+            except asyncio.TimeoutError:
+                break
+            if predicate(stanza):
+                got.append(stanza)
+        return got
+
+    # -- raw IQ -----------------------------------------------------------
+
+    async def iq(self, to: str, itype: str, payload: str) -> ET.Element:
+        """Send an IQ with a raw XML payload; the response element (errors raise IqError)."""
+        iq = self.Iq()
+        iq["type"] = itype
+        iq["to"] = to
+        iq.append(ET.fromstring(payload))
+        response = await iq.send(timeout=TIMEOUT)
+        return response.xml
+
+    async def iq_error(self, to: str, itype: str, payload: str) -> tuple[str, str]:
+        """(condition, text) of the error the IQ must get."""
+        try:
+            await self.iq(to, itype, payload)
+        except IqError as e:
+            return e.iq["error"]["condition"], e.iq["error"]["text"]
+        raise AssertionError("the IQ succeeded but an error was expected")
+
+    def send_chat(self, to: str, body: str | None, *, receipt: bool = False, msg_id: str | None = None,
+                  extra: str = "", mtype: str = "chat") -> str:
+        msg_id = msg_id or f"m{time.monotonic_ns()}"
+        parts = [f"<message xmlns='jabber:client' to='{to}' type='{mtype}' id='{msg_id}'>"]
+        if body is not None:
+            parts.append(f"<body>{_escape(body)}</body>")
+        if receipt:
+            parts.append("<request xmlns='urn:xmpp:receipts'/>")
+        parts.append(extra)
+        parts.append("</message>")
+        self.send_raw("".join(parts))
+        return msg_id
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def body(stanza: ET.Element) -> str | None:
+    el = stanza.find(q("body"))
+    return None if el is None else el.text or ""
+
+
+def error_condition(stanza: ET.Element) -> tuple[str | None, str | None]:
+    """(condition, text) of an error stanza, (None, None) if it is not one."""
+    err = stanza.find(q("error"))
+    if err is None:
+        return None, None
+    ns = "{urn:ietf:params:xml:ns:xmpp-stanzas}"
+    cond = next((c.tag[len(ns):] for c in err if c.tag.startswith(ns) and c.tag != ns + "text"), None)
+    text = err.find(ns + "text")
+    return cond, None if text is None else text.text
+
+
+# -- the gateway as a process -------------------------------------------------
+
+def write_config(path: str, *, components: list[dict], xmpp_port: int, registry_url: str,
+                 allowed_domains=("localhost",), admins=(), outbox: dict | None = None,
+                 limits: dict | None = None, web_port: int | None = None, xmpp: dict | None = None,
+                 log_format: str = "text", key: str | None = None) -> dict:
+    key = key or SecretBox.generate()
+    lines = ["[gateway]", f"allowed_domains = {json.dumps(list(allowed_domains))}",
+             f"admins = {json.dumps(list(admins))}", 'instance_id = "test"', "",
+             "[xmpp]", 'host = "127.0.0.1"', f"port = {xmpp_port}", "reconnect_initial_delay = 0.2",
+             "reconnect_max_delay = 1.0"]
+    for k, v in (xmpp or {}).items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    lines += ["", "[registry]", f'url = "{registry_url}"', f'secret_key = "{key}"', "", "[outbox]"]
+    for k, v in ({"poll_interval": 0.2} | (outbox or {})).items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    lines += ["", "[limits]"]
+    for k, v in ({"rate": 100.0, "burst": 1000} | (limits or {})).items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    lines += ["", "[web]", f'listen = "{f"tcp:{web_port}:interface=127.0.0.1" if web_port else ""}"', "",
+              "[log]", f'format = "{log_format}"', 'level = "debug"', ""]
+    for comp in components:
+        lines += ["[[components]]"]
+        for k in ("domain", "secret", "adapter"):
+            lines.append(f"{k} = {json.dumps(comp[k])}")
+        if comp.get("options"):
+            lines.append("[components.options]")
+            for k, v in comp["options"].items():
+                lines.append(f"{k} = {json.dumps(v)}")
+        lines.append("")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return {"key": key}
+
+
+class GatewayProcess:
+    def __init__(self, config_path: str, logfile: str, extra_args: tuple[str, ...] = ()):
+        self.config_path = config_path
+        self.logfile = logfile
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait_authenticated: int = 1) -> "GatewayProcess":
+        offset = len(self.log())
+        log = open(self.logfile, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", self.config_path,
+                                      *self.extra_args], stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        if wait_authenticated:
+            self.wait_log(": authenticated", count=wait_authenticated, since=offset)
+        return self
+
+    def log(self) -> str:
+        try:
+            with open(self.logfile, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def wait_log(self, text: str, timeout: float = 20.0, count: int = 1, since: int = 0) -> None:
+        wait_for(lambda: self.log()[since:].count(text) >= count, timeout, f"gateway log {text!r}\n"
+                 + self.log()[-3000:], self.proc)
+
+    def stop(self) -> int | None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode if self.proc else None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+__all__ = ["Client", "GatewayProcess", "write_config", "run", "free_port", "body", "error_condition", "http_get",
+           "IqError"]
