@@ -1,0 +1,35 @@
+"""Start a gateway process for one component domain of the session's servers."""
+
+import os
+
+from tests.integration.conftest import COMPONENTS
+from tests.integration.harness import GatewayProcess, free_port, write_config
+
+
+def start_gateway(server, fresh_dir, name: str, *, options=None, outbox=None, limits=None, xmpp=None,
+                  web=False, log_format="text", secret=None, extra_args=(), wait=1, admins=()):
+    domain = f"{name}.localhost"
+    config = os.path.join(fresh_dir, f"{name}.toml")
+    web_port = free_port() if web else None
+    written = write_config(config, components=[{"domain": domain, "secret": secret or COMPONENTS[domain],
+                                                "adapter": "echo", "options": options or {}}],
+                           xmpp_port=server.component_port,
+                           registry_url=f"sqlite:///{fresh_dir}/{name}.sqlite", outbox=outbox, limits=limits,
+                           xmpp=xmpp, web_port=web_port, log_format=log_format, admins=admins)
+    gateway = GatewayProcess(config, os.path.join(fresh_dir, f"{name}.log"), extra_args)
+    gateway.domain = domain
+    gateway.web_port = web_port
+    gateway.key = written["key"]
+    gateway.db = os.path.join(fresh_dir, f"{name}.sqlite")
+    return gateway.start(wait_authenticated=wait)
+
+
+async def registered_client(server, domain, user_prefix, client_cls):
+    """A logged-in client whose user is registered with ``domain`` (subscription done)."""
+    user = server.register(f"{user_prefix}{os.getpid()}", "pw")
+    client = await client_cls(user, "pw").start(server.c2s_port)
+    await client.iq(domain, "set", "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
+                                   "<field var='FORM_TYPE'><value>jabber:iq:register</value></field>"
+                                   f"<field var='username'><value>{user_prefix}</value></field></x></query>")
+    await client.next_presence(lambda p: p.get("from") == domain and p.get("type") is None)
+    return client
