@@ -234,8 +234,8 @@ def parse(text: str, filename: str = "") -> Config:
         if {"domain", "secret"} <= values.keys():
             comps.append(ComponentConfig(
                 domain=values["domain"], secret=values["secret"], adapter=values["adapter"],
-                adapter_class=cls, name=values["name"] or cls.display_name,
-                host=values["host"], port=values["port"], options=opts))
+                adapter_class=cls, name=values.get("name") or cls.display_name,
+                host=values.get("host", ""), port=values.get("port", 0), options=opts))
 
     if "secret_key" in sections["registry"]:
         from gateway.registry.crypto import SecretBox, KeyError_

@@ -38,7 +38,7 @@ class FatalStreamError(Exception):
         self.condition = condition
         self.text = text
         explain = {
-            "not-authorized": "the server refused the component secret",
+            "not-authorized": "the server refused the component secret (or serves no component of this name)",
             "host-unknown": "the server has no component configured for this domain",
             "conflict": "another connection already serves this domain",
         }.get(condition, "the server ended the stream")

@@ -1,0 +1,91 @@
+"""Metrics, health, JSON logs with no secret in them, and the twistd plugin."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+from gateway.testing.process import wait_for
+from tests.integration.conftest import COMPONENTS
+from tests.integration.gateway_fixture import registered_client, start_gateway
+from tests.integration.harness import Client, body, free_port, http_get, run, write_config
+
+
+def metric(text: str, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        m = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            return float(m.group(2))
+    raise AssertionError(f"no {name}{{{want}}} in metrics")
+
+
+def test_metrics_health_and_json_logs_without_secrets(prosody, fresh_dir):
+    gateway = start_gateway(prosody, fresh_dir, "web", web=True, log_format="json",
+                            options={"rejecting": ["wall"]})
+    base = f"http://127.0.0.1:{gateway.web_port}"
+
+    async def scenario():
+        client = await registered_client(prosody, gateway.domain, "mia", Client)
+        try:
+            await client.iq(gateway.domain, "set",
+                            "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
+                            "<field var='username'><value>mia</value></field>"
+                            "<field var='password'><value>users-own-password</value></field></x></query>")
+            client.send_chat(f"echo@{gateway.domain}", "measure me")
+            await client.next_message(lambda m: body(m) == "measure me")
+            client.send_chat(f"wall@{gateway.domain}", "refused")
+            await client.next_message(lambda m: m.get("type") == "error")
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario())
+        status, health = http_get(base + "/healthz")
+        assert status == 200 and json.loads(health) == {"ok": True, "components": {"web.localhost": True},
+                                                        "registry": True}
+        status, text = http_get(base + "/metrics")
+        assert status == 200
+        c = {"component": "web.localhost"}
+        assert metric(text, "xmpp_gateway_stanzas_total", direction="in", type="message", **c) >= 2
+        assert metric(text, "xmpp_gateway_stanzas_total", direction="out", type="presence", **c) >= 1
+        assert metric(text, "xmpp_gateway_messages_total", direction="out", **c) == 1
+        assert metric(text, "xmpp_gateway_messages_total", direction="in", **c) == 1
+        assert metric(text, "xmpp_gateway_registrations", **c) == 1
+        assert metric(text, "xmpp_gateway_queue_depth", direction="out", **c) == 0
+        assert metric(text, "xmpp_gateway_send_latency_seconds_count", **c) == 1
+        assert metric(text, "xmpp_gateway_errors_total", condition="not-acceptable", **c) == 1
+        assert metric(text, "xmpp_gateway_stream_up", **c) == 1
+    finally:
+        gateway.stop()
+
+    log = gateway.log()
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert len(lines) > 5
+    events = [json.loads(line) for line in lines]            # every line is one JSON object
+    assert any(e.get("log_namespace") == "gateway.xmpp.component" for e in events)
+    for secret in (COMPONENTS["web.localhost"], gateway.key, "users-own-password"):
+        assert secret not in log
+
+
+def test_twistd_plugin_runs_the_gateway(prosody, fresh_dir):
+    config = os.path.join(fresh_dir, "twistd.toml")
+    web_port = free_port()
+    write_config(config, components=[{"domain": "twistd.localhost", "secret": COMPONENTS["twistd.localhost"],
+                                      "adapter": "echo"}], xmpp_port=prosody.component_port,
+                 registry_url=f"sqlite:///{fresh_dir}/twistd.sqlite", web_port=web_port)
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    log = os.path.join(fresh_dir, "twistd.log")
+    proc = subprocess.Popen([twistd, "-n", "--pidfile=", "--logfile", log, "xmpp-gateway", "--config", config],
+                            cwd=fresh_dir, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: http_get(f"http://127.0.0.1:{web_port}/healthz")[0] == 200
+                 if os.path.exists(log) and "authenticated" in open(log).read() else False, 20, "twistd gateway",
+                 proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    assert "twistd.localhost: authenticated" in open(log).read()
