@@ -113,8 +113,12 @@ class Ejabberd:
         self.server = Server("ejabberd", argv, os.path.join(self.dir, "stdout.log"), env=self._env(),
                              cwd=os.path.join(self.dir, "db"))
         self.server.start()
-        wait_for(lambda: port_open(self.c2s_port) and port_open(self.component_port), 60, "ejabberd",
-                 self.server.proc)
+        try:
+            wait_for(lambda: port_open(self.c2s_port) and port_open(self.component_port), 60, "ejabberd",
+                     self.server.proc)
+        except Exception:
+            self.server.stop(timeout=15)
+            raise
         return self
 
     def stop(self) -> None:

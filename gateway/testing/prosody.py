@@ -44,12 +44,13 @@ def prosody_binary() -> str:
 
 class Prosody:
     def __init__(self, workdir: str, components: dict[str, str], host: str = "localhost",
-                 extra_hosts: tuple[str, ...] = (), level: str = "info", snippet_path: str | None = None):
+                 extra_hosts: tuple[str, ...] = (), level: str = "info", snippet_path: str | None = None,
+                 c2s_port: int | None = None):
         self.dir = make_dir(workdir)
         self.host = host
         self.extra_hosts = extra_hosts
         self.components = components
-        self.c2s_port = free_port()
+        self.c2s_port = c2s_port or free_port()
         self.component_port = free_port()
         self.level = level
         self.snippet_path = snippet_path
@@ -83,10 +84,13 @@ class Prosody:
                              os.path.join(self.dir, "prosody.log"))
         since = len(self.server.log())
         self.server.start()
-        self.server.wait_log(f"Activated service 'component' on [127.0.0.1]:{self.component_port}",
-                             fail="Failed to open server port", since=since)
-        self.server.wait_log(f"Activated service 'c2s' on [127.0.0.1]:{self.c2s_port}",
-                             fail="Failed to open server port", since=since)
+        try:
+            for service, port in (("component", self.component_port), ("c2s", self.c2s_port)):
+                self.server.wait_log(f"Activated service '{service}' on [127.0.0.1]:{port}",
+                                     fail="Failed to open server port", since=since)
+        except Exception:
+            self.server.stop()
+            raise
         return self
 
     def stop(self) -> None:

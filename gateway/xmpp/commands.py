@@ -224,8 +224,8 @@ class CommandsHandler(XMPPHandler, IQHandlerMixin):
                 return self._reply(node, session, "executing", form, actions=True)
             known = self.sessions.pop(session, None)
             if known is None or known[:2] != (user, node):
-                err = StanzaError("bad-request", text="unknown or expired session")
-                raise err
+                raise StanzaError("bad-request", text="unknown or expired session",
+                                  appCondition=domish.Element((NS_COMMANDS, "bad-sessionid")))
             if action == "cancel":
                 return self._reply(node, session, "canceled")
             values = submitted_values(cmd, None) or {}

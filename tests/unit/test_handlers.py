@@ -265,6 +265,7 @@ def test_user_commands(wire):
     assert reg.settings["prefix"] == "> " and reg.settings["echo_chat_states"] is False
     stale = yield wire.iq("set", command("settings", cmd["sessionid"], "complete", form), iq_id="s3")
     assert error_of(stale)[0] == "bad-request"
+    assert find(stale, "error", "bad-sessionid") is not None
 
     start = yield wire.iq("set", command("unregister"), iq_id="u1")
     session = find(start, "command")["sessionid"]

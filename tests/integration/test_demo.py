@@ -1,0 +1,41 @@
+"""The README's first Quick start command, as a user runs it: log in with what it prints, get an echo."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from tests.integration.harness import Client, body, run
+
+
+def test_demo_prints_logins_that_work(fresh_dir):
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "demo", "--dir", os.path.join(fresh_dir, "demo")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out = ""
+    try:
+        deadline = time.monotonic() + 30
+        while "authenticated" not in out and time.monotonic() < deadline and proc.poll() is None:
+            out += proc.stdout.readline()
+        assert "authenticated" in out, out
+        port = int(re.search(r"127\.0\.0\.1 port (\d+)", out).group(1))
+        password = re.search(r"alice@localhost\s+password: (\S+)", out).group(1)
+
+        async def scenario():
+            client = await Client("alice@localhost", password).start(port)
+            try:
+                await client.iq("echo.localhost", "set",
+                                "<query xmlns='jabber:iq:register'><username>alice</username></query>")
+                client.send_chat("hello@echo.localhost", "is this thing on?")
+                echo = await client.next_message(lambda m: body(m) is not None)
+                assert body(echo) == "is this thing on?"
+            finally:
+                await client.stop()
+
+        run(scenario())
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    assert proc.returncode == 0
