@@ -168,3 +168,9 @@ def test_configuration_reference_is_current():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     with open(os.path.join(root, "docs", "configuration.md"), encoding="utf-8") as f:
         assert f.read() == cli("config-reference").stdout
+
+
+def test_example_config_in_deploy_is_valid():
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = cli("check-config", os.path.join(root, "deploy", "gateway.toml"))
+    assert result.returncode == 0, result.stderr

@@ -166,11 +166,18 @@ def test_export_import_round_trip(registry, fresh_dir):
     wrong.close()
 
 
+@pytest.fixture
+def pg_registry(postgresql):
+    reg = SQLRegistry(postgresql.create_database(f"reg{next(_dbs)}"), KEY, instance_id="test-1", lease=60)
+    pytest_twisted.blockon(reg.open())
+    yield reg
+    reg.close()
+
+
 @pytest_twisted.inlineCallbacks
-def test_two_claimers_never_share_a_row(registry):
-    """Two processes' claims (different instance ids) over one queue split it without overlap."""
-    if registry.dialect == "sqlite":
-        pytest.skip("SQLite serves one process; this checks PostgreSQL's SKIP LOCKED claims")
+def test_two_claimers_never_share_a_row(pg_registry):
+    """Two processes (different instance ids) claiming one PostgreSQL queue at once split it without overlap."""
+    registry = pg_registry
     for n in range(40):
         yield registry.enqueue(item(n=n), claimed=False)
     second = SQLRegistry(registry.url, KEY, instance_id="test-2")
