@@ -9,7 +9,6 @@ address exactly as the adapter spells it (an E.164 number, an email address,
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +17,21 @@ from typing import Any
 
 def new_id() -> str:
     return uuid.uuid4().hex
+
+
+def _to_dict(obj) -> dict[str, Any]:
+    """Shallow and fast (dataclasses.asdict deep-copies): messages hold only scalars and lists of str."""
+    out = {}
+    for name in obj.__dataclass_fields__:
+        value = getattr(obj, name)
+        out[name] = list(value) if isinstance(value, list) else value
+    return out
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    """Tolerates keys written by other versions: unknown ones are ignored, missing ones defaulted."""
+    names = cls.__dataclass_fields__
+    return cls(**{k: v for k, v in data.items() if k in names})
 
 
 @dataclass
@@ -42,12 +56,11 @@ class OutboundMessage:
     created_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "OutboundMessage":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return _from_dict(cls, data)
 
 
 @dataclass
@@ -74,12 +87,11 @@ class InboundMessage:
     id: str = field(default_factory=new_id)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "InboundMessage":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return _from_dict(cls, data)
 
 
 @dataclass

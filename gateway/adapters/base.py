@@ -23,6 +23,12 @@ class AdapterBase(service.Service):
     instructions = "Fill in the form to register."
     address_prompt = "Address"
     contact_presence: str | None = None
+    #: True when send() calls reach the network in the order they are made (one
+    #: socket, one ordered queue): the outbox then starts the next message of a
+    #: conversation without waiting for the previous one to finish. False (the
+    #: safe default, e.g. for concurrent HTTP requests) keeps one message of a
+    #: conversation in flight at a time.
+    pipelining = False
     #: Longest address accepted by normalize_address.
     max_address_length = 256
 

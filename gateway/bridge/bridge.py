@@ -114,16 +114,18 @@ class Bridge(service.MultiService):
             self.output.send_error(failed, GatewayError(report.text or "delivery failed",
                                                         report.condition or "recipient-unavailable"))
 
-    @defer.inlineCallbacks
-    def registration(self, jid: str):
+    def registration(self, jid: str) -> defer.Deferred:
         cached = self._cache.get(jid)
         if cached is not None and (not self.registry.shared or time.monotonic() - cached[0] < self.CACHE_TTL):
-            return cached[1]
-        reg = yield self.registry.get_registration(self.component, jid)
-        self._cache[jid] = (time.monotonic(), reg)
-        if len(self._cache) > 50000:
-            self._cache.clear()
-        return reg
+            return defer.succeed(cached[1])
+
+        def remember(reg):
+            if len(self._cache) > 50000:
+                self._cache.clear()
+            self._cache[jid] = (time.monotonic(), reg)
+            return reg
+
+        return self.registry.get_registration(self.component, jid).addCallback(remember)
 
     def registration_by_foreign_id(self, foreign_id: str) -> defer.Deferred:
         return self.registry.registration_by_foreign_id(self.component, foreign_id)

@@ -9,8 +9,9 @@ is stored before the adapter is told it was accepted, sent on the component
 stream when it is up, and held until it reconnects when it is not.
 
 Messages of one conversation are handed to the adapter in the order they
-arrived; after a temporary failure later messages may overtake the one that
-waits for its retry.
+arrived: one at a time, or, for adapters whose network keeps the order of
+send() calls (``pipelining``), without waiting for each to finish. After a
+temporary failure later messages may overtake the one that waits for its retry.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class Outbox:
         self._chains: dict[tuple, defer.Deferred] = {}
         self._poller: task.LoopingCall | None = None
         self._flushing = False
+        #: Inbound rows were left for a flush (stream down, or a flush running).
+        self._held = False
         self._latency = metrics.SEND_LATENCY.labels(component)
         self._sent = metrics.MESSAGES.labels(component, "out")
         self._received = metrics.MESSAGES.labels(component, "in")
@@ -91,8 +94,12 @@ class Outbox:
         stored = self.registry.enqueue(item)
 
         def send_now(_):
-            self._chain(("out", message.user, message.recipient), lambda: self._attempt(item)).addErrback(
-                lambda f: log.failure("outbox attempt failed", f))
+            if getattr(self.adapter, "pipelining", False):
+                # Stored rows commit in arrival order, so calling send now keeps order.
+                d = self._attempt(item)
+            else:
+                d = self._chain(("out", message.user, message.recipient), lambda: self._attempt(item))
+            d.addErrback(lambda f: log.failure("outbox attempt failed", f))
 
         return stored.addCallback(send_now)
 
@@ -162,7 +169,7 @@ class Outbox:
             for item in items:
                 message = item.payload
                 self._chain(("out", message["user"], message["recipient"]), lambda i=item: self._attempt(i))
-            if self._output().connected:
+            if self._held and self._output().connected:
                 yield self.flush_inbound()
         except Exception:
             log.failure("outbox poll failed")
@@ -175,22 +182,27 @@ class Outbox:
         item = QueueItem(id=message.id, component=self.component, jid=message.user, direction="in",
                          payload=message.to_dict(), attempts=0, deadline=now + 10 * 365 * 86400,
                          created_at=now)
-        stored = self.registry.enqueue(item)
 
         def send_now(_):
-            self._chain(("in", message.user), lambda: self._send_inbound(item, message)).addErrback(
-                lambda f: log.failure("inbound delivery failed", f))
+            # Stored rows commit in arrival order, so sending now keeps order, unless
+            # older held messages are still being flushed: then this one waits its turn.
+            if self._flushing:
+                self._held = True
+                self.registry.release(item.id, time.time(), 0)
+            else:
+                self._send_inbound(item, message)
 
-        return stored.addCallback(send_now)
+        return self.registry.enqueue(item).addCallback(send_now)
 
     def _send_inbound(self, item: QueueItem, message: InboundMessage) -> defer.Deferred:
         output = self._output()
         if not output.connected:
-            # Held: the next poll after the stream is back takes it.
+            # Held: the flush after the stream is back takes it.
+            self._held = True
             return self.registry.release(item.id, time.time(), item.attempts)
         output.send_message(message)
         self._received.inc()
-        return self.registry.finish(item.id)
+        return self.registry.finish(item.id).addErrback(lambda f: log.failure("inbound finish failed", f))
 
     @defer.inlineCallbacks
     def flush_inbound(self):
@@ -198,6 +210,7 @@ class Outbox:
         if self._flushing:
             return
         self._flushing = True
+        self._held = False
         try:
             while self._output().connected:
                 items = yield self.registry.claim(self.component, "in", limit=500)

@@ -24,6 +24,53 @@ from gateway.registry.crypto import SecretBox
 from gateway.registry.migrations import MIGRATIONS
 
 
+class _WriteBatcher:
+    """
+    Group the hot path's queue writes into shared transactions.
+
+    A write that arrives while a transaction is in flight waits for the next one,
+    so under load many messages share one thread hop and one commit, and when
+    idle a write goes out at once. Each caller's Deferred fires only after the
+    transaction holding its write committed, so durability is unchanged. If a
+    batch fails, its writes are retried one by one so only the faulty one fails.
+    """
+
+    def __init__(self, registry: "SQLRegistry"):
+        self.registry = registry
+        self.pending: list[tuple[str, tuple, defer.Deferred]] = []
+        self.busy = False
+
+    def add(self, query: str, args: tuple) -> defer.Deferred:
+        d = defer.Deferred()
+        self.pending.append((self.registry._sql(query), args, d))
+        if not self.busy:
+            self._flush()
+        return d
+
+    def _flush(self) -> None:
+        batch, self.pending = self.pending, []
+        if not batch:
+            self.busy = False
+            return
+        self.busy = True
+
+        def run(txn):
+            for query, args, _ in batch:
+                txn.execute(query, args)
+
+        def done(_):
+            for _, _, d in batch:
+                d.callback(None)
+
+        def one_by_one(_failure):
+            for query, args, d in batch:
+                self.registry.pool.runOperation(query, args).chainDeferred(d)
+
+        d = self.registry.pool.runInteraction(run)
+        d.addCallbacks(done, one_by_one)
+        d.addBoth(lambda _: self._flush())
+
+
 class RegistrationConflict(Exception):
     """Another user already holds this foreign identity."""
 
@@ -65,6 +112,7 @@ class SQLRegistry:
             self.dialect = "postgresql"
             self.path = url
         self.shared = self.dialect == "postgresql"
+        self._batch = _WriteBatcher(self)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -261,7 +309,7 @@ class SQLRegistry:
     def enqueue(self, item: QueueItem, claimed: bool = True) -> defer.Deferred:
         """Store a message durably; by default already claimed by us, as we work on it at once."""
         now = time.time()
-        return self._op(
+        return self._batch.add(
             "INSERT INTO queue (id, component, jid, direction, payload, attempts, next_attempt, deadline, "
             "claimed_by, claimed_until, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (item.id, item.component, item.jid, item.direction, json.dumps(item.payload), item.attempts,
@@ -289,12 +337,12 @@ class SQLRegistry:
         return self._interaction(txn_claim)
 
     def finish(self, item_id: str) -> defer.Deferred:
-        return self._op("DELETE FROM queue WHERE id = ?", (item_id,))
+        return self._batch.add("DELETE FROM queue WHERE id = ?", (item_id,))
 
     def release(self, item_id: str, next_attempt: float, attempts: int, error: str | None = None) -> defer.Deferred:
         """Give a row back for a later attempt."""
-        return self._op("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, next_attempt = ?, "
-                        "attempts = ?, last_error = ? WHERE id = ?", (next_attempt, attempts, error, item_id))
+        return self._batch.add("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, next_attempt = ?, "
+                               "attempts = ?, last_error = ? WHERE id = ?", (next_attempt, attempts, error, item_id))
 
     def queue_depth(self, component: str) -> defer.Deferred:
         d = self._run("SELECT direction, COUNT(*) FROM queue WHERE component = ? GROUP BY direction",

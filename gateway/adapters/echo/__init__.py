@@ -28,6 +28,8 @@ class EchoAdapter(AdapterBase):
     instructions = "Choose a name on the echo network. Every contact echoes what you send it."
     address_prompt = "Any name: the contact will echo your messages"
     contact_presence = "available"
+    # Echoes are scheduled in call order (equal delays fire in order), so order holds without waiting.
+    pipelining = True
     options = [
         Option("delay", float, 0.0, check=non_negative,
                doc="Seconds each send takes before the echo comes back (a slow network)."),
