@@ -83,8 +83,11 @@ class GatewayService(service.MultiService):
         for stream in self.components:
             if stream.connected:
                 try:
-                    yield stream.presence.announce("unavailable")
+                    count = yield stream.presence.announce("unavailable")
+                    log.info("component {domain}: told {n} user(s) it is going away", domain=stream.domain,
+                             n=count)
                 except Exception:
                     log.failure("announcing unavailability failed")
+        yield defer.gatherResults([stream.close() for stream in self.components])
         yield defer.maybeDeferred(super().stopService)
         self.registry.close()

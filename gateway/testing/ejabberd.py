@@ -11,7 +11,7 @@ from gateway.testing.process import Server, free_port, make_dir, port_open, wait
 
 CONFIG = """# Written by xmpp-gateway's test harness: loopback only, no TLS, no shapers.
 hosts:
-  - {host}
+{hosts}
 loglevel: info
 log_rotate_count: 0
 hide_sensitive_log_data: true
@@ -50,6 +50,7 @@ modules:
   mod_roster: {{}}
   mod_ping: {{}}
   mod_admin_extra: {{}}
+  mod_offline: {{}}
 """
 
 
@@ -62,7 +63,7 @@ def erl_libs() -> str:
 
 class Ejabberd:
     def __init__(self, workdir: str, components: dict[str, str], host: str = "localhost",
-                 snippet_path: str | None = None):
+                 snippet_path: str | None = None, extra_hosts: tuple[str, ...] = ()):
         self.dir = make_dir(workdir)
         self.host = host
         self.components = components
@@ -76,7 +77,8 @@ class Ejabberd:
         shutil.copy("/etc/ejabberd/inetrc", os.path.join(self.dir, "inetrc"))
         self.config_path = os.path.join(self.dir, "ejabberd.yml")
         with open(self.config_path, "w", encoding="utf-8") as f:
-            f.write(CONFIG.format(host=host, c2s=self.c2s_port, service=self._service()))
+            hosts = "".join(f"  - {h}\n" for h in (host, *extra_hosts))
+            f.write(CONFIG.format(hosts=hosts, c2s=self.c2s_port, service=self._service()))
 
     def _service(self) -> str:
         if self.snippet_path:
@@ -130,9 +132,9 @@ class Ejabberd:
         wait_for(lambda: not port_open(self.component_port), 10, "ejabberd port release")
         self.start()
 
-    def register(self, user: str, password: str) -> str:
+    def register(self, user: str, password: str, host: str | None = None) -> str:
         argv = ["/usr/bin/erl", "-sname", f"ctl{os.getpid()}@localhost", "-hidden", "-noinput",
                 *self._erl_common(), "-dist_listen", "false", "-s", "ejabberd_ctl",
-                "-extra", "ejabberd@localhost", "register", user, self.host, password]
+                "-extra", "ejabberd@localhost", "register", user, host or self.host, password]
         subprocess.run(argv, check=True, capture_output=True, env=self._env(), timeout=60)
-        return f"{user}@{self.host}"
+        return f"{user}@{host or self.host}"

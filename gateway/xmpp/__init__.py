@@ -1,3 +1,8 @@
-"""The XMPP side: the component stream and one handler per XEP. Knows nothing of SMS, SMTP or IRC."""
+"""
+The XMPP side: the component stream and one handler per XEP. Knows nothing of SMS, SMTP or IRC.
 
-from gateway.xmpp import compat as _compat  # noqa: F401  (must run before any wokkel import)
+Importing this package installs the wokkel compatibility shim first, so every
+module below may import wokkel freely.
+"""
+
+from gateway.xmpp import compat  # noqa: F401  (side effect: wokkel imports cleanly)

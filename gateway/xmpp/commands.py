@@ -19,7 +19,6 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from gateway.model import Field, GatewayError
-from gateway.xmpp import compat  # noqa: F401
 from gateway.xmpp.forms import build_form, result_form, submitted_values
 from gateway.xmpp.register import stanza_error
 from gateway.xmpp.stanzas import parse_jid

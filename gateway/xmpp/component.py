@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet import defer
 from twisted.internet import reactor as default_reactor
 from twisted.logger import Logger
 from twisted.words.protocols.jabber import xmlstream
@@ -19,7 +20,6 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
 from gateway import metrics
-from gateway.xmpp import compat  # noqa: F401
 from gateway.xmpp.stanzas import error_reply, parse_jid
 from wokkel.component import Component
 
@@ -63,6 +63,8 @@ class ComponentStream(Component):
         self.factory.delay = self.factory.initialDelay
         self.fatal: FatalStreamError | None = None
         self.authenticated = False
+        self._closing: list[defer.Deferred] = []
+        self._stopping = False
         self._count_in = {k: metrics.STANZAS.labels(domain, "in", k) for k in ("message", "presence", "iq")}
         self._count_out = {k: metrics.STANZAS.labels(domain, "out", k) for k in ("message", "presence", "iq")}
         self._errors = metrics.ERRORS.labels
@@ -103,11 +105,34 @@ class ComponentStream(Component):
         log.info("component {domain}: authenticated", domain=self.domain)
         super()._authd(xs)
 
+    def close(self, timeout: float = 5.0) -> defer.Deferred:
+        """
+        End the stream cleanly: no reconnect, the stream footer, and a Deferred
+        that fires once TCP has closed, that is after everything written before
+        (the goodbye presences) has left. Without this, reactor shutdown may
+        close the socket with data still buffered.
+        """
+        self.factory.stopTrying()
+        self._stopping = True
+        xs = self.xmlstream
+        if xs is None or xs.transport is None:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._closing.append(d)
+        xs.sendFooter()
+        xs.transport.loseConnection()
+        return d.addTimeout(timeout, self._reactor).addErrback(lambda f: None)
+
     def _disconnected(self, reason):
         was_up = self.authenticated
         self.authenticated = False
+        closing, self._closing = self._closing, []
+        for d in closing:
+            d.callback(None)
         super()._disconnected(reason)
-        if self.fatal is None and self.running:
+        if self._stopping:
+            log.info("component {domain}: stream closed", domain=self.domain)
+        elif self.fatal is None and self.running:
             log.warn("component {domain}: stream lost ({reason}); reconnecting with backoff",
                      domain=self.domain, reason=reason.getErrorMessage() if was_up else
                      "closed before authentication: " + reason.getErrorMessage())

@@ -13,7 +13,6 @@ from __future__ import annotations
 from twisted.words.protocols.jabber.jid import JID
 from zope.interface import implementer
 
-from gateway.xmpp import compat  # noqa: F401
 from gateway.xmpp.caps import CAPS_NODE, verification_string
 from gateway.xmpp.escaping import FEATURE as NS_JID_ESCAPING
 from wokkel import disco

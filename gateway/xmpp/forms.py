@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.model import Field
-from gateway.xmpp import compat  # noqa: F401
 from wokkel import data_form
 
 MULTI = frozenset({"text-multi", "list-multi", "jid-multi"})

@@ -9,7 +9,6 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
 from gateway.model import AddressError
-from gateway.xmpp import compat  # noqa: F401
 from gateway.xmpp.escaping import EscapingError, escape
 from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
 

@@ -15,7 +15,6 @@ from zope.interface import implementer
 
 from gateway.interfaces import IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
-from gateway.xmpp import compat  # noqa: F401
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.stanzas import error_reply, parse_jid, text_of
 from wokkel.subprotocols import XMPPHandler

@@ -11,7 +11,6 @@ from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 
-from gateway.xmpp import compat  # noqa: F401
 from wokkel.subprotocols import XMPPHandler
 
 NS_PING = "urn:xmpp:ping"

@@ -11,7 +11,6 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from gateway.xmpp import compat  # noqa: F401
 from gateway.xmpp.caps import caps_element
 from gateway.xmpp.stanzas import parse_jid
 from wokkel.subprotocols import XMPPHandler

@@ -12,7 +12,6 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
 from gateway.model import GatewayError
-from gateway.xmpp import compat  # noqa: F401
 from gateway.xmpp.forms import build_form, submitted_values
 from gateway.xmpp.stanzas import parse_jid
 from wokkel.subprotocols import IQHandlerMixin, XMPPHandler

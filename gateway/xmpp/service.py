@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from gateway.xmpp import compat  # noqa: F401
 from gateway.xmpp.commands import CommandsHandler
 from gateway.xmpp.component import ComponentStream
 from gateway.xmpp.disco import GatewayDisco

@@ -3,7 +3,6 @@
 from twisted.words.xish import domish
 
 from gateway import __version__
-from gateway.xmpp import compat  # noqa: F401
 from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
 
 NS_VERSION = "jabber:iq:version"

@@ -28,7 +28,8 @@ def prosody(workdir):
 
 @pytest.fixture(scope="session")
 def ejabberd(workdir):
-    server = Ejabberd(os.path.join(workdir, "ejabberd"), COMPONENTS, snippet_path=EJABBERD_SNIPPET).start()
+    server = Ejabberd(os.path.join(workdir, "ejabberd"), COMPONENTS, snippet_path=EJABBERD_SNIPPET,
+                      extra_hosts=("stranger.test",)).start()
     yield server
     server.stop()
 

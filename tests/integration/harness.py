@@ -17,7 +17,6 @@ import xml.etree.ElementTree as ET
 
 import slixmpp
 from slixmpp.exceptions import IqError
-from slixmpp.xmlstream import ET as SET  # noqa: F401  (same ElementTree)
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 

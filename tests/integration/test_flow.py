@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.integration.harness import (Client, GatewayProcess, IqError, body, error_condition, q, run,
+from tests.integration.harness import (Client, GatewayProcess, IqError, body, error_condition, run,
                                        write_config)
 
 DOMAIN = "flow.localhost"

@@ -15,12 +15,13 @@ from tests.integration.gateway_fixture import registered_client, start_gateway
 from tests.integration.harness import Client, body, error_condition, http_get, run
 
 
-def test_users_of_other_domains_are_refused(prosody, fresh_dir):
-    gateway = start_gateway(prosody, fresh_dir, "stranger")
-    stranger = prosody.register(f"eve{os.getpid()}", "pw", host="stranger.test")
+def test_users_of_other_domains_are_refused(xmpp_server, fresh_dir):
+    server = xmpp_server
+    gateway = start_gateway(server, fresh_dir, "stranger")
+    stranger = server.register(f"eve{os.getpid()}", "pw", host="stranger.test")
 
     async def scenario():
-        client = await Client(stranger, "pw").start(prosody.c2s_port)
+        client = await Client(stranger, "pw").start(server.c2s_port)
         try:
             cond, text = await client.iq_error(gateway.domain, "get", "<query xmlns='jabber:iq:register'/>")
             assert cond == "forbidden" and "stranger.test" in text
@@ -43,12 +44,13 @@ def test_users_of_other_domains_are_refused(prosody, fresh_dir):
     assert sqlite3.connect(gateway.db).execute("SELECT COUNT(*) FROM registrations").fetchone()[0] == 0
 
 
-def test_server_restart_reconnects_and_holds_inbound(prosody, fresh_dir):
-    gateway = start_gateway(prosody, fresh_dir, "restart", options={"delay": 2.0}, web=True)
+def test_server_restart_reconnects_and_holds_inbound(xmpp_server, fresh_dir):
+    server = xmpp_server
+    gateway = start_gateway(server, fresh_dir, "restart", options={"delay": 2.0}, web=True)
     health = f"http://127.0.0.1:{gateway.web_port}/healthz"
 
     async def before():
-        client = await registered_client(prosody, gateway.domain, "rita", Client)
+        client = await registered_client(server, gateway.domain, "rita", Client)
         assert http_get(health)[0] == 200
         client.send_chat(f"echo@{gateway.domain}", "sent before the restart")
         await asyncio.sleep(0.3)          # accepted into the outbox; its echo comes in 2 s
@@ -56,18 +58,18 @@ def test_server_restart_reconnects_and_holds_inbound(prosody, fresh_dir):
         return client.boundjid.bare
 
     user = run(before())
-    prosody.stop()
+    server.stop()
     time.sleep(2.5)                       # the echo arrives while the stream is down: held
     status, text = http_get(health)
     assert status == 503 and '"restart.localhost": false' in text
     held = sqlite3.connect(gateway.db).execute("SELECT COUNT(*) FROM queue WHERE direction = 'in'").fetchone()[0]
     assert held == 1
     since = len(gateway.log())
-    prosody.start()
+    server.start()
     gateway.wait_log(": authenticated", since=since)
 
     async def after():
-        client = await Client(user, "pw").start(prosody.c2s_port)
+        client = await Client(user, "pw").start(server.c2s_port)
         try:
             held_echo = await client.next_message(lambda m: body(m) == "sent before the restart")
             assert held_echo.get("from").startswith("echo@restart.localhost")
@@ -83,12 +85,13 @@ def test_server_restart_reconnects_and_holds_inbound(prosody, fresh_dir):
         gateway.stop()
 
 
-def test_sigkill_with_a_full_outbox_delivers_each_message_once(prosody, fresh_dir):
-    gateway = start_gateway(prosody, fresh_dir, "kill", options={"delay": 1.0})
+def test_sigkill_with_a_full_outbox_delivers_each_message_once(xmpp_server, fresh_dir):
+    server = xmpp_server
+    gateway = start_gateway(server, fresh_dir, "kill", options={"delay": 1.0})
     bodies = [f"kill-test {n}" for n in range(6)]
 
     async def scenario():
-        client = await registered_client(prosody, gateway.domain, "kim", Client)
+        client = await registered_client(server, gateway.domain, "kim", Client)
         try:
             for b in bodies:
                 client.send_chat(f"echo@{gateway.domain}", b)
@@ -118,13 +121,14 @@ def test_sigkill_with_a_full_outbox_delivers_each_message_once(prosody, fresh_di
     assert sqlite3.connect(gateway.db).execute("SELECT COUNT(*) FROM queue").fetchone()[0] == 0
 
 
-def test_deadline_and_permanent_failures_reach_the_sender(prosody, fresh_dir):
-    gateway = start_gateway(prosody, fresh_dir, "deadline",
+def test_deadline_and_permanent_failures_reach_the_sender(xmpp_server, fresh_dir):
+    server = xmpp_server
+    gateway = start_gateway(server, fresh_dir, "deadline",
                             options={"unreachable": ["down"], "rejecting": ["wall"]},
                             outbox={"deadline": 2.0, "retry_initial": 0.3, "retry_max": 0.5})
 
     async def scenario():
-        client = await registered_client(prosody, gateway.domain, "dan", Client)
+        client = await registered_client(server, gateway.domain, "dan", Client)
         try:
             started = time.monotonic()
             down_id = client.send_chat(f"down@{gateway.domain}", "are you there?")
@@ -151,12 +155,13 @@ def test_deadline_and_permanent_failures_reach_the_sender(prosody, fresh_dir):
     assert "retry" in gateway.log()
 
 
-def test_rate_and_size_limits(prosody, fresh_dir):
-    gateway = start_gateway(prosody, fresh_dir, "limits", limits={"rate": 0.5, "burst": 3},
+def test_rate_and_size_limits(xmpp_server, fresh_dir):
+    server = xmpp_server
+    gateway = start_gateway(server, fresh_dir, "limits", limits={"rate": 0.5, "burst": 3},
                             xmpp={"stanza_size_limit": 3000})
 
     async def scenario():
-        client = await registered_client(prosody, gateway.domain, "lim", Client)
+        client = await registered_client(server, gateway.domain, "lim", Client)
         try:
             ids = [client.send_chat(f"echo@{gateway.domain}", f"burst {n}") for n in range(5)]
             got = await client.quiet(seconds=1.5)

@@ -318,3 +318,28 @@ def test_inbound_is_held_while_the_stream_is_down(wire):
     assert str(find(held, "body")) == "while you were away"
     assert (yield wire.registry.queue_depth(DOMAIN))["in"] == 0
     yield defer.succeed(None)
+
+
+@pytest_twisted.inlineCallbacks
+def test_keepalive_pings_drop_a_dead_stream(tmp_path):
+    from twisted.internet import task
+
+    clock = task.Clock()
+    w = yield Wire(os.path.join(tmp_path, "ka.sqlite"), clock=clock,
+                   xmpp={"ping_interval": 30.0, "ping_timeout": 10.0}).start()
+    try:
+        clock.advance(30)
+        ping = next(el for el in w.sent() if el.name == "iq")
+        assert (ping["to"], ping["from"], ping["type"]) == ("example.org", DOMAIN, "get")
+        assert find(ping, "ping").uri == "urn:xmpp:ping"
+        w.feed(f"<iq type='error' id='{ping['id']}' from='example.org' to='{DOMAIN}'/>")   # any answer will do
+        clock.advance(10)
+        assert not w.transport.disconnected
+        clock.advance(20)
+        assert any(el.name == "iq" for el in w.sent())                 # the next ping, left unanswered
+        clock.advance(9)
+        assert not w.transport.disconnected
+        clock.advance(1)
+        assert w.transport.disconnected                                 # aborted: the stream will reconnect
+    finally:
+        w.stop()

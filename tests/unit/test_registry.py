@@ -4,7 +4,6 @@ implementations must behave the same for everything the bridge relies on.
 """
 
 import itertools
-import os
 import sqlite3
 
 import pytest
