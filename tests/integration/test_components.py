@@ -8,6 +8,14 @@ from tests.integration.harness import Client, GatewayProcess, body, run, write_c
 DOMAINS = ["cli.localhost", "logs.localhost"]
 
 
+async def every_domain(client, ptype):
+    """A presence of ``ptype`` from each component, in whatever order they come."""
+    waiting = set(DOMAINS)
+    while waiting:
+        p = await client.next_presence(lambda p: p.get("from") in waiting and p.get("type") == ptype)
+        waiting.discard(p.get("from"))
+
+
 def test_two_components_in_one_process_and_presence_at_stop_and_start(prosody, fresh_dir):
     config = os.path.join(fresh_dir, "two.toml")
     write_config(config, components=[{"domain": d, "secret": COMPONENTS[d], "adapter": "echo"} for d in DOMAINS],
@@ -29,12 +37,10 @@ def test_two_components_in_one_process_and_presence_at_stop_and_start(prosody, f
                 assert echo.get("from").split("/")[0] == f"echo@{domain}"
 
             assert gateway.stop() == 0                     # a clean stop says goodbye on every component
-            for domain in DOMAINS:
-                await client.next_presence(from_domain(domain, "unavailable"))
+            await every_domain(client, "unavailable")
 
             gateway.start(wait_authenticated=2)           # and hello again at start
-            for domain in DOMAINS:
-                await client.next_presence(from_domain(domain, None))
+            await every_domain(client, None)
         finally:
             await client.stop()
 
