@@ -70,14 +70,19 @@ class Server:
         except OSError:
             return ""
 
-    def wait_log(self, text: str, timeout: float = 15.0, fail: str | None = None, since: int = 0) -> None:
+    def wait_log(self, text: str, timeout: float = 15.0, fail: str | None = None, since: int = 0,
+                 count: int = 1) -> None:
+        """Wait until ``text`` appears ``count`` times in the log after offset ``since``."""
         def ready():
             content = self.log()[since:]
             if fail and fail in content:
                 raise RuntimeError(f"{self.name}: {fail!r} in its log:\n{content[-2000:]}")
-            return text in content
+            return content.count(text) >= count
 
-        wait_for(ready, timeout, f"{self.name} ({text!r})", self.proc)
+        try:
+            wait_for(ready, timeout, f"{self.name} ({text!r})", self.proc)
+        except (TimeoutError, RuntimeError) as e:
+            raise type(e)(f"{e}\n--- end of {self.name}'s log ---\n{self.log()[-3000:]}") from None
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

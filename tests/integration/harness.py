@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -21,7 +18,7 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from gateway.registry.crypto import SecretBox
-from gateway.testing.process import free_port, wait_for
+from gateway.testing.process import Server, free_port
 
 NS_CLIENT = "jabber:client"
 TIMEOUT = 10.0
@@ -202,48 +199,32 @@ def write_config(path: str, *, components: list[dict], xmpp_port: int, registry_
     return {"key": key}
 
 
-class GatewayProcess:
+class GatewayProcess(Server):
+    """``xmpp-gateway run CONFIG`` as a real process, its output in ``logfile``."""
+
     def __init__(self, config_path: str, logfile: str, extra_args: tuple[str, ...] = ()):
+        super().__init__("gateway", [sys.executable, "-m", "gateway.cli", "run", config_path, *extra_args],
+                         logfile)
         self.config_path = config_path
-        self.logfile = logfile
-        self.extra_args = extra_args
-        self.proc: subprocess.Popen | None = None
 
     def start(self, wait_authenticated: int = 1) -> "GatewayProcess":
         offset = len(self.log())
-        log = open(self.logfile, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", self.config_path,
-                                      *self.extra_args], stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        super().start()
         if wait_authenticated:
-            self.wait_log(": authenticated", count=wait_authenticated, since=offset)
+            self.wait_log(": authenticated", count=wait_authenticated, since=offset, timeout=20)
         return self
 
-    def log(self) -> str:
-        try:
-            with open(self.logfile, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
-
-    def wait_log(self, text: str, timeout: float = 20.0, count: int = 1, since: int = 0) -> None:
-        wait_for(lambda: self.log()[since:].count(text) >= count, timeout, f"gateway log {text!r}\n"
-                 + self.log()[-3000:], self.proc)
-
-    def stop(self) -> int | None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def stop(self, timeout: float = 15.0) -> int | None:
+        super().stop(timeout)
         return self.proc.returncode if self.proc else None
 
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+
+def run_then_stop(gateway: GatewayProcess, coro, timeout: float = 60.0):
+    """Run a test body, then stop the gateway whatever happened."""
+    try:
+        return run(coro, timeout)
+    finally:
+        gateway.stop()
 
 
 def http_get(url: str) -> tuple[int, str]:
@@ -254,5 +235,5 @@ def http_get(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
-__all__ = ["Client", "GatewayProcess", "write_config", "run", "free_port", "body", "error_condition", "http_get",
-           "IqError"]
+__all__ = ["Client", "GatewayProcess", "write_config", "run", "run_then_stop", "free_port", "body",
+           "error_condition", "http_get", "IqError"]

@@ -3,7 +3,7 @@
 import os
 
 from tests.integration.conftest import COMPONENTS
-from tests.integration.harness import Client, GatewayProcess, body, run, write_config
+from tests.integration.harness import Client, GatewayProcess, body, run_then_stop, write_config
 
 DOMAINS = ["cli.localhost", "logs.localhost"]
 
@@ -44,7 +44,4 @@ def test_two_components_in_one_process_and_presence_at_stop_and_start(prosody, f
         finally:
             await client.stop()
 
-    try:
-        run(scenario())
-    finally:
-        gateway.stop()
+    run_then_stop(gateway, scenario())

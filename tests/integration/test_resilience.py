@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.integration.gateway_fixture import registered_client, start_gateway
-from tests.integration.harness import Client, body, error_condition, http_get, run
+from tests.integration.harness import Client, body, error_condition, http_get, run, run_then_stop
 
 
 def test_users_of_other_domains_are_refused(xmpp_server, fresh_dir):
@@ -37,10 +37,7 @@ def test_users_of_other_domains_are_refused(xmpp_server, fresh_dir):
         finally:
             await client.stop()
 
-    try:
-        run(scenario())
-    finally:
-        gateway.stop()
+    run_then_stop(gateway, scenario())
     assert sqlite3.connect(gateway.db).execute("SELECT COUNT(*) FROM registrations").fetchone()[0] == 0
 
 
@@ -79,10 +76,7 @@ def test_server_restart_reconnects_and_holds_inbound(xmpp_server, fresh_dir):
         finally:
             await client.stop()
 
-    try:
-        run(after())
-    finally:
-        gateway.stop()
+    run_then_stop(gateway, after())
 
 
 def test_sigkill_with_a_full_outbox_delivers_each_message_once(xmpp_server, fresh_dir):
@@ -114,10 +108,7 @@ def test_sigkill_with_a_full_outbox_delivers_each_message_once(xmpp_server, fres
         finally:
             await client.stop()
 
-    try:
-        run(scenario())
-    finally:
-        gateway.stop()
+    run_then_stop(gateway, scenario())
     assert sqlite3.connect(gateway.db).execute("SELECT COUNT(*) FROM queue").fetchone()[0] == 0
 
 
@@ -148,10 +139,7 @@ def test_deadline_and_permanent_failures_reach_the_sender(xmpp_server, fresh_dir
         finally:
             await client.stop()
 
-    try:
-        run(scenario())
-    finally:
-        gateway.stop()
+    run_then_stop(gateway, scenario())
     assert "retry" in gateway.log()
 
 
@@ -179,10 +167,7 @@ def test_rate_and_size_limits(xmpp_server, fresh_dir):
         finally:
             await client.stop()
 
-    try:
-        run(scenario())
-    finally:
-        gateway.stop()
+    run_then_stop(gateway, scenario())
 
 
 @pytest.mark.parametrize("case", ["wrong-secret", "unknown-domain"])
