@@ -46,6 +46,9 @@ class IAdapter(Interface):
         Registration when the user changes one. Raise RegistrationError.
         """
 
+    def registration_values(registration):
+        """The current values of the registration form's fields, to show a registered user."""
+
     def validate_settings(registration, values):
         """Return the new settings dict for a settings change; raise RegistrationError."""
 

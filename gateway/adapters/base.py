@@ -51,6 +51,10 @@ class AdapterBase(service.Service):
         secrets = {f.var: values[f.var] for f in self.registration_fields if f.secret and values.get(f.var)}
         return None, settings, secrets
 
+    def registration_values(self, registration: Registration) -> dict[str, Any]:
+        """The current values of the registration form's fields (secrets are never shown)."""
+        return dict(registration.settings)
+
     def validate_settings(self, registration: Registration, values: dict[str, Any]) -> dict[str, Any]:
         allowed = {f.var for f in self.settings_fields}
         unknown = set(values) - allowed

@@ -67,7 +67,6 @@ class ComponentStream(Component):
         self._stopping = False
         self._count_in = {k: metrics.STANZAS.labels(domain, "in", k) for k in ("message", "presence", "iq")}
         self._count_out = {k: metrics.STANZAS.labels(domain, "out", k) for k in ("message", "presence", "iq")}
-        self._errors = metrics.ERRORS.labels
 
     @property
     def connected(self) -> bool:
@@ -217,5 +216,8 @@ class ComponentStream(Component):
             return
         if element.name == "iq" and element.getAttribute("type") not in ("get", "set"):
             return
-        self._errors(self.domain, condition).inc()
+        self.count_error(condition)
         self.send(error_reply(element, condition, text, error_type))
+
+    def count_error(self, condition: str) -> None:
+        metrics.ERRORS.labels(self.domain, condition).inc()

@@ -175,7 +175,7 @@ class StanzaOutput:
         reply = error_reply(original, error.condition, error.text or None, error.error_type)
         if message.body is not None:
             reply.addElement("body", content=message.body)
-        self.stream._errors(self.domain, error.condition).inc()
+        self.stream.count_error(error.condition)
         self.stream.send(reply)
 
     def send_receipt(self, user: str, resource: str | None, contact: str, xmpp_id: str) -> None:

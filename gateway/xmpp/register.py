@@ -56,7 +56,7 @@ class RegisterHandler(XMPPHandler, IQHandlerMixin):
         fields = list(self.adapter.registration_fields)
         values = {}
         if reg is not None:
-            values = {**reg.settings, "username": reg.foreign_id, **{f.var: "" for f in fields if f.secret}}
+            values = {**self.adapter.registration_values(reg), **{f.var: "" for f in fields if f.secret}}
         query = domish.Element((NS_REGISTER, "query"))
         query.addElement("instructions", content=self.adapter.instructions)
         if reg is not None:

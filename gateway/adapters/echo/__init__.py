@@ -57,6 +57,9 @@ class EchoAdapter(AdapterBase):
         secrets = {"password": values["password"]} if values.get("password") else {}
         return username.lower(), settings, secrets
 
+    def registration_values(self, registration: Registration) -> dict[str, Any]:
+        return {"username": registration.foreign_id}
+
     def send(self, message: OutboundMessage, registration: Registration) -> defer.Deferred:
         recipient = message.recipient
         if recipient in self.config["rejecting"]:
