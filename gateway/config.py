@@ -231,6 +231,10 @@ def parse(text: str, filename: str = "") -> Config:
             continue
         opts = validate_table(raw.get("options", {}), list(getattr(cls, "options", [])),
                               prefix + "options.", problems)
+        check = getattr(cls, "check_options", None)
+        if check is not None:
+            for key, message in check(opts):
+                problems.append(Problem(f"{prefix}options.{key}", message))
         if {"domain", "secret"} <= values.keys():
             comps.append(ComponentConfig(
                 domain=values["domain"], secret=values["secret"], adapter=values["adapter"],

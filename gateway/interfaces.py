@@ -27,7 +27,7 @@ class IAdapter(Interface):
     display_name = Attribute("Human name of the service, shown in disco and forms.")
     features = Attribute(
         "frozenset of what the network carries: 'receipts', 'chatstates', 'subject', "
-        "'thread', 'attachments'."
+        "'thread', 'attachments', 'group' (XEP-0033 multi-recipient messages)."
     )
     options = Attribute("list of gateway.options.Option: the adapter's config keys.")
     registration_fields = Attribute("list of gateway.model.Field for XEP-0077.")
@@ -81,6 +81,12 @@ class IAdapterContext(Interface):
 
     def registration_by_foreign_id(foreign_id):
         """Deferred firing with the Registration owning ``foreign_id``, or None."""
+
+    def counter(jid, name, period):
+        """Deferred firing with a per-user counter's value in ``period`` (e.g. a date), 0 if unset."""
+
+    def add_to_counter(jid, name, period, amount=1):
+        """Atomically add to a per-user counter; the Deferred fires with the new value."""
 
 
 class IStanzaOutput(Interface):

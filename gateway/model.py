@@ -49,6 +49,8 @@ class OutboundMessage:
     resource: str | None = None
     receipt_requested: bool = False
     chat_state: str | None = None
+    #: XEP-0033 group message: every recipient (``recipient`` then names the group).
+    group: list[str] = field(default_factory=list)
     #: Stable across retries and restarts: adapters whose network has
     #: idempotency keys (or Message-IDs) should use it, so a resend after a
     #: crash is recognisably the same message.
@@ -157,11 +159,13 @@ class GatewayError(Exception):
     condition = "undefined-condition"
     error_type = "cancel"
 
-    def __init__(self, text: str = "", condition: str | None = None):
+    def __init__(self, text: str = "", condition: str | None = None, error_type: str | None = None):
         super().__init__(text)
         self.text = text
         if condition:
             self.condition = condition
+        if error_type:
+            self.error_type = error_type
 
 
 class TemporaryFailure(GatewayError):

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -100,7 +100,14 @@ class Bridge(service.MultiService):
 
     @defer.inlineCallbacks
     def report(self, report: DeliveryReport):
-        found = yield self.registry.message_by_foreign_id(self.component, report.foreign_id)
+        found = None
+        for wait in (0, 0.2, 0.5, 1.0):
+            # A fast network may report before the send's id mapping is stored.
+            if wait:
+                yield task.deferLater(self.clock, wait, lambda: None)
+            found = yield self.registry.message_by_foreign_id(self.component, report.foreign_id)
+            if found is not None:
+                break
         if found is None:
             log.info("delivery report for unknown message {fid}", fid=report.foreign_id)
             return
@@ -129,6 +136,12 @@ class Bridge(service.MultiService):
 
     def registration_by_foreign_id(self, foreign_id: str) -> defer.Deferred:
         return self.registry.registration_by_foreign_id(self.component, foreign_id)
+
+    def counter(self, jid: str, name: str, period: str) -> defer.Deferred:
+        return self.registry.counter(self.component, jid, name, period)
+
+    def add_to_counter(self, jid: str, name: str, period: str, amount: int = 1) -> defer.Deferred:
+        return self.registry.add_to_counter(self.component, jid, name, period, amount)
 
     # -- registration (XEP-0077, XEP-0050) ------------------------------------
 

@@ -51,4 +51,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "CREATE INDEX queue_due ON queue (component, direction, next_attempt)",
         "CREATE INDEX queue_user ON queue (component, jid)",
     ]),
+    (2, [
+        # Per-user counters for adapters' limits (SMS per day, ...): one row per period.
+        """CREATE TABLE counters (
+            component TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            name TEXT NOT NULL,
+            period TEXT NOT NULL,
+            value INTEGER NOT NULL,
+            PRIMARY KEY (component, jid, name, period))""",
+    ]),
 ]

@@ -255,7 +255,7 @@ class SQLRegistry:
             txn.execute(self._sql("DELETE FROM registrations WHERE component = ? AND jid = ?"),
                         (component, jid))
             found = txn.rowcount > 0
-            for table in ("message_ids", "queue"):
+            for table in ("message_ids", "queue", "counters"):
                 txn.execute(self._sql(f"DELETE FROM {table} WHERE component = ? AND jid = ?"),
                             (component, jid))
             return found
@@ -303,6 +303,25 @@ class SQLRegistry:
 
     def purge_message_ids(self, older_than: float) -> defer.Deferred:
         return self._op("DELETE FROM message_ids WHERE created_at < ?", (older_than,))
+
+    # -- counters ---------------------------------------------------------
+
+    def counter(self, component: str, jid: str, name: str, period: str) -> defer.Deferred:
+        d = self._run("SELECT value FROM counters WHERE component = ? AND jid = ? AND name = ? AND period = ?",
+                      (component, jid, name, period))
+        return d.addCallback(lambda rows: rows[0][0] if rows else 0)
+
+    def add_to_counter(self, component: str, jid: str, name: str, period: str, amount: int = 1) -> defer.Deferred:
+        """Atomically add ``amount``; fires with the new value."""
+        d = self._run("INSERT INTO counters (component, jid, name, period, value) VALUES (?, ?, ?, ?, ?) "
+                      "ON CONFLICT (component, jid, name, period) DO UPDATE SET value = counters.value + "
+                      "excluded.value RETURNING value", (component, jid, name, period, amount))
+        return d.addCallback(lambda rows: rows[0][0])
+
+    def purge_counters(self, component: str, name: str, keep_from_period: str) -> defer.Deferred:
+        """Drop rows of periods before ``keep_from_period`` (periods sort as strings, e.g. dates)."""
+        return self._op("DELETE FROM counters WHERE component = ? AND name = ? AND period < ?",
+                        (component, name, keep_from_period))
 
     # -- queue (outbox and inbox) -----------------------------------------
 

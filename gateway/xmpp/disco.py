@@ -27,6 +27,7 @@ NS_COMMANDS = "http://jabber.org/protocol/commands"
 NS_RECEIPTS = "urn:xmpp:receipts"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_OOB = "jabber:x:oob"
+NS_ADDRESS = "http://jabber.org/protocol/address"
 
 
 @implementer(IDisco)
@@ -43,6 +44,8 @@ class GatewayDisco(XMPPHandler):
             network.append(NS_CHATSTATES)
         if "attachments" in adapter.features:
             network.append(NS_OOB)
+        if "group" in adapter.features:
+            network.append(NS_ADDRESS)
         self.identities = [("gateway", adapter.gateway_type, name)]
         self.features = sorted({disco.NS_DISCO_INFO, disco.NS_DISCO_ITEMS, NS_REGISTER, NS_GATEWAY, NS_VERSION,
                                 NS_PING, NS_COMMANDS, NS_JID_ESCAPING, *network})

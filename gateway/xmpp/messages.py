@@ -26,6 +26,7 @@ NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_OOB = "jabber:x:oob"
 NS_DELAY = "urn:xmpp:delay"
 NS_CLIENT = "jabber:component:accept"
+NS_ADDRESS = "http://jabber.org/protocol/address"
 CHAT_STATES = frozenset({"active", "composing", "paused", "inactive", "gone"})
 
 
@@ -47,22 +48,48 @@ class MessageHandler(XMPPHandler):
         sender = parse_jid(stanza.getAttribute("from"))
         if to is None or sender is None:
             return
-        if not to.user:
-            if text_of(stanza, None, "body") is not None:
-                self.stream.refuse(stanza, "service-unavailable",
-                                   "write to a contact's address, not to the gateway itself")
-            return
+        group: list[str] = []
         try:
-            recipient = self.bridge.normalize_address(unescape(to.user))
+            if not to.user:
+                addresses = next(stanza.elements(NS_ADDRESS, "addresses"), None)
+                if addresses is None:
+                    if text_of(stanza, None, "body") is not None:
+                        self.stream.refuse(stanza, "service-unavailable",
+                                           "write to a contact's address, not to the gateway itself")
+                    return
+                group = self._group(addresses)
+                recipient = ",".join(group)
+            else:
+                recipient = self.bridge.normalize_address(unescape(to.user))
         except AddressError as e:
             self.stream.refuse(stanza, e.condition, e.text, e.error_type)
             return
         message = self._parse(stanza, sender, recipient)
         if message is None:
             return
+        message.group = group
         d = self.bridge.registration(message.user)
         d.addCallback(self._accept, stanza, message)
         d.addErrback(self._failed, stanza)
+
+    def _group(self, addresses: domish.Element) -> list[str]:
+        """XEP-0033: the foreign addresses a multi-recipient message goes to."""
+        if "group" not in self.bridge.adapter.features:
+            raise AddressError("this gateway cannot send group messages (XEP-0033)", "feature-not-implemented",
+                               "cancel")
+        group = []
+        for address in addresses.elements(NS_ADDRESS, "address"):
+            if address.getAttribute("type") not in ("to", "cc"):
+                continue
+            jid = parse_jid(address.getAttribute("jid"))
+            if jid is None or jid.host != self.domain or not jid.user:
+                raise AddressError(f"every group member must be an address at {self.domain}", "not-acceptable")
+            member = self.bridge.normalize_address(unescape(jid.user))
+            if member not in group:
+                group.append(member)
+        if len(group) < 2:
+            raise AddressError("a group message needs at least two recipients", "bad-request")
+        return group
 
     def _parse(self, stanza: domish.Element, sender, recipient: str) -> OutboundMessage | None:
         body = subject = thread = chat_state = None
@@ -167,7 +194,7 @@ class StanzaOutput:
         original = domish.Element((None, "message"))
         original["from"] = message.user + (f"/{message.resource}" if message.resource else "")
         try:
-            original["to"] = self.contact_jid(message.recipient)
+            original["to"] = self.domain if message.group else self.contact_jid(message.recipient)
         except EscapingError:
             original["to"] = self.domain
         if message.xmpp_id:

@@ -143,7 +143,7 @@ def test_reopen_takes_back_own_claims_and_keeps_data(registry):
     yield registry.put_registration(Registration("c.example", "u@example.org"))
     registry.close()
     yield registry.open()                                        # a restart under the same instance id
-    assert (yield registry.schema_version()) == 1
+    assert (yield registry.schema_version()) == 2
     assert len((yield registry.claim("c.example", "out"))) == 1
     assert (yield registry.get_registration("c.example", "u@example.org")) is not None
 
@@ -186,3 +186,18 @@ def test_two_claimers_never_share_a_row(pg_registry):
     ids = [it.id for batch in results for it in batch]
     assert len(ids) == 40 and len(set(ids)) == 40
     second.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_counters_are_atomic_per_period_and_deleted_with_the_user(registry):
+    assert (yield registry.counter("c.example", "u@example.org", "sms", "2026-11-22")) == 0
+    values = yield defer.gatherResults([registry.add_to_counter("c.example", "u@example.org", "sms", "2026-11-22")
+                                        for _ in range(5)])
+    assert sorted(values) == [1, 2, 3, 4, 5]
+    assert (yield registry.add_to_counter("c.example", "u@example.org", "sms", "2026-11-22", 3)) == 8
+    assert (yield registry.add_to_counter("c.example", "u@example.org", "sms", "2026-11-23")) == 1
+    yield registry.purge_counters("c.example", "sms", "2026-11-23")
+    assert (yield registry.counter("c.example", "u@example.org", "sms", "2026-11-22")) == 0
+    yield registry.put_registration(Registration("c.example", "u@example.org"))
+    yield registry.delete_registration("c.example", "u@example.org")
+    assert (yield registry.counter("c.example", "u@example.org", "sms", "2026-11-23")) == 0

@@ -1,0 +1,280 @@
+"""
+SMS and MMS through HTTP provider APIs (Twilio, Telnyx, or any JSON API set in
+config). A user registers their sending number; contacts are E.164 numbers at
+the component (``+14155550100@sms.example.org``). Inbound messages and delivery
+statuses arrive as signed webhooks on the gateway's web site.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+import phonenumbers
+from prometheus_client import Counter
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web import resource
+
+from gateway import metrics
+from gateway.adapters.base import AdapterBase
+from gateway.adapters.sms import numbers, segments
+from gateway.adapters.sms.providers import (PROVIDERS, OutboundSMS, WebhookRejected, WebhookRequest)
+from gateway.adapters.sms.webhooks import WebhookResource
+from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, PermanentFailure,
+                           Registration, RegistrationError, SendResult)
+from gateway.options import Option, non_negative, positive
+
+log = Logger(namespace="gateway.adapters.sms")
+
+SEGMENTS = Counter("xmpp_gateway_sms_segments", "SMS segments sent (what carriers bill).", ["component"],
+                   registry=metrics.REGISTRY)
+WEBHOOKS = Counter("xmpp_gateway_sms_webhooks", "Provider webhooks by kind and outcome.",
+                   ["component", "kind", "outcome"], registry=metrics.REGISTRY)
+
+API_URLS = {"twilio": "https://api.twilio.com", "telnyx": "https://api.telnyx.com", "generic": ""}
+
+
+def _region(value: str) -> str | None:
+    if value and value not in phonenumbers.SUPPORTED_REGIONS:
+        return f"{value!r} is not a region code phonenumbers knows (e.g. US, GB, DE)"
+    return None
+
+
+def _regions(values: list) -> str | None:
+    for v in values:
+        if _region(v):
+            return _region(v)
+    return None
+
+
+def _e164_list(values: list) -> str | None:
+    for v in values:
+        try:
+            if numbers.normalize(v, None) != v:
+                return f"{v!r} is not written in E.164 (+ and digits only)"
+        except AddressError as e:
+            return e.text
+    return None
+
+
+class SMSAdapter(AdapterBase):
+    name = "sms"
+    gateway_type = "sms"
+    display_name = "SMS gateway"
+    instructions = "Give the phone number you send from, in international format (+14155550100)."
+    address_prompt = "Phone number (international, or national in the gateway's region)"
+    options = [
+        Option("provider", str, "twilio", choices=tuple(PROVIDERS), doc="Which provider API to use."),
+        Option("public_url", str, "",
+               doc="The gateway's web site as providers reach it (e.g. `https://gw.example.org`): webhook "
+                   "URLs and Twilio's signatures are built from it. Required for `twilio`."),
+        Option("api_url", str, "", doc="Provider API base URL; default: the provider's own (tests point it "
+                                       "at the simulator)."),
+        Option("default_region", str, "", check=_region,
+               doc="Region for numbers typed in national format (`US`, `GB`); empty: + and country code required."),
+        Option("number_pool", list, [], item_type=str, check=_e164_list,
+               doc="Numbers of the operator's account users may pick from; empty: users type their own."),
+        Option("user_credentials", bool, False,
+               doc="Users may give their own provider credentials at registration (Twilio SID and token, "
+                   "Telnyx API key), kept encrypted."),
+        Option("daily_limit", int, 200, check=non_negative,
+               doc="Messages each user may send per UTC day; 0: no limit."),
+        Option("allowed_countries", list, [], item_type=str, check=_regions,
+               doc="Destination countries (ISO codes) allowed; empty: all."),
+        Option("contacts_online", bool, True, doc="Show phone contacts as available so clients let users write."),
+        Option("http_threads", int, 8, check=positive, doc="Threads for provider HTTP calls."),
+        Option("http_timeout", float, 20.0, check=positive, doc="Seconds to wait for a provider's answer."),
+        Option("account_sid", str, "", doc="Twilio Account SID."),
+        Option("auth_token", str, "", secret=True, doc="Twilio Auth Token (also verifies Twilio's webhooks)."),
+        Option("telnyx_api_key", str, "", secret=True, doc="Telnyx API key (v2)."),
+        Option("telnyx_public_key", str, "", doc="Telnyx account public key (base64), verifies webhooks."),
+        Option("telnyx_messaging_profile_id", str, "", doc="Telnyx messaging profile to send with (optional)."),
+        Option("telnyx_tolerance", float, 300.0, check=positive,
+               doc="Oldest Telnyx webhook timestamp accepted, in seconds (replay protection)."),
+        Option("generic_send_url", str, "", doc="Generic provider: URL to POST messages to."),
+        Option("generic_auth_header", str, "Authorization", doc="Generic provider: header carrying the API key."),
+        Option("generic_auth_value", str, "", secret=True, doc="Generic provider: that header's value."),
+        Option("generic_fields", dict, {},
+               doc="Generic provider: JSON field names (dotted paths) for `from`, `to`, `body`, `media`, "
+                   "`callback`, `id`, `error`, `in_from`, `in_to`, `in_body`, `in_media`, `in_id`, `status_id`, "
+                   "`status`, `reason`."),
+        Option("generic_signature_header", str, "X-Signature",
+               doc="Generic provider: webhook header with the hex HMAC-SHA256 of the body."),
+        Option("generic_webhook_secret", str, "", secret=True, doc="Generic provider: the HMAC key."),
+        Option("generic_concatenates", bool, False,
+               doc="Generic provider: it sends long texts as one concatenated message (else the gateway splits)."),
+        Option("generic_delivered_values", list, ["delivered"], item_type=str,
+               doc="Generic provider: status values meaning delivered."),
+        Option("generic_failed_values", list, ["failed", "undelivered"], item_type=str,
+               doc="Generic provider: status values meaning failed."),
+    ]
+
+    @classmethod
+    def check_options(cls, opts: dict[str, Any]) -> list[tuple[str, str]]:
+        """What one provider needs that the others do not."""
+        need = {"twilio": ["account_sid", "auth_token", "public_url"],
+                "telnyx": ["telnyx_api_key", "telnyx_public_key"],
+                "generic": ["generic_send_url", "generic_webhook_secret"]}[opts.get("provider", "twilio")]
+        problems = [(k, f"is required with provider = {opts.get('provider')!r}") for k in need if not opts.get(k)]
+        if opts.get("provider") == "telnyx" and opts.get("telnyx_public_key"):
+            from gateway.adapters.sms.providers.telnyx import load_public_key
+            try:
+                load_public_key(opts["telnyx_public_key"])
+            except Exception:
+                problems.append(("telnyx_public_key", "is not a base64 Ed25519 public key"))
+        if opts.get("public_url") and not opts["public_url"].startswith(("http://", "https://")):
+            problems.append(("public_url", "must start with https:// (or http://)"))
+        return problems
+
+    def __init__(self, options: dict[str, Any], context):
+        super().__init__(options, context)
+        opts = dict(options)
+        opts["api_url"] = opts["api_url"] or API_URLS[opts["provider"]]
+        self.public_url = opts["public_url"].rstrip("/")
+        self.http_pool = ThreadPool(minthreads=0, maxthreads=opts["http_threads"], name="sms-http")
+        self.provider = PROVIDERS[opts["provider"]](opts, self.http_pool, context.clock)
+        self.features = frozenset({"receipts", "attachments"} | ({"group"} if self.provider.supports_group else set()))
+        self.contact_presence = "available" if opts["contacts_online"] else None
+        pool = opts["number_pool"]
+        number = (Field("number", "Your number", type="list-single", required=True, options=tuple(pool))
+                  if pool else Field("number", "Your number (+14155550100)", required=True))
+        fields = [number]
+        if opts["user_credentials"]:
+            if opts["provider"] == "twilio":
+                fields += [Field("account_sid", "Your Twilio Account SID (optional)"),
+                           Field("auth_token", "Your Twilio Auth Token (optional)", type="text-private")]
+            elif opts["provider"] == "telnyx":
+                fields += [Field("api_key", "Your Telnyx API key (optional)", type="text-private")]
+        self.registration_fields = fields
+
+    def startService(self):
+        super().startService()
+        self.http_pool.start()
+
+    def stopService(self):
+        self.http_pool.stop()
+        self.provider.close()
+        return super().stopService()
+
+    # -- addresses and registration -----------------------------------------
+
+    def normalize_address(self, text: str) -> str:
+        return numbers.normalize(text, self.config["default_region"] or None)
+
+    def validate_registration(self, jid: str, values: dict[str, Any], current: Registration | None):
+        try:
+            number = self.normalize_address(values.get("number", ""))
+        except AddressError as e:
+            raise RegistrationError(e.text)
+        if self.config["number_pool"] and number not in self.config["number_pool"]:
+            raise RegistrationError(f"{number} is not one of this gateway's numbers")
+        secrets = {k: values[k] for k in ("account_sid", "auth_token", "api_key") if values.get(k)}
+        settings = {"account_sid": secrets.pop("account_sid")} if "account_sid" in secrets else {}
+        return number, settings, secrets
+
+    def registration_values(self, registration: Registration) -> dict[str, Any]:
+        return {"number": registration.foreign_id, **registration.settings}
+
+    # -- sending ------------------------------------------------------------
+
+    def _check_destination(self, number: str) -> None:
+        allowed = self.config["allowed_countries"]
+        if allowed:
+            where = numbers.country(number) or "an unknown country"
+            if where not in allowed:
+                raise PermanentFailure(f"texts to {where} are not allowed by this gateway "
+                                       f"(allowed: {', '.join(allowed)})", "policy-violation")
+
+    @defer.inlineCallbacks
+    def send(self, message: OutboundMessage, registration: Registration):
+        body = message.body or ""
+        if message.subject:
+            body = f"{message.subject}\n{body}" if body else message.subject
+        if not body.strip() and not message.attachments:
+            return SendResult(parts=0)  # empty bodies and chat states are never sent as SMS
+        recipients = list(message.group) or [message.recipient]
+        for number in recipients:
+            self._check_destination(number)
+        day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+        limit = self.config["daily_limit"]
+        if limit:
+            used = yield self.context.counter(registration.jid, "sms", day)
+            if used >= limit:
+                raise PermanentFailure(f"daily limit of {limit} messages reached; it resets at 00:00 UTC",
+                                       "policy-violation")
+        parts = segments.split(body) if body else [""]
+        callback = f"{self.public_url}/hooks/{self.context.component}/{self.provider.name}/status" \
+            if self.public_url else None
+        credentials = {**registration.secrets, **registration.settings} if self.config["user_credentials"] else {}
+        pieces = [body] if self.provider.concatenates or len(parts) == 1 else parts
+        result = None
+        for i, piece in enumerate(pieces):
+            result = yield self.provider.send(OutboundSMS(
+                sender=registration.foreign_id, recipients=recipients, body=piece,
+                media_urls=list(message.attachments) if i == 0 else [], status_callback=callback,
+                credentials=credentials))
+        count = len(parts) if body else 1
+        SEGMENTS.labels(self.context.component).inc(count * len(recipients))
+        yield self.context.add_to_counter(registration.jid, "sms", day)
+        return SendResult(foreign_id=result.id, delivered=False, parts=count)
+
+    # -- webhooks -----------------------------------------------------------
+
+    def web_resources(self) -> dict[str, resource.Resource]:
+        mount = resource.Resource()
+        mount.putChild(b"inbound", WebhookResource(self, "inbound"))
+        mount.putChild(b"status", WebhookResource(self, "status"))
+        return {self.provider.name: mount}
+
+    @defer.inlineCallbacks
+    def _user_secrets(self, request: WebhookRequest):
+        """Per-user webhook secrets (Twilio tokens) for the numbers a webhook names, before it is trusted."""
+        if not self.config["user_credentials"]:
+            return {}
+        form = request.form()
+        found = {}
+        for key in ("To", "From"):
+            number = (form.get(key) or [""])[0]
+            if number:
+                reg = yield self.context.registration_by_foreign_id(number)
+                if reg is not None and reg.secrets.get("auth_token"):
+                    found[number] = reg.secrets["auth_token"]
+        return found
+
+    @defer.inlineCallbacks
+    def handle_webhook(self, kind: str, request: WebhookRequest):
+        component = self.context.component
+        ok = (200, *self.provider.webhook_reply)
+        secrets = yield self._user_secrets(request)
+        try:
+            if kind == "inbound":
+                sms = self.provider.parse_inbound(request, secrets.get)
+            else:
+                report = self.provider.parse_status(request, secrets.get)
+        except WebhookRejected as e:
+            WEBHOOKS.labels(component, kind, "rejected").inc()
+            log.warn("refused a {kind} webhook: {why}", kind=kind, why=str(e))
+            return 403, b"text/plain", b"forbidden\n"
+        if kind == "status":
+            WEBHOOKS.labels(component, kind, "accepted").inc()
+            if report.delivered is not None and report.id:
+                yield self.context.report(DeliveryReport(component, "", report.id, report.delivered,
+                                                         None if report.delivered else "recipient-unavailable",
+                                                         report.reason))
+            return ok
+        reg = yield self.context.registration_by_foreign_id(sms.recipient)
+        if reg is None:
+            WEBHOOKS.labels(component, kind, "unknown-number").inc()
+            log.info("inbound SMS to {number}, which no user has registered: not delivered", number=sms.recipient)
+            return ok  # 200, so the provider does not retry a message nobody can receive
+        try:
+            sender = self.normalize_address(sms.sender)
+        except AddressError:
+            sender = sms.sender.strip()   # short codes and alphanumeric sender ids stay as they are
+        yield self.context.deliver(InboundMessage(
+            component=component, user=reg.jid, sender=sender, body=sms.body or None,
+            attachments=[url for url, _ in sms.media], foreign_id=sms.id))
+        WEBHOOKS.labels(component, kind, "delivered").inc()
+        return ok

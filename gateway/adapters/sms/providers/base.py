@@ -1,0 +1,133 @@
+"""
+What every SMS provider does: send a message over its HTTP API, and turn its
+webhooks (inbound messages, delivery statuses) into neutral reports after
+checking they really come from the provider.
+
+HTTP calls use ``requests`` with one Session per provider (connection pooling)
+in a dedicated thread pool, so the reactor never waits on the network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+import requests
+from twisted.internet import threads
+from twisted.logger import Logger
+
+from gateway.model import PermanentFailure, TemporaryFailure
+
+log = Logger(namespace="gateway.adapters.sms")
+
+
+@dataclass
+class OutboundSMS:
+    sender: str
+    recipients: list[str]
+    body: str
+    media_urls: list[str] = field(default_factory=list)
+    status_callback: str | None = None
+    #: Per-user provider credentials, when the operator allows them.
+    credentials: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ProviderResult:
+    id: str
+    #: The provider's own segment count, when it says.
+    segments: int | None = None
+
+
+@dataclass
+class InboundSMS:
+    sender: str
+    recipient: str
+    body: str
+    media: list[tuple[str, str]] = field(default_factory=list)   # (url, content type)
+    id: str | None = None
+
+
+@dataclass
+class StatusReport:
+    id: str
+    #: True delivered, False failed, None an intermediate state (queued, sent).
+    delivered: bool | None
+    reason: str | None = None
+
+
+@dataclass
+class WebhookRequest:
+    #: The URL exactly as the provider called it (public_url + path): signatures cover it.
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+    def form(self) -> dict[str, list[str]]:
+        return parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+class WebhookRejected(Exception):
+    """Not from the provider (bad or missing signature): answered 403, nothing delivered."""
+
+
+class SMSProvider:
+    name = "base"
+    #: The provider sends a long text as one concatenated message (and bills its segments).
+    concatenates = True
+    supports_group = False
+    #: Webhook responses: (content type, body) the provider expects.
+    webhook_reply: tuple[bytes, bytes] = (b"text/plain", b"")
+
+    def __init__(self, options: dict[str, Any], http_pool, reactor):
+        self.options = options
+        self.pool = http_pool
+        self.reactor = reactor
+        self.session = requests.Session()
+        self.timeout = (5.0, options["http_timeout"])
+
+    def close(self) -> None:
+        self.session.close()
+
+    def in_thread(self, fn: Callable, *args, **kwargs):
+        return threads.deferToThreadPool(self.reactor, self.pool, fn, *args, **kwargs)
+
+    # -- to implement -------------------------------------------------------
+
+    def send(self, sms: OutboundSMS):
+        """A Deferred firing with ProviderResult; TemporaryFailure / PermanentFailure otherwise."""
+        raise NotImplementedError
+
+    def parse_inbound(self, request: WebhookRequest, secret_for: Callable[[str], str | None]) -> InboundSMS:
+        """Verify and parse an inbound-message webhook (raise WebhookRejected)."""
+        raise NotImplementedError
+
+    def parse_status(self, request: WebhookRequest, secret_for: Callable[[str], str | None]) -> StatusReport:
+        raise NotImplementedError
+
+    # -- shared HTTP handling -------------------------------------------------
+
+    def request(self, method: str, url: str, **kwargs) -> requests.Response:
+        """Runs in the HTTP thread pool: network errors become TemporaryFailure."""
+        try:
+            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+        except requests.RequestException as e:
+            raise TemporaryFailure(f"cannot reach {self.name}: {type(e).__name__}") from None
+
+    def classify(self, response: requests.Response, detail: str) -> None:
+        """Raise the failure an unsuccessful answer means; return for success."""
+        code = response.status_code
+        if 200 <= code < 300:
+            return
+        if code == 429 or code >= 500:
+            raise TemporaryFailure(f"{self.name} answered {code}" + (f": {detail}" if detail else ""))
+        if code in (401, 403):
+            log.error("{provider} refused the gateway's credentials ({code}): {detail}", provider=self.name,
+                      code=code, detail=detail)
+            raise PermanentFailure(f"the SMS provider refused the gateway's credentials ({code})",
+                                   "service-unavailable")
+        raise PermanentFailure(f"{self.name} refused the message: {detail or code}", "not-acceptable")
