@@ -63,7 +63,7 @@ class Bridge(service.MultiService):
         self.clock = clock
         self.output: Any = _Disconnected()
         self.adapter = adapter_class(adapter_options, self)
-        if isinstance(self.adapter, service.IService):
+        if service.IService.providedBy(self.adapter):
             self.adapter.setServiceParent(self)
         self.limiter = TokenBuckets(limits["rate"], limits["burst"])
         self.rate_text = (f"rate limit exceeded: at most {limits['rate']:g} messages per second "

@@ -343,3 +343,11 @@ def test_keepalive_pings_drop_a_dead_stream(tmp_path):
         assert w.transport.disconnected                                 # aborted: the stream will reconnect
     finally:
         w.stop()
+
+
+def test_adapter_runs_as_a_service_of_its_bridge(wire):
+    """Adapters with threads or connections rely on startService/stopService being called."""
+    assert wire.bridge.adapter.running
+    wire.bridge.stopService()
+    assert not wire.bridge.adapter.running
+    wire.bridge.startService()

@@ -1,0 +1,288 @@
+"""
+SMS end to end: a real Prosody, slixmpp users, the gateway process with the SMS
+adapter on Twilio's API, and the Twilio simulator (the one stand-in: no carrier can
+run here) speaking Twilio's wire format.
+"""
+
+import asyncio
+import os
+import re
+import time
+import urllib.request
+
+import pytest
+
+from gateway.testing.process import free_port
+from tests.integration.gateway_fixture import register_form, registered_client, start_gateway
+from tests.integration.harness import Client, body, error_condition, http_get, run
+from tests.integration.sms_support import ACCOUNT_SID, AUTH_TOKEN, TwilioSimulator, sms_options
+
+DOMAIN = "sms.localhost"
+CONTACT = "+12025550143"
+NS_RECEIPTS = "urn:xmpp:receipts"
+_numbers = iter(range(100, 10000))
+
+
+def new_number() -> str:
+    return f"+1415555{next(_numbers):04d}"
+
+
+@pytest.fixture(scope="module")
+def simulator(workdir):
+    sim = TwilioSimulator(workdir).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="module")
+def sms_gateway(prosody, simulator, workdir):
+    path = os.path.join(workdir, "sms-gw")
+    os.makedirs(path, exist_ok=True)
+    web_port = free_port()
+    gateway = start_gateway(prosody, path, "sms", adapter="sms", web_port=web_port,
+                            options=sms_options(simulator, web_port, allowed_countries=["US", "CA"]),
+                            outbox={"retry_initial": 0.3, "retry_max": 0.5, "deadline": 30.0})
+    gateway.hooks = f"http://127.0.0.1:{web_port}/hooks/{DOMAIN}/twilio"
+    yield gateway
+    gateway.stop()
+
+
+def metric(gateway, name: str, **labels) -> float:
+    _, text = http_get(f"http://127.0.0.1:{gateway.web_port}/metrics")
+    for line in text.splitlines():
+        m = re.match(rf"^{name}\{{(.*)\}} (\S+)$", line)
+        if m and all(f'{k}="{v}"' in m.group(1) for k, v in labels.items()):
+            return float(m.group(2))
+    return 0.0
+
+
+async def sms_user(prosody, name: str, number: str):
+    return await registered_client(prosody, DOMAIN, name, Client, {"number": number})
+
+
+def sent_to_simulator(simulator, text: str, timeout: float = 10.0) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [m for m in simulator.messages() if m["body"] == text]
+        if found:
+            return found
+        time.sleep(0.05)
+    return []
+
+
+def test_registration_numbers_and_conflicts(prosody, sms_gateway):
+    number = new_number()
+
+    async def scenario():
+        alice = await sms_user(prosody, "smsalice", number[:2] + " " + number[2:5] + " " + number[5:])
+        bob = await Client(prosody.register(f"smsbob{os.getpid()}", "pw"), "pw").start(prosody.c2s_port)
+        try:
+            form = await alice.iq(DOMAIN, "get", "<query xmlns='jabber:iq:register'/>")
+            assert number in "".join(form.itertext())                   # stored normalised to E.164
+            cond, text = await bob.iq_error(DOMAIN, "set", register_form({"number": number}))
+            assert cond == "conflict" and number in text
+            cond, text = await bob.iq_error(DOMAIN, "set", register_form({"number": "12"}))
+            assert cond == "not-acceptable" and "phone number" in text
+            national = await bob.iq(DOMAIN, "set", "<query xmlns='jabber:iq:gateway'><prompt>(202) 555-0143"
+                                                   "</prompt></query>")
+            assert "".join(national.itertext()).startswith(f"{CONTACT}@{DOMAIN}")
+        finally:
+            await alice.stop()
+            await bob.stop()
+
+    run(scenario())
+
+
+def test_send_then_delivery_receipt(prosody, simulator, sms_gateway):
+    number = new_number()
+
+    async def scenario():
+        client = await sms_user(prosody, "smsrita", number)
+        try:
+            msg_id = client.send_chat(f"{CONTACT}@{DOMAIN}", "hello by SMS", receipt=True)
+            client.send_raw(f"<message to='{CONTACT}@{DOMAIN}' type='chat'>"
+                            "<composing xmlns='http://jabber.org/protocol/chatstates'/></message>")
+            sent = await asyncio.to_thread(sent_to_simulator, simulator, "hello by SMS")
+            assert len(sent) == 1
+            form = sent[0]["form"]
+            assert form == {"To": [CONTACT], "From": [number], "Body": ["hello by SMS"],
+                            "StatusCallback": [f"{sms_gateway.hooks}/status"]}
+            result = await asyncio.to_thread(simulator.control, "status", {"sid": sent[0]["sid"],
+                                                                           "status": "delivered"})
+            assert result["status"] == 200
+            receipt = await client.next_message(lambda m: m.find(f"{{{NS_RECEIPTS}}}received") is not None)
+            assert receipt.find(f"{{{NS_RECEIPTS}}}received").get("id") == msg_id
+            assert receipt.get("from").startswith(f"{CONTACT}@{DOMAIN}")
+            assert not [m for m in simulator.messages() if m["from"] == number and m["body"] != "hello by SMS"]
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+def test_failed_delivery_reaches_the_sender(prosody, simulator, sms_gateway):
+    number = new_number()
+
+    async def scenario():
+        client = await sms_user(prosody, "smsfay", number)
+        try:
+            msg_id = client.send_chat(f"{CONTACT}@{DOMAIN}", "will not arrive")
+            sent = await asyncio.to_thread(sent_to_simulator, simulator, "will not arrive")
+            await asyncio.to_thread(simulator.control, "status", {"sid": sent[0]["sid"], "status": "undelivered",
+                                                                  "error_code": "30003"})
+            err = await client.next_message(lambda m: m.get("id") == msg_id)
+            cond, text = error_condition(err)
+            assert err.get("type") == "error" and cond == "recipient-unavailable"
+            assert "unreachable" in text and "30003" in text
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+def test_inbound_signed_forged_unsigned_and_unknown(prosody, simulator, sms_gateway):
+    number = new_number()
+    inbound = f"{sms_gateway.hooks}/inbound"
+
+    async def scenario():
+        client = await sms_user(prosody, "smsivy", number)
+        try:
+            ok = await asyncio.to_thread(simulator.control, "inbound", {
+                "url": inbound, "from": CONTACT, "to": number, "body": "picture attached",
+                "media": [["https://media.example/p1.jpg", "image/jpeg"]]})
+            assert ok["status"] == 200 and "<Response>" in ok["body"]
+            msg = await client.next_message(lambda m: body(m) is not None)
+            assert msg.get("from") == f"{CONTACT}@{DOMAIN}" and msg.get("type") == "chat"
+            assert body(msg) == "picture attached\nhttps://media.example/p1.jpg"
+            assert msg.find("{jabber:x:oob}x/{jabber:x:oob}url").text == "https://media.example/p1.jpg"
+
+            for signing in ("forged", "none"):
+                refused = await asyncio.to_thread(simulator.control, "inbound", {
+                    "url": inbound, "from": CONTACT, "to": number, "body": f"{signing} one", "signature": signing})
+                assert refused["status"] == 403
+            unknown_before = metric(sms_gateway, "xmpp_gateway_sms_webhooks_total", outcome="unknown-number")
+            nobody = await asyncio.to_thread(simulator.control, "inbound", {
+                "url": inbound, "from": CONTACT, "to": "+14155559999", "body": "for nobody"})
+            assert nobody["status"] == 200
+            assert metric(sms_gateway, "xmpp_gateway_sms_webhooks_total", outcome="unknown-number") == \
+                unknown_before + 1
+            assert await client.quiet(seconds=1.0, predicate=lambda m: body(m) is not None) == []
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+def test_provider_errors_then_success_is_sent_once(prosody, simulator, sms_gateway):
+    number = new_number()
+
+    async def scenario():
+        client = await sms_user(prosody, "smsotto", number)
+        try:
+            calls = await asyncio.to_thread(simulator.api_calls)
+            await asyncio.to_thread(simulator.control, "fail", {"count": 2, "status": 500})
+            client.send_chat(f"{CONTACT}@{DOMAIN}", "third time lucky")
+            sent = await asyncio.to_thread(sent_to_simulator, simulator, "third time lucky")
+            await asyncio.sleep(1.5)                               # room for a wrongful extra send
+            assert len([m for m in simulator.messages() if m["body"] == "third time lucky"]) == 1
+            assert len(sent) == 1 and await asyncio.to_thread(simulator.api_calls) == calls + 3
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+def test_bad_numbers_limits_segments_and_groups(prosody, simulator, sms_gateway):
+    number = new_number()
+
+    async def scenario():
+        client = await sms_user(prosody, "smsuma", number)
+        try:
+            bad = client.send_chat(f"12@{DOMAIN}", "to nowhere")
+            err = await client.next_message(lambda m: m.get("id") == bad)
+            cond, text = error_condition(err)
+            assert cond == "jid-malformed" and "phone number" in text
+
+            abroad = client.send_chat(f"+442079460958@{DOMAIN}", "to London")
+            err = await client.next_message(lambda m: m.get("id") == abroad)
+            cond, text = error_condition(err)
+            assert cond == "policy-violation" and "GB" in text
+
+            before = metric(sms_gateway, "xmpp_gateway_sms_segments_total", component=DOMAIN)
+            long_text = "ж" * 300                                  # UCS-2: 300 > 4 * 67 → 5 segments
+            client.send_chat(f"{CONTACT}@{DOMAIN}", long_text)
+            sent = await asyncio.to_thread(sent_to_simulator, simulator, long_text)
+            assert len(sent) == 1 and sent[0]["num_segments"] == 5   # one concatenated message
+            await asyncio.sleep(0.3)
+            assert metric(sms_gateway, "xmpp_gateway_sms_segments_total", component=DOMAIN) == before + 5
+
+            group = f"m{time.monotonic_ns()}"
+            client.send_raw(f"<message to='{DOMAIN}' id='{group}' type='normal'><body>all of you</body>"
+                            "<addresses xmlns='http://jabber.org/protocol/address'>"
+                            f"<address type='to' jid='{CONTACT}@{DOMAIN}'/>"
+                            f"<address type='to' jid='+12025550144@{DOMAIN}'/></addresses></message>")
+            err = await client.next_message(lambda m: m.get("id") == group)
+            assert error_condition(err)[0] == "feature-not-implemented"
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+def test_daily_cap(prosody, simulator, fresh_dir):
+    web_port = free_port()
+    gateway = start_gateway(prosody, fresh_dir, "smscap", adapter="sms", web_port=web_port,
+                            options=sms_options(simulator, web_port, daily_limit=2))
+    number = new_number()
+
+    async def scenario():
+        client = await registered_client(prosody, gateway.domain, "smscap", Client, {"number": number})
+        try:
+            ids = []
+            for n in range(3):
+                ids.append(client.send_chat(f"{CONTACT}@{gateway.domain}", f"capped {n}"))
+                await asyncio.sleep(0.3)
+            err = await client.next_message(lambda m: m.get("id") == ids[2])
+            cond, text = error_condition(err)
+            assert cond == "policy-violation" and "daily limit of 2" in text
+            assert sorted(m["body"] for m in simulator.messages() if m["from"] == number) == ["capped 0", "capped 1"]
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario())
+    finally:
+        gateway.stop()
+
+
+def test_provider_down_past_the_deadline(prosody, fresh_dir):
+    web_port = free_port()
+    closed = free_port()                                           # nothing listens there: a provider that is down
+    options = {"provider": "twilio", "account_sid": ACCOUNT_SID, "auth_token": AUTH_TOKEN,
+               "api_url": f"http://127.0.0.1:{closed}", "public_url": f"http://127.0.0.1:{web_port}"}
+    gateway = start_gateway(prosody, fresh_dir, "smsdown", adapter="sms", web_port=web_port, options=options,
+                            outbox={"deadline": 2.0, "retry_initial": 0.3, "retry_max": 0.5})
+
+    async def scenario():
+        client = await registered_client(prosody, gateway.domain, "smsdown", Client, {"number": new_number()})
+        try:
+            msg_id = client.send_chat(f"{CONTACT}@{gateway.domain}", "anyone?")
+            err = await client.next_message(lambda m: m.get("id") == msg_id, timeout=15)
+            cond, text = error_condition(err)
+            assert cond == "remote-server-timeout" and "cannot reach twilio" in text
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario())
+    finally:
+        gateway.stop()
+
+
+def test_webhook_answers_get_with_405(sms_gateway):
+    request = urllib.request.Request(f"{sms_gateway.hooks}/inbound")
+    try:
+        urllib.request.urlopen(request, timeout=5)
+        raise AssertionError("GET was accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 405
