@@ -10,7 +10,7 @@ import os
 import secrets
 import sys
 
-from gateway.testing.process import free_port, port_open
+from gateway.testing.process import Server, free_port, port_open
 
 
 def _port(preferred: int) -> int:
@@ -25,8 +25,9 @@ def run_demo(directory: str, log_format: str = "text") -> int:
     os.makedirs(directory, exist_ok=True)
     os.chmod(directory, 0o755)
     component_secret = secrets.token_urlsafe(16)
+    sms_secret = secrets.token_urlsafe(16)
     domain = "echo.localhost"
-    prosody = Prosody(os.path.join(directory, "prosody"), {domain: component_secret},
+    prosody = Prosody(os.path.join(directory, "prosody"), {domain: component_secret, "sms.localhost": sms_secret},
                       c2s_port=_port(5222))
     try:
         prosody.start()
@@ -37,6 +38,14 @@ def run_demo(directory: str, log_format: str = "text") -> int:
     for name, password in users.items():
         prosody.register(name, password)
     web_port = _port(8480)
+    sim_port = free_port()
+    twilio_sid, twilio_token = "AC" + secrets.token_hex(16), secrets.token_hex(16)
+    simulator = Server("twilio-simulator", [
+        sys.executable, "-m", "gateway.testing.twilio_simulator", "--port", str(sim_port),
+        "--account-sid", twilio_sid, "--auth-token", twilio_token,
+        "--auto-reply", f"http://127.0.0.1:{web_port}/hooks/sms.localhost/twilio/inbound"],
+        os.path.join(directory, "twilio-simulator.log")).start()
+    simulator.wait_log("listening on")
     config_path = os.path.join(directory, "gateway.toml")
     with open(config_path, "w", encoding="utf-8") as f:
         f.write(f"""# Written by `xmpp-gateway demo`.
@@ -62,6 +71,19 @@ format = "{log_format}"
 domain = "{domain}"
 secret = "{component_secret}"
 adapter = "echo"
+
+[[components]]
+domain = "sms.localhost"
+secret = "{sms_secret}"
+adapter = "sms"
+
+[components.options]
+provider = "twilio"
+account_sid = "{twilio_sid}"
+auth_token = "{twilio_token}"
+api_url = "http://127.0.0.1:{sim_port}"
+public_url = "http://127.0.0.1:{web_port}"
+default_region = "US"
 """)
     logins = "\n".join(f"    {name}@localhost   password: {pw}" for name, pw in users.items())
     print(f"""
@@ -74,6 +96,9 @@ xmpp-gateway demo is running.
         and write to any contact at that domain, e.g. hello@{domain}: it echoes you.
         jabber:iq:gateway turns any name into a contact JID; ad-hoc commands on {domain}
         change settings (alice is an admin: list-users, stats, delete-user).
+  SMS: register with sms.localhost giving any valid number (e.g. +14155550100), then text
+        +12025550143@sms.localhost. A Twilio simulator (no real carrier) takes the message,
+        reports it delivered (a receipt if your client asked) and texts you back.
   Health and metrics: http://127.0.0.1:{web_port}/healthz  http://127.0.0.1:{web_port}/metrics
   Files (config, registry, Prosody): {directory}
 
@@ -86,5 +111,6 @@ Stop with Ctrl-C.
     except SystemExit as e:
         return int(e.code or 0)
     finally:
+        simulator.stop()
         prosody.stop()
     return 0

@@ -16,7 +16,7 @@ def test_demo_prints_logins_that_work(fresh_dir):
     out = ""
     try:
         deadline = time.monotonic() + 30
-        while "authenticated" not in out and time.monotonic() < deadline and proc.poll() is None:
+        while out.count(": authenticated") < 2 and time.monotonic() < deadline and proc.poll() is None:
             out += proc.stdout.readline()
         assert "authenticated" in out, out
         port = int(re.search(r"127\.0\.0\.1 port (\d+)", out).group(1))
@@ -30,6 +30,13 @@ def test_demo_prints_logins_that_work(fresh_dir):
                 client.send_chat("hello@echo.localhost", "is this thing on?")
                 echo = await client.next_message(lambda m: body(m) is not None)
                 assert body(echo) == "is this thing on?"
+                await client.iq("sms.localhost", "set",
+                                "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
+                                "<field var='number'><value>+14155550100</value></field></x></query>")
+                client.send_chat("+12025550143@sms.localhost", "texting the simulator", receipt=True)
+                reply = await client.next_message(lambda m: (body(m) or "").startswith("(simulated reply"))
+                assert reply.get("from") == "+12025550143@sms.localhost"
+                assert "texting the simulator" in body(reply)
             finally:
                 await client.stop()
 

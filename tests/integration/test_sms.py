@@ -286,3 +286,38 @@ def test_webhook_answers_get_with_405(sms_gateway):
         raise AssertionError("GET was accepted")
     except urllib.error.HTTPError as e:
         assert e.code == 405
+
+
+def test_number_pool_and_users_own_credentials(prosody, simulator, fresh_dir):
+    web_port = free_port()
+    pool = ["+14155550198", "+14155550199"]
+    gateway = start_gateway(prosody, fresh_dir, "smsown", adapter="sms", web_port=web_port,
+                            options=sms_options(simulator, web_port, number_pool=pool, user_credentials=True))
+
+    async def scenario():
+        client = await Client(prosody.register(f"smsown{os.getpid()}", "pw"), "pw").start(prosody.c2s_port)
+        try:
+            form = await client.iq(gateway.domain, "get", "<query xmlns='jabber:iq:register'/>")
+            field = form.find(".//{jabber:x:data}field[@var='number']")
+            assert field.get("type") == "list-single"
+            assert sorted(o.find("{jabber:x:data}value").text for o in field.findall("{jabber:x:data}option")) == pool
+            cond, text = await client.iq_error(gateway.domain, "set", register_form({"number": "+14155550100"}))
+            assert cond == "not-acceptable" and "not one of this gateway's numbers" in text
+            await client.iq(gateway.domain, "set", register_form({
+                "number": pool[0], "account_sid": "AC" + "9" * 32, "auth_token": "the-users-own-token-1234"}))
+            again = await client.iq(gateway.domain, "get", "<query xmlns='jabber:iq:register'/>")
+            assert "the-users-own-token-1234" not in "".join(again.itertext())
+            # The simulator knows only the operator's account: the user's own credentials are refused,
+            # which shows they, not the operator's, were used.
+            msg_id = client.send_chat(f"{CONTACT}@{gateway.domain}", "on my own account")
+            err = await client.next_message(lambda m: m.get("id") == msg_id)
+            cond, text = error_condition(err)
+            assert cond == "service-unavailable" and "credentials" in text
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario())
+    finally:
+        gateway.stop()
+    assert "the-users-own-token-1234" not in gateway.log()
