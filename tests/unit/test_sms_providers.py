@@ -235,3 +235,42 @@ def test_generic_provider_fields_auth_and_webhooks(http):
     report = provider.parse_status(WebhookRequest(URL, {"x-signature": hmac.new(
         b"hooksecret", status, hashlib.sha256).hexdigest()}, status), {}.get)
     assert (report.id, report.delivered) == ("77", True)
+
+
+@pytest_twisted.inlineCallbacks
+def test_adapter_splits_for_providers_that_do_not_concatenate(http, tmp_path):
+    """The adapter, on a real bridge and registry, in front of a generic API that sends one SMS per request."""
+    from gateway.adapters.sms import SMSAdapter
+    from gateway.bridge import Bridge
+    from gateway.model import OutboundMessage, Registration
+    from gateway.options import validate_table
+    from gateway.registry import SQLRegistry
+    from gateway.registry.crypto import SecretBox
+
+    capture, base, _ = http
+    problems = []
+    options = validate_table({"provider": "generic", "generic_send_url": base + "/send",
+                              "generic_webhook_secret": "s", "daily_limit": 10}, SMSAdapter.options, "", problems)
+    assert problems == [] and SMSAdapter.check_options(options) == []
+    registry = SQLRegistry(f"sqlite:///{tmp_path}/r.sqlite", SecretBox.generate())
+    yield registry.open()
+    bridge = Bridge("sms.example.org", SMSAdapter, options, registry, reactor,
+                    {"retry_initial": 1.0, "retry_max": 1.0, "deadline": 5.0, "lease": 30.0, "poll_interval": 1.0},
+                    {"rate": 10.0, "burst": 10})
+    bridge.adapter.startService()
+    try:
+        reg = Registration("sms.example.org", "u@example.org", "+14155550100")
+        capture.answers = [(200, {"id": "a"}), (200, {"id": "b"})]
+        text = "x" * 153 + "y" * 47                      # GSM-7, 200 septets: 153 + 47
+        result = yield bridge.adapter.send(OutboundMessage("sms.example.org", "u@example.org", "+12025550143",
+                                                           body=text), reg)
+        bodies = [json.loads(r["body"])["text"] for r in capture.requests]
+        assert bodies == ["x" * 153, "y" * 47] and result.parts == 2 and result.foreign_id == "b"
+        assert (yield registry.counter("sms.example.org", "u@example.org", "sms",
+                                       time.strftime("%Y-%m-%d", time.gmtime()))) == 1
+        nothing = yield bridge.adapter.send(OutboundMessage("sms.example.org", "u@example.org", "+12025550143",
+                                                            body="   "), reg)
+        assert nothing.parts == 0 and len(capture.requests) == 2   # an empty body is never sent
+    finally:
+        bridge.adapter.stopService()
+        registry.close()
