@@ -90,6 +90,14 @@ SECTIONS: dict[str, list[Option]] = {
         Option("listen", str, "tcp:8480:interface=127.0.0.1",
                doc="Twisted endpoint for /healthz, /metrics and adapter webhooks; empty disables."),
     ],
+    "files": [
+        Option("directory", str, "/var/lib/xmpp-gateway/files",
+               doc="Where files offered as links (email attachments) are kept until they expire."),
+        Option("public_url", str, "",
+               doc="Base URL users fetch those files from (the web site as users reach it, e.g. "
+                   "`https://gw.example.org`); default: `http://` and the address in `web.listen`."),
+        Option("expiry_days", float, 30.0, check=positive, doc="Days a file stays available."),
+    ],
     "log": [
         Option("format", str, "text", choices=("text", "json"), doc="`text` for people, `json` for one JSON object per line."),
         Option("level", str, "info", choices=("debug", "info", "warn", "error"), doc="Lowest level written."),
@@ -127,6 +135,7 @@ class Config:
     outbox: dict[str, Any]
     limits: dict[str, Any]
     web: dict[str, Any]
+    files: dict[str, Any]
     log: dict[str, Any]
     components: list[ComponentConfig] = field(default_factory=list)
     path: str = ""
@@ -248,6 +257,10 @@ def parse(text: str, filename: str = "") -> Config:
             SecretBox(sections["registry"]["secret_key"])
         except KeyError_ as e:
             problems.append(Problem("registry.secret_key", str(e)))
+    if not sections["files"].get("public_url"):
+        m = re.match(r"^tcp:(\d+)(?::interface=([^:]+))?", sections["web"].get("listen", ""))
+        if m:
+            sections["files"]["public_url"] = f"http://{m.group(2) or '127.0.0.1'}:{m.group(1)}"
     if not sections["gateway"].get("instance_id"):
         sections["gateway"]["instance_id"] = socket.gethostname()
 

@@ -64,6 +64,9 @@ secret_key = "{SecretBox.generate()}"
 [web]
 listen = "tcp:{web_port}:interface=127.0.0.1"
 
+[files]
+directory = "{directory}/files"
+
 [log]
 format = "{log_format}"
 

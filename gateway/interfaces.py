@@ -69,6 +69,7 @@ class IAdapterContext(Interface):
 
     component = Attribute("The component domain the adapter serves.")
     clock = Attribute("IReactorTime to schedule with (the reactor in production).")
+    files = Attribute("gateway.web.files.FileStore: put(data, name, type) -> Deferred[URL] for links.")
 
     def deliver(message):
         """Queue an InboundMessage durably; the Deferred fires once it is stored."""

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from gateway.bridge import Bridge
 from gateway.config import Config
 from gateway.registry import SQLRegistry
+from gateway.web.files import FileStore
 from gateway.web.site import build_site
 from gateway.xmpp.service import build_component
 
@@ -35,12 +36,14 @@ class GatewayService(service.MultiService):
         self.exit_code = 0
         self.registry = SQLRegistry(config.registry["url"], config.registry["secret_key"],
                                     config.gateway["instance_id"], config.outbox["lease"])
+        self.files = FileStore(config.files["directory"], config.files["public_url"], config.files["expiry_days"],
+                               reactor)
         self.bridges: list[Bridge] = []
         self.components = []
         self._web = None
         for comp in config.components:
             bridge = Bridge(comp.domain, comp.adapter_class, comp.options, self.registry, reactor,
-                            config.outbox, config.limits)
+                            config.outbox, config.limits, files=self.files)
             self.bridges.append(bridge)
             self.components.append(build_component(comp, config.xmpp, config.gateway, bridge, self.fail, reactor))
         self.ready = defer.Deferred()
@@ -52,6 +55,7 @@ class GatewayService(service.MultiService):
         d.addCallbacks(self.ready.callback, self._start_failed)
 
     def _start_children(self, _):
+        self.files.start()
         log.info("registry open ({dialect}); starting {n} component(s)", dialect=self.registry.dialect,
                  n=len(self.components))
         for bridge in self.bridges:
@@ -90,4 +94,5 @@ class GatewayService(service.MultiService):
                     log.failure("announcing unavailability failed")
         yield defer.gatherResults([stream.close() for stream in self.components])
         yield defer.maybeDeferred(super().stopService)
+        self.files.stop()
         self.registry.close()

@@ -56,11 +56,13 @@ class Bridge(service.MultiService):
     CACHE_TTL = 30.0
 
     def __init__(self, component: str, adapter_class: type, adapter_options: dict, registry, clock,
-                 outbox_settings: dict, limits: dict):
+                 outbox_settings: dict, limits: dict, files=None):
         super().__init__()
         self.component = component
         self.registry = registry
         self.clock = clock
+        #: Where adapters store files they offer users as links (gateway.web.files.FileStore).
+        self.files = files
         self.output: Any = _Disconnected()
         self.adapter = adapter_class(adapter_options, self)
         if service.IService.providedBy(self.adapter):

@@ -61,4 +61,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             value INTEGER NOT NULL,
             PRIMARY KEY (component, jid, name, period))""",
     ]),
+    (3, [
+        # Conversation threads on networks that thread by message ids (email's
+        # Message-ID / References): which ids belong to which XMPP <thread/>.
+        """CREATE TABLE threads (
+            component TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            thread TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            subject TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (component, jid, message_id))""",
+        "CREATE INDEX threads_thread ON threads (component, jid, thread, created_at)",
+    ]),
 ]

@@ -255,7 +255,7 @@ class SQLRegistry:
             txn.execute(self._sql("DELETE FROM registrations WHERE component = ? AND jid = ?"),
                         (component, jid))
             found = txn.rowcount > 0
-            for table in ("message_ids", "queue", "counters"):
+            for table in ("message_ids", "queue", "counters", "threads"):
                 txn.execute(self._sql(f"DELETE FROM {table} WHERE component = ? AND jid = ?"),
                             (component, jid))
             return found
@@ -303,6 +303,29 @@ class SQLRegistry:
 
     def purge_message_ids(self, older_than: float) -> defer.Deferred:
         return self._op("DELETE FROM message_ids WHERE created_at < ?", (older_than,))
+
+    # -- threads ----------------------------------------------------------
+
+    def add_to_thread(self, component: str, jid: str, thread: str, message_id: str,
+                      subject: str | None = None) -> defer.Deferred:
+        return self._op("INSERT INTO threads (component, jid, thread, message_id, subject, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (component, jid, message_id) DO NOTHING",
+                        (component, jid, thread, message_id, subject, time.time()))
+
+    def thread_messages(self, component: str, jid: str, thread: str) -> defer.Deferred:
+        """[(message_id, subject)] of a thread, oldest first."""
+        d = self._run("SELECT message_id, subject FROM threads WHERE component = ? AND jid = ? AND thread = ? "
+                      "ORDER BY created_at", (component, jid, thread))
+        return d.addCallback(lambda rows: [(r[0], r[1]) for r in rows])
+
+    def thread_of(self, component: str, jid: str, message_ids: list[str]) -> defer.Deferred:
+        """The thread any of ``message_ids`` belongs to, or None."""
+        if not message_ids:
+            return defer.succeed(None)
+        marks = ", ".join("?" for _ in message_ids)
+        d = self._run(f"SELECT thread FROM threads WHERE component = ? AND jid = ? AND message_id IN ({marks}) "
+                      "ORDER BY created_at LIMIT 1", (component, jid, *message_ids))
+        return d.addCallback(lambda rows: rows[0][0] if rows else None)
 
     # -- counters ---------------------------------------------------------
 

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway import metrics
+from gateway.web.files import FilesResource
 
 log = Logger(namespace="gateway.web")
 
@@ -77,6 +78,7 @@ def build_site(gateway) -> server.Site:
     root = resource.Resource()
     root.putChild(b"healthz", Health(gateway))
     root.putChild(b"metrics", Metrics(gateway))
+    root.putChild(b"files", FilesResource(gateway.files))
     hooks = resource.Resource()
     root.putChild(b"hooks", hooks)
     for bridge in gateway.bridges:

@@ -165,6 +165,8 @@ rate = 1000000.0
 burst = 1000000
 [web]
 listen = ""
+[files]
+directory = "{work}/files"
 [log]
 level = "warn"
 [[components]]

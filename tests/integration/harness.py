@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 import urllib.request
@@ -183,7 +184,8 @@ def write_config(path: str, *, components: list[dict], xmpp_port: int, registry_
     lines += ["", "[limits]"]
     for k, v in ({"rate": 100.0, "burst": 1000} | (limits or {})).items():
         lines.append(f"{k} = {json.dumps(v)}")
-    lines += ["", "[web]", f'listen = "{f"tcp:{web_port}:interface=127.0.0.1" if web_port else ""}"', "",
+    lines += ["", "[files]", f'directory = "{os.path.join(os.path.dirname(os.path.abspath(path)), "files")}"',
+              "", "[web]", f'listen = "{f"tcp:{web_port}:interface=127.0.0.1" if web_port else ""}"', "",
               "[log]", f'format = "{log_format}"', 'level = "debug"', ""]
     for comp in components:
         lines += ["[[components]]"]

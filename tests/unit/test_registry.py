@@ -143,7 +143,7 @@ def test_reopen_takes_back_own_claims_and_keeps_data(registry):
     yield registry.put_registration(Registration("c.example", "u@example.org"))
     registry.close()
     yield registry.open()                                        # a restart under the same instance id
-    assert (yield registry.schema_version()) == 2
+    assert (yield registry.schema_version()) == 3
     assert len((yield registry.claim("c.example", "out"))) == 1
     assert (yield registry.get_registration("c.example", "u@example.org")) is not None
 
@@ -201,3 +201,16 @@ def test_counters_are_atomic_per_period_and_deleted_with_the_user(registry):
     yield registry.put_registration(Registration("c.example", "u@example.org"))
     yield registry.delete_registration("c.example", "u@example.org")
     assert (yield registry.counter("c.example", "u@example.org", "sms", "2026-11-23")) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_threads(registry):
+    c, u = "m.example", "u@example.org"
+    yield registry.add_to_thread(c, u, "t1", "<a@x>", "Hello")
+    yield registry.add_to_thread(c, u, "t1", "<b@x>", "Re: Hello")
+    yield registry.add_to_thread(c, u, "t1", "<b@x>", "duplicate ignored")
+    yield registry.add_to_thread(c, "other@example.org", "t9", "<c@x>")
+    assert (yield registry.thread_messages(c, u, "t1")) == [("<a@x>", "Hello"), ("<b@x>", "Re: Hello")]
+    assert (yield registry.thread_of(c, u, ["<zz@x>", "<b@x>"])) == "t1"
+    assert (yield registry.thread_of(c, u, ["<c@x>"])) is None          # another user's thread
+    assert (yield registry.thread_of(c, u, [])) is None
