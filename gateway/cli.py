@@ -116,6 +116,63 @@ def cmd_config_reference(args) -> int:
     return 0
 
 
+#: sysexits.h: what an MTA's pipe transport understands.
+EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_UNAVAILABLE, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 67, 69, 75, 78
+
+
+def cmd_deliver(args) -> int:
+    """
+    Hand one message from standard input to the running gateway, for an MTA that
+    owns port 25 and pipes mail on (Postfix pipe, Exim, ...). It goes through the
+    gateway's own SMTP listener on loopback, so it is checked, stored and bounced
+    exactly like mail that arrives by SMTP; exit codes follow sysexits.
+    """
+    import re
+    import smtplib
+
+    from gateway.config import ConfigError, load
+
+    try:
+        config = load(args.config)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return EX_CONFIG
+    data = sys.stdin.buffer.read()
+    if not data.strip():
+        print("deliver: no message on standard input", file=sys.stderr)
+        return EX_DATAERR
+    domain = args.recipient[0].rpartition("@")[2].lower()
+    comp = next((c for c in config.components if c.adapter == "email"
+                 and c.options["mail_domain"].lower() == domain), None)
+    if comp is None:
+        print(f"deliver: no email component serves @{domain}", file=sys.stderr)
+        return EX_NOUSER
+    m = re.match(r"^tcp:(\d+)(?::interface=([^:]+))?", comp.options["smtp_listen"])
+    if not m:
+        print(f"deliver: {comp.domain}'s smtp_listen must be a tcp: endpoint for deliver to use it",
+              file=sys.stderr)
+        return EX_CONFIG
+    host = m.group(2) or "127.0.0.1"
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    try:
+        with smtplib.SMTP(host, int(m.group(1)), timeout=120) as smtp:
+            refused = smtp.sendmail(args.sender or "", args.recipient, data)
+    except smtplib.SMTPRecipientsRefused as e:
+        code, text = next(iter(e.recipients.values()))
+        print(f"deliver: {code} {text.decode(errors='replace')}", file=sys.stderr)
+        return EX_NOUSER if code == 550 else (EX_TEMPFAIL if code < 500 else EX_UNAVAILABLE)
+    except smtplib.SMTPResponseException as e:
+        print(f"deliver: {e.smtp_code} {e.smtp_error.decode(errors='replace')}", file=sys.stderr)
+        return EX_TEMPFAIL if 400 <= e.smtp_code < 500 else EX_UNAVAILABLE
+    except (OSError, smtplib.SMTPException) as e:
+        print(f"deliver: the gateway is not reachable at {host}:{m.group(1)}: {e}", file=sys.stderr)
+        return EX_TEMPFAIL
+    if refused:
+        print(f"deliver: refused for {', '.join(refused)}", file=sys.stderr)
+        return EX_NOUSER
+    return EX_OK
+
+
 def cmd_demo(args) -> int:
     from gateway.demo import run_demo
 
@@ -148,6 +205,12 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     p.set_defaults(func=cmd_config_reference)
+
+    p = sub.add_parser("deliver", help="deliver one mail from standard input (for an MTA's pipe transport)")
+    p.add_argument("recipient", nargs="+")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--sender", "-f", default="", help="envelope sender (empty for bounces)")
+    p.set_defaults(func=cmd_deliver)
 
     p = sub.add_parser("demo", help="start a local Prosody and the gateway with the echo adapter")
     p.add_argument("--dir", default="demo-run", help="where the demo keeps its files")

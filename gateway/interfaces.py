@@ -89,6 +89,15 @@ class IAdapterContext(Interface):
     def add_to_counter(jid, name, period, amount=1):
         """Atomically add to a per-user counter; the Deferred fires with the new value."""
 
+    def add_to_thread(jid, thread, message_id, subject=None):
+        """Record that a network message id belongs to an XMPP thread (for networks threading by ids)."""
+
+    def thread_messages(jid, thread):
+        """Deferred firing with [(message_id, subject)] of a thread, oldest first."""
+
+    def thread_of(jid, message_ids):
+        """Deferred firing with the thread any of ``message_ids`` belongs to, or None."""
+
 
 class IStanzaOutput(Interface):
     """How the bridge reaches the XMPP users of one component."""

@@ -145,6 +145,15 @@ class Bridge(service.MultiService):
     def add_to_counter(self, jid: str, name: str, period: str, amount: int = 1) -> defer.Deferred:
         return self.registry.add_to_counter(self.component, jid, name, period, amount)
 
+    def add_to_thread(self, jid: str, thread: str, message_id: str, subject: str | None = None) -> defer.Deferred:
+        return self.registry.add_to_thread(self.component, jid, thread, message_id, subject)
+
+    def thread_messages(self, jid: str, thread: str) -> defer.Deferred:
+        return self.registry.thread_messages(self.component, jid, thread)
+
+    def thread_of(self, jid: str, message_ids: list[str]) -> defer.Deferred:
+        return self.registry.thread_of(self.component, jid, message_ids)
+
     # -- registration (XEP-0077, XEP-0050) ------------------------------------
 
     def _coerce(self, fields: list[Field], values: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,195 @@
+"""
+Email both ways: every registered user gets an address at the gateway's mail
+domain, contacts are email addresses (``alice\\40example.net@mail.example.org``),
+mail threads map to XMPP threads, attachments become links, and bounces become
+errors on the message that caused them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import defer, endpoints, threads
+from twisted.logger import Logger
+
+from gateway.adapters.base import AdapterBase
+from gateway.adapters.email import addresses
+from gateway.adapters.email.compose import compose, subject_for
+from gateway.adapters.email.parse import parse
+from gateway.adapters.email.smtp_in import SMTPServerFactory
+from gateway.adapters.email.smtp_out import SMTPOut
+from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, Registration,
+                           RegistrationError, SendResult)
+from gateway.options import Option, positive
+
+log = Logger(namespace="gateway.adapters.email")
+
+
+def _domain(value: str) -> str | None:
+    return addresses.check_domain(value)
+
+
+def _servers(values: list) -> str | None:
+    for v in values:
+        host, _, port = v.rpartition(":")
+        if not host or not port.isdigit():
+            return f"{v!r} is not host:port"
+    return None
+
+
+class MailIntake:
+    """Everything mail coming in goes through here, from the SMTP server or `xmpp-gateway deliver`."""
+
+    def __init__(self, adapter: "EmailAdapter"):
+        self.adapter = adapter
+        self.context = adapter.context
+
+    @defer.inlineCallbacks
+    def receive(self, data: bytes, recipient: str, envelope_from: str):
+        reg = yield self.context.registration_by_foreign_id(recipient)
+        if reg is None:
+            log.info("mail for {rcpt}, unregistered since it was accepted: dropped", rcpt=recipient)
+            return
+        mail = yield threads.deferToThread(parse, data)       # large MIME parsing stays off the reactor
+        if mail.bounce is not None:
+            yield self._bounce(reg, mail)
+            return
+        try:
+            sender = addresses.normalize(mail.sender or envelope_from)
+        except AddressError:
+            sender = addresses.normalize(envelope_from) if envelope_from else "unknown@invalid.invalid"
+        known = mail.references + mail.in_reply_to
+        thread = yield self.context.thread_of(reg.jid, known) if known else defer.succeed(None)
+        if thread is None:
+            root = (mail.references or mail.in_reply_to or [mail.message_id or ""])[0]
+            thread = root.strip("<>") or None
+        if thread and mail.message_id:
+            yield self.context.add_to_thread(reg.jid, thread, mail.message_id, mail.subject)
+        links = []
+        for name, content_type, payload in mail.attachments:
+            links.append((yield self.context.files.put(payload, name, content_type)))
+        yield self.context.deliver(InboundMessage(
+            component=self.context.component, user=reg.jid, sender=sender, body=mail.text or None,
+            subject=mail.subject or None, thread=thread, attachments=links, foreign_id=mail.message_id))
+
+    def _bounce(self, reg: Registration, mail):
+        bounce = mail.bounce
+        log.info("bounce for {jid}: {mid} {status} {diag}", jid=reg.jid, mid=bounce.original_message_id,
+                 status=bounce.status, diag=bounce.diagnostic)
+        if not bounce.original_message_id:
+            return defer.succeed(None)
+        text = f"the mail to {bounce.recipient or 'the recipient'} bounced"
+        if bounce.status or bounce.diagnostic:
+            text += ": " + " ".join(x for x in (bounce.status, bounce.diagnostic) if x)
+        return self.context.report(DeliveryReport(self.context.component, reg.jid, bounce.original_message_id,
+                                                  False, "recipient-unavailable", text))
+
+
+class EmailAdapter(AdapterBase):
+    name = "email"
+    gateway_type = "smtp"
+    display_name = "Email gateway"
+    features = frozenset({"subject", "thread", "attachments"})
+    address_prompt = "Email address"
+    options = [
+        Option("mail_domain", str, check=_domain, doc="The domain of users' addresses (its MX points at the gateway)."),
+        Option("delivery", str, "smarthost", choices=("smarthost", "mx"),
+               doc="Send through a smarthost, or straight to each recipient domain's MX hosts."),
+        Option("smarthost_host", str, "127.0.0.1", doc="Smarthost address."),
+        Option("smarthost_port", int, 587, doc="Smarthost port (587 submission, 25 relay)."),
+        Option("smarthost_tls", str, "required", choices=("required", "opportunistic", "off"),
+               doc="STARTTLS to the smarthost: required (certificate verified), opportunistic, or off."),
+        Option("smarthost_ca", str, "", doc="PEM file of the CA that signed the smarthost's certificate; "
+                                            "default: the system's trusted CAs."),
+        Option("smarthost_username", str, "", doc="AUTH user name; empty: no AUTH."),
+        Option("smarthost_password", str, "", secret=True, doc="AUTH password."),
+        Option("mx_port", int, 25, doc="Port of MX hosts (delivery = \"mx\")."),
+        Option("dns_servers", list, [], item_type=str, check=_servers,
+               doc="`host:port` DNS servers for MX lookups; default: the system's resolver."),
+        Option("smtp_listen", str, "tcp:25:interface=0.0.0.0",
+               doc="Twisted endpoint of the gateway's SMTP server for inbound mail; empty: none (use "
+                   "`xmpp-gateway deliver` from your MTA instead, which still needs a loopback listener)."),
+        Option("tls_cert", str, "", doc="PEM certificate for STARTTLS on the SMTP server."),
+        Option("tls_key", str, "", doc="PEM private key for that certificate."),
+        Option("max_size", int, 10 * 1024 * 1024, check=positive,
+               doc="Largest inbound message in bytes; larger ones get 552 5.3.4."),
+        Option("timeout", float, 60.0, check=positive, doc="Seconds an SMTP exchange may take."),
+        Option("contacts_online", bool, True, doc="Show email contacts as available so clients let users write."),
+    ]
+    registration_fields = [
+        Field("alias", "Your address before the @ (default: your XMPP user name)"),
+        Field("name", "Your name as recipients see it"),
+    ]
+
+    @classmethod
+    def check_options(cls, opts: dict[str, Any]) -> list[tuple[str, str]]:
+        problems = []
+        if bool(opts.get("tls_cert")) != bool(opts.get("tls_key")):
+            problems.append(("tls_cert", "tls_cert and tls_key go together"))
+        if opts.get("smarthost_username") and not opts.get("smarthost_password"):
+            problems.append(("smarthost_password", "is required with smarthost_username"))
+        return problems
+
+    def __init__(self, options: dict[str, Any], context):
+        super().__init__(options, context)
+        self.mail_domain = options["mail_domain"].lower()
+        self.instructions = (f"Choose your address at @{self.mail_domain}; anyone can then mail you there, and "
+                             f"you can write to any address as <address with @ written as \\40>@{context.component}.")
+        self.contact_presence = "available" if options["contacts_online"] else None
+        self.smtp = SMTPOut(options, context.clock)
+        self.intake = MailIntake(self)
+        self._port = None
+
+    @defer.inlineCallbacks
+    def startService(self):
+        super().startService()
+        if self.config["smtp_listen"]:
+            endpoint = endpoints.serverFromString(self.context.clock, self.config["smtp_listen"])
+            factory = SMTPServerFactory(self, self.config["tls_cert"], self.config["tls_key"])
+            self._port = yield endpoint.listen(factory)
+            log.info("SMTP server for @{domain} on {listen}", domain=self.mail_domain,
+                     listen=self.config["smtp_listen"])
+
+    def stopService(self):
+        super().stopService()
+        if self._port is not None:
+            return self._port.stopListening()
+
+    # -- registration -------------------------------------------------------
+
+    def normalize_address(self, text: str) -> str:
+        return addresses.normalize(text)
+
+    def validate_registration(self, jid: str, values: dict[str, Any], current: Registration | None):
+        alias = (values.get("alias") or "").strip().lower()
+        if not alias:
+            alias = current.foreign_id.rpartition("@")[0] if current else jid.partition("@")[0].lower()
+        problem = addresses.check_local(alias)
+        if problem:
+            raise RegistrationError(problem)
+        if alias in addresses.RESERVED:
+            raise RegistrationError(f"{alias}@ is kept for the operator; choose another address")
+        name = values.get("name")
+        settings = {"name": name if name is not None else (current.settings.get("name", "") if current else "")}
+        return f"{alias}@{self.mail_domain}", settings, {}
+
+    def registration_values(self, registration: Registration) -> dict[str, Any]:
+        return {"alias": registration.foreign_id.rpartition("@")[0], "name": registration.settings.get("name", "")}
+
+    # -- sending ------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def send(self, message: OutboundMessage, registration: Registration):
+        if not (message.body or "").strip() and not message.subject and not message.attachments:
+            return SendResult(parts=0)
+        references, first_subject = [], None
+        if message.thread:
+            known = yield self.context.thread_messages(registration.jid, message.thread)
+            references = [mid for mid, _ in known]
+            first_subject = next((s for _, s in known if s), None)
+        subject = subject_for(message, first_subject)
+        data, mid = compose(message, registration.foreign_id, registration.settings.get("name", ""),
+                            self.mail_domain, references, subject)
+        yield self.smtp.send(registration.foreign_id, message.recipient, data)
+        yield self.context.add_to_thread(registration.jid, message.thread or mid.strip("<>"), mid, subject)
+        return SendResult(foreign_id=mid, delivered=False)

@@ -1,0 +1,141 @@
+"""
+Inbound mail, read with the standard library's email package: the sender, the
+subject, the text (text/plain preferred, HTML turned into readable text, any
+charset decoded), attachments, threading ids, and delivery status notifications
+(bounces) for mail the gateway sent.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+
+from bs4 import BeautifulSoup
+
+_MSGID = re.compile(r"<[^<>\s]+>")
+
+
+@dataclass
+class Bounce:
+    original_message_id: str | None
+    recipient: str | None
+    status: str | None
+    diagnostic: str | None
+
+
+@dataclass
+class ParsedMail:
+    sender: str
+    sender_name: str
+    subject: str
+    text: str
+    attachments: list[tuple[str | None, str, bytes]] = field(default_factory=list)
+    message_id: str | None = None
+    in_reply_to: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+    bounce: Bounce | None = None
+
+
+def html_to_text(html: str) -> str:
+    """Readable text from an HTML mail: block structure kept, links shown, scripts dropped."""
+    soup = BeautifulSoup(html, "html.parser")
+    for tag in soup(["script", "style", "head", "title", "meta"]):
+        tag.decompose()
+    for br in soup.find_all("br"):
+        br.replace_with("\n")
+    for a in soup.find_all("a"):
+        href = a.get("href", "")
+        label = a.get_text(" ", strip=True)
+        if href.startswith(("http://", "https://", "mailto:")) and href.rstrip("/") != label.rstrip("/"):
+            a.replace_with(f"{label} ({href})" if label else href)
+    for li in soup.find_all("li"):
+        li.insert_before("\n• ")
+    for block in soup.find_all(["p", "div", "tr", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "ul", "ol",
+                                "table", "pre"]):
+        block.insert_before("\n")
+        block.insert_after("\n")
+    text = soup.get_text()
+    lines = [re.sub(r"[ \t\xa0]+", " ", line).strip() for line in text.splitlines()]
+    out = re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
+    return out.strip()
+
+
+def _text_of(part: EmailMessage) -> str:
+    try:
+        content = part.get_content()
+        if isinstance(content, bytes):
+            content = content.decode("utf-8", "replace")
+        return content
+    except (LookupError, UnicodeError, AssertionError):
+        # an unknown or lying charset: decode what can be decoded
+        payload = part.get_payload(decode=True) or b""
+        for charset in (part.get_content_charset(), "utf-8", "cp1252"):
+            try:
+                return payload.decode(charset or "utf-8")
+            except (LookupError, UnicodeError):
+                continue
+        return payload.decode("latin-1")
+
+
+def _ids(value: str | None) -> list[str]:
+    return _MSGID.findall(value or "")
+
+
+def _bounce(mail: EmailMessage) -> Bounce | None:
+    if mail.get_content_type() != "multipart/report" or mail.get_param("report-type") != "delivery-status":
+        return None
+    recipient = status = diagnostic = original = None
+    for part in mail.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/delivery-status":
+            for block in part.get_payload():
+                recipient = recipient or block.get("Final-Recipient")
+                status = status or block.get("Status")
+                diagnostic = diagnostic or block.get("Diagnostic-Code")
+                if block.get("Action", "").strip().lower() == "failed":
+                    status = block.get("Status") or status
+        elif ctype == "message/rfc822":
+            inner = part.get_payload()[0] if isinstance(part.get_payload(), list) else None
+            if inner is not None:
+                original = original or (_ids(inner.get("Message-ID")) or [None])[0]
+        elif ctype == "text/rfc822-headers":
+            headers = email.message_from_string(_text_of(part), policy=email.policy.default)
+            original = original or (_ids(headers.get("Message-ID")) or [None])[0]
+    if recipient:
+        recipient = recipient.split(";", 1)[-1].strip()
+    if diagnostic:
+        diagnostic = re.sub(r"\s+", " ", diagnostic.split(";", 1)[-1]).strip()
+    return Bounce(original, recipient, status and status.strip(), diagnostic)
+
+
+def parse(raw: bytes) -> ParsedMail:
+    mail: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)
+    try:
+        addresses = mail["From"].addresses if mail["From"] else ()
+    except (AttributeError, IndexError, TypeError):
+        addresses = ()
+    sender = addresses[0].addr_spec if addresses else ""
+    name = addresses[0].display_name if addresses else ""
+    subject = re.sub(r"\s+", " ", str(mail.get("Subject", ""))).strip()
+    bounce = _bounce(mail)
+    body = mail.get_body(preferencelist=("plain", "html"))
+    if body is None:
+        text = ""
+    elif body.get_content_type() == "text/html":
+        text = html_to_text(_text_of(body))
+    else:
+        text = _text_of(body).strip()
+    attachments = []
+    if bounce is None:
+        for part in mail.iter_attachments():
+            if part.get_content_maintype() == "multipart":
+                continue
+            data = part.get_payload(decode=True) or b""
+            attachments.append((part.get_filename(), part.get_content_type(), data))
+    return ParsedMail(sender=sender, sender_name=name, subject=subject, text=text, attachments=attachments,
+                      message_id=(_ids(mail.get("Message-ID")) or [None])[0],
+                      in_reply_to=_ids(mail.get("In-Reply-To")), references=_ids(mail.get("References")),
+                      bounce=bounce)

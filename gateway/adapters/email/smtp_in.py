@@ -1,0 +1,112 @@
+"""
+The gateway's SMTP server (twisted.mail ESMTP): it accepts mail only for
+registered users' addresses (550 5.1.1 otherwise), never relays (550 5.7.1),
+refuses what is over the size limit (552 5.3.4), offers STARTTLS with the
+configured certificate, and answers 250 only once the message is stored.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import socket
+
+from twisted.internet import defer, protocol, ssl
+from twisted.logger import Logger
+from twisted.mail import smtp
+from zope.interface import implementer
+
+log = Logger(namespace="gateway.adapters.email.smtp_in")
+
+
+@implementer(smtp.IMessage)
+class _Message:
+    def __init__(self, intake, recipient: str, envelope_from: str, max_size: int):
+        self.intake = intake
+        self.recipient = recipient
+        self.envelope_from = envelope_from
+        self.max_size = max_size
+        self.lines: list[bytes] = []
+        self.size = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        self.size += len(line) + 2
+        if self.size > self.max_size:
+            self.lines = []
+            raise smtp.SMTPServerError(552, f"5.3.4 message exceeds the maximum size of {self.max_size} bytes")
+        self.lines.append(line)
+
+    def eomReceived(self) -> defer.Deferred:
+        data = b"\r\n".join(self.lines) + b"\r\n"
+        self.lines = []
+        return self.intake.receive(data, self.recipient, self.envelope_from)
+
+    def connectionLost(self) -> None:
+        self.lines = []
+
+
+@implementer(smtp.IMessageDelivery)
+class _Delivery:
+    def __init__(self, adapter):
+        self.adapter = adapter
+
+    def receivedHeader(self, helo, origin, recipients):
+        client = helo[0].decode("ascii", "replace") if helo and helo[0] else "unknown"
+        peer = helo[1].decode("ascii", "replace") if helo and len(helo) > 1 and helo[1] else "unknown"
+        stamp = email.utils.formatdate(usegmt=True)
+        return (f"Received: from {client} ([{peer}]) by {self.adapter.mail_domain} (xmpp-gateway); {stamp}"
+                ).encode("utf-8")
+
+    def validateFrom(self, helo, origin):
+        return origin       # anyone may write to a user, and <> (bounces) is allowed
+
+    @defer.inlineCallbacks
+    def validateTo(self, user):
+        address = f"{user.dest.local.decode('utf-8', 'replace')}@{user.dest.domain.decode('utf-8', 'replace')}"
+        domain = user.dest.domain.decode("utf-8", "replace").lower()
+        if domain != self.adapter.mail_domain:
+            raise smtp.SMTPBadRcpt(user.dest, 550, f"5.7.1 relaying denied: only mail for @{self.adapter.mail_domain}"
+                                                   " is accepted here")
+        address = address.lower()
+        reg = yield self.adapter.context.registration_by_foreign_id(address)
+        if reg is None:
+            raise smtp.SMTPBadRcpt(user.dest, 550, f"5.1.1 <{address}>: no such user here")
+        origin = str(user.orig) if user.orig else ""
+        return lambda: _Message(self.adapter.intake, address, origin, self.adapter.config["max_size"])
+
+
+class _ESMTP(smtp.ESMTP):
+    max_size = 0
+
+    def extensions(self):
+        ext = super().extensions()
+        ext[b"SIZE"] = [str(self.max_size).encode()]
+        ext[b"8BITMIME"] = []
+        return ext
+
+    def _messageHandled(self, resultList):
+        failures = [result for ok, result in resultList if not ok]
+        for failure in failures:
+            log.failure("an accepted mail could not be stored", failure)
+        if failures:
+            self.sendCode(451, b"4.3.0 the message could not be stored; try again later")
+        else:
+            self.sendCode(250, b"2.0.0 accepted")
+
+
+class SMTPServerFactory(protocol.ServerFactory):
+    def __init__(self, adapter, tls_cert: str, tls_key: str):
+        self.adapter = adapter
+        self.delivery = _Delivery(adapter)
+        self.context = None
+        if tls_cert and tls_key:
+            with open(tls_cert, "rb") as c, open(tls_key, "rb") as k:
+                self.context = ssl.PrivateCertificate.loadPEM(c.read() + b"\n" + k.read()).options()
+        self.noisy = False
+
+    def buildProtocol(self, addr):
+        p = _ESMTP(contextFactory=self.context)
+        p.factory = self
+        p.host = self.adapter.mail_domain.encode() if self.adapter.mail_domain else socket.getfqdn().encode()
+        p.delivery = self.delivery
+        p.max_size = self.adapter.config["max_size"]
+        return p
