@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 what="${1:-all}"
 packages=(prosody lua5.4-unbound lua5.4-event)
 if [ "$what" = all ]; then
-    packages+=(ejabberd postgresql swaks)
+    packages+=(ejabberd postgresql swaks libnet-ssleay-perl)
 fi
 
 missing=()

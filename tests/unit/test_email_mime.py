@@ -39,8 +39,9 @@ def test_no_header_injection_through_subject_or_name(evil):
                       subject_for(outbound(subject=evil), None))
     mail = email.message_from_bytes(data, policy=email.policy.default)
     assert mail["Bcc"] is None
-    header_block = data.split(b"\r\n\r\n", 1)[0]
-    assert not any(line.lower().startswith(b"bcc:") for line in header_block.split(b"\r\n"))
+    header_block = data.split(b"\n\n", 1)[0]
+    assert b"\r" not in data
+    assert not any(line.lower().startswith(b"bcc:") for line in header_block.split(b"\n"))
     assert mail.get_content().strip() == "héllo wörld"
 
 

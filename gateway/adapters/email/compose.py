@@ -40,8 +40,9 @@ def message_id(message: OutboundMessage, mail_domain: str) -> str:
 
 def compose(message: OutboundMessage, sender: str, display_name: str, mail_domain: str,
             references: list[str], subject: str) -> tuple[bytes, str]:
-    """The RFC 5322 bytes to send, and their Message-ID."""
-    mail = EmailMessage(policy=email.policy.SMTP)
+    """The RFC 5322 message (LF line endings) to send, and its Message-ID."""
+    # LF line endings: Twisted's SMTP client turns each LF into CRLF on the wire.
+    mail = EmailMessage(policy=email.policy.default)
     local, _, domain = sender.partition("@")
     mail["From"] = Address(display_name=one_line(display_name, 80), username=local, domain=domain)
     r_local, _, r_domain = message.recipient.rpartition("@")

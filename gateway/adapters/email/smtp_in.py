@@ -32,7 +32,9 @@ class _Message:
         self.size += len(line) + 2
         if self.size > self.max_size:
             self.lines = []
-            raise smtp.SMTPServerError(552, f"5.3.4 message exceeds the maximum size of {self.max_size} bytes")
+            # bytes: Twisted sends a DATA-phase error's text as it is
+            raise smtp.SMTPServerError(552, f"5.3.4 message exceeds the maximum size of {self.max_size} bytes"
+                                       .encode())
         self.lines.append(line)
 
     def eomReceived(self) -> defer.Deferred:

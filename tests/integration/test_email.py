@@ -1,0 +1,284 @@
+"""
+Email end to end: a real Prosody with slixmpp users, the gateway process with the
+email adapter, swaks (a real SMTP client) sending inbound mail to the gateway's
+SMTP server, and aiosmtpd as the smarthost with STARTTLS and AUTH required.
+"""
+
+import asyncio
+import email
+import email.policy
+import os
+import re
+import time
+import urllib.request
+
+import pytest
+
+from gateway.testing.certs import self_signed
+from gateway.testing.process import free_port
+from tests.integration.gateway_fixture import register_form, start_gateway
+from tests.integration.harness import Client, body, error_condition, run
+from tests.integration.mail_support import SMARTHOST_PASSWORD, SMARTHOST_USER, Smarthost, swaks
+
+DOMAIN = "mail.localhost"
+MAIL_DOMAIN = "mail.example.org"
+BOB = "bob@example.net"
+BOB_JID = f"bob\\40example.net@{DOMAIN}"
+
+
+@pytest.fixture(scope="module")
+def certs(workdir):
+    return self_signed(os.path.join(workdir, "mail-certs"), ("localhost", "smarthost.test"))
+
+
+@pytest.fixture(scope="module")
+def smarthost(certs):
+    host = Smarthost(free_port(), *certs).start()
+    yield host
+    host.stop()
+
+
+def mail_options(smtp_port, smarthost_port, certs, **extra):
+    cert, key = certs
+    return {"mail_domain": MAIL_DOMAIN, "smarthost_host": "localhost", "smarthost_port": smarthost_port,
+            "smarthost_tls": "required", "smarthost_ca": cert, "smarthost_username": SMARTHOST_USER,
+            "smarthost_password": SMARTHOST_PASSWORD, "smtp_listen": f"tcp:{smtp_port}:interface=127.0.0.1",
+            "tls_cert": cert, "tls_key": key, "max_size": 200_000, **extra}
+
+
+@pytest.fixture(scope="module")
+def mail_gateway(prosody, smarthost, certs, workdir):
+    path = os.path.join(workdir, "mail-gw")
+    os.makedirs(path, exist_ok=True)
+    smtp_port = free_port()
+    gateway = start_gateway(prosody, path, "mail", adapter="email", web=True,
+                            options=mail_options(smtp_port, smarthost.controller.port, certs),
+                            outbox={"retry_initial": 0.3, "retry_max": 0.5, "deadline": 30.0})
+    gateway.smtp_port = smtp_port
+    yield gateway
+    gateway.stop()
+
+
+async def mail_user(prosody, name):
+    client = await Client(prosody.register(f"{name}{os.getpid()}", "pw"), "pw").start(prosody.c2s_port)
+    await client.iq(DOMAIN, "set", register_form({"alias": name, "name": name.title()}))
+    return client
+
+
+def write_mail(path, headers: dict, payload: bytes) -> str:
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+    with open(path, "wb") as f:
+        f.write(head + b"\r\n" + payload)
+    return "@" + path
+
+
+def test_inbound_plain_html_latin1_and_attachment(prosody, mail_gateway, fresh_dir):
+    async def scenario():
+        client = await mail_user(prosody, "ann")
+        port = mail_gateway.smtp_port
+        to = f"ann@{MAIL_DOMAIN}"
+        try:
+            r = await asyncio.to_thread(swaks, port, "--tls", "--from", BOB, "--to", to,
+                                        "--header", "Subject: plain one", "--body", "just text")
+            assert r.returncode == 0, r.stdout + r.stderr
+            msg = await client.next_message(lambda m: body(m) is not None)
+            assert msg.get("from") == BOB_JID and body(msg) == "just text"
+            assert msg.find("{jabber:client}subject").text == "plain one"
+
+            html = write_mail(os.path.join(fresh_dir, "html.eml"), {
+                "From": BOB, "To": to, "Subject": "html only", "MIME-Version": "1.0",
+                "Content-Type": "text/html; charset=utf-8"},
+                b"<html><body><p>Hello <b>Ann</b></p><p>Visit <a href='https://example.net'>us</a></p></body></html>")
+            assert (await asyncio.to_thread(swaks, port, "--from", BOB, "--to", to, "--data", html)).returncode == 0
+            msg = await client.next_message(lambda m: body(m) is not None)
+            assert body(msg) == "Hello Ann\n\nVisit us (https://example.net)"
+
+            latin = write_mail(os.path.join(fresh_dir, "latin.eml"), {
+                "From": BOB, "To": to, "Subject": "=?iso-8859-1?q?Gr=FC=DFe?=", "MIME-Version": "1.0",
+                "Content-Type": "text/plain; charset=iso-8859-1", "Content-Transfer-Encoding": "8bit"},
+                "Schöne Grüße aus Köln".encode("iso-8859-1"))
+            assert (await asyncio.to_thread(swaks, port, "--from", BOB, "--to", to, "--data", latin)).returncode == 0
+            msg = await client.next_message(lambda m: body(m) is not None)
+            assert body(msg) == "Schöne Grüße aus Köln" and msg.find("{jabber:client}subject").text == "Grüße"
+
+            pdf = b"%PDF-1.4\n" + os.urandom(2000)
+            import base64
+            mixed = write_mail(os.path.join(fresh_dir, "mixed.eml"), {
+                "From": BOB, "To": to, "Subject": "report", "MIME-Version": "1.0",
+                "Content-Type": "multipart/mixed; boundary=XX"},
+                b"--XX\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n--XX\r\nContent-Type: application/pdf\r\n"
+                b"Content-Disposition: attachment; filename=\"q3 report.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+                + base64.encodebytes(pdf).replace(b"\n", b"\r\n") + b"--XX--\r\n")
+            assert (await asyncio.to_thread(swaks, port, "--from", BOB, "--to", to, "--data", mixed)).returncode == 0
+            msg = await client.next_message(lambda m: body(m) is not None)
+            url = msg.find("{jabber:x:oob}x/{jabber:x:oob}url").text
+            assert body(msg) == f"see attached\n{url}"
+            assert re.match(rf"http://127\.0\.0\.1:{mail_gateway.web_port}/files/[\w-]{{30,}}/q3%20report\.pdf$", url)
+            with urllib.request.urlopen(url, timeout=5) as r:
+                assert r.read() == pdf
+                assert r.headers["Content-Type"] == "application/pdf"
+            guessed = re.sub(r"/files/[\w-]+/", "/files/" + "A" * 32 + "/", url)
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(guessed, timeout=5)
+            assert missing.value.code == 404
+        finally:
+            await client.stop()
+
+    run(scenario(), timeout=90)
+
+
+def test_inbound_refusals(prosody, mail_gateway, fresh_dir):
+    async def register():
+        await (await mail_user(prosody, "gus")).stop()
+
+    run(register())
+    port = mail_gateway.smtp_port
+    unknown = swaks(port, "--from", BOB, "--to", f"nosuchuser@{MAIL_DOMAIN}", "--body", "hi")
+    assert unknown.returncode == 24 and "550 5.1.1" in unknown.stdout
+    relay = swaks(port, "--from", BOB, "--to", "victim@elsewhere.example", "--body", "spam")
+    assert relay.returncode == 24 and "550 5.7.1" in relay.stdout and "relaying denied" in relay.stdout
+    big = swaks(port, "--from", BOB, "--to", f"nosuchuser@{MAIL_DOMAIN}", "--quit-after", "EHLO")
+    assert "SIZE 200000" in big.stdout                         # the limit is announced
+    with open(os.path.join(fresh_dir, "big.txt"), "w") as f:
+        f.write(("x" * 99 + "\n") * 3000)                      # 300 kB > 200 kB
+    oversize = swaks(port, "--from", BOB, "--to", f"gus@{MAIL_DOMAIN}", "--body", "@" + f.name)
+    assert oversize.returncode == 26 and "552 5.3.4" in oversize.stdout
+
+
+def test_outbound_headers_threading_and_replies(prosody, smarthost, mail_gateway):
+    async def scenario():
+        client = await mail_user(prosody, "cat")
+        try:
+            msg_id = client.send_chat(BOB_JID, "Dinner at 8?\nBring wine.",
+                                      extra="<subject>Plans</subject><thread>dinner-1</thread>")
+            got = await asyncio.to_thread(smarthost.wait, lambda m: b"Dinner at 8" in m["data"])
+            assert len(got) == 1 and got[0]["tls"] and got[0]["auth"]
+            assert got[0]["from"] == f"cat@{MAIL_DOMAIN}" and got[0]["to"] == [BOB]
+            mail = email.message_from_bytes(got[0]["data"], policy=email.policy.default)
+            assert b"\r\r" not in got[0]["data"]
+            assert mail["From"].addresses[0].addr_spec == f"cat@{MAIL_DOMAIN}"
+            assert mail["From"].addresses[0].display_name == "Cat"
+            assert mail["To"] == BOB and mail["Subject"] == "Plans"
+            assert mail["Date"] and mail.get_content_charset() == "utf-8"
+            assert mail.get_content().replace("\r\n", "\n") == "Dinner at 8?\nBring wine.\n"
+            first_id = mail["Message-ID"]
+            assert first_id.endswith(f"@{MAIL_DOMAIN}>")
+
+            # Bob replies by mail: the reply joins the XMPP thread.
+            r = await asyncio.to_thread(swaks, mail_gateway.smtp_port, "--from", BOB, "--to", f"cat@{MAIL_DOMAIN}",
+                                        "--header", "Subject: Re: Plans", "--header", f"In-Reply-To: {first_id}",
+                                        "--header", f"References: {first_id}", "--body", "Sure, red or white?")
+            assert r.returncode == 0, r.stdout
+            reply = await client.next_message(lambda m: body(m) == "Sure, red or white?")
+            assert reply.find("{jabber:client}thread").text == "dinner-1"
+
+            # Cat answers in the thread: In-Reply-To and References follow the whole conversation.
+            client.send_chat(BOB_JID, "Red.", extra="<thread>dinner-1</thread>")
+            got = await asyncio.to_thread(smarthost.wait, lambda m: b"Red." in m["data"])
+            answer = email.message_from_bytes(got[0]["data"], policy=email.policy.default)
+            assert answer["Subject"] == "Re: Plans"
+            refs = answer["References"].split()
+            assert refs[0] == first_id and answer["In-Reply-To"] == refs[-1] and len(refs) == 2
+
+            # Header injection through the subject: one recipient, no extra header.
+            client.send_chat(BOB_JID, "inject", extra="<subject>Hi&#13;&#10;Bcc: victim@example.com</subject>")
+            got = await asyncio.to_thread(smarthost.wait, lambda m: b"inject" in m["data"])
+            injected = email.message_from_bytes(got[0]["data"], policy=email.policy.default)
+            assert got[0]["to"] == [BOB] and injected["Bcc"] is None
+            assert injected["Subject"] == "Hi Bcc: victim@example.com"
+
+            # The smarthost refuses a recipient: the sender gets its words back.
+            bad = client.send_chat(f"nobody\\40example.net@{DOMAIN}", "anyone?")
+            err = await client.next_message(lambda m: m.get("id") == bad)
+            cond, text = error_condition(err)
+            assert cond == "not-acceptable" and "550" in text and "User unknown in virtual mailbox table" in text
+            assert msg_id
+        finally:
+            await client.stop()
+
+    run(scenario(), timeout=90)
+
+
+def test_bounce_becomes_an_error_on_the_original_message(prosody, smarthost, mail_gateway, fresh_dir):
+    async def scenario():
+        client = await mail_user(prosody, "dora")
+        try:
+            msg_id = client.send_chat(BOB_JID, "this will bounce later")
+            got = await asyncio.to_thread(smarthost.wait, lambda m: b"this will bounce later" in m["data"])
+            original = email.message_from_bytes(got[0]["data"], policy=email.policy.default)["Message-ID"]
+            dsn = write_mail(os.path.join(fresh_dir, "dsn.eml"), {
+                "From": "MAILER-DAEMON@example.net", "To": f"dora@{MAIL_DOMAIN}", "Subject": "Undelivered Mail",
+                "MIME-Version": "1.0",
+                "Content-Type": "multipart/report; report-type=delivery-status; boundary=R"},
+                b"--R\r\nContent-Type: text/plain\r\n\r\nThe mail could not be delivered.\r\n"
+                b"--R\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n\r\n"
+                b"Final-Recipient: rfc822; bob@example.net\r\nAction: failed\r\nStatus: 5.2.2\r\n"
+                b"Diagnostic-Code: smtp; 552 5.2.2 mailbox full\r\n\r\n"
+                b"--R\r\nContent-Type: text/rfc822-headers\r\n\r\nFrom: dora@mail.example.org\r\n"
+                b"Message-ID: " + original.encode() + b"\r\n\r\n--R--\r\n")
+            r = await asyncio.to_thread(swaks, mail_gateway.smtp_port, "--from", "<>", "--to", f"dora@{MAIL_DOMAIN}",
+                                        "--data", dsn)
+            assert r.returncode == 0, r.stdout
+            err = await client.next_message(lambda m: m.get("id") == msg_id)
+            cond, text = error_condition(err)
+            assert err.get("type") == "error" and cond == "recipient-unavailable"
+            assert "bob@example.net" in text and "mailbox full" in text
+        finally:
+            await client.stop()
+
+    run(scenario(), timeout=60)
+
+
+def test_deliver_command_for_an_mta_pipe(prosody, mail_gateway):
+    import subprocess
+    import sys
+
+    async def scenario():
+        client = await mail_user(prosody, "eve")
+        try:
+            raw = f"From: {BOB}\r\nTo: eve@{MAIL_DOMAIN}\r\nSubject: piped\r\n\r\nvia the pipe\r\n".encode()
+            done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "gateway.cli", "deliver",
+                                                            "--config", mail_gateway.config_path, "--sender", BOB,
+                                                            f"eve@{MAIL_DOMAIN}"], input=raw, capture_output=True)
+            assert done.returncode == 0, done.stderr
+            msg = await client.next_message(lambda m: body(m) == "via the pipe")
+            assert msg.get("from") == BOB_JID
+            nouser = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "gateway.cli", "deliver",
+                                                              "--config", mail_gateway.config_path,
+                                                              f"ghost@{MAIL_DOMAIN}"], input=raw, capture_output=True)
+            assert nouser.returncode == 67 and b"5.1.1" in nouser.stderr
+        finally:
+            await client.stop()
+
+    run(scenario(), timeout=60)
+
+
+def test_smarthost_down_then_up_delivers_once(prosody, certs, fresh_dir):
+    smarthost_port = free_port()
+    gateway = start_gateway(prosody, fresh_dir, "maildown", adapter="email",
+                            options=mail_options(free_port(), smarthost_port, certs),
+                            outbox={"retry_initial": 0.3, "retry_max": 0.6, "deadline": 60.0})
+    host = None
+
+    async def scenario():
+        nonlocal host
+        client = await Client(prosody.register(f"fred{os.getpid()}", "pw"), "pw").start(prosody.c2s_port)
+        try:
+            await client.iq(gateway.domain, "set", register_form({"alias": "fred"}))
+            client.send_chat(f"bob\\40example.net@{gateway.domain}", "sent while the smarthost is down")
+            await asyncio.sleep(2.0)                        # several failed attempts
+            host = Smarthost(smarthost_port, *certs).start()
+            got = await asyncio.to_thread(host.wait, lambda m: b"smarthost is down" in m["data"])
+            assert len(got) == 1
+            await asyncio.sleep(1.5)
+            assert len([m for m in host.received if b"smarthost is down" in m["data"]]) == 1
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        gateway.stop()
+        if host:
+            host.stop()
+    assert "retry" in gateway.log()
