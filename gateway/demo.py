@@ -26,8 +26,10 @@ def run_demo(directory: str, log_format: str = "text") -> int:
     os.chmod(directory, 0o755)
     component_secret = secrets.token_urlsafe(16)
     sms_secret = secrets.token_urlsafe(16)
+    mail_secret = secrets.token_urlsafe(16)
     domain = "echo.localhost"
-    prosody = Prosody(os.path.join(directory, "prosody"), {domain: component_secret, "sms.localhost": sms_secret},
+    prosody = Prosody(os.path.join(directory, "prosody"),
+                      {domain: component_secret, "sms.localhost": sms_secret, "mail.localhost": mail_secret},
                       c2s_port=_port(5222))
     try:
         prosody.start()
@@ -38,6 +40,7 @@ def run_demo(directory: str, log_format: str = "text") -> int:
     for name, password in users.items():
         prosody.register(name, password)
     web_port = _port(8480)
+    smtp_port = _port(2525)
     sim_port = free_port()
     twilio_sid, twilio_token = "AC" + secrets.token_hex(16), secrets.token_hex(16)
     simulator = Server("twilio-simulator", [
@@ -64,6 +67,10 @@ secret_key = "{SecretBox.generate()}"
 [web]
 listen = "tcp:{web_port}:interface=127.0.0.1"
 
+[outbox]
+# short, so the demo's undeliverable mail (no smarthost) comes back as an error within a minute
+deadline = 60.0
+
 [files]
 directory = "{directory}/files"
 
@@ -87,6 +94,17 @@ auth_token = "{twilio_token}"
 api_url = "http://127.0.0.1:{sim_port}"
 public_url = "http://127.0.0.1:{web_port}"
 default_region = "US"
+
+[[components]]
+domain = "mail.localhost"
+secret = "{mail_secret}"
+adapter = "email"
+
+[components.options]
+mail_domain = "mail.example.test"
+smtp_listen = "tcp:{smtp_port}:interface=127.0.0.1"
+# no smarthost in the demo: outbound mail is retried until the outbox deadline, then bounced to you
+smarthost_port = 1
 """)
     logins = "\n".join(f"    {name}@localhost   password: {pw}" for name, pw in users.items())
     print(f"""
@@ -102,6 +120,10 @@ xmpp-gateway demo is running.
   SMS: register with sms.localhost giving any valid number (e.g. +14155550100), then text
         +12025550143@sms.localhost. A Twilio simulator (no real carrier) takes the message,
         reports it delivered (a receipt if your client asked) and texts you back.
+  Email: register with mail.localhost (address alice@mail.example.test), then mail yourself:
+        swaks --server 127.0.0.1 --port {smtp_port} --from bob@example.net --to alice@mail.example.test
+        It arrives from bob\\40example.net@mail.localhost. (The demo has no smarthost, so mail you
+        write is retried for a minute and then returned to you as an error.)
   Health and metrics: http://127.0.0.1:{web_port}/healthz  http://127.0.0.1:{web_port}/metrics
   Files (config, registry, Prosody): {directory}
 

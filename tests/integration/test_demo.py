@@ -1,5 +1,6 @@
 """The README's first Quick start command, as a user runs it: log in with what it prints, get an echo."""
 
+import asyncio
 import os
 import re
 import signal
@@ -16,7 +17,7 @@ def test_demo_prints_logins_that_work(fresh_dir):
     out = ""
     try:
         deadline = time.monotonic() + 30
-        while out.count(": authenticated") < 2 and time.monotonic() < deadline and proc.poll() is None:
+        while out.count(": authenticated") < 3 and time.monotonic() < deadline and proc.poll() is None:
             out += proc.stdout.readline()
         assert "authenticated" in out, out
         port = int(re.search(r"127\.0\.0\.1 port (\d+)", out).group(1))
@@ -37,6 +38,16 @@ def test_demo_prints_logins_that_work(fresh_dir):
                 reply = await client.next_message(lambda m: (body(m) or "").startswith("(simulated reply"))
                 assert reply.get("from") == "+12025550143@sms.localhost"
                 assert "texting the simulator" in body(reply)
+                await client.iq("mail.localhost", "set",
+                                "<query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>"
+                                "<field var='alias'><value>alice</value></field></x></query>")
+                smtp_port = re.search(r"swaks --server 127\.0\.0\.1 --port (\d+)", out).group(1)
+                sent = await asyncio.to_thread(subprocess.run, [
+                    "swaks", "--server", "127.0.0.1", "--port", smtp_port, "--from", "bob@example.net",
+                    "--to", "alice@mail.example.test", "--body", "mail for the demo"], capture_output=True)
+                assert sent.returncode == 0, sent.stdout
+                mail = await client.next_message(lambda m: body(m) == "mail for the demo")
+                assert mail.get("from") == "bob\\40example.net@mail.localhost"
             finally:
                 await client.stop()
 
