@@ -282,3 +282,56 @@ def test_smarthost_down_then_up_delivers_once(prosody, certs, fresh_dir):
         if host:
             host.stop()
     assert "retry" in gateway.log()
+
+
+def test_direct_mx_delivery(prosody, fresh_dir):
+    """delivery = "mx": the recipient domain's MX, found through a real DNS server on loopback."""
+    import sys
+
+    from aiosmtpd.controller import Controller
+
+    from gateway.testing.process import Server
+
+    class MX:
+        received = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+            return "250 2.0.0 Ok"
+
+    mx = MX()
+    mx_server = Controller(mx, hostname="127.0.0.1", port=free_port())
+    mx_server.start()
+    dns_port = free_port()
+    dns_server = Server("dns", [sys.executable, "-m", "gateway.testing.dns", "--port", str(dns_port),
+                                "--mx", "example.net=mx.example.net", "--a", "mx.example.net=127.0.0.1"],
+                        os.path.join(fresh_dir, "dns.log")).start()
+    dns_server.wait_log("dns listening")
+    gateway = start_gateway(prosody, fresh_dir, "mailmx", adapter="email", options={
+        "mail_domain": MAIL_DOMAIN, "delivery": "mx", "dns_servers": [f"127.0.0.1:{dns_port}"],
+        "mx_port": mx_server.port, "smtp_listen": ""})
+
+    async def scenario():
+        client = await Client(prosody.register(f"mx{os.getpid()}", "pw"), "pw").start(prosody.c2s_port)
+        try:
+            await client.iq(gateway.domain, "set", register_form({"alias": "mxuser"}))
+            client.send_chat(f"bob\\40example.net@{gateway.domain}", "straight to your MX")
+            for _ in range(100):
+                if mx.received:
+                    break
+                await asyncio.sleep(0.1)
+            assert [(f, t) for f, t, _ in mx.received] == [(f"mxuser@{MAIL_DOMAIN}", [BOB])]
+            assert b"straight to your MX" in mx.received[0][2]
+            nowhere = client.send_chat(f"x\\40no-such-domain.example@{gateway.domain}", "lost?")
+            err = await client.next_message(lambda m: m.get("id") == nowhere)
+            cond, text = error_condition(err)
+            assert cond == "remote-server-not-found" and "no-such-domain.example does not exist" in text
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        gateway.stop()
+        dns_server.stop()
+        mx_server.stop()

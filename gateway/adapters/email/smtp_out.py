@@ -13,8 +13,9 @@ from twisted.internet import defer, ssl
 from twisted.logger import Logger
 from twisted.mail import smtp
 from twisted.names import client as dns_client
+from twisted.names import error as dns_error
 
-from gateway.model import PermanentFailure, TemporaryFailure
+from gateway.model import GatewayError, PermanentFailure, TemporaryFailure
 
 log = Logger(namespace="gateway.adapters.email.smtp")
 
@@ -32,6 +33,8 @@ def _reply_text(exc: smtp.SMTPClientError) -> tuple[int, str]:
 def verdict(failure) -> Exception:
     """What an SMTP failure means for the outbox."""
     exc = failure.value
+    if isinstance(exc, GatewayError):
+        return exc                       # already judged (e.g. a domain that does not exist)
     if isinstance(exc, smtp.SMTPClientError) and not isinstance(exc, (smtp.SMTPConnectError,
                                                                       smtp.SMTPTimeoutError)):
         code, text = _reply_text(exc)
@@ -103,9 +106,9 @@ class SMTPOut:
             answers, _, _ = yield resolver.lookupMailExchange(domain)
             hosts = sorted((a.payload.preference, str(a.payload.name)) for a in answers
                            if a.type == 15 and str(a.payload.name) not in ("", "."))
-        except Exception as e:
-            if "NXDOMAIN" in type(e).__name__ or "DomainError" in type(e).__name__:
-                raise PermanentFailure(f"{domain} does not exist", "remote-server-not-found")
+        except dns_error.DomainError:       # NXDOMAIN: the domain does not exist
+            raise PermanentFailure(f"{domain} does not exist", "remote-server-not-found")
+        except Exception:
             hosts = []
         if not hosts:
             hosts = [(0, domain)]     # RFC 5321 §5.1: no MX, the domain itself
