@@ -9,7 +9,6 @@ import email
 import email.policy
 import os
 import re
-import time
 import urllib.request
 
 import pytest
@@ -335,3 +334,24 @@ def test_direct_mx_delivery(prosody, fresh_dir):
         gateway.stop()
         dns_server.stop()
         mx_server.stop()
+
+
+def test_addresses_are_unique_and_reserved_names_refused(prosody, mail_gateway):
+    async def scenario():
+        first = await mail_user(prosody, "hal")
+        second = await Client(prosody.register(f"hal2{os.getpid()}", "pw"), "pw").start(prosody.c2s_port)
+        try:
+            cond, text = await second.iq_error(DOMAIN, "set", register_form({"alias": "hal"}))
+            assert cond == "conflict" and f"hal@{MAIL_DOMAIN}" in text
+            cond, text = await second.iq_error(DOMAIN, "set", register_form({"alias": "postmaster"}))
+            assert cond == "not-acceptable" and "operator" in text
+            cond, _ = await second.iq_error(DOMAIN, "set", register_form({"alias": "two words"}))
+            assert cond == "not-acceptable"
+            await second.iq(DOMAIN, "set", register_form({}))      # default: the XMPP user name
+            form = await second.iq(DOMAIN, "get", "<query xmlns='jabber:iq:register'/>")
+            assert f"hal2{os.getpid()}" in "".join(form.itertext())
+        finally:
+            await first.stop()
+            await second.stop()
+
+    run(scenario())
