@@ -63,6 +63,13 @@ class IAdapter(Interface):
     def user_unregistered(registration):
         """A user left: drop any per-user state and connections."""
 
+    # Networks with group chats (features contain 'muc') also provide:
+    #   join(registration, resource, room, nick, password) -> Deferred, firing once the
+    #       join was sent; occupants, the user's own presence and the subject
+    #       follow as RoomEvents through IAdapterContext.room_event.
+    #   leave(user, resource, room) -> Deferred
+    #   is_room(address) -> bool: whether an address names a room.
+
 
 class IAdapterContext(Interface):
     """What the bridge offers an adapter."""
@@ -73,6 +80,9 @@ class IAdapterContext(Interface):
 
     def deliver(message):
         """Queue an InboundMessage durably; the Deferred fires once it is stored."""
+
+    def room_event(event):
+        """Pass a RoomEvent to the user's joined resources now (not queued)."""
 
     def report(report):
         """A DeliveryReport for an earlier message (receipts, late failures)."""

@@ -51,6 +51,8 @@ class OutboundMessage:
     chat_state: str | None = None
     #: XEP-0033 group message: every recipient (``recipient`` then names the group).
     group: list[str] = field(default_factory=list)
+    #: "chat", or "groupchat" for a message to a room (``recipient`` is the room's address).
+    kind: str = "chat"
     #: Stable across retries and restarts: adapters whose network has
     #: idempotency keys (or Message-IDs) should use it, so a resend after a
     #: crash is recognisably the same message.
@@ -94,6 +96,39 @@ class InboundMessage:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "InboundMessage":
         return _from_dict(cls, data)
+
+
+@dataclass
+class RoomEvent:
+    """
+    Something that happened in a group chat (XEP-0045 on the XMPP side), for the
+    resources of one user that joined it. Room events are not queued: they are
+    about now, and a room replayed hours later would mislead.
+    """
+
+    component: str
+    user: str
+    resources: list[str]
+    #: The foreign room address, e.g. "#chan%irc.example.org".
+    room: str
+    #: "presence" (an occupant, or the user), "message", "subject" or "join-error".
+    kind: str
+    nick: str | None = None
+    unavailable: bool = False
+    role: str = "participant"
+    affiliation: str = "none"
+    #: XEP-0045 status codes: 110 self, 210 nick changed by the service, 303 nick change, 307 kicked...
+    statuses: list[int] = field(default_factory=list)
+    new_nick: str | None = None
+    reason: str | None = None
+    body: str | None = None
+    subject: str | None = None
+    timestamp: float | None = None
+    #: The network's id for a message (XEP-0359 stanza-id).
+    stanza_id: str | None = None
+    #: The XMPP id of the user's own message when the room reflects it back.
+    message_id: str | None = None
+    condition: str | None = None
 
 
 @dataclass

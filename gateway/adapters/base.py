@@ -29,6 +29,9 @@ class AdapterBase(service.Service):
     #: safe default, e.g. for concurrent HTTP requests) keeps one message of a
     #: conversation in flight at a time.
     pipelining = False
+    #: Users need not register (XEP-0077) before using the network: a bare
+    #: registration is created on first use (IRC, like biboumi).
+    auto_register = False
     #: Longest address accepted by normalize_address.
     max_address_length = 256
 

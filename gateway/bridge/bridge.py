@@ -18,7 +18,7 @@ from gateway.bridge.outbox import Outbox
 from gateway.bridge.ratelimit import TokenBuckets
 from gateway.interfaces import IAdapterContext
 from gateway.model import (DeliveryReport, Field, GatewayError, InboundMessage, OutboundMessage, PolicyViolation,
-                           Registration, RegistrationError, SendResult)
+                           Registration, RegistrationError, RoomEvent, SendResult)
 from gateway.registry import RegistrationConflict
 
 log = Logger(namespace="gateway.bridge")
@@ -32,7 +32,7 @@ class _Disconnected:
     def send_message(self, message):
         raise RuntimeError("no XMPP output attached")
 
-    send_error = send_receipt = send_message
+    send_error = send_receipt = send_room_event = send_message
 
 
 def coerce_field(field: Field, value: Any) -> Any:
@@ -99,6 +99,32 @@ class Bridge(service.MultiService):
     def deliver(self, message: InboundMessage) -> defer.Deferred:
         message.component = self.component
         return self.outbox.deliver(message)
+
+    def room_event(self, event: RoomEvent) -> None:
+        if self.output.connected and event.resources:
+            self.output.send_room_event(event)
+
+    # -- group chats ------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def ensure_registration(self, jid: str):
+        """The user's registration; for networks needing none, created on first use."""
+        reg = yield self.registration(jid)
+        if reg is None and getattr(self.adapter, "auto_register", False):
+            reg = Registration(self.component, jid, subscribed=False)
+            yield self.registry.put_registration(reg)
+            self._cache.pop(jid, None)
+        return reg
+
+    @defer.inlineCallbacks
+    def join_room(self, user: str, resource: str, room: str, nick: str, password: str | None = None):
+        reg = yield self.ensure_registration(user)
+        if reg is None:
+            raise RegistrationError(f"register with {self.component} first", "registration-required")
+        yield defer.maybeDeferred(self.adapter.join, reg, resource, room, nick, password)
+
+    def leave_room(self, user: str, resource: str, room: str) -> defer.Deferred:
+        return defer.maybeDeferred(self.adapter.leave, user, resource, room)
 
     @defer.inlineCallbacks
     def report(self, report: DeliveryReport):

@@ -15,6 +15,7 @@ from zope.interface import implementer
 
 from gateway.xmpp.caps import CAPS_NODE, verification_string
 from gateway.xmpp.escaping import FEATURE as NS_JID_ESCAPING
+from gateway.xmpp.escaping import unescape
 from wokkel import disco
 from wokkel.iwokkel import IDisco
 from wokkel.subprotocols import XMPPHandler
@@ -28,6 +29,7 @@ NS_RECEIPTS = "urn:xmpp:receipts"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_OOB = "jabber:x:oob"
 NS_ADDRESS = "http://jabber.org/protocol/address"
+NS_MUC = "http://jabber.org/protocol/muc"
 
 
 @implementer(IDisco)
@@ -55,6 +57,12 @@ class GatewayDisco(XMPPHandler):
         self.contact_ver = verification_string(self.contact_identities, self.contact_features)
 
     def getDiscoInfo(self, requestor: JID, target: JID, nodeIdentifier: str = ""):
+        if target.user and self._is_room(target.user) and not nodeIdentifier:
+            return [disco.DiscoIdentity("conference", "irc" if self.adapter.gateway_type == "irc" else "text",
+                                        unescape(target.user)),
+                    disco.DiscoFeature(NS_MUC), disco.DiscoFeature(disco.NS_DISCO_INFO),
+                    disco.DiscoFeature("muc_persistent"), disco.DiscoFeature("muc_open"),
+                    disco.DiscoFeature("muc_nonanonymous"), disco.DiscoFeature("muc_unsecured")]
         if target.user:
             if nodeIdentifier in ("", f"{CAPS_NODE}#{self.contact_ver}"):
                 return ([disco.DiscoIdentity(*i) for i in self.contact_identities]
@@ -64,6 +72,14 @@ class GatewayDisco(XMPPHandler):
             return ([disco.DiscoIdentity(*i) for i in self.identities]
                     + [disco.DiscoFeature(f) for f in self.features])
         return []
+
+    def _is_room(self, localpart: str) -> bool:
+        if "muc" not in self.adapter.features:
+            return False
+        try:
+            return self.adapter.is_room(self.adapter.normalize_address(unescape(localpart)))
+        except Exception:
+            return False
 
     def getDiscoItems(self, requestor: JID, target: JID, nodeIdentifier: str = ""):
         return []

@@ -16,6 +16,7 @@ from zope.interface import implementer
 from gateway.interfaces import IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, escape, unescape
+from gateway.xmpp.muc import room_stanzas
 from gateway.xmpp.stanzas import error_reply, parse_jid, text_of
 from wokkel.subprotocols import XMPPHandler
 
@@ -42,7 +43,7 @@ class MessageHandler(XMPPHandler):
 
     def on_message(self, stanza: domish.Element) -> None:
         stype = stanza.getAttribute("type", "normal")
-        if stype == "error":
+        if stype == "error" or getattr(stanza, "handled", False):
             return
         to = parse_jid(stanza.getAttribute("to"))
         sender = parse_jid(stanza.getAttribute("from"))
@@ -68,7 +69,7 @@ class MessageHandler(XMPPHandler):
         if message is None:
             return
         message.group = group
-        d = self.bridge.registration(message.user)
+        d = self.bridge.ensure_registration(message.user)
         d.addCallback(self._accept, stanza, message)
         d.addErrback(self._failed, stanza)
 
@@ -204,6 +205,10 @@ class StanzaOutput:
             reply.addElement("body", content=message.body)
         self.stream.count_error(error.condition)
         self.stream.send(reply)
+
+    def send_room_event(self, event) -> None:
+        for el in room_stanzas(self.domain, event):
+            self.stream.send(el)
 
     def send_receipt(self, user: str, resource: str | None, contact: str, xmpp_id: str) -> None:
         el = domish.Element((None, "message"))

@@ -63,6 +63,8 @@ class PresenceHandler(XMPPHandler):
     # -- receiving --------------------------------------------------------
 
     def on_presence(self, stanza: domish.Element) -> None:
+        if getattr(stanza, "handled", False):
+            return                       # a group chat join or leave, taken by the MUC handler
         stanza.handled = True
         sender = parse_jid(stanza.getAttribute("from"))
         to = parse_jid(stanza.getAttribute("to"))

@@ -7,6 +7,7 @@ from gateway.xmpp.component import ComponentStream
 from gateway.xmpp.disco import GatewayDisco
 from gateway.xmpp.iq_gateway import GatewayIQHandler
 from gateway.xmpp.messages import MessageHandler, StanzaOutput
+from gateway.xmpp.muc import MUCHandler
 from gateway.xmpp.ping import PingHandler
 from gateway.xmpp.presence import PresenceHandler
 from gateway.xmpp.register import RegisterHandler
@@ -45,6 +46,7 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
         RegisterHandler(stream, bridge, presence),
         GatewayIQHandler(component.domain, bridge),
         CommandsHandler(stream, bridge, presence, gateway_settings["admins"], reactor),
+        MUCHandler(stream, bridge),
         MessageHandler(stream, bridge),
         BridgeLink(bridge),
     ):

@@ -167,6 +167,16 @@ def error_condition(stanza: ET.Element) -> tuple[str | None, str | None]:
 
 # -- the gateway as a process -------------------------------------------------
 
+def toml_value(value) -> str:
+    """A TOML literal for the test configs (inline tables for dicts)."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+
 def write_config(path: str, *, components: list[dict], xmpp_port: int, registry_url: str,
                  allowed_domains=("localhost",), admins=(), outbox: dict | None = None,
                  limits: dict | None = None, web_port: int | None = None, xmpp: dict | None = None,
@@ -194,7 +204,7 @@ def write_config(path: str, *, components: list[dict], xmpp_port: int, registry_
         if comp.get("options"):
             lines.append("[components.options]")
             for k, v in comp["options"].items():
-                lines.append(f"{k} = {json.dumps(v)}")
+                lines.append(f"{k} = {toml_value(v)}")
         lines.append("")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))

@@ -1,0 +1,169 @@
+"""
+IRC channels as XEP-0045 group chats, with biboumi's addresses:
+``#chan%irc.example.net@irc.example.org/Nick`` joins a channel, ``nick%irc.example.net``
+is a person, ``irc.example.net`` the server. Each user gets one IRC connection per
+server, shared by all their XMPP resources.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from gateway.adapters.base import AdapterBase
+from gateway.adapters.irc import text
+from gateway.adapters.irc.session import IRCSession
+from gateway.model import AddressError, OutboundMessage, PermanentFailure, Registration, SendResult
+from gateway.options import Option, non_negative, positive
+
+log = Logger(namespace="gateway.adapters.irc")
+
+_CHANNEL = re.compile(r"^[#&+!][^\s,\x07:%]{1,199}$")
+_NICK = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}$")
+_HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:\d{1,5})?$")
+
+
+class IRCAdapter(AdapterBase):
+    name = "irc"
+    gateway_type = "irc"
+    display_name = "IRC gateway"
+    features = frozenset({"muc"})
+    pipelining = True           # one socket: lines leave in the order they were queued
+    auto_register = True        # like biboumi: join a channel, no registration form
+    address_prompt = "IRC address: #channel%server, nick%server or server"
+    instructions = "No registration needed: join #channel%irc.server.example@this-service/YourNick."
+    options = [
+        Option("allowed_servers", list, [], item_type=str,
+               doc="IRC servers users may reach (host names as in addresses); empty: any."),
+        Option("fixed_server", str, "", doc="Serve one IRC server only (addresses then omit %server). "
+                                            "Not implemented yet: must stay empty."),
+        Option("servers", dict, {},
+               doc="Per-server connection settings: `{ \"irc.example.net\" = { host = \"...\", port = 6697, "
+                   "tls = true, verify = true } }`; default port 6697 with TLS verified."),
+        Option("fallback_encoding", str, "latin-1", doc="Charset for incoming lines that are not UTF-8."),
+        Option("throttle_rate", float, 2.0, check=non_negative,
+               doc="Lines per second each connection may send after a burst; 0: no throttle."),
+        Option("throttle_burst", int, 10, check=positive, doc="Lines a connection may send at once."),
+        Option("default_role", str, "participant", choices=("participant", "visitor"),
+               doc="XEP-0045 role of occupants without channel modes."),
+        Option("persistent", bool, False, doc="Keep connections when users leave every room."),
+        Option("reconnect_max_delay", float, 60.0, check=positive, doc="Longest delay between reconnects."),
+    ]
+
+    @classmethod
+    def check_options(cls, opts: dict[str, Any]) -> list[tuple[str, str]]:
+        problems = []
+        if opts.get("fixed_server"):
+            problems.append(("fixed_server", "is not implemented yet; leave it empty"))
+        for name, conf in (opts.get("servers") or {}).items():
+            if not isinstance(conf, dict) or set(conf) - {"host", "port", "tls", "verify"}:
+                problems.append(("servers", f"{name}: only host, port, tls and verify may be set"))
+        return problems
+
+    def __init__(self, options: dict[str, Any], context):
+        super().__init__(options, context)
+        self.sessions: dict[tuple[str, str], IRCSession] = {}
+
+    def stopService(self):
+        for session in list(self.sessions.values()):
+            session.close("Gateway shutting down")
+        return super().stopService()
+
+    # -- addresses ----------------------------------------------------------------
+
+    def normalize_address(self, text_: str) -> str:
+        raw = (text_ or "").strip()
+        local, sep, server = raw.rpartition("%")
+        if not sep:
+            local, server = "", raw
+        server = server.lower()
+        if not _HOST.match(server) or "." not in server and server != "localhost":
+            raise AddressError(f"{server!r} is not an IRC server name")
+        allowed = self.config["allowed_servers"]
+        if allowed and server not in allowed:
+            raise AddressError(f"{server} is not one of the IRC servers this gateway serves", "not-allowed")
+        if not local:
+            return server
+        if _CHANNEL.match(local):
+            return f"{local.lower()}%{server}"
+        if _NICK.match(local):
+            return f"{local.lower()}%{server}"
+        raise AddressError(f"{local!r} is neither a channel (#name) nor a nickname")
+
+    def is_room(self, address: str) -> bool:
+        return address[:1] in "#&+!" and "%" in address
+
+    def occupant_address(self, room: str, nick: str) -> str:
+        return self.normalize_address(f"{nick}%{room.rpartition('%')[2]}")
+
+    def endpoint(self, server: str) -> tuple[str, int, bool, bool]:
+        conf = (self.config["servers"] or {}).get(server, {})
+        host, _, port = server.partition(":")
+        tls = conf.get("tls", True)
+        return (conf.get("host", host), int(conf.get("port", port or (6697 if tls else 6667))), tls,
+                conf.get("verify", True))
+
+    def server_settings(self, registration: Registration, server: str, nick: str) -> dict[str, Any]:
+        node = registration.jid.partition("@")[0]
+        base = {"nick": nick or node, "username": re.sub(r"[^a-z0-9]", "", node.lower())[:10] or "xmpp",
+                "realname": registration.jid.partition("@")[0], "commands": []}
+        base.update((registration.settings.get("servers") or {}).get(server, {}))
+        base.update({k: v for k, v in registration.secrets.items() if k.startswith(server + ":")})
+        return base
+
+    def session(self, registration: Registration, server: str, nick: str = "") -> IRCSession:
+        key = (registration.jid, server)
+        found = self.sessions.get(key)
+        if found is None or found.closed:
+            found = self.sessions[key] = IRCSession(self, registration, server, nick)
+        return found
+
+    def session_closed(self, session: IRCSession) -> None:
+        if self.sessions.get((session.user, session.server)) is session:
+            del self.sessions[(session.user, session.server)]
+
+    # -- rooms ----------------------------------------------------------------------
+
+    def join(self, registration: Registration, resource: str, room: str, nick: str, password: str | None):
+        channel, _, server = room.rpartition("%")
+        nick = text.one_line(nick)
+        if not _NICK.match(nick):
+            raise AddressError(f"{nick!r} is not a valid IRC nickname", "not-acceptable")
+        self.session(registration, server, nick).join(resource, channel, nick)
+
+    def leave(self, user: str, resource: str, room: str):
+        channel, _, server = room.rpartition("%")
+        session = self.sessions.get((user, server))
+        if session is not None:
+            session.leave(resource, channel)
+
+    # -- messages -------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def send(self, message: OutboundMessage, registration: Registration):
+        body = message.body or ""
+        if message.kind == "groupchat" and message.subject is not None and not body:
+            channel, _, server = message.recipient.rpartition("%")
+            session = self.session(registration, server)
+            conn = yield session.ready()
+            conn.send_lines([f"TOPIC {channel} :{text.one_line(message.subject)}"])
+            return SendResult()
+        if not body.strip():
+            return SendResult(parts=0)
+        target, _, server = message.recipient.rpartition("%")
+        if not target:
+            raise PermanentFailure("write to a channel or a nickname on that server", "not-acceptable")
+        session = self.session(registration, server)
+        room = session._room(target) if message.kind == "groupchat" else None
+        if message.kind == "groupchat" and room is None:
+            raise PermanentFailure(f"join {target} before writing to it", "not-acceptable")
+        parts = yield session.send(target, body, room, message.xmpp_id)
+        return SendResult(parts=parts)
+
+    def user_unregistered(self, registration: Registration) -> None:
+        for (user, _), session in list(self.sessions.items()):
+            if user == registration.jid:
+                session.close("Unregistered")

@@ -1,0 +1,339 @@
+"""
+One user's presence on one IRC server: a single connection shared by every XMPP
+resource of the user, the rooms joined and which resources joined each, the
+occupants with their channel modes, reconnection with backoff and rejoin. IRC
+events become XEP-0045 room events for the joined resources.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import defer, protocol, ssl
+from twisted.logger import Logger
+
+from gateway.adapters.irc import text
+from gateway.adapters.irc.client import IRCConnection, server_time
+from gateway.model import InboundMessage, RoomEvent, TemporaryFailure
+
+log = Logger(namespace="gateway.adapters.irc")
+
+PREFIXES = "~&@%+"
+ROLE = {"~": ("moderator", "owner"), "&": ("moderator", "admin"), "@": ("moderator", "admin"),
+        "%": ("moderator", "member"), "+": ("participant", "member")}
+MODE_PREFIX = {"q": "~", "a": "&", "o": "@", "h": "%", "v": "+"}
+
+
+class Room:
+    def __init__(self, channel: str):
+        self.channel = channel
+        self.resources: dict[str, str] = {}     # resource -> the nick it asked for
+        self.occupants: dict[str, set[str]] = {}
+        self.topic = ""
+        self.topic_by = ""
+        self.joined = False
+        self.ready = False
+        self.names: dict[str, set[str]] = {}
+
+
+class _Factory(protocol.ReconnectingClientFactory):
+    def __init__(self, session: "IRCSession"):
+        self.session = session
+        self.maxDelay = session.adapter.config["reconnect_max_delay"]
+        self.initialDelay = 1.0
+        self.factor = 2.0
+        self.jitter = 0.2
+        self.noisy = False
+
+    def buildProtocol(self, addr):
+        p = IRCConnection(self.session)
+        p.factory = self
+        return p
+
+
+class IRCSession:
+    def __init__(self, adapter, registration, server: str, nick: str):
+        self.adapter = adapter
+        self.context = adapter.context
+        self.user = registration.jid
+        self.server = server
+        self.settings = adapter.server_settings(registration, server, nick)
+        self.nick = self.settings["nick"]
+        self.conn: IRCConnection | None = None
+        self.rooms: dict[str, Room] = {}
+        self.factory: _Factory | None = None
+        self.connector = None
+        self._ready: list[defer.Deferred] = []
+        self.closed = False
+
+    # -- connection ---------------------------------------------------------------
+
+    def connect(self) -> None:
+        if self.factory is not None:
+            return
+        self.factory = _Factory(self)
+        host, port, tls, verify = self.adapter.endpoint(self.server)
+        reactor = self.context.clock
+        if tls:
+            options = ssl.optionsForClientTLS(host) if verify else ssl.CertificateOptions()
+            self.connector = reactor.connectSSL(host, port, self.factory, options, timeout=30)
+        else:
+            self.connector = reactor.connectTCP(host, port, self.factory, timeout=30)
+        log.info("{user}: connecting to {server} ({host}:{port}, tls={tls})", user=self.user, server=self.server,
+                 host=host, port=port, tls=tls)
+
+    def ready(self, timeout: float = 20.0) -> defer.Deferred:
+        """Fires once signed on (connecting if needed); TemporaryFailure if that takes too long."""
+        self.connect()
+        if self.conn is not None:
+            return defer.succeed(self.conn)
+        d = defer.Deferred()
+        self._ready.append(d)
+
+        def late(failure):
+            failure.trap(defer.TimeoutError)
+            raise TemporaryFailure(f"not connected to {self.server} yet")
+
+        return d.addTimeout(timeout, self.context.clock).addErrback(late)
+
+    def close(self, reason: str = "Leaving") -> None:
+        self.closed = True
+        if self.factory is not None:
+            self.factory.stopTrying()
+        if self.conn is not None:
+            self.conn.sendLine(f"QUIT :{text.one_line(reason)}")
+            self.conn.transport.loseConnection()
+        elif self.connector is not None:
+            self.connector.disconnect()
+        self.adapter.session_closed(self)
+
+    def signed_on(self, conn: IRCConnection) -> None:
+        self.conn = conn
+        self.nick = conn.nickname
+        self.factory.resetDelay()
+        log.info("{user}: signed on to {server} as {nick}", user=self.user, server=self.server, nick=self.nick)
+        for command in self.settings.get("commands", []):
+            line = text.one_line(command)
+            if line:
+                conn.send_lines([line])
+        for room in self.rooms.values():
+            conn.send_lines([f"JOIN {room.channel}"])
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.callback(conn)
+
+    def sasl_result(self, ok: bool, message: str) -> None:
+        log.info("{user}: SASL on {server}: {result} ({msg})", user=self.user, server=self.server,
+                 result="ok" if ok else "failed", msg=message)
+
+    def nick_in_use(self, conn: IRCConnection, nick: str) -> None:
+        new = conn.alterCollidedNick(nick)
+        conn.setNick(new)
+        if not conn._registered:
+            conn.nickname = new
+
+    def connection_lost(self, conn: IRCConnection, reason) -> None:
+        if self.conn is conn:
+            self.conn = None
+        for room in self.rooms.values():
+            room.joined = room.ready = False
+            room.occupants.clear()
+        if not self.closed:
+            log.warn("{user}: connection to {server} lost ({why}); reconnecting", user=self.user,
+                     server=self.server, why=reason.getErrorMessage())
+
+    # -- rooms from XMPP ------------------------------------------------------------
+
+    def room_address(self, channel: str) -> str:
+        return f"{channel.lower()}%{self.server}"
+
+    def _event(self, room: Room, kind: str, resources=None, **kw) -> None:
+        self.context.room_event(RoomEvent(component=self.context.component, user=self.user,
+                                          resources=list(room.resources) if resources is None else resources,
+                                          room=self.room_address(room.channel), kind=kind, **kw))
+
+    def join(self, resource: str, channel: str, nick: str) -> None:
+        key = channel.lower()
+        room = self.rooms.get(key)
+        first = room is None
+        if first:
+            room = self.rooms[key] = Room(channel)
+        room.resources[resource] = nick
+        self.connect()
+        if self.conn is None:
+            return                                   # JOIN goes out when signed on
+        if first or not room.joined:
+            self.conn.send_lines([f"JOIN {channel}"])
+        elif room.ready:
+            self._send_state(room, [resource])       # another resource: the connection is shared
+
+    def leave(self, resource: str, channel: str) -> None:
+        key = channel.lower()
+        room = self.rooms.get(key)
+        if room is None or resource not in room.resources:
+            return
+        del room.resources[resource]
+        self._event(room, "presence", [resource], nick=self.nick, unavailable=True, statuses=[110])
+        if room.resources:
+            return
+        del self.rooms[key]
+        if self.conn is not None:
+            self.conn.send_lines([f"PART {room.channel}"])
+        if not self.rooms and not self.adapter.config["persistent"]:
+            self.close("Left every room")
+
+    def _role(self, modes: set[str]) -> tuple[str, str]:
+        for p in PREFIXES:
+            if p in modes:
+                return ROLE[p]
+        return self.adapter.config["default_role"], "none"
+
+    def _send_state(self, room: Room, resources: list[str]) -> None:
+        """XEP-0045 join: every occupant, then the user's own presence (110, 210), then the subject."""
+        for nick, modes in sorted(room.occupants.items()):
+            if nick != self.nick:
+                role, aff = self._role(modes)
+                self._event(room, "presence", resources, nick=nick, role=role, affiliation=aff)
+        role, aff = self._role(room.occupants.get(self.nick, set()))
+        for resource in resources:
+            statuses = [110, 100] + ([210] if room.resources.get(resource) != self.nick else [])
+            self._event(room, "presence", [resource], nick=self.nick, role=role, affiliation=aff, statuses=statuses)
+        self._event(room, "subject", resources, nick=room.topic_by or None, subject=room.topic)
+
+    # -- IRC events ---------------------------------------------------------------------
+
+    def _room(self, channel: str) -> Room | None:
+        return self.rooms.get(channel.lower())
+
+    def on_self_joined(self, channel: str) -> None:
+        room = self._room(channel)
+        if room is None:                               # joined by a command after connect: not ours
+            return
+        room.joined = True
+        room.names = {}
+
+    def on_names(self, channel: str, names: list[str]) -> None:
+        room = self._room(channel)
+        if room is None:
+            return
+        for entry in names:
+            modes = set()
+            while entry and entry[0] in PREFIXES:
+                modes.add(entry[0])
+                entry = entry[1:]
+            if entry:
+                room.names[entry] = modes
+
+    def on_end_of_names(self, channel: str) -> None:
+        room = self._room(channel)
+        if room is None or room.ready:
+            return
+        room.occupants = room.names
+        room.occupants.setdefault(self.nick, set())
+        room.ready = True
+        self._send_state(room, list(room.resources))
+
+    def on_topic(self, nick: str, channel: str, topic: str) -> None:
+        room = self._room(channel)
+        if room is None:
+            return
+        room.topic, room.topic_by = text.strip_formatting(topic or ""), nick
+        if room.ready:
+            self._event(room, "subject", nick=nick or None, subject=room.topic)
+
+    def on_join(self, nick: str, channel: str) -> None:
+        room = self._room(channel)
+        if room is not None and room.ready:
+            room.occupants[nick] = set()
+            role, aff = self._role(set())
+            self._event(room, "presence", nick=nick, role=role, affiliation=aff)
+
+    def on_part(self, nick: str, channel: str, reason: str | None) -> None:
+        room = self._room(channel)
+        if room is not None and room.occupants.pop(nick, None) is not None:
+            self._event(room, "presence", nick=nick, unavailable=True, reason=reason)
+
+    def on_self_part(self, channel: str) -> None:
+        room = self._room(channel)
+        if room is not None:
+            room.joined = room.ready = False
+
+    def on_quit(self, nick: str, reason: str) -> None:
+        for room in self.rooms.values():
+            if room.occupants.pop(nick, None) is not None:
+                self._event(room, "presence", nick=nick, unavailable=True, reason=reason or None)
+
+    def on_kick(self, kickee: str, channel: str, kicker: str, reason: str) -> None:
+        room = self._room(channel)
+        if room is None:
+            return
+        room.occupants.pop(kickee, None)
+        statuses = [307] + ([110] if kickee == self.nick else [])
+        self._event(room, "presence", nick=kickee, unavailable=True, statuses=statuses,
+                    reason=f"{reason} (by {kicker})" if reason else f"kicked by {kicker}")
+        if kickee == self.nick:
+            del self.rooms[channel.lower()]
+
+    def on_nick(self, old: str, new: str) -> None:
+        mine = old == self.nick
+        if mine:
+            self.nick = new
+        for room in self.rooms.values():
+            if old in room.occupants:
+                modes = room.occupants.pop(old)
+                room.occupants[new] = modes
+                role, aff = self._role(modes)
+                extra = [110] if mine else []
+                self._event(room, "presence", nick=old, unavailable=True, new_nick=new, statuses=[303] + extra,
+                            role=role, affiliation=aff)
+                self._event(room, "presence", nick=new, role=role, affiliation=aff, statuses=extra)
+
+    def own_nick_changed(self, nick: str) -> None:
+        if nick != self.nick and self.conn is not None and not any(self.nick in r.occupants for r in self.rooms.values()):
+            self.nick = nick
+
+    def on_mode(self, channel: str, nick: str, mode: str, added: bool) -> None:
+        room = self._room(channel)
+        prefix = MODE_PREFIX.get(mode)
+        if room is None or prefix is None or nick not in room.occupants:
+            return
+        modes = room.occupants[nick]
+        (modes.add if added else modes.discard)(prefix)
+        role, aff = self._role(modes)
+        self._event(room, "presence", nick=nick, role=role, affiliation=aff,
+                    statuses=[110] if nick == self.nick else [])
+
+    def on_message(self, nick: str, target: str, body: str, tags: dict, notice: bool = False) -> None:
+        body = text.strip_formatting(body)
+        if notice:
+            body = f"[notice] {body}"
+        stamp = server_time(tags)
+        if target.startswith(("#", "&", "+", "!")):
+            room = self._room(target)
+            if room is not None and room.ready:
+                self._event(room, "message", nick=nick, body=body, timestamp=stamp, stanza_id=tags.get("msgid"))
+            return
+        self.context.deliver(InboundMessage(component=self.context.component, user=self.user,
+                                            sender=f"{nick.lower()}%{self.server}", body=body, timestamp=stamp,
+                                            foreign_id=tags.get("msgid"))).addErrback(
+            lambda f: log.failure("private message from {nick} not stored", f, nick=nick))
+
+    def on_join_refused(self, channel: str, condition: str, why: str) -> None:
+        room = self.rooms.pop(channel.lower(), None)
+        if room is not None:
+            self._event(room, "join-error", nick=self.nick, condition=condition, reason=why)
+
+    # -- sending --------------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def send(self, target: str, body: str, reflect_room: Room | None = None, message_id: str | None = None):
+        conn = yield self.ready()
+        ctcp = None
+        if body.startswith("/me "):
+            body, ctcp = body[4:], "ACTION"
+        lines = text.message_lines("PRIVMSG", target, body, self.nick, ctcp)
+        conn.send_lines(lines)
+        if reflect_room is not None:
+            # XEP-0045: the room reflects the sender's own message to every joined resource.
+            self._event(reflect_room, "message", nick=self.nick, body=("/me " if ctcp else "") + body,
+                        message_id=message_id)
+        return len(lines)
+

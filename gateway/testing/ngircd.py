@@ -1,0 +1,72 @@
+"""An ngircd on loopback with flood penalties off, for the demo, tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from gateway.testing.process import Server, free_port, make_dir, port_open, wait_for
+
+CONFIG = """# Written by xmpp-gateway's test harness. No trailing comments: ngircd cannot parse them.
+[Global]
+\tName = irc.test
+\tInfo = test ircd
+\tAdminInfo1 = test
+\tAdminInfo2 = test
+\tAdminEMail = root@localhost
+\tListen = 127.0.0.1
+\tPorts = {port}
+\tMotdFile = {dir}/motd
+\tServerUID = nobody
+\tServerGID = nogroup
+[Limits]
+\tMaxConnections = 0
+\tMaxConnectionsIP = 0
+\tMaxJoins = 0
+\tMaxNickLength = 30
+\tMaxPenaltyTime = 0
+\tMaxListSize = 0
+\tPingTimeout = 300
+\tPongTimeout = 60
+[Options]
+\tDNS = no
+\tIdent = no
+\tPAM = no
+\tOperCanUseMode = yes
+\tRequireAuthPing = no
+[Operator]
+\tName = bench
+\tPassword = benchpw
+"""
+
+
+class Ngircd:
+    def __init__(self, workdir: str):
+        self.dir = make_dir(workdir)
+        self.port = free_port()
+        self.config_path = os.path.join(self.dir, "ngircd.conf")
+        with open(os.path.join(self.dir, "motd"), "w") as f:
+            f.write("test server\n")
+        with open(self.config_path, "w") as f:
+            f.write(CONFIG.format(port=self.port, dir=self.dir))
+        self.server: Server | None = None
+
+    def start(self) -> "Ngircd":
+        binary = shutil.which("ngircd") or "/usr/sbin/ngircd"
+        self.server = Server("ngircd", [binary, "-n", "-f", self.config_path], os.path.join(self.dir, "ngircd.log"))
+        self.server.start()
+        try:
+            wait_for(lambda: port_open(self.port), 15, "ngircd", self.server.proc)
+        except Exception:
+            self.server.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        wait_for(lambda: not port_open(self.port), 10, "ngircd port release")
+        self.start()

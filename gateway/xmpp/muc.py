@@ -1,0 +1,188 @@
+"""
+XEP-0045 multi-user chat on the XMPP side, for networks with group chats (IRC):
+presence to ``room@component/nick`` joins or leaves, groupchat messages go to the
+room, chat messages to ``room@component/Nick`` go privately to that occupant. What
+happens in the room comes back as RoomEvents, turned into stanzas here.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from gateway.model import AddressError, GatewayError, OutboundMessage
+from gateway.xmpp.escaping import EscapingError, escape, unescape
+from gateway.xmpp.stanzas import error_reply, parse_jid, text_of
+from wokkel.subprotocols import XMPPHandler
+
+log = Logger(namespace="gateway.xmpp.muc")
+
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+NS_DELAY = "urn:xmpp:delay"
+NS_SID = "urn:xmpp:sid:0"
+NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+
+
+def is_muc_stanza(adapter, stanza: domish.Element) -> bool:
+    """Whether a stanza is for the MUC handler: to a room, for a network with rooms."""
+    if "muc" not in adapter.features:
+        return False
+    to = parse_jid(stanza.getAttribute("to"))
+    if to is None or not to.user:
+        return False
+    try:
+        return adapter.is_room(adapter.normalize_address(unescape(to.user)))
+    except GatewayError:
+        return False
+
+
+class MUCHandler(XMPPHandler):
+    def __init__(self, stream, bridge):
+        super().__init__()
+        self.stream = stream
+        self.bridge = bridge
+        self.domain = stream.domain
+
+    def connectionInitialized(self):
+        if "muc" in self.bridge.adapter.features:
+            self.xmlstream.addObserver("/presence", self.on_presence, priority=10)
+            self.xmlstream.addObserver("/message", self.on_message, priority=10)
+
+    def _room(self, stanza):
+        to = parse_jid(stanza.getAttribute("to"))
+        return to, self.bridge.adapter.normalize_address(unescape(to.user))
+
+    # -- presence: join and leave -----------------------------------------------
+
+    def on_presence(self, stanza: domish.Element) -> None:
+        if not is_muc_stanza(self.bridge.adapter, stanza):
+            return
+        stanza.handled = True
+        sender = parse_jid(stanza.getAttribute("from"))
+        to, room = self._room(stanza)
+        ptype = stanza.getAttribute("type")
+        if ptype == "unavailable":
+            self.bridge.leave_room(sender.userhost(), sender.resource or "", room).addErrback(
+                lambda f: log.failure("leaving {room} failed", f, room=room))
+            return
+        if ptype not in (None, "available"):
+            return
+        if not to.resource:
+            self._presence_error(stanza, "jid-malformed", "join with a nickname: room@service/nick")
+            return
+        muc = next(stanza.elements(NS_MUC, "x"), None)
+        password = text_of(muc, NS_MUC, "password") if muc is not None else None
+        d = self.bridge.join_room(sender.userhost(), sender.resource or "", room, to.resource, password)
+
+        def failed(failure):
+            if failure.check(GatewayError):
+                e = failure.value
+                self._presence_error(stanza, e.condition, e.text)
+            else:
+                log.failure("joining {room} failed", failure, room=room)
+                self._presence_error(stanza, "internal-server-error", "the gateway could not join the room")
+
+        d.addErrback(failed)
+
+    def _presence_error(self, stanza, condition: str, text: str | None) -> None:
+        self.stream.count_error(condition)
+        reply = error_reply(stanza, condition, text)
+        reply.addElement((NS_MUC, "x"))
+        self.send(reply)
+
+    # -- messages ---------------------------------------------------------------
+
+    def on_message(self, stanza: domish.Element) -> None:
+        if stanza.getAttribute("type") == "error" or not is_muc_stanza(self.bridge.adapter, stanza):
+            return
+        stanza.handled = True
+        sender = parse_jid(stanza.getAttribute("from"))
+        to, room = self._room(stanza)
+        body = text_of(stanza, None, "body")
+        subject = text_of(stanza, None, "subject")
+        if body is None and subject is None:
+            return                                  # chat states are not carried to rooms
+        if to.resource:                              # private message to an occupant
+            recipient, kind = self.bridge.adapter.occupant_address(room, to.resource), "chat"
+        else:
+            recipient, kind = room, "groupchat"
+        message = OutboundMessage(component=self.domain, user=sender.userhost(), recipient=recipient, body=body,
+                                  subject=subject, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,
+                                  kind=kind)
+        d = self.bridge.ensure_registration(message.user)
+        d.addCallback(lambda reg: self.bridge.submit(message))
+
+        def failed(failure):
+            if failure.check(GatewayError):
+                e = failure.value
+                self.stream.refuse(stanza, e.condition, e.text, e.error_type)
+            else:
+                log.failure("room message not accepted", failure)
+                self.stream.refuse(stanza, "internal-server-error", None, "wait")
+
+        d.addErrback(failed)
+
+
+def room_stanzas(domain: str, event) -> list[domish.Element]:
+    """The stanzas a RoomEvent becomes, one per joined resource."""
+    try:
+        room_jid = f"{escape(event.room)}@{domain}"
+    except EscapingError:
+        return []
+    out = []
+    for resource in event.resources:
+        to = f"{event.user}/{resource}" if resource else event.user
+        if event.kind == "presence":
+            el = domish.Element((None, "presence"))
+            el["from"] = f"{room_jid}/{event.nick}"
+            if event.unavailable:
+                el["type"] = "unavailable"
+            x = el.addElement((NS_MUC_USER, "x"))
+            item = x.addElement("item")
+            item["affiliation"] = event.affiliation
+            item["role"] = "none" if event.unavailable else event.role
+            if event.new_nick:
+                item["nick"] = event.new_nick
+            if event.reason:
+                item.addElement("reason", content=event.reason)
+            for code in event.statuses:
+                x.addElement("status")["code"] = str(code)
+        elif event.kind == "join-error":
+            el = error_reply(_fake_presence(to, f"{room_jid}/{event.nick}"), event.condition or "not-allowed",
+                             event.reason)
+            el.addElement((NS_MUC, "x"))
+        else:
+            el = domish.Element((None, "message"))
+            el["type"] = "groupchat"
+            if event.message_id:
+                el["id"] = event.message_id
+            el["from"] = f"{room_jid}/{event.nick}" if event.nick else room_jid
+            if event.kind == "subject":
+                el.addElement("subject", content=event.subject or "")
+            else:
+                el.addElement("body", content=event.body or "")
+                if event.stanza_id:
+                    sid = el.addElement((NS_SID, "stanza-id"))
+                    sid["id"] = event.stanza_id
+                    sid["by"] = room_jid
+                if event.timestamp:
+                    delay = el.addElement((NS_DELAY, "delay"))
+                    delay["stamp"] = datetime.datetime.fromtimestamp(
+                        event.timestamp, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                    delay["from"] = room_jid
+        el["to"] = to
+        out.append(el)
+    return out
+
+
+def _fake_presence(to: str, sent_to: str) -> domish.Element:
+    p = domish.Element((None, "presence"))
+    p["from"] = to
+    p["to"] = sent_to
+    return p
+
+
+__all__ = ["MUCHandler", "room_stanzas", "is_muc_stanza", "AddressError"]

@@ -1,0 +1,147 @@
+"""
+IRC end to end: a real ngircd with a raw IRC client on one side, a real Prosody
+with slixmpp users on the other, and the gateway process between them.
+"""
+
+import asyncio
+import os
+
+import pytest
+
+from gateway.testing.ngircd import Ngircd
+from tests.integration.gateway_fixture import start_gateway
+from tests.integration.harness import Client, body, run
+from tests.integration.irc_support import RawIRC
+
+DOMAIN = "irc.localhost"
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+
+
+@pytest.fixture(scope="module")
+def ircd(workdir):
+    server = Ngircd(os.path.join(workdir, "ngircd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def irc_gateway(prosody, ircd, workdir):
+    path = os.path.join(workdir, "irc-gw")
+    os.makedirs(path, exist_ok=True)
+    gateway = start_gateway(prosody, path, "irc", adapter="irc", options={
+        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False}},
+        "throttle_rate": 0.0, "allowed_servers": ["localhost"]})
+    yield gateway
+    gateway.stop()
+
+
+def room(channel: str) -> str:
+    return f"{channel}%localhost@{DOMAIN}"
+
+
+def muc_item(p):
+    return p.find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}item")
+
+
+def statuses(p) -> set[int]:
+    return {int(s.get("code")) for s in p.findall(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}status")}
+
+
+async def join(client: Client, channel: str, nick: str, resource_check=True):
+    client.send_raw(f"<presence to='{room(channel)}/{nick}'><x xmlns='{NS_MUC}'/></presence>")
+    own = await client.next_presence(lambda p: p.get("from") == f"{room(channel)}/{nick}" and 110 in statuses(p))
+    return own
+
+
+def test_channel_as_group_chat(prosody, ircd, irc_gateway):
+    user = prosody.register(f"ircalice{os.getpid()}", "pw")
+
+    async def scenario():
+        bob = await RawIRC(ircd.port, "bob").connect()
+        bob.send("JOIN #test", "TOPIC #test :Welcome to #test")
+        await bob.expect(lambda l: " TOPIC #test " in l or " 332 " in l)
+        alice = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            # Join: occupants from NAMES with roles from modes, then self (110), then the topic.
+            alice.send_raw(f"<presence to='{room('#test')}/alice'><x xmlns='{NS_MUC}'/></presence>")
+            occupant = await alice.next_presence(lambda p: p.get("from") == f"{room('#test')}/bob")
+            assert muc_item(occupant).get("role") == "moderator"            # bob created the channel: op
+            own = await alice.next_presence(lambda p: p.get("from") == f"{room('#test')}/alice")
+            assert 110 in statuses(own) and muc_item(own).get("role") == "participant"
+            subject = await alice.next_message(lambda m: m.find("{jabber:client}subject") is not None)
+            assert subject.find("{jabber:client}subject").text == "Welcome to #test"
+            await bob.expect(lambda l: l.startswith(":alice!") and " JOIN " in l)
+
+            # Both ways, and the room reflects alice's own message.
+            bob.send("PRIVMSG #test :hello from \x02irc\x02")
+            m = await alice.next_message(lambda m: body(m) == "hello from irc")
+            assert m.get("type") == "groupchat" and m.get("from") == f"{room('#test')}/bob"
+            sent_id = alice.send_chat(room("#test"), "hello from xmpp", mtype="groupchat")
+            await bob.expect(lambda l: l.startswith(":alice!") and l.endswith("PRIVMSG #test :hello from xmpp"))
+            echo = await alice.next_message(lambda m: m.get("id") == sent_id)
+            assert echo.get("from") == f"{room('#test')}/alice" and body(echo) == "hello from xmpp"
+
+            # /me both ways.
+            alice.send_chat(room("#test"), "/me waves", mtype="groupchat")
+            await bob.expect(lambda l: l.endswith("PRIVMSG #test :\x01ACTION waves\x01"))
+            bob.send("PRIVMSG #test :\x01ACTION dances\x01")
+            await alice.next_message(lambda m: body(m) == "/me dances" and m.get("from").endswith("/bob"))
+
+            # A 2,000-byte message arrives complete, in order, in lines within the limit.
+            long_text = "".join(f"{i:04d}é" for i in range(334))         # 334 * 6 bytes ≈ 2,000
+            alice.send_chat(room("#test"), long_text, mtype="groupchat")
+            got, parts = "", []
+            while len(got) < len(long_text):
+                line = await bob.expect(lambda l: l.startswith(":alice!") and " PRIVMSG #test :" in l)
+                parts.append(line)
+                got += line.split(" PRIVMSG #test :", 1)[1]
+            assert got == long_text and len(parts) > 1
+            assert all(len(p.encode()) + 2 <= 512 for p in parts)
+
+            # CR/LF from XMPP never becomes a second IRC command.
+            alice.send_chat(room("#test"), "line one\r\nQUIT :pwned\r\nJOIN #evil", mtype="groupchat")
+            lines = await bob.collect(lambda l: l.startswith(":alice!"), 3)
+            assert [l.split(" ", 1)[1] for l in lines] == ["PRIVMSG #test :line one", "PRIVMSG #test :QUIT :pwned",
+                                                            "PRIVMSG #test :JOIN #evil"]
+
+            # Private messages: from IRC, to nick%server, and through room/Nick.
+            bob.send("PRIVMSG alice :psst")
+            pm = await alice.next_message(lambda m: body(m) == "psst")
+            assert pm.get("from") == f"bob%localhost@{DOMAIN}" and pm.get("type") == "chat"
+            alice.send_chat(f"bob%localhost@{DOMAIN}", "direct reply")
+            await bob.expect(lambda l: l.startswith(":alice!") and l.endswith("PRIVMSG bob :direct reply"))
+            alice.send_chat(f"{room('#test')}/bob", "via the room")
+            await bob.expect(lambda l: l.startswith(":alice!") and l.endswith("PRIVMSG bob :via the room"))
+
+            # Topic change, nick change (303), voice (role), part.
+            bob.send("TOPIC #test :New topic")
+            s = await alice.next_message(lambda m: m.find("{jabber:client}subject") is not None)
+            assert s.find("{jabber:client}subject").text == "New topic" and s.get("from").endswith("/bob")
+            carol = await RawIRC(ircd.port, "carol").connect()
+            carol.send("JOIN #test")
+            joined = await alice.next_presence(lambda p: p.get("from") == f"{room('#test')}/carol")
+            assert muc_item(joined).get("role") == "participant"
+            bob.send("MODE #test +v carol")
+            voiced = await alice.next_presence(lambda p: p.get("from") == f"{room('#test')}/carol")
+            assert muc_item(voiced).get("affiliation") == "member"
+            bob.send("NICK bobby")
+            gone = await alice.next_presence(lambda p: p.get("from") == f"{room('#test')}/bob")
+            assert gone.get("type") == "unavailable" and 303 in statuses(gone)
+            assert muc_item(gone).get("nick") == "bobby"
+            await alice.next_presence(lambda p: p.get("from") == f"{room('#test')}/bobby" and p.get("type") is None)
+            carol.send("PART #test :see you")
+            parted = await alice.next_presence(lambda p: p.get("from") == f"{room('#test')}/carol")
+            assert parted.get("type") == "unavailable"
+            await carol.close()
+
+            # Kick: alice's own unavailable presence with 307 and 110.
+            bob.send("KICK #test alice :behave")
+            kicked = await alice.next_presence(lambda p: p.get("from") == f"{room('#test')}/alice"
+                                               and p.get("type") == "unavailable")
+            assert {307, 110} <= statuses(kicked)
+        finally:
+            await alice.stop()
+            await bob.close()
+
+    run(scenario(), timeout=90)
