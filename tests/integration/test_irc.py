@@ -48,10 +48,15 @@ def statuses(p) -> set[int]:
     return {int(s.get("code")) for s in p.findall(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}status")}
 
 
-async def join(client: Client, channel: str, nick: str, resource_check=True):
+async def join(client: Client, channel: str, nick: str):
+    """Join; the user's own presence (110) and the occupants' presences sent before it."""
     client.send_raw(f"<presence to='{room(channel)}/{nick}'><x xmlns='{NS_MUC}'/></presence>")
-    own = await client.next_presence(lambda p: p.get("from") == f"{room(channel)}/{nick}" and 110 in statuses(p))
-    return own
+    before = []
+    while True:
+        p = await client.next_presence(lambda p: p.get("from", "").startswith(room(channel) + "/"))
+        if 110 in statuses(p):
+            return p, before
+        before.append(p)
 
 
 def test_channel_as_group_chat(prosody, ircd, irc_gateway):
@@ -145,3 +150,85 @@ def test_channel_as_group_chat(prosody, ircd, irc_gateway):
             await bob.close()
 
     run(scenario(), timeout=90)
+
+
+def test_two_resources_share_one_connection_and_leaving_all_disconnects(prosody, ircd, irc_gateway):
+    user = prosody.register(f"ircdan{os.getpid()}", "pw")
+
+    async def scenario():
+        bob = await RawIRC(ircd.port, "bob2").connect()
+        bob.send("JOIN #share")
+        phone = await Client(f"{user}/phone", "pw").start(prosody.c2s_port)
+        laptop = await Client(f"{user}/laptop", "pw").start(prosody.c2s_port)
+        try:
+            await join(phone, "#share", "dan")
+            await bob.expect(lambda l: l.startswith(":dan!") and " JOIN " in l)
+            own, occupants = await join(laptop, "#share", "dan")     # state replayed from the shared connection
+            assert muc_item(own).get("role") == "participant"
+            assert [p.get("from") for p in occupants] == [f"{room('#share')}/bob2"]
+            bob.send("NAMES #share")
+            names = await bob.expect(lambda l: " 353 " in l and "#share" in l)
+            assert names.split(":")[-1].split().count("dan") == 1
+            assert sum(1 for l in bob.seen if l.startswith(":dan!") and " JOIN " in l) == 1
+
+            bob.send("PRIVMSG #share :to both")
+            await phone.next_message(lambda m: body(m) == "to both")
+            await laptop.next_message(lambda m: body(m) == "to both")
+
+            # CTCP VERSION is answered.
+            bob.send("PRIVMSG dan :\x01VERSION\x01")
+            version = await bob.expect(lambda l: l.startswith(":dan!") and "NOTICE bob2 :\x01VERSION" in l)
+            assert "xmpp-gateway" in version
+
+            # A nick in use: the service changes it and says so (210).
+            other = await Client(prosody.register(f"ircbob{os.getpid()}", "pw"), "pw").start(prosody.c2s_port)
+            try:
+                other.send_raw(f"<presence to='{room('#share')}/bob2'><x xmlns='{NS_MUC}'/></presence>")
+                own = await other.next_presence(lambda p: 110 in statuses(p))
+                assert 210 in statuses(own) and own.get("from") == f"{room('#share')}/bob2_"
+            finally:
+                await other.stop()
+
+            phone.send_raw(f"<presence to='{room('#share')}/dan' type='unavailable'/>")
+            left = await phone.next_presence(lambda p: p.get("from") == f"{room('#share')}/dan"
+                                             and p.get("type") == "unavailable")
+            assert 110 in statuses(left)
+            await asyncio.sleep(0.5)
+            assert not any(l.startswith(":dan!") and (" PART " in l or " QUIT " in l) for l in bob.seen)
+            laptop.send_raw(f"<presence to='{room('#share')}/dan' type='unavailable'/>")
+            await bob.expect(lambda l: l.startswith(":dan!") and " PART #share" in l)
+            for _ in range(20):                      # no room left: the connection is closed
+                await asyncio.sleep(0.25)
+                bob.send("WHOIS dan")
+                reply = await bob.expect(lambda l: " 401 " in l or " 311 " in l)
+                if " 401 " in reply:
+                    break
+            assert " 401 " in reply
+        finally:
+            await phone.stop()
+            await laptop.stop()
+            await bob.close()
+
+    run(scenario(), timeout=60)
+
+
+def test_irc_server_restart_reconnects_and_rejoins(prosody, ircd, irc_gateway):
+    user = prosody.register(f"irceve{os.getpid()}", "pw")
+
+    async def scenario():
+        eve = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            await join(eve, "#restart", "eve")
+            await asyncio.to_thread(ircd.restart)
+            frank = await RawIRC(ircd.port, "frank").connect()
+            frank.send("JOIN #restart")
+            await frank.expect(lambda l: l.startswith(":frank!") and " JOIN " in l)
+            await frank.expect(lambda l: l.startswith(":eve!") and " JOIN " in l, timeout=20)   # rejoined
+            await eve.next_presence(lambda p: p.get("from") == f"{room('#restart')}/frank")
+            frank.send("PRIVMSG #restart :welcome back")
+            await eve.next_message(lambda m: body(m) == "welcome back")
+            await frank.close()
+        finally:
+            await eve.stop()
+
+    run(scenario(), timeout=60)
