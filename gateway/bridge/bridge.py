@@ -238,6 +238,19 @@ class Bridge(service.MultiService):
         return reg
 
     @defer.inlineCallbacks
+    def update_address_settings(self, jid: str, address: str, values: dict[str, Any]):
+        """Per-address settings (an IRC server's nick, password...): the adapter merges, we store."""
+        reg = yield self.ensure_registration(jid)
+        if reg is None:
+            raise RegistrationError("you are not registered", "registration-required")
+        values = self._coerce(list(self.adapter.address_fields(address)), values)
+        settings, secrets = yield defer.maybeDeferred(self.adapter.update_address, reg, address, values)
+        reg.settings, reg.secrets = settings, secrets
+        yield self.registry.put_registration(reg)
+        self._cache.pop(jid, None)
+        return reg
+
+    @defer.inlineCallbacks
     def set_subscribed(self, jid: str, subscribed: bool):
         yield self.registry.set_subscribed(self.component, jid, subscribed)
         self._cache.pop(jid, None)

@@ -21,6 +21,7 @@ from zope.interface import implementer
 from gateway.model import Field, GatewayError
 from gateway.xmpp.forms import build_form, result_form, submitted_values
 from gateway.xmpp.register import stanza_error
+from gateway.xmpp.escaping import unescape
 from gateway.xmpp.stanzas import parse_jid
 from wokkel import disco
 from wokkel.iwokkel import IDisco
@@ -141,6 +142,35 @@ class DeleteUserCommand(Command):
         raise Done(f"{target.userhost()} is deleted.")
 
 
+class ConfigureAddressCommand(Command):
+    """
+    Settings for one foreign address (an IRC server: nick, password, SASL, TLS...),
+    on that address's JID, as biboumi offers them. The adapter declares the fields.
+    """
+
+    node = "configure"
+    name = "Configure"
+
+    def __init__(self, handler, address: str):
+        super().__init__(handler)
+        self.address = address
+        self.adapter = handler.bridge.adapter
+
+    @defer.inlineCallbacks
+    def start(self, user):
+        reg = yield self.bridge.ensure_registration(user)
+        if reg is None:
+            raise StanzaError("registration-required", "auth", f"register with {self.handler.domain} first")
+        fields = list(self.adapter.address_fields(self.address))
+        values = self.adapter.address_values(reg, self.address)
+        return build_form(fields, values, NS_COMMANDS, title=f"Settings for {self.address}")
+
+    @defer.inlineCallbacks
+    def complete(self, user, values):
+        yield self.bridge.update_address_settings(user, self.address, values)
+        raise Done(f"Settings for {self.address} saved; they apply from the next connection.")
+
+
 COMMANDS = [SettingsCommand, UnregisterCommand, ListUsersCommand, StatsCommand, DeleteUserCommand]
 
 
@@ -167,7 +197,21 @@ class CommandsHandler(XMPPHandler, IQHandlerMixin):
 
     # -- disco ------------------------------------------------------------
 
+    def _configurable(self, target: JID) -> str | None:
+        """The foreign address behind ``target`` if it has per-address settings."""
+        adapter = self.bridge.adapter
+        if not target.user or not hasattr(adapter, "address_fields"):
+            return None
+        try:
+            address = adapter.normalize_address(unescape(target.user))
+        except Exception:
+            return None
+        return address if adapter.address_fields(address) else None
+
     def getDiscoInfo(self, requestor: JID, target: JID, nodeIdentifier: str = ""):
+        if target.user and nodeIdentifier == ConfigureAddressCommand.node and self._configurable(target):
+            return [disco.DiscoIdentity("automation", "command-node", ConfigureAddressCommand.name),
+                    disco.DiscoFeature(NS_COMMANDS), disco.DiscoFeature("jabber:x:data")]
         command = self.commands.get(nodeIdentifier)
         if target.user or command is None or not self._allowed(requestor.userhost(), command):
             return []
@@ -175,7 +219,11 @@ class CommandsHandler(XMPPHandler, IQHandlerMixin):
                 disco.DiscoFeature(NS_COMMANDS), disco.DiscoFeature("jabber:x:data")]
 
     def getDiscoItems(self, requestor: JID, target: JID, nodeIdentifier: str = ""):
-        if target.user or nodeIdentifier != NS_COMMANDS:
+        if nodeIdentifier != NS_COMMANDS:
+            return []
+        if target.user:
+            if self._configurable(target):
+                return [disco.DiscoItem(target, ConfigureAddressCommand.node, ConfigureAddressCommand.name)]
             return []
         user = requestor.userhost()
         return [disco.DiscoItem(JID(self.domain), c.node, c.name)
@@ -207,7 +255,14 @@ class CommandsHandler(XMPPHandler, IQHandlerMixin):
         action = cmd.getAttribute("action", "execute")
         session = cmd.getAttribute("sessionid")
         user = parse_jid(iq["from"]).userhost()
-        command = self.commands.get(node)
+        target = parse_jid(iq.getAttribute("to"))
+        if target is not None and target.user:
+            address = self._configurable(target) if node == ConfigureAddressCommand.node else None
+            command = ConfigureAddressCommand(self, address) if address else None
+            node_key = f"{node}@{address}"
+        else:
+            command = self.commands.get(node)
+            node_key = node
         if command is None:
             raise StanzaError("item-not-found", text=f"no command {node!r}")
         if not self._allowed(user, command):
@@ -219,10 +274,10 @@ class CommandsHandler(XMPPHandler, IQHandlerMixin):
             if session is None:
                 session = uuid.uuid4().hex
                 form = yield defer.maybeDeferred(command.start, user)
-                self.sessions[session] = (user, node, time.monotonic())
+                self.sessions[session] = (user, node_key, time.monotonic())
                 return self._reply(node, session, "executing", form, actions=True)
             known = self.sessions.pop(session, None)
-            if known is None or known[:2] != (user, node):
+            if known is None or known[:2] != (user, node_key):
                 raise StanzaError("bad-request", text="unknown or expired session",
                                   appCondition=domish.Element((NS_COMMANDS, "bad-sessionid")))
             if action == "cancel":

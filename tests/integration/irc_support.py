@@ -57,3 +57,62 @@ class RawIRC:
         except Exception:
             pass
         self._task.cancel()
+
+
+class ScriptedSASLServer:
+    """
+    Just enough of an IRCv3 server to test CAP and SASL PLAIN: it offers sasl,
+    server-time and message-tags, checks the PLAIN credentials, then welcomes the
+    client, answers JOIN with NAMES and sends one message tagged with time and msgid.
+    """
+
+    def __init__(self, port: int, account: str, password: str):
+        self.port = port
+        self.expected = f"{account}\0{account}\0{password}"
+        self.received: list[str] = []
+        self.authenticated = False
+
+    async def start(self) -> "ScriptedSASLServer":
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+        return self
+
+    async def _client(self, reader, writer):
+        import base64
+
+        def send(line):
+            writer.write(line.encode() + b"\r\n")
+
+        nick = None
+        while True:
+            raw = await reader.readline()
+            if not raw:
+                return
+            line = raw.decode().rstrip("\r\n")
+            self.received.append(line)
+            if line.startswith("CAP LS"):
+                send(":sasl.test CAP * LS :sasl server-time message-tags")
+            elif line.startswith("CAP REQ"):
+                send(":sasl.test CAP * ACK :" + line.split(":", 1)[1])
+            elif line == "AUTHENTICATE PLAIN":
+                send("AUTHENTICATE +")
+            elif line.startswith("AUTHENTICATE "):
+                if base64.b64decode(line.split(" ", 1)[1]).decode() == self.expected:
+                    self.authenticated = True
+                    send(":sasl.test 900 * * saslnick :You are now logged in")
+                    send(":sasl.test 903 * :SASL authentication successful")
+                else:
+                    send(":sasl.test 904 * :SASL authentication failed")
+            elif line.startswith("NICK "):
+                nick = line.split(" ", 1)[1]
+            elif line == "CAP END" and self.authenticated:
+                send(f":sasl.test 001 {nick} :Welcome")
+            elif line.startswith("JOIN "):
+                channel = line.split(" ", 1)[1]
+                send(f":{nick}!u@h JOIN {channel}")
+                send(f":sasl.test 353 {nick} = {channel} :{nick} @op")
+                send(f":sasl.test 366 {nick} {channel} :End of NAMES")
+                send(f"@time=2020-01-02T03:04:05.000Z;msgid=abc123 :op!o@h PRIVMSG {channel} :from the past")
+            await writer.drain()
+
+    def close(self) -> None:
+        self.server.close()

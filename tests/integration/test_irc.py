@@ -11,7 +11,8 @@ import pytest
 from gateway.testing.ngircd import Ngircd
 from tests.integration.gateway_fixture import start_gateway
 from tests.integration.harness import Client, body, run
-from tests.integration.irc_support import RawIRC
+from tests.integration.irc_support import RawIRC, ScriptedSASLServer
+from gateway.testing.process import free_port
 
 DOMAIN = "irc.localhost"
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -29,9 +30,12 @@ def ircd(workdir):
 def irc_gateway(prosody, ircd, workdir):
     path = os.path.join(workdir, "irc-gw")
     os.makedirs(path, exist_ok=True)
+    scripted_port = free_port()
     gateway = start_gateway(prosody, path, "irc", adapter="irc", options={
-        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False}},
-        "throttle_rate": 0.0, "allowed_servers": ["localhost"]})
+        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False},
+                    "sasl.test": {"host": "127.0.0.1", "port": scripted_port, "tls": False}},
+        "throttle_rate": 0.0, "allowed_servers": ["localhost", "sasl.test"]})
+    gateway.scripted_port = scripted_port
     yield gateway
     gateway.stop()
 
@@ -232,3 +236,42 @@ def test_irc_server_restart_reconnects_and_rejoins(prosody, ircd, irc_gateway):
             await eve.stop()
 
     run(scenario(), timeout=60)
+
+
+def test_sasl_plain_through_cap_with_server_time_and_msgid(prosody, irc_gateway):
+    """Against a scripted peer: no SASL-capable IRC server can run here without IRC services."""
+    user = prosody.register(f"ircsasl{os.getpid()}", "pw")
+
+    async def scenario():
+        peer = await ScriptedSASLServer(irc_gateway.scripted_port, account="saslnick", password="sasl-s3cret").start()
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            server_jid = f"sasl.test@{DOMAIN}"
+            items = await client.plugin["xep_0030"].get_items(jid=server_jid,
+                                                              node="http://jabber.org/protocol/commands", timeout=10)
+            assert [i[1] for i in items["disco_items"]["items"]] == ["configure"]
+            first = await client.plugin["xep_0050"].send_command(server_jid, "configure", timeout=10)
+            assert {"nick", "password", "sasl_password", "after_connect"} <= set(first["command"]["form"].get_fields())
+            done = client.Iq(stype="set", sto=server_jid)
+            done["command"]["node"] = "configure"
+            done["command"]["sessionid"] = first["command"]["sessionid"]
+            done["command"]["action"] = "complete"
+            form = done["command"]["form"]
+            form["type"] = "submit"
+            form.add_field("sasl_password", value="sasl-s3cret")
+            completed = await done.send(timeout=10)
+            assert completed["command"]["status"] == "completed"
+
+            client.send_raw(f"<presence to='#chan%sasl.test@{DOMAIN}/saslnick'><x xmlns='{NS_MUC}'/></presence>")
+            old = await client.next_message(lambda m: body(m) == "from the past")
+            delay = old.find("{urn:xmpp:delay}delay")
+            assert delay is not None and delay.get("stamp").startswith("2020-01-02T03:04:05")
+            assert old.find("{urn:xmpp:sid:0}stanza-id").get("id") == "abc123"
+            assert peer.authenticated and "CAP REQ" in " ".join(peer.received)
+            assert peer.received.index("AUTHENTICATE PLAIN") < peer.received.index("CAP END")
+        finally:
+            await client.stop()
+            peer.close()
+
+    run(scenario(), timeout=60)
+    assert "sasl-s3cret" not in irc_gateway.log()

@@ -16,7 +16,8 @@ from twisted.logger import Logger
 from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import text
 from gateway.adapters.irc.session import IRCSession
-from gateway.model import AddressError, OutboundMessage, PermanentFailure, Registration, SendResult
+from gateway.model import (AddressError, Field, OutboundMessage, PermanentFailure, Registration,
+                           RegistrationError, SendResult)
 from gateway.options import Option, non_negative, positive
 
 log = Logger(namespace="gateway.adapters.irc")
@@ -106,12 +107,55 @@ class IRCAdapter(AdapterBase):
         return (conf.get("host", host), int(conf.get("port", port or (6697 if tls else 6667))), tls,
                 conf.get("verify", True))
 
+    # -- per-server settings (XEP-0050 "configure" on the server's JID) ----------------
+
+    SERVER_FIELDS = [
+        Field("nick", "Nickname (default: the one you join with)"),
+        Field("username", "User name (ident)"),
+        Field("realname", "Real name"),
+        Field("password", "Server password", type="text-private"),
+        Field("sasl_password", "SASL PLAIN password (account = nickname, or the SASL user name below)",
+              type="text-private"),
+        Field("sasl_username", "SASL user name (default: the nickname)"),
+        Field("after_connect", "Commands sent after connecting (one per line, e.g. PRIVMSG NickServ :IDENTIFY pw)",
+              type="text-multi"),
+    ]
+
+    def address_fields(self, address: str) -> list[Field]:
+        return self.SERVER_FIELDS if "%" not in address else []
+
+    def address_values(self, registration: Registration, address: str) -> dict[str, Any]:
+        stored = (registration.settings.get("servers") or {}).get(address, {})
+        return {**stored, "after_connect": stored.get("commands", [])}
+
+    def update_address(self, registration: Registration, address: str, values: dict[str, Any]):
+        servers = dict(registration.settings.get("servers") or {})
+        current = dict(servers.get(address, {}))
+        for key in ("nick", "username", "realname", "sasl_username"):
+            if key in values:
+                value = text.one_line(values[key])
+                if key == "nick" and value and not _NICK.match(value):
+                    raise RegistrationError(f"{value!r} is not a valid IRC nickname")
+                current[key] = value
+        if "after_connect" in values:
+            current["commands"] = [text.one_line(c) for c in values["after_connect"] if text.one_line(c)]
+        servers[address] = current
+        secrets = dict(registration.secrets)
+        for key in ("password", "sasl_password"):
+            if values.get(key):                       # an empty answer keeps the stored secret
+                secrets[f"{address}:{key}"] = values[key]
+        return {**registration.settings, "servers": servers}, secrets
+
     def server_settings(self, registration: Registration, server: str, nick: str) -> dict[str, Any]:
         node = registration.jid.partition("@")[0]
-        base = {"nick": nick or node, "username": re.sub(r"[^a-z0-9]", "", node.lower())[:10] or "xmpp",
-                "realname": registration.jid.partition("@")[0], "commands": []}
-        base.update((registration.settings.get("servers") or {}).get(server, {}))
-        base.update({k: v for k, v in registration.secrets.items() if k.startswith(server + ":")})
+        stored = {k: v for k, v in ((registration.settings.get("servers") or {}).get(server, {})).items() if v}
+        base = {"nick": stored.get("nick") or nick or node,
+                "username": stored.get("username") or re.sub(r"[^a-z0-9]", "", node.lower())[:10] or "xmpp",
+                "realname": stored.get("realname") or node, "commands": stored.get("commands", [])}
+        prefix = server + ":"
+        base.update({k[len(prefix):]: v for k, v in registration.secrets.items() if k.startswith(prefix)})
+        if base.get("sasl_password"):
+            base["sasl_username"] = stored.get("sasl_username") or base["nick"]
         return base
 
     def session(self, registration: Registration, server: str, nick: str = "") -> IRCSession:
