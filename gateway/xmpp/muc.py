@@ -33,10 +33,7 @@ def is_muc_stanza(adapter, stanza: domish.Element) -> bool:
     to = parse_jid(stanza.getAttribute("to"))
     if to is None or not to.user:
         return False
-    try:
-        return adapter.is_room(adapter.normalize_address(unescape(to.user)))
-    except GatewayError:
-        return False
+    return adapter.is_room(unescape(to.user))    # by its shape: a refused room still gets an answer
 
 
 class MUCHandler(XMPPHandler):
@@ -62,8 +59,13 @@ class MUCHandler(XMPPHandler):
             return
         stanza.handled = True
         sender = parse_jid(stanza.getAttribute("from"))
-        to, room = self._room(stanza)
         ptype = stanza.getAttribute("type")
+        try:
+            to, room = self._room(stanza)
+        except GatewayError as e:
+            if ptype in (None, "available"):
+                self._presence_error(stanza, e.condition, e.text)
+            return
         if ptype == "unavailable":
             self.bridge.leave_room(sender.userhost(), sender.resource or "", room).addErrback(
                 lambda f: log.failure("leaving {room} failed", f, room=room))
@@ -100,7 +102,11 @@ class MUCHandler(XMPPHandler):
             return
         stanza.handled = True
         sender = parse_jid(stanza.getAttribute("from"))
-        to, room = self._room(stanza)
+        try:
+            to, room = self._room(stanza)
+        except GatewayError as e:
+            self.stream.refuse(stanza, e.condition, e.text, e.error_type)
+            return
         body = text_of(stanza, None, "body")
         subject = text_of(stanza, None, "subject")
         if body is None and subject is None:

@@ -81,6 +81,9 @@ def test_channel_as_group_chat(prosody, ircd, irc_gateway):
             subject = await alice.next_message(lambda m: m.find("{jabber:client}subject") is not None)
             assert subject.find("{jabber:client}subject").text == "Welcome to #test"
             await bob.expect(lambda l: l.startswith(":alice!") and " JOIN " in l)
+            info = await alice.plugin["xep_0030"].get_info(jid=room("#test"), timeout=10)
+            assert ("conference", "irc") in {i[:2] for i in info["disco_info"]["identities"]}
+            assert NS_MUC in info["disco_info"]["features"]
 
             # Both ways, and the room reflects alice's own message.
             bob.send("PRIVMSG #test :hello from \x02irc\x02")
@@ -275,3 +278,59 @@ def test_sasl_plain_through_cap_with_server_time_and_msgid(prosody, irc_gateway)
 
     run(scenario(), timeout=60)
     assert "sasl-s3cret" not in irc_gateway.log()
+
+
+def test_unreachable_server_is_a_join_error(prosody, irc_gateway):
+    user = prosody.register(f"ircnone{os.getpid()}", "pw")
+
+    async def scenario():
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            # sasl.test's scripted peer is not running now: nothing listens on its port
+            client.send_raw(f"<presence to='#nowhere%sasl.test@{DOMAIN}/me'><x xmlns='{NS_MUC}'/></presence>")
+            err = await client.next_presence(lambda p: p.get("type") == "error")
+            cond = err.find("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}remote-server-not-found")
+            assert cond is not None and "cannot connect to sasl.test" in "".join(err.itertext())
+            client.send_raw(f"<presence to='#x%not.allowed.example@{DOMAIN}/me'><x xmlns='{NS_MUC}'/></presence>")
+            refused = await client.next_presence(lambda p: p.get("type") == "error")
+            assert refused.find("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}not-allowed") is not None
+        finally:
+            await client.stop()
+
+    run(scenario(), timeout=60)
+
+
+def test_outgoing_throttle(prosody, ircd, fresh_dir):
+    import time as _time
+
+    gateway = start_gateway(prosody, fresh_dir, "ircslow", adapter="irc", options={
+        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False}},
+        "throttle_rate": 5.0, "throttle_burst": 3})
+    user = prosody.register(f"ircslow{os.getpid()}", "pw")
+
+    async def scenario():
+        watcher = await RawIRC(ircd.port, "watcher").connect()
+        watcher.send("JOIN #slow")
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            client.send_raw(f"<presence to='#slow%localhost@ircslow.localhost/slowpoke'><x xmlns='{NS_MUC}'/>"
+                            "</presence>")
+            await watcher.expect(lambda l: l.startswith(":slowpoke!") and " JOIN " in l)
+            await asyncio.sleep(1.0)                  # let the bucket fill again after JOIN
+            client.send_chat("#slow%localhost@ircslow.localhost", "\n".join(f"line {i}" for i in range(13)),
+                             mtype="groupchat")
+            stamps = []
+            for i in range(13):
+                line = await watcher.expect(lambda l: " PRIVMSG #slow :" in l)
+                assert line.endswith(f"line {i}")
+                stamps.append(_time.monotonic())
+            # 3 at once, then 5 per second: the 13th line is about 2 s after the first.
+            assert stamps[2] - stamps[0] < 0.5 and 1.6 < stamps[-1] - stamps[0] < 4.0
+        finally:
+            await client.stop()
+            await watcher.close()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        gateway.stop()

@@ -95,6 +95,7 @@ class IRCAdapter(AdapterBase):
         raise AddressError(f"{local!r} is neither a channel (#name) nor a nickname")
 
     def is_room(self, address: str) -> bool:
+        """A channel address by its shape (#, &, + or ! first, then %server)."""
         return address[:1] in "#&+!" and "%" in address
 
     def occupant_address(self, room: str, nick: str) -> str:

@@ -48,6 +48,14 @@ class _Factory(protocol.ReconnectingClientFactory):
         p.factory = self
         return p
 
+    def clientConnectionFailed(self, connector, reason):
+        if not self.session.give_up_if_never_connected(reason):
+            super().clientConnectionFailed(connector, reason)
+
+    def clientConnectionLost(self, connector, reason):
+        if not self.session.give_up_if_never_connected(reason):
+            super().clientConnectionLost(connector, reason)
+
 
 class IRCSession:
     def __init__(self, adapter, registration, server: str, nick: str):
@@ -63,6 +71,8 @@ class IRCSession:
         self.connector = None
         self._ready: list[defer.Deferred] = []
         self.closed = False
+        self.signed_once = False
+        self.sasl_ok = False
 
     # -- connection ---------------------------------------------------------------
 
@@ -105,9 +115,33 @@ class IRCSession:
             self.connector.disconnect()
         self.adapter.session_closed(self)
 
+    def give_up_if_never_connected(self, reason) -> bool:
+        """
+        A server never reached (refused, TLS verification failed, closed before the
+        welcome) is an error for the resources waiting to join, not a silent retry loop.
+        """
+        if self.signed_once or self.closed:
+            return self.closed
+        why = reason.getErrorMessage()
+        log.warn("{user}: cannot connect to {server}: {why}", user=self.user, server=self.server, why=why)
+        for room in list(self.rooms.values()):
+            self._event(room, "join-error", nick=self.nick, condition="remote-server-not-found",
+                        reason=f"cannot connect to {self.server}: {why}")
+        self.rooms.clear()
+        ready, self._ready = self._ready, []
+        for d in ready:
+            d.errback(TemporaryFailure(f"cannot connect to {self.server}: {why}"))
+        self.close()
+        return True
+
     def signed_on(self, conn: IRCConnection) -> None:
         self.conn = conn
+        self.signed_once = True
         self.nick = conn.nickname
+        if self.settings.get("sasl_password") and not self.sasl_ok:
+            # The server offered no SASL (or it failed): identify to NickServ instead.
+            conn.send_lines([f"PRIVMSG NickServ :IDENTIFY {text.one_line(self.settings['sasl_username'])} "
+                             f"{text.one_line(self.settings['sasl_password'])}"])
         self.factory.resetDelay()
         log.info("{user}: signed on to {server} as {nick}", user=self.user, server=self.server, nick=self.nick)
         for command in self.settings.get("commands", []):
@@ -121,6 +155,7 @@ class IRCSession:
             d.callback(conn)
 
     def sasl_result(self, ok: bool, message: str) -> None:
+        self.sasl_ok = ok
         log.info("{user}: SASL on {server}: {result} ({msg})", user=self.user, server=self.server,
                  result="ok" if ok else "failed", msg=message)
 
