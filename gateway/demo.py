@@ -19,6 +19,7 @@ def _port(preferred: int) -> int:
 
 def run_demo(directory: str, log_format: str = "text") -> int:
     from gateway.registry.crypto import SecretBox
+    from gateway.testing.ngircd import Ngircd
     from gateway.testing.prosody import Prosody
 
     directory = os.path.abspath(directory)
@@ -27,9 +28,11 @@ def run_demo(directory: str, log_format: str = "text") -> int:
     component_secret = secrets.token_urlsafe(16)
     sms_secret = secrets.token_urlsafe(16)
     mail_secret = secrets.token_urlsafe(16)
+    irc_secret = secrets.token_urlsafe(16)
     domain = "echo.localhost"
     prosody = Prosody(os.path.join(directory, "prosody"),
-                      {domain: component_secret, "sms.localhost": sms_secret, "mail.localhost": mail_secret},
+                      {domain: component_secret, "sms.localhost": sms_secret, "mail.localhost": mail_secret,
+                       "irc.localhost": irc_secret},
                       c2s_port=_port(5222))
     try:
         prosody.start()
@@ -49,6 +52,7 @@ def run_demo(directory: str, log_format: str = "text") -> int:
         "--auto-reply", f"http://127.0.0.1:{web_port}/hooks/sms.localhost/twilio/inbound"],
         os.path.join(directory, "twilio-simulator.log")).start()
     simulator.wait_log("listening on")
+    ircd = Ngircd(os.path.join(directory, "ngircd")).start()
     config_path = os.path.join(directory, "gateway.toml")
     with open(config_path, "w", encoding="utf-8") as f:
         f.write(f"""# Written by `xmpp-gateway demo`.
@@ -105,6 +109,14 @@ mail_domain = "mail.example.test"
 smtp_listen = "tcp:{smtp_port}:interface=127.0.0.1"
 # no smarthost in the demo: outbound mail is retried until the outbox deadline, then bounced to you
 smarthost_port = 1
+
+[[components]]
+domain = "irc.localhost"
+secret = "{irc_secret}"
+adapter = "irc"
+
+[components.options]
+servers = {{ "localhost" = {{ host = "127.0.0.1", port = {ircd.port}, tls = false }} }}
 """)
     logins = "\n".join(f"    {name}@localhost   password: {pw}" for name, pw in users.items())
     print(f"""
@@ -124,6 +136,8 @@ xmpp-gateway demo is running.
         swaks --server 127.0.0.1 --port {smtp_port} --from bob@example.net --to alice@mail.example.test
         It arrives from bob\\40example.net@mail.localhost. (The demo has no smarthost, so mail you
         write is retried for a minute and then returned to you as an error.)
+  IRC: join the group chat #demo%localhost@irc.localhost with any nickname; a local ngircd
+        is on 127.0.0.1 port {ircd.port} for an IRC client to join #demo too.
   Health and metrics: http://127.0.0.1:{web_port}/healthz  http://127.0.0.1:{web_port}/metrics
   Files (config, registry, Prosody): {directory}
 
@@ -136,6 +150,7 @@ Stop with Ctrl-C.
     except SystemExit as e:
         return int(e.code or 0)
     finally:
+        ircd.stop()
         simulator.stop()
         prosody.stop()
     return 0

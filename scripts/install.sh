@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what="${1:-all}"
-packages=(prosody lua5.4-unbound lua5.4-event)
+packages=(prosody lua5.4-unbound lua5.4-event ngircd)
 if [ "$what" = all ]; then
     packages+=(ejabberd postgresql swaks libnet-ssleay-perl)
 fi

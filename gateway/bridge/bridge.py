@@ -264,6 +264,22 @@ class Bridge(service.MultiService):
         message.component = self.component
         return self.outbox.submit(message)
 
+    @defer.inlineCallbacks
+    def send_direct(self, message: OutboundMessage):
+        """
+        Send without the outbox: for group chat messages, which (like room events)
+        are about now. A failure reaches the sender at once as a stanza error.
+        """
+        if not self.limiter.allow(message.user):
+            raise PolicyViolation(self.rate_text)
+        message.component = self.component
+        reg = yield self.ensure_registration(message.user)
+        if reg is None:
+            raise RegistrationError(f"register with {self.component} first", "registration-required")
+        result = yield defer.maybeDeferred(self.adapter.send, message, reg)
+        metrics.MESSAGES.labels(self.component, "out").inc()
+        return result
+
     def chat_state(self, message: OutboundMessage) -> defer.Deferred:
         """Chat states are transient: passed on when the network has them, never queued."""
         if "chatstates" not in self.adapter.features:

@@ -118,8 +118,11 @@ class MUCHandler(XMPPHandler):
         message = OutboundMessage(component=self.domain, user=sender.userhost(), recipient=recipient, body=body,
                                   subject=subject, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,
                                   kind=kind)
-        d = self.bridge.ensure_registration(message.user)
-        d.addCallback(lambda reg: self.bridge.submit(message))
+        if kind == "groupchat":
+            d = self.bridge.send_direct(message)      # room traffic is about now: not queued
+        else:
+            d = self.bridge.ensure_registration(message.user)
+            d.addCallback(lambda reg: self.bridge.submit(message))
 
         def failed(failure):
             if failure.check(GatewayError):

@@ -17,7 +17,7 @@ def test_demo_prints_logins_that_work(fresh_dir):
     out = ""
     try:
         deadline = time.monotonic() + 30
-        while out.count(": authenticated") < 3 and time.monotonic() < deadline and proc.poll() is None:
+        while out.count(": authenticated") < 4 and time.monotonic() < deadline and proc.poll() is None:
             out += proc.stdout.readline()
         assert "authenticated" in out, out
         port = int(re.search(r"127\.0\.0\.1 port (\d+)", out).group(1))
@@ -48,6 +48,11 @@ def test_demo_prints_logins_that_work(fresh_dir):
                 assert sent.returncode == 0, sent.stdout
                 mail = await client.next_message(lambda m: body(m) == "mail for the demo")
                 assert mail.get("from") == "bob\\40example.net@mail.localhost"
+                client.send_raw("<presence to='#demo%localhost@irc.localhost/alice'>"
+                                "<x xmlns='http://jabber.org/protocol/muc'/></presence>")
+                own = await client.next_presence(lambda p: p.get("from") == "#demo%localhost@irc.localhost/alice")
+                assert own.find("{http://jabber.org/protocol/muc#user}x/"
+                                "{http://jabber.org/protocol/muc#user}status[@code='110']") is not None
             finally:
                 await client.stop()
 
