@@ -135,6 +135,80 @@ class MUCHandler(XMPPHandler):
         d.addErrback(failed)
 
 
+NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
+NS_RSM = "http://jabber.org/protocol/rsm"
+
+
+class RoomListHandler(XMPPHandler):
+    """
+    disco#items of a group chat server's JID (an IRC server): its rooms, paged with
+    XEP-0059 result set management, as biboumi lists them.
+    """
+
+    def __init__(self, stream, bridge):
+        super().__init__()
+        self.stream = stream
+        self.bridge = bridge
+        self.domain = stream.domain
+
+    def connectionInitialized(self):
+        if hasattr(self.bridge.adapter, "list_rooms"):
+            self.xmlstream.addObserver(f"/iq[@type='get']/query[@xmlns='{NS_DISCO_ITEMS}']", self.on_items,
+                                       priority=10)
+
+    def on_items(self, iq: domish.Element) -> None:
+        to = parse_jid(iq.getAttribute("to"))
+        query = next(iq.elements(NS_DISCO_ITEMS, "query"))
+        if to is None or not to.user or query.getAttribute("node"):
+            return
+        adapter = self.bridge.adapter
+        try:
+            server = adapter.normalize_address(unescape(to.user))
+        except GatewayError:
+            return
+        if not adapter.is_server(server):
+            return
+        iq.handled = True
+        rsm = next(query.elements(NS_RSM, "set"), None)
+        limit = int(text_of(rsm, NS_RSM, "max") or 100) if rsm is not None else None
+        after = text_of(rsm, NS_RSM, "after") if rsm is not None else None
+        sender = parse_jid(iq["from"])
+        d = self.bridge.ensure_registration(sender.userhost())
+        d.addCallback(lambda reg: adapter.list_rooms(reg, server))
+        d.addCallback(self._answer, iq, limit, after)
+
+        def failed(failure):
+            if failure.check(GatewayError):
+                e = failure.value
+                self.stream.refuse(iq, e.condition, e.text, e.error_type)
+            else:
+                log.failure("listing rooms of {server} failed", failure, server=server)
+                self.stream.refuse(iq, "internal-server-error", None, "wait")
+
+        d.addErrback(failed)
+
+    def _answer(self, rooms: list[tuple[str, str]], iq, limit: int | None, after: str | None) -> None:
+        rooms = sorted(rooms)
+        start = 0
+        if after:
+            start = next((i + 1 for i, (address, _) in enumerate(rooms) if address == after), len(rooms))
+        page = rooms[start:start + limit] if limit is not None else rooms[start:]
+        reply = domish.Element((None, "iq"))
+        reply["type"], reply["id"], reply["to"], reply["from"] = "result", iq["id"], iq["from"], iq["to"]
+        query = reply.addElement((NS_DISCO_ITEMS, "query"))
+        for address, name in page:
+            item = query.addElement("item")
+            item["jid"] = f"{escape(address)}@{self.domain}"
+            item["name"] = name
+        if limit is not None:
+            rset = query.addElement((NS_RSM, "set"))
+            if page:
+                rset.addElement("first", content=page[0][0])["index"] = str(start)
+                rset.addElement("last", content=page[-1][0])
+            rset.addElement("count", content=str(len(rooms)))
+        self.send(reply)
+
+
 def room_stanzas(domain: str, event) -> list[domish.Element]:
     """The stanzas a RoomEvent becomes, one per joined resource."""
     try:

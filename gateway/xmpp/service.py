@@ -7,13 +7,22 @@ from gateway.xmpp.component import ComponentStream
 from gateway.xmpp.disco import GatewayDisco
 from gateway.xmpp.iq_gateway import GatewayIQHandler
 from gateway.xmpp.messages import MessageHandler, StanzaOutput
-from gateway.xmpp.muc import MUCHandler
+from gateway.xmpp.muc import MUCHandler, RoomListHandler
 from gateway.xmpp.ping import PingHandler
 from gateway.xmpp.presence import PresenceHandler
 from gateway.xmpp.register import RegisterHandler
 from gateway.xmpp.version import VersionHandler
-from wokkel.disco import DiscoHandler
+from wokkel.disco import DiscoHandler as _WokkelDiscoHandler
 from wokkel.subprotocols import XMPPHandler
+
+
+class DiscoHandler(_WokkelDiscoHandler):
+    """wokkel's disco, leaving alone queries another handler answered (room lists with paging)."""
+
+    def handleRequest(self, iq):
+        if getattr(iq, "handled", False):
+            return
+        super().handleRequest(iq)
 
 
 class BridgeLink(XMPPHandler):
@@ -47,6 +56,7 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
         GatewayIQHandler(component.domain, bridge),
         CommandsHandler(stream, bridge, presence, gateway_settings["admins"], reactor),
         MUCHandler(stream, bridge),
+        RoomListHandler(stream, bridge),
         MessageHandler(stream, bridge),
         BridgeLink(bridge),
     ):

@@ -334,3 +334,38 @@ def test_outgoing_throttle(prosody, ircd, fresh_dir):
         run(scenario(), timeout=60)
     finally:
         gateway.stop()
+
+
+def test_server_jid_lists_channels_with_paging(prosody, ircd, irc_gateway):
+    user = prosody.register(f"irclist{os.getpid()}", "pw")
+    NS_ITEMS, NS_RSM = "http://jabber.org/protocol/disco#items", "http://jabber.org/protocol/rsm"
+
+    async def scenario():
+        lister = await RawIRC(ircd.port, "lister").connect()
+        for n in range(5):
+            lister.send(f"JOIN #list{n}")
+        lister.send("TOPIC #list2 :the second")
+        await lister.expect(lambda l: " TOPIC #list2 " in l)
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            items, after = [], None
+            for _ in range(10):
+                rsm = f"<set xmlns='{NS_RSM}'><max>2</max>" + (f"<after>{after}</after>" if after else "") + "</set>"
+                page = await client.iq(f"localhost@{DOMAIN}", "get", f"<query xmlns='{NS_ITEMS}'>{rsm}</query>")
+                found = page.findall(f".//{{{NS_ITEMS}}}item")
+                assert len(found) <= 2
+                items += found
+                count = int(page.find(f".//{{{NS_RSM}}}count").text)
+                last = page.find(f".//{{{NS_RSM}}}last")
+                if last is None or len(items) >= count:
+                    break
+                after = last.text
+            jids = [i.get("jid") for i in items if i.get("jid").startswith("#list")]
+            assert jids == [f"#list{n}%localhost@{DOMAIN}" for n in range(5)]
+            second = next(i for i in items if i.get("jid").startswith("#list2%"))
+            assert "the second" in second.get("name")
+        finally:
+            await client.stop()
+            await lister.close()
+
+    run(scenario(), timeout=60)

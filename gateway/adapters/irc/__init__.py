@@ -98,6 +98,13 @@ class IRCAdapter(AdapterBase):
         """A channel address by its shape (#, &, + or ! first, then %server)."""
         return address[:1] in "#&+!" and "%" in address
 
+    def is_server(self, address: str) -> bool:
+        return "%" not in address
+
+    def list_rooms(self, registration: Registration, server: str) -> defer.Deferred:
+        """[(room address, "#chan (12): topic")] from the server's LIST."""
+        return self.session(registration, server).list_channels()
+
     def occupant_address(self, room: str, nick: str) -> str:
         return self.normalize_address(f"{nick}%{room.rpartition('%')[2]}")
 

@@ -201,6 +201,13 @@ class IRCConnection(irc.IRCClient):
         if "!" in (user or ""):
             self.session.on_message(user.split("!", 1)[0], channel, message, self.tags, notice=True)
 
+    def irc_RPL_LIST(self, prefix, params):
+        users = int(params[2]) if len(params) > 2 and params[2].isdigit() else 0
+        self.session.on_list_entry(params[1], users, params[3] if len(params) > 3 else "")
+
+    def irc_RPL_LISTEND(self, prefix, params):
+        self.session.on_list_end()
+
     def irc_ERR_BANNEDFROMCHAN(self, prefix, params):
         self.session.on_join_refused(params[1], "forbidden", params[-1])
 

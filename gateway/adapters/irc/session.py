@@ -73,6 +73,9 @@ class IRCSession:
         self.closed = False
         self.signed_once = False
         self.sasl_ok = False
+        self._listing: list[tuple[str, int, str]] | None = None
+        self._list_waiters: list[defer.Deferred] = []
+        self._list_cache: tuple[float, list] | None = None
 
     # -- connection ---------------------------------------------------------------
 
@@ -350,6 +353,37 @@ class IRCSession:
                                             sender=f"{nick.lower()}%{self.server}", body=body, timestamp=stamp,
                                             foreign_id=tags.get("msgid"))).addErrback(
             lambda f: log.failure("private message from {nick} not stored", f, nick=nick))
+
+    # -- LIST -------------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def list_channels(self):
+        now = self.context.clock.seconds()
+        if self._list_cache and now - self._list_cache[0] < 60:
+            return self._list_cache[1]
+        conn = yield self.ready()
+        d = defer.Deferred()
+        first = not self._list_waiters
+        self._list_waiters.append(d)
+        if first:
+            self._listing = []
+            conn.send_lines(["LIST"])
+        channels = yield d.addTimeout(30, self.context.clock)
+        if not self.rooms:
+            self.close("Listed channels")         # opened only to list: do not linger
+        return channels
+
+    def on_list_entry(self, channel: str, users: int, topic: str) -> None:
+        if self._listing is not None:
+            self._listing.append((channel, users, text.strip_formatting(topic)))
+
+    def on_list_end(self) -> None:
+        found = [(self.room_address(c), f"{c} ({n}): {t}" if t else f"{c} ({n})") for c, n, t in self._listing or []]
+        self._listing = None
+        self._list_cache = (self.context.clock.seconds(), found)
+        waiters, self._list_waiters = self._list_waiters, []
+        for d in waiters:
+            d.callback(found)
 
     def on_join_refused(self, channel: str, condition: str, why: str) -> None:
         room = self.rooms.pop(channel.lower(), None)
