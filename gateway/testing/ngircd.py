@@ -37,18 +37,39 @@ CONFIG = """# Written by xmpp-gateway's test harness. No trailing comments: ngir
 [Operator]
 \tName = bench
 \tPassword = benchpw
+{ssl}"""
+
+SSL = """[SSL]
+\tCertFile = {cert}
+\tKeyFile = {key}
+\tDHFile = {dh}
+\tPorts = {port}
 """
 
 
 class Ngircd:
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, tls: bool = False):
         self.dir = make_dir(workdir)
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
         self.config_path = os.path.join(self.dir, "ngircd.conf")
         with open(os.path.join(self.dir, "motd"), "w") as f:
             f.write("test server\n")
+        ssl_section = ""
+        if tls:
+            import subprocess
+
+            from gateway.testing.certs import self_signed
+
+            cert, key = self_signed(os.path.join(self.dir, "certs"), ("localhost", "irc.test"))
+            dh = os.path.join(self.dir, "certs", "ffdhe2048.pem")
+            subprocess.run(["openssl", "genpkey", "-genparam", "-algorithm", "DH", "-pkeyopt", "group:ffdhe2048",
+                            "-out", dh], check=True, capture_output=True)
+            for path in (cert, key, dh):
+                os.chmod(path, 0o644)
+            ssl_section = SSL.format(cert=cert, key=key, dh=dh, port=self.tls_port)
         with open(self.config_path, "w") as f:
-            f.write(CONFIG.format(port=self.port, dir=self.dir))
+            f.write(CONFIG.format(port=self.port, dir=self.dir, ssl=ssl_section))
         self.server: Server | None = None
 
     def start(self) -> "Ngircd":
@@ -56,7 +77,8 @@ class Ngircd:
         self.server = Server("ngircd", [binary, "-n", "-f", self.config_path], os.path.join(self.dir, "ngircd.log"))
         self.server.start()
         try:
-            wait_for(lambda: port_open(self.port), 15, "ngircd", self.server.proc)
+            wait_for(lambda: port_open(self.port) and (self.tls_port is None or port_open(self.tls_port)), 15,
+                     "ngircd", self.server.proc)
         except Exception:
             self.server.stop()
             raise

@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -100,7 +99,7 @@ async def measure(name: str, user: XMPPUser, room_jid: str, channel: str, nick: 
     await user.writer.drain()
     seen = 0
     while seen < lines:
-        line = await flooder.expect(lambda l: l.startswith(f":{nick}!") and " PRIVMSG " in l, timeout=120)
+        await flooder.expect(lambda l: l.startswith(f":{nick}!") and " PRIVMSG " in l, timeout=120)
         seen += 1
     result["xmpp_to_irc"] = lines / (time.perf_counter() - start)
 
@@ -188,7 +187,7 @@ servers = {{ "localhost" = {{ host = "127.0.0.1", port = {ircd.port}, tls = fals
                                                     "#bench-gw", "benchgw", flooder, args.lines, args.latency,
                                                     gateway.proc.pid)
             bb_user = await XMPPUser("bench@localhost", "benchpw", prosody.c2s_port).connect()
-            await bb_user.command(f"127.0.0.1@irc-bb.localhost", "configure",
+            await bb_user.command("127.0.0.1@irc-bb.localhost", "configure",
                                   {"ports": [str(ircd.port)], "tls_ports": [], "throttle_limit": ["-1"]}, "c1")
             await bb_user.command("irc-bb.localhost", "configure",
                                   {"record_history": ["false"], "max_history_length": ["0"],

@@ -21,7 +21,7 @@ NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 
 @pytest.fixture(scope="module")
 def ircd(workdir):
-    server = Ngircd(os.path.join(workdir, "ngircd")).start()
+    server = Ngircd(os.path.join(workdir, "ngircd"), tls=True).start()
     yield server
     server.stop()
 
@@ -33,8 +33,11 @@ def irc_gateway(prosody, ircd, workdir):
     scripted_port = free_port()
     gateway = start_gateway(prosody, path, "irc", adapter="irc", options={
         "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False},
-                    "sasl.test": {"host": "127.0.0.1", "port": scripted_port, "tls": False}},
-        "throttle_rate": 0.0, "allowed_servers": ["localhost", "sasl.test"]})
+                    "sasl.test": {"host": "127.0.0.1", "port": scripted_port, "tls": False},
+                    # the same ngircd over TLS: a self-signed certificate, verified (the default) or not
+                    "tls.test": {"host": "127.0.0.1", "port": ircd.tls_port},
+                    "tlsnoverify.test": {"host": "127.0.0.1", "port": ircd.tls_port, "verify": False}},
+        "throttle_rate": 0.0, "allowed_servers": ["localhost", "sasl.test", "tls.test", "tlsnoverify.test"]})
     gateway.scripted_port = scripted_port
     yield gateway
     gateway.stop()
@@ -367,5 +370,24 @@ def test_server_jid_lists_channels_with_paging(prosody, ircd, irc_gateway):
         finally:
             await client.stop()
             await lister.close()
+
+    run(scenario(), timeout=60)
+
+
+def test_tls_certificates_are_verified_by_default(prosody, irc_gateway):
+    user = prosody.register(f"irctls{os.getpid()}", "pw")
+
+    async def scenario():
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            client.send_raw(f"<presence to='#tls%tls.test@{DOMAIN}/tlsuser'><x xmlns='{NS_MUC}'/></presence>")
+            err = await client.next_presence(lambda p: p.get("type") == "error", timeout=20)
+            assert "cannot connect to tls.test" in "".join(err.itertext())
+            client.send_raw(f"<presence to='#tls%tlsnoverify.test@{DOMAIN}/tlsuser'><x xmlns='{NS_MUC}'/></presence>")
+            own = await client.next_presence(lambda p: p.get("from") == f"#tls%tlsnoverify.test@{DOMAIN}/tlsuser"
+                                             and 110 in statuses(p), timeout=20)
+            assert own.get("type") is None                       # joined over TLS
+        finally:
+            await client.stop()
 
     run(scenario(), timeout=60)

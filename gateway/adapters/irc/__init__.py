@@ -108,12 +108,16 @@ class IRCAdapter(AdapterBase):
     def occupant_address(self, room: str, nick: str) -> str:
         return self.normalize_address(f"{nick}%{room.rpartition('%')[2]}")
 
-    def endpoint(self, server: str) -> tuple[str, int, bool, bool]:
+    def endpoint(self, server: str, user: dict | None = None) -> tuple[str, int, bool, bool]:
+        """(host, port, tls, verify): the operator's settings for the server, then the user's TLS and port."""
         conf = (self.config["servers"] or {}).get(server, {})
+        user = user or {}
         host, _, port = server.partition(":")
         tls = conf.get("tls", True)
-        return (conf.get("host", host), int(conf.get("port", port or (6697 if tls else 6667))), tls,
-                conf.get("verify", True))
+        if user.get("tls") in ("yes", "no"):
+            tls = user["tls"] == "yes"
+        port = user.get("port") or (conf.get("port") if tls == conf.get("tls", True) else None) or port
+        return conf.get("host", host), int(port or (6697 if tls else 6667)), tls, conf.get("verify", True)
 
     # -- per-server settings (XEP-0050 "configure" on the server's JID) ----------------
 
@@ -127,6 +131,8 @@ class IRCAdapter(AdapterBase):
         Field("sasl_username", "SASL user name (default: the nickname)"),
         Field("after_connect", "Commands sent after connecting (one per line, e.g. PRIVMSG NickServ :IDENTIFY pw)",
               type="text-multi"),
+        Field("tls", "Use TLS", type="list-single", options=("default", "yes", "no"), default="default"),
+        Field("port", "Port (empty: the operator's default)"),
     ]
 
     def address_fields(self, address: str) -> list[Field]:
@@ -139,6 +145,11 @@ class IRCAdapter(AdapterBase):
     def update_address(self, registration: Registration, address: str, values: dict[str, Any]):
         servers = dict(registration.settings.get("servers") or {})
         current = dict(servers.get(address, {}))
+        if values.get("port") not in (None, "") and not str(values["port"]).strip().isdigit():
+            raise RegistrationError("the port must be a number")
+        for key in ("tls", "port"):
+            if key in values:
+                current[key] = str(values[key]).strip()
         for key in ("nick", "username", "realname", "sasl_username"):
             if key in values:
                 value = text.one_line(values[key])
@@ -157,7 +168,7 @@ class IRCAdapter(AdapterBase):
     def server_settings(self, registration: Registration, server: str, nick: str) -> dict[str, Any]:
         node = registration.jid.partition("@")[0]
         stored = {k: v for k, v in ((registration.settings.get("servers") or {}).get(server, {})).items() if v}
-        base = {"nick": stored.get("nick") or nick or node,
+        base = {"nick": stored.get("nick") or nick or node, "tls": stored.get("tls", ""), "port": stored.get("port", ""),
                 "username": stored.get("username") or re.sub(r"[^a-z0-9]", "", node.lower())[:10] or "xmpp",
                 "realname": stored.get("realname") or node, "commands": stored.get("commands", [])}
         prefix = server + ":"

@@ -83,7 +83,7 @@ class IRCSession:
         if self.factory is not None:
             return
         self.factory = _Factory(self)
-        host, port, tls, verify = self.adapter.endpoint(self.server)
+        host, port, tls, verify = self.adapter.endpoint(self.server, self.settings)
         reactor = self.context.clock
         if tls:
             options = ssl.optionsForClientTLS(host) if verify else ssl.CertificateOptions()
