@@ -54,6 +54,10 @@ class AdapterBase(service.Service):
         secrets = {f.var: values[f.var] for f in self.registration_fields if f.secret and values.get(f.var)}
         return None, settings, secrets
 
+    def jid_localpart(self, address: str) -> str:
+        """The address as users see it in JIDs (before XEP-0106 escaping); the same by default."""
+        return address
+
     def registration_values(self, registration: Registration) -> dict[str, Any]:
         """The current values of the registration form's fields (secrets are never shown)."""
         return dict(registration.settings)

@@ -43,7 +43,7 @@ class GatewayIQHandler(XMPPHandler, IQHandlerMixin):
             raise StanzaError("bad-request", text="give the address in <prompt/>")
         try:
             address = self.bridge.normalize_address(prompt)
-            jid = f"{escape(address)}@{self.domain}"
+            jid = f"{escape(self.bridge.adapter.jid_localpart(address))}@{self.domain}"
         except AddressError as e:
             raise StanzaError("not-acceptable", "modify", e.text)
         except EscapingError as e:

@@ -142,16 +142,17 @@ class MessageHandler(XMPPHandler):
 class StanzaOutput:
     """How the bridge reaches the users of one component (see IStanzaOutput)."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, adapter=None):
         self.stream = stream
         self.domain = stream.domain
+        self.localpart = getattr(adapter, "jid_localpart", lambda address: address)
 
     @property
     def connected(self) -> bool:
         return self.stream.connected
 
     def contact_jid(self, address: str, resource: str | None = None) -> str:
-        jid = f"{escape(address)}@{self.domain}"
+        jid = f"{escape(self.localpart(address))}@{self.domain}"
         return f"{jid}/{resource}" if resource else jid
 
     def send_message(self, message: InboundMessage) -> None:
@@ -207,7 +208,7 @@ class StanzaOutput:
         self.stream.send(reply)
 
     def send_room_event(self, event) -> None:
-        for el in room_stanzas(self.domain, event):
+        for el in room_stanzas(self.domain, event, self.localpart):
             self.stream.send(el)
 
     def send_receipt(self, user: str, resource: str | None, contact: str, xmpp_id: str) -> None:

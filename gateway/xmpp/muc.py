@@ -198,7 +198,7 @@ class RoomListHandler(XMPPHandler):
         query = reply.addElement((NS_DISCO_ITEMS, "query"))
         for address, name in page:
             item = query.addElement("item")
-            item["jid"] = f"{escape(address)}@{self.domain}"
+            item["jid"] = f"{escape(self.bridge.adapter.jid_localpart(address))}@{self.domain}"
             item["name"] = name
         if limit is not None:
             rset = query.addElement((NS_RSM, "set"))
@@ -209,10 +209,10 @@ class RoomListHandler(XMPPHandler):
         self.send(reply)
 
 
-def room_stanzas(domain: str, event) -> list[domish.Element]:
+def room_stanzas(domain: str, event, localpart=lambda address: address) -> list[domish.Element]:
     """The stanzas a RoomEvent becomes, one per joined resource."""
     try:
-        room_jid = f"{escape(event.room)}@{domain}"
+        room_jid = f"{escape(localpart(event.room))}@{domain}"
     except EscapingError:
         return []
     out = []

@@ -62,5 +62,5 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
     ):
         handler.setHandlerParent(stream)
     stream.presence = presence
-    bridge.attach(StanzaOutput(stream))
+    bridge.attach(StanzaOutput(stream, bridge.adapter))
     return stream

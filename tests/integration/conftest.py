@@ -14,7 +14,8 @@ EJABBERD_SNIPPET = os.path.join(ROOT, "deploy", "ejabberd-component.yml")
 #: One component domain per test that runs its own gateway: Prosody refuses a
 #: second connection for a domain, so gateways must not share one.
 NAMES = ["flow", "stranger", "restart", "kill", "deadline", "limits", "size", "web", "secret", "logs", "twistd",
-         "cli", "sms", "smscap", "smsdown", "smsown", "mail", "maildown", "mailmx", "irc", "ircslow"]
+         "cli", "sms", "smscap", "smsdown", "smsown", "mail", "maildown", "mailmx", "irc", "ircslow",
+         "ircfixed"]
 COMPONENTS = {f"{n}.localhost": f"{n}-component-secret" for n in NAMES}
 
 

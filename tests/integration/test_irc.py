@@ -391,3 +391,37 @@ def test_tls_certificates_are_verified_by_default(prosody, irc_gateway):
             await client.stop()
 
     run(scenario(), timeout=60)
+
+
+def test_fixed_server_mode(prosody, ircd, fresh_dir):
+    gateway = start_gateway(prosody, fresh_dir, "ircfixed", adapter="irc", options={
+        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False}},
+        "fixed_server": "localhost", "throttle_rate": 0.0})
+    user = prosody.register(f"ircfix{os.getpid()}", "pw")
+    fixed = "ircfixed.localhost"
+
+    async def scenario():
+        ivan = await RawIRC(ircd.port, "ivan").connect()
+        ivan.send("JOIN #fixed")
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            client.send_raw(f"<presence to='#fixed@{fixed}/judy'><x xmlns='{NS_MUC}'/></presence>")
+            occupant = await client.next_presence(lambda p: p.get("from") == f"#fixed@{fixed}/ivan")
+            assert muc_item(occupant) is not None
+            await client.next_presence(lambda p: p.get("from") == f"#fixed@{fixed}/judy" and 110 in statuses(p))
+            ivan.send("PRIVMSG #fixed :short addresses")
+            m = await client.next_message(lambda m: body(m) == "short addresses")
+            assert m.get("from") == f"#fixed@{fixed}/ivan"
+            ivan.send("PRIVMSG judy :hi judy")
+            pm = await client.next_message(lambda m: body(m) == "hi judy")
+            assert pm.get("from") == f"ivan@{fixed}"
+            client.send_chat(f"ivan@{fixed}", "hi ivan")
+            await ivan.expect(lambda l: l.startswith(":judy!") and l.endswith("PRIVMSG ivan :hi ivan"))
+        finally:
+            await client.stop()
+            await ivan.close()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        gateway.stop()

@@ -39,8 +39,9 @@ class IRCAdapter(AdapterBase):
     options = [
         Option("allowed_servers", list, [], item_type=str,
                doc="IRC servers users may reach (host names as in addresses); empty: any."),
-        Option("fixed_server", str, "", doc="Serve one IRC server only (addresses then omit %server). "
-                                            "Not implemented yet: must stay empty."),
+        Option("fixed_server", str, "",
+               doc="Serve one IRC server only: rooms are `#chan@component`, people `nick@component` "
+                   "(no %server). The server's own JID stays `server@component`."),
         Option("servers", dict, {},
                doc="Per-server connection settings: `{ \"irc.example.net\" = { host = \"...\", port = 6697, "
                    "tls = true, verify = true } }`; default port 6697 with TLS verified."),
@@ -57,8 +58,9 @@ class IRCAdapter(AdapterBase):
     @classmethod
     def check_options(cls, opts: dict[str, Any]) -> list[tuple[str, str]]:
         problems = []
-        if opts.get("fixed_server"):
-            problems.append(("fixed_server", "is not implemented yet; leave it empty"))
+        fixed, allowed = opts.get("fixed_server"), opts.get("allowed_servers") or []
+        if fixed and allowed and fixed not in allowed:
+            problems.append(("fixed_server", f"{fixed} is not in allowed_servers"))
         for name, conf in (opts.get("servers") or {}).items():
             if not isinstance(conf, dict) or set(conf) - {"host", "port", "tls", "verify"}:
                 problems.append(("servers", f"{name}: only host, port, tls and verify may be set"))
@@ -77,6 +79,9 @@ class IRCAdapter(AdapterBase):
 
     def normalize_address(self, text_: str) -> str:
         raw = (text_ or "").strip()
+        fixed = self.config["fixed_server"]
+        if fixed and "%" not in raw and (_CHANNEL.match(raw) or _NICK.match(raw)):
+            raw = f"{raw}%{fixed}"
         local, sep, server = raw.rpartition("%")
         if not sep:
             local, server = "", raw
@@ -95,8 +100,14 @@ class IRCAdapter(AdapterBase):
         raise AddressError(f"{local!r} is neither a channel (#name) nor a nickname")
 
     def is_room(self, address: str) -> bool:
-        """A channel address by its shape (#, &, + or ! first, then %server)."""
-        return address[:1] in "#&+!" and "%" in address
+        """A channel address by its shape (#, &, + or ! first, then %server unless the server is fixed)."""
+        return address[:1] in "#&+!" and ("%" in address or bool(self.config["fixed_server"]))
+
+    def jid_localpart(self, address: str) -> str:
+        fixed = self.config["fixed_server"]
+        if fixed and address.endswith("%" + fixed):
+            return address[: -len(fixed) - 1]
+        return address
 
     def is_server(self, address: str) -> bool:
         return "%" not in address
