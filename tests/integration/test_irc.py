@@ -97,6 +97,9 @@ def test_channel_as_group_chat(prosody, ircd, irc_gateway):
             echo = await alice.next_message(lambda m: m.get("id") == sent_id)
             assert echo.get("from") == f"{room('#test')}/alice" and body(echo) == "hello from xmpp"
 
+            bob.send("NOTICE #test :server maintenance at noon")
+            await alice.next_message(lambda m: body(m) == "[notice] server maintenance at noon")
+
             # /me both ways.
             alice.send_chat(room("#test"), "/me waves", mtype="groupchat")
             await bob.expect(lambda l: l.endswith("PRIVMSG #test :\x01ACTION waves\x01"))
@@ -189,6 +192,8 @@ def test_two_resources_share_one_connection_and_leaving_all_disconnects(prosody,
             bob.send("PRIVMSG dan :\x01VERSION\x01")
             version = await bob.expect(lambda l: l.startswith(":dan!") and "NOTICE bob2 :\x01VERSION" in l)
             assert "xmpp-gateway" in version
+            bob.send("PRIVMSG dan :\x01PING 12345\x01")
+            await bob.expect(lambda l: l.startswith(":dan!") and l.endswith("NOTICE bob2 :\x01PING 12345\x01"))
 
             # A nick in use: the service changes it and says so (210).
             other = await Client(prosody.register(f"ircbob{os.getpid()}", "pw"), "pw").start(prosody.c2s_port)
