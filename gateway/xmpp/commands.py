@@ -25,7 +25,8 @@ from gateway.xmpp.escaping import unescape
 from gateway.xmpp.stanzas import parse_jid
 from wokkel import disco
 from wokkel.iwokkel import IDisco
-from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
+from gateway.xmpp.handler import ComponentHandler
+from wokkel.subprotocols import IQHandlerMixin
 
 NS_COMMANDS = "http://jabber.org/protocol/commands"
 SESSION_TTL = 600.0
@@ -175,14 +176,11 @@ COMMANDS = [SettingsCommand, UnregisterCommand, ListUsersCommand, StatsCommand, 
 
 
 @implementer(IDisco)
-class CommandsHandler(XMPPHandler, IQHandlerMixin):
+class CommandsHandler(ComponentHandler, IQHandlerMixin):
     iqHandlers = {f"/iq[@type='set']/command[@xmlns='{NS_COMMANDS}']": "on_command"}
 
     def __init__(self, stream, bridge, presence, admins: list[str], clock):
-        super().__init__()
-        self.stream = stream
-        self.domain = stream.domain
-        self.bridge = bridge
+        super().__init__(stream, bridge)
         self.presence = presence
         self.admins = frozenset(a.lower() for a in admins)
         self.clock = clock

@@ -18,7 +18,7 @@ from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMe
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.muc import room_stanzas
 from gateway.xmpp.stanzas import error_reply, parse_jid, text_of
-from wokkel.subprotocols import XMPPHandler
+from gateway.xmpp.handler import ComponentHandler
 
 log = Logger(namespace="gateway.xmpp.messages")
 
@@ -31,12 +31,7 @@ NS_ADDRESS = "http://jabber.org/protocol/address"
 CHAT_STATES = frozenset({"active", "composing", "paused", "inactive", "gone"})
 
 
-class MessageHandler(XMPPHandler):
-    def __init__(self, stream, bridge):
-        super().__init__()
-        self.stream = stream
-        self.bridge = bridge
-        self.domain = stream.domain
+class MessageHandler(ComponentHandler):
 
     def connectionInitialized(self):
         self.xmlstream.addObserver("/message", self.on_message)

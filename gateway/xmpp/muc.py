@@ -15,7 +15,7 @@ from twisted.words.xish import domish
 from gateway.model import AddressError, GatewayError, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.stanzas import error_reply, parse_jid, text_of
-from wokkel.subprotocols import XMPPHandler
+from gateway.xmpp.handler import ComponentHandler
 
 log = Logger(namespace="gateway.xmpp.muc")
 
@@ -36,12 +36,7 @@ def is_muc_stanza(adapter, stanza: domish.Element) -> bool:
     return adapter.is_room(unescape(to.user))    # by its shape: a refused room still gets an answer
 
 
-class MUCHandler(XMPPHandler):
-    def __init__(self, stream, bridge):
-        super().__init__()
-        self.stream = stream
-        self.bridge = bridge
-        self.domain = stream.domain
+class MUCHandler(ComponentHandler):
 
     def connectionInitialized(self):
         if "muc" in self.bridge.adapter.features:
@@ -139,17 +134,11 @@ NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
 NS_RSM = "http://jabber.org/protocol/rsm"
 
 
-class RoomListHandler(XMPPHandler):
+class RoomListHandler(ComponentHandler):
     """
     disco#items of a group chat server's JID (an IRC server): its rooms, paged with
     XEP-0059 result set management, as biboumi lists them.
     """
-
-    def __init__(self, stream, bridge):
-        super().__init__()
-        self.stream = stream
-        self.bridge = bridge
-        self.domain = stream.domain
 
     def connectionInitialized(self):
         if hasattr(self.bridge.adapter, "list_rooms"):

@@ -13,17 +13,14 @@ from twisted.words.xish import domish
 
 from gateway.xmpp.caps import caps_element
 from gateway.xmpp.stanzas import parse_jid
-from wokkel.subprotocols import XMPPHandler
+from gateway.xmpp.handler import ComponentHandler
 
 log = Logger(namespace="gateway.xmpp.presence")
 
 
-class PresenceHandler(XMPPHandler):
+class PresenceHandler(ComponentHandler):
     def __init__(self, stream, bridge, disco):
-        super().__init__()
-        self.stream = stream
-        self.bridge = bridge
-        self.domain = stream.domain
+        super().__init__(stream, bridge)
         self.disco = disco
 
     def connectionInitialized(self):

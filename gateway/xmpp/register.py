@@ -14,7 +14,8 @@ from twisted.words.xish import domish
 from gateway.model import GatewayError
 from gateway.xmpp.forms import build_form, submitted_values
 from gateway.xmpp.stanzas import parse_jid
-from wokkel.subprotocols import IQHandlerMixin, XMPPHandler
+from gateway.xmpp.handler import ComponentHandler
+from wokkel.subprotocols import IQHandlerMixin
 
 NS_REGISTER = "jabber:iq:register"
 #: The field names XEP-0077 defines; only these may appear as legacy elements.
@@ -26,16 +27,14 @@ def stanza_error(e: GatewayError) -> StanzaError:
     return StanzaError(e.condition, e.error_type, e.text or None)
 
 
-class RegisterHandler(XMPPHandler, IQHandlerMixin):
+class RegisterHandler(ComponentHandler, IQHandlerMixin):
     iqHandlers = {
         f"/iq[@type='get']/query[@xmlns='{NS_REGISTER}']": "on_get",
         f"/iq[@type='set']/query[@xmlns='{NS_REGISTER}']": "on_set",
     }
 
     def __init__(self, stream, bridge, presence):
-        super().__init__()
-        self.stream = stream
-        self.bridge = bridge
+        super().__init__(stream, bridge)
         self.presence = presence
         self.adapter = bridge.adapter
 

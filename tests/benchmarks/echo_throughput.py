@@ -103,6 +103,30 @@ class RawClient:
         return got
 
 
+def bench_config(work: str, component_port: int, components: str, log_level: str = "info") -> str:
+    """A gateway config for a benchmark: no limits, no web site, files and registry in ``work``."""
+    config = os.path.join(work, "gateway.toml")
+    with open(config, "w") as f:
+        f.write(f"""[gateway]
+allowed_domains = ["localhost"]
+[xmpp]
+port = {component_port}
+[registry]
+url = "sqlite:///{work}/registry.sqlite"
+secret_key = "{SecretBox.generate()}"
+[limits]
+rate = 1000000.0
+burst = 1000000
+[web]
+listen = ""
+[files]
+directory = "{work}/files"
+[log]
+level = "{log_level}"
+{components}""")
+    return config
+
+
 def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -151,29 +175,11 @@ def main() -> None:
                                      str(prosody.component_port), "baseline-secret"], stdout=base_log,
                                     stderr=subprocess.STDOUT)
         procs.append(baseline)
-        config = os.path.join(work, "gateway.toml")
-        with open(config, "w") as f:
-            f.write(f"""[gateway]
-allowed_domains = ["localhost"]
-[xmpp]
-port = {prosody.component_port}
-[registry]
-url = "sqlite:///{work}/registry.sqlite"
-secret_key = "{SecretBox.generate()}"
-[limits]
-rate = 1000000.0
-burst = 1000000
-[web]
-listen = ""
-[files]
-directory = "{work}/files"
-[log]
-level = "warn"
-[[components]]
+        config = bench_config(work, prosody.component_port, """[[components]]
 domain = "gateway.localhost"
 secret = "gateway-secret"
 adapter = "echo"
-""")
+""", log_level="warn")
         gw_log = open(os.path.join(work, "gateway.log"), "w")
         gateway = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", config], stdout=gw_log,
                                    stderr=subprocess.STDOUT)

@@ -27,11 +27,10 @@ import sys
 import tempfile
 import time
 
-from gateway.registry.crypto import SecretBox
 from gateway.testing.ngircd import Ngircd
 from gateway.testing.process import Server, wait_for
 from gateway.testing.prosody import Prosody
-from tests.benchmarks.echo_throughput import RawClient, cpu_seconds
+from tests.benchmarks.echo_throughput import RawClient, bench_config, cpu_seconds
 from tests.integration.irc_support import RawIRC
 
 
@@ -136,25 +135,7 @@ def main() -> None:
     procs = []
     try:
         prosody.register("bench", "benchpw")
-        config = os.path.join(work, "gateway.toml")
-        with open(config, "w") as f:
-            f.write(f"""[gateway]
-allowed_domains = ["localhost"]
-[xmpp]
-port = {prosody.component_port}
-[registry]
-url = "sqlite:///{work}/registry.sqlite"
-secret_key = "{SecretBox.generate()}"
-[limits]
-rate = 1000000.0
-burst = 1000000
-[web]
-listen = ""
-[files]
-directory = "{work}/files"
-[log]
-level = "info"
-[[components]]
+        config = bench_config(work, prosody.component_port, f"""[[components]]
 domain = "irc-gw.localhost"
 secret = "gw-secret"
 adapter = "irc"
