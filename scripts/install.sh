@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 what="${1:-all}"
 packages=(prosody lua5.4-unbound lua5.4-event ngircd)
 if [ "$what" = all ]; then
-    packages+=(ejabberd postgresql swaks libnet-ssleay-perl)
+    packages+=(ejabberd postgresql swaks libnet-ssleay-perl openssl)
 fi
 
 missing=()
