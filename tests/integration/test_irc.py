@@ -430,3 +430,26 @@ def test_fixed_server_mode(prosody, ircd, fresh_dir):
         run(scenario(), timeout=60)
     finally:
         gateway.stop()
+
+
+def test_channel_key_from_the_muc_password(prosody, ircd, irc_gateway):
+    user = prosody.register(f"irckey{os.getpid()}", "pw")
+
+    async def scenario():
+        keeper = await RawIRC(ircd.port, "keeper").connect()
+        keeper.send("JOIN #locked", "MODE #locked +k s3same")
+        await keeper.expect(lambda l: " MODE #locked +k" in l)
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            client.send_raw(f"<presence to='{room('#locked')}/kim'><x xmlns='{NS_MUC}'/></presence>")
+            refused = await client.next_presence(lambda p: p.get("type") == "error")
+            assert refused.find("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}forbidden") is not None
+            client.send_raw(f"<presence to='{room('#locked')}/kim'><x xmlns='{NS_MUC}'>"
+                            "<password>s3same</password></x></presence>")
+            await client.next_presence(lambda p: p.get("from") == f"{room('#locked')}/kim" and 110 in statuses(p))
+            await keeper.expect(lambda l: l.startswith(":kim!") and " JOIN " in l)
+        finally:
+            await client.stop()
+            await keeper.close()
+
+    run(scenario(), timeout=60)

@@ -206,7 +206,7 @@ class IRCAdapter(AdapterBase):
         nick = text.one_line(nick)
         if not _NICK.match(nick):
             raise AddressError(f"{nick!r} is not a valid IRC nickname", "not-acceptable")
-        self.session(registration, server, nick).join(resource, channel, nick)
+        self.session(registration, server, nick).join(resource, channel, nick, password)
 
     def leave(self, user: str, resource: str, room: str):
         channel, _, server = room.rpartition("%")

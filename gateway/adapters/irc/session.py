@@ -29,9 +29,13 @@ class Room:
         self.occupants: dict[str, set[str]] = {}
         self.topic = ""
         self.topic_by = ""
+        self.key = ""                               # channel key (the MUC join password)
         self.joined = False
         self.ready = False
         self.names: dict[str, set[str]] = {}
+
+    def join_line(self) -> str:
+        return f"JOIN {self.channel} {self.key}" if self.key else f"JOIN {self.channel}"
 
 
 class _Factory(protocol.ReconnectingClientFactory):
@@ -152,7 +156,7 @@ class IRCSession:
             if line:
                 conn.send_lines([line])
         for room in self.rooms.values():
-            conn.send_lines([f"JOIN {room.channel}"])
+            conn.send_lines([room.join_line()])
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(conn)
@@ -188,18 +192,20 @@ class IRCSession:
                                           resources=list(room.resources) if resources is None else resources,
                                           room=self.room_address(room.channel), kind=kind, **kw))
 
-    def join(self, resource: str, channel: str, nick: str) -> None:
+    def join(self, resource: str, channel: str, nick: str, password: str | None = None) -> None:
         key = channel.lower()
         room = self.rooms.get(key)
         first = room is None
         if first:
             room = self.rooms[key] = Room(channel)
+        if password:
+            room.key = text.one_line(password).replace(" ", "")
         room.resources[resource] = nick
         self.connect()
         if self.conn is None:
             return                                   # JOIN goes out when signed on
         if first or not room.joined:
-            self.conn.send_lines([f"JOIN {channel}"])
+            self.conn.send_lines([room.join_line()])
         elif room.ready:
             self._send_state(room, [resource])       # another resource: the connection is shared
 
