@@ -17,7 +17,7 @@ from gateway.interfaces import IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.muc import room_stanzas
-from gateway.xmpp.stanzas import error_reply, parse_jid, text_of
+from gateway.xmpp.stanzas import error_reply, parse_jid, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
 
 log = Logger(namespace="gateway.xmpp.messages")
@@ -147,8 +147,8 @@ class StanzaOutput:
         return self.stream.connected
 
     def contact_jid(self, address: str, resource: str | None = None) -> str:
-        jid = f"{escape(self.localpart(address))}@{self.domain}"
-        return f"{jid}/{resource}" if resource else jid
+        jid = f"{escape(xml_safe(self.localpart(address)))}@{self.domain}"
+        return f"{jid}/{xml_safe(resource)}" if resource else jid
 
     def send_message(self, message: InboundMessage) -> None:
         try:
@@ -161,17 +161,18 @@ class StanzaOutput:
         el["to"] = message.user
         el["type"] = message.type
         el["id"] = message.id
-        body = message.body
-        if message.attachments:
-            urls = "\n".join(message.attachments)
+        body = xml_safe(message.body)
+        urls_list = [xml_safe(u) for u in message.attachments]
+        if urls_list:
+            urls = "\n".join(urls_list)
             body = f"{body}\n{urls}" if body else urls
         if message.subject is not None:
-            el.addElement("subject", content=message.subject)
+            el.addElement("subject", content=xml_safe(message.subject))
         if body is not None:
             el.addElement("body", content=body)
         if message.thread:
-            el.addElement("thread", content=message.thread)
-        for url in message.attachments:
+            el.addElement("thread", content=xml_safe(message.thread))
+        for url in urls_list:
             x = el.addElement((NS_OOB, "x"))
             x.addElement("url", content=url)
         if message.chat_state in CHAT_STATES:

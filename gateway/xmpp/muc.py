@@ -14,7 +14,7 @@ from twisted.words.xish import domish
 
 from gateway.model import AddressError, GatewayError, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, escape, unescape
-from gateway.xmpp.stanzas import error_reply, parse_jid, text_of
+from gateway.xmpp.stanzas import error_reply, parse_jid, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
 
 log = Logger(namespace="gateway.xmpp.muc")
@@ -188,7 +188,7 @@ class RoomListHandler(ComponentHandler):
         for address, name in page:
             item = query.addElement("item")
             item["jid"] = f"{escape(self.bridge.adapter.jid_localpart(address))}@{self.domain}"
-            item["name"] = name
+            item["name"] = xml_safe(name)
         if limit is not None:
             rset = query.addElement((NS_RSM, "set"))
             if page:
@@ -201,15 +201,16 @@ class RoomListHandler(ComponentHandler):
 def room_stanzas(domain: str, event, localpart=lambda address: address) -> list[domish.Element]:
     """The stanzas a RoomEvent becomes, one per joined resource."""
     try:
-        room_jid = f"{escape(localpart(event.room))}@{domain}"
+        room_jid = f"{escape(xml_safe(localpart(event.room)))}@{domain}"
     except EscapingError:
         return []
+    nick = xml_safe(event.nick)
     out = []
     for resource in event.resources:
         to = f"{event.user}/{resource}" if resource else event.user
         if event.kind == "presence":
             el = domish.Element((None, "presence"))
-            el["from"] = f"{room_jid}/{event.nick}"
+            el["from"] = f"{room_jid}/{nick}"
             if event.unavailable:
                 el["type"] = "unavailable"
             x = el.addElement((NS_MUC_USER, "x"))
@@ -217,13 +218,13 @@ def room_stanzas(domain: str, event, localpart=lambda address: address) -> list[
             item["affiliation"] = event.affiliation
             item["role"] = "none" if event.unavailable else event.role
             if event.new_nick:
-                item["nick"] = event.new_nick
+                item["nick"] = xml_safe(event.new_nick)
             if event.reason:
-                item.addElement("reason", content=event.reason)
+                item.addElement("reason", content=xml_safe(event.reason))
             for code in event.statuses:
                 x.addElement("status")["code"] = str(code)
         elif event.kind == "join-error":
-            el = error_reply(_fake_presence(to, f"{room_jid}/{event.nick}"), event.condition or "not-allowed",
+            el = error_reply(_fake_presence(to, f"{room_jid}/{nick}"), event.condition or "not-allowed",
                              event.reason)
             el.addElement((NS_MUC, "x"))
         else:
@@ -231,11 +232,11 @@ def room_stanzas(domain: str, event, localpart=lambda address: address) -> list[
             el["type"] = "groupchat"
             if event.message_id:
                 el["id"] = event.message_id
-            el["from"] = f"{room_jid}/{event.nick}" if event.nick else room_jid
+            el["from"] = f"{room_jid}/{nick}" if nick else room_jid
             if event.kind == "subject":
-                el.addElement("subject", content=event.subject or "")
+                el.addElement("subject", content=xml_safe(event.subject) or "")
             else:
-                el.addElement("body", content=event.body or "")
+                el.addElement("body", content=xml_safe(event.body) or "")
                 if event.stanza_id:
                     sid = el.addElement((NS_SID, "stanza-id"))
                     sid["id"] = event.stanza_id

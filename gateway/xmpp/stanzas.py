@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 from twisted.words.protocols.jabber import error
 from twisted.words.protocols.jabber.jid import InvalidFormat, JID, internJID
 from twisted.words.xish import domish
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+
+#: Characters XML 1.0 forbids. Foreign networks send them (IRC's BEL and CTCP
+#: delimiters, stray bytes in mail); one in a stanza would make the server end the
+#: component stream, so they are dropped wherever foreign text enters a stanza.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str | None) -> str | None:
+    return _NOT_XML.sub("", text) if text else text
 
 
 def parse_jid(value: str | None) -> JID | None:
@@ -27,7 +38,7 @@ def error_reply(stanza: domish.Element, condition: str, text: str | None = None,
         reply["id"] = stanza["id"]
     reply["from"] = stanza["to"]
     reply["to"] = stanza["from"]
-    exc = error.StanzaError(condition, error_type, text)
+    exc = error.StanzaError(condition, error_type, xml_safe(text))
     reply.addChild(exc.getElement())
     return reply
 

@@ -97,6 +97,9 @@ def test_channel_as_group_chat(prosody, ircd, irc_gateway):
             echo = await alice.next_message(lambda m: m.get("id") == sent_id)
             assert echo.get("from") == f"{room('#test')}/alice" and body(echo) == "hello from xmpp"
 
+            # Characters XML forbids (BEL, a stray CTCP delimiter) are dropped; the stream survives.
+            bob.send("PRIVMSG #test :ding\x07dong\x01!")
+            await alice.next_message(lambda m: body(m) == "dingdong!")
             bob.send("NOTICE #test :server maintenance at noon")
             await alice.next_message(lambda m: body(m) == "[notice] server maintenance at noon")
 
