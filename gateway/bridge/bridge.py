@@ -73,6 +73,7 @@ class Bridge(service.MultiService):
         self.outbox = Outbox(registry, component, self.adapter, lambda: self.output, self.registration,
                              clock, outbox_settings, on_sent=self._sent)
         self._cache: dict[str, tuple[float, Registration | None]] = {}
+        self._sent_direct = metrics.MESSAGES.labels(component, "out")
 
     def startService(self):
         super().startService()
@@ -106,15 +107,17 @@ class Bridge(service.MultiService):
 
     # -- group chats ------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def ensure_registration(self, jid: str):
+    def ensure_registration(self, jid: str) -> defer.Deferred:
         """The user's registration; for networks needing none, created on first use."""
-        reg = yield self.registration(jid)
-        if reg is None and getattr(self.adapter, "auto_register", False):
+
+        def create_if_needed(reg):
+            if reg is not None or not getattr(self.adapter, "auto_register", False):
+                return reg
             reg = Registration(self.component, jid, subscribed=False)
-            yield self.registry.put_registration(reg)
             self._cache.pop(jid, None)
-        return reg
+            return self.registry.put_registration(reg).addCallback(lambda _: reg)
+
+        return self.registration(jid).addCallback(create_if_needed)
 
     @defer.inlineCallbacks
     def join_room(self, user: str, resource: str, room: str, nick: str, password: str | None = None):
@@ -264,21 +267,25 @@ class Bridge(service.MultiService):
         message.component = self.component
         return self.outbox.submit(message)
 
-    @defer.inlineCallbacks
-    def send_direct(self, message: OutboundMessage):
+    def send_direct(self, message: OutboundMessage) -> defer.Deferred:
         """
         Send without the outbox: for group chat messages, which (like room events)
         are about now. A failure reaches the sender at once as a stanza error.
         """
         if not self.limiter.allow(message.user):
-            raise PolicyViolation(self.rate_text)
+            return defer.fail(PolicyViolation(self.rate_text))
         message.component = self.component
-        reg = yield self.ensure_registration(message.user)
-        if reg is None:
-            raise RegistrationError(f"register with {self.component} first", "registration-required")
-        result = yield defer.maybeDeferred(self.adapter.send, message, reg)
-        metrics.MESSAGES.labels(self.component, "out").inc()
-        return result
+
+        def send(reg):
+            if reg is None:
+                raise RegistrationError(f"register with {self.component} first", "registration-required")
+            return defer.maybeDeferred(self.adapter.send, message, reg)
+
+        def sent(result):
+            self._sent_direct.inc()
+            return result
+
+        return self.ensure_registration(message.user).addCallback(send).addCallback(sent)
 
     def chat_state(self, message: OutboundMessage) -> defer.Deferred:
         """Chat states are transient: passed on when the network has them, never queued."""

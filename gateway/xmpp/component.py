@@ -209,6 +209,13 @@ class ComponentStream(Component):
             self.refuse(element, "service-unavailable")
         return False
 
+    def send_serialized(self, xml: str, kind: str) -> None:
+        """Write a stanza already serialised (hot paths); counted like any other."""
+        counter = self._count_out.get(kind)
+        if counter is not None:
+            counter.inc()
+        self.send(xml)
+
     def refuse(self, element: domish.Element, condition: str, text: str | None = None,
                error_type: str | None = None) -> None:
         """Answer a stanza with an error (never an error to an error)."""

@@ -16,7 +16,7 @@ from zope.interface import implementer
 from gateway.interfaces import IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, escape, unescape
-from gateway.xmpp.muc import room_stanzas
+from gateway.xmpp.muc import room_message_strings, room_stanzas
 from gateway.xmpp.stanzas import error_reply, parse_jid, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
 
@@ -204,6 +204,11 @@ class StanzaOutput:
         self.stream.send(reply)
 
     def send_room_event(self, event) -> None:
+        if event.kind == "message" and not event.timestamp and not event.stanza_id:
+            # The hot path (every channel line): the stanza written as a string, not a domish tree.
+            for xml in room_message_strings(self.domain, event, self.localpart):
+                self.stream.send_serialized(xml, "message")
+            return
         for el in room_stanzas(self.domain, event, self.localpart):
             self.stream.send(el)
 

@@ -8,6 +8,8 @@ happens in the room comes back as RoomEvents, turned into stanzas here.
 from __future__ import annotations
 
 import datetime
+from xml.sax.saxutils import escape as xml_escape
+from xml.sax.saxutils import quoteattr
 
 from twisted.logger import Logger
 from twisted.words.xish import domish
@@ -249,6 +251,21 @@ def room_stanzas(domain: str, event, localpart=lambda address: address) -> list[
         el["to"] = to
         out.append(el)
     return out
+
+
+def room_message_strings(domain: str, event, localpart=lambda address: address) -> list[str]:
+    """A plain groupchat message (no delay, no stanza id) as serialised stanzas, one per resource."""
+    try:
+        room_jid = f"{escape(xml_safe(localpart(event.room)))}@{domain}"
+    except EscapingError:
+        return []
+    nick = xml_safe(event.nick)
+    sender = quoteattr(f"{room_jid}/{nick}" if nick else room_jid)
+    message_id = f" id={quoteattr(event.message_id)}" if event.message_id else ""
+    body = xml_escape(xml_safe(event.body) or "")
+    head = f"<message type='groupchat' from={sender}{message_id} to="
+    tail = f"><body>{body}</body></message>"
+    return [head + quoteattr(f"{event.user}/{r}" if r else event.user) + tail for r in event.resources]
 
 
 def _fake_presence(to: str, sent_to: str) -> domish.Element:

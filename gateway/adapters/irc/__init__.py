@@ -216,26 +216,22 @@ class IRCAdapter(AdapterBase):
 
     # -- messages -------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def send(self, message: OutboundMessage, registration: Registration):
+    def send(self, message: OutboundMessage, registration: Registration) -> defer.Deferred:
         body = message.body or ""
-        if message.kind == "groupchat" and message.subject is not None and not body:
-            channel, _, server = message.recipient.rpartition("%")
-            session = self.session(registration, server)
-            conn = yield session.ready()
-            conn.send_lines([f"TOPIC {channel} :{text.one_line(message.subject)}"])
-            return SendResult()
-        if not body.strip():
-            return SendResult(parts=0)
         target, _, server = message.recipient.rpartition("%")
+        if message.kind == "groupchat" and message.subject is not None and not body:
+            session = self.session(registration, server)
+            return session.send_raw([f"TOPIC {target} :{text.one_line(message.subject)}"]).addCallback(
+                lambda _: SendResult())
+        if not body.strip():
+            return defer.succeed(SendResult(parts=0))
         if not target:
-            raise PermanentFailure("write to a channel or a nickname on that server", "not-acceptable")
+            return defer.fail(PermanentFailure("write to a channel or a nickname on that server", "not-acceptable"))
         session = self.session(registration, server)
         room = session._room(target) if message.kind == "groupchat" else None
         if message.kind == "groupchat" and room is None:
-            raise PermanentFailure(f"join {target} before writing to it", "not-acceptable")
-        parts = yield session.send(target, body, room, message.xmpp_id)
-        return SendResult(parts=parts)
+            return defer.fail(PermanentFailure(f"join {target} before writing to it", "not-acceptable"))
+        return session.send(target, body, room, message.xmpp_id).addCallback(lambda parts: SendResult(parts=parts))
 
     def user_unregistered(self, registration: Registration) -> None:
         for (user, _), session in list(self.sessions.items()):

@@ -398,17 +398,25 @@ class IRCSession:
 
     # -- sending --------------------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def send(self, target: str, body: str, reflect_room: Room | None = None, message_id: str | None = None):
-        conn = yield self.ready()
+    def send_raw(self, lines: list[str]) -> defer.Deferred:
+        if self.conn is not None:
+            self.conn.send_lines(lines)
+            return defer.succeed(None)
+        return self.ready().addCallback(lambda conn: conn.send_lines(lines))
+
+    def send(self, target: str, body: str, reflect_room: Room | None = None,
+             message_id: str | None = None) -> defer.Deferred:
+        """Send a message (connecting first if needed); fires with the number of IRC lines."""
+        if self.conn is None:
+            return self.ready().addCallback(lambda _: self.send(target, body, reflect_room, message_id))
         ctcp = None
         if body.startswith("/me "):
             body, ctcp = body[4:], "ACTION"
         lines = text.message_lines("PRIVMSG", target, body, self.nick, ctcp)
-        conn.send_lines(lines)
+        self.conn.send_lines(lines)
         if reflect_room is not None:
             # XEP-0045: the room reflects the sender's own message to every joined resource.
             self._event(reflect_room, "message", nick=self.nick, body=("/me " if ctcp else "") + body,
                         message_id=message_id)
-        return len(lines)
+        return defer.succeed(len(lines))
 
