@@ -6,9 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 what="${1:-all}"
-packages=(prosody lua5.4-unbound lua5.4-event ngircd)
+packages=(prosody lua5.4-unbound lua5.4-event ngircd swaks)
 if [ "$what" = all ]; then
-    packages+=(ejabberd postgresql swaks libnet-ssleay-perl openssl)
+    packages+=(ejabberd postgresql libnet-ssleay-perl openssl)
 fi
 
 missing=()
