@@ -123,12 +123,57 @@ class IStanzaOutput(Interface):
     def send_receipt(user, resource, contact, xmpp_id):
         """Send an XEP-0184 receipt for ``xmpp_id`` from ``contact`` to ``user``."""
 
+    def send_room_event(event):
+        """Send a RoomEvent (XEP-0045 presence, message, subject, join error) to the resources it names."""
+
 
 class IRegistry(Interface):
-    """Durable state; every method returns a Deferred. See gateway.registry.sql."""
+    """
+    Durable state; every method but close returns a Deferred. gateway.registry.sql
+    implements it on SQLite and PostgreSQL; the shared suite in tests/unit/test_registry.py
+    is what another implementation must pass.
+    """
+
+    shared = Attribute("True when several processes may use the registry at once (PostgreSQL).")
 
     def open():
         """Connect and apply schema migrations."""
 
     def close():
         """Release connections."""
+
+    def ping():
+        """Fires with True when the database answers (for /healthz)."""
+
+    def get_registration(component, jid):
+        """The Registration, or None."""
+
+    def registration_by_foreign_id(component, foreign_id):
+        """The Registration owning a foreign identity, or None."""
+
+    def list_registrations(component=None):
+        """Every Registration (of one component)."""
+
+    def put_registration(registration):
+        """Insert or replace; fails with RegistrationConflict when the foreign id is taken."""
+
+    def delete_registration(component, jid):
+        """Remove a user and everything stored for them; fires with whether they existed."""
+
+    def enqueue(item, claimed=True):
+        """Store a QueueItem (outbox or inbox) durably."""
+
+    def claim(component, direction, limit=100, now=None):
+        """Take due, unclaimed QueueItems; another process never gets the same ones."""
+
+    def finish(item_id):
+        """Remove a queue row once its work is done."""
+
+    def release(item_id, next_attempt, attempts, error=None):
+        """Give a queue row back for a later attempt."""
+
+    def put_message_id(component, jid, xmpp_id, foreign_id, contact, resource=None, receipt=False):
+        """Remember which XMPP id became which foreign id (receipts, bounces)."""
+
+    def message_by_foreign_id(component, foreign_id):
+        """(jid, xmpp_id, contact, resource, receipt) of a message, or None."""

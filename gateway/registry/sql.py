@@ -19,6 +19,9 @@ from typing import Any, Iterable
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 
+from zope.interface import implementer
+
+from gateway.interfaces import IRegistry
 from gateway.model import Registration
 from gateway.registry.crypto import SecretBox
 from gateway.registry.migrations import MIGRATIONS
@@ -95,6 +98,7 @@ def _sqlite_open(conn) -> None:
     conn.execute("PRAGMA busy_timeout=5000")
 
 
+@implementer(IRegistry)
 class SQLRegistry:
     def __init__(self, url: str, secret_key: str, instance_id: str = "local", lease: float = 120.0):
         self.url = url

@@ -28,7 +28,7 @@ log = Logger(namespace="gateway.xmpp.component")
 #: Stream errors that no reconnect can fix: a wrong secret, a domain the server
 #: does not know, or another process already serving the domain.
 FATAL_STREAM_ERRORS = frozenset({"not-authorized", "host-unknown", "conflict", "improper-addressing",
-                                 "invalid-namespace", "host-gone", "policy-violation", "invalid-from"})
+                                 "invalid-namespace", "host-gone", "invalid-from"})
 NS_REGISTER = "jabber:iq:register"
 
 

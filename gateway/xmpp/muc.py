@@ -14,7 +14,7 @@ from xml.sax.saxutils import quoteattr
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
-from gateway.model import AddressError, GatewayError, OutboundMessage
+from gateway.model import GatewayError, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.stanzas import error_reply, parse_jid, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
@@ -275,4 +275,4 @@ def _fake_presence(to: str, sent_to: str) -> domish.Element:
     return p
 
 
-__all__ = ["MUCHandler", "room_stanzas", "is_muc_stanza", "AddressError"]
+__all__ = ["MUCHandler", "RoomListHandler", "room_stanzas", "room_message_strings", "is_muc_stanza"]

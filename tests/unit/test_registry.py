@@ -214,3 +214,11 @@ def test_threads(registry):
     assert (yield registry.thread_of(c, u, ["<zz@x>", "<b@x>"])) == "t1"
     assert (yield registry.thread_of(c, u, ["<c@x>"])) is None          # another user's thread
     assert (yield registry.thread_of(c, u, [])) is None
+
+
+def test_both_implementations_provide_the_interface(registry):
+    from zope.interface.verify import verifyObject
+
+    from gateway.interfaces import IRegistry
+
+    assert verifyObject(IRegistry, registry)

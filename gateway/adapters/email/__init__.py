@@ -25,10 +25,6 @@ from gateway.options import Option, positive
 log = Logger(namespace="gateway.adapters.email")
 
 
-def _domain(value: str) -> str | None:
-    return addresses.check_domain(value)
-
-
 def _servers(values: list) -> str | None:
     for v in values:
         host, _, port = v.rpartition(":")
@@ -92,7 +88,7 @@ class EmailAdapter(AdapterBase):
     features = frozenset({"subject", "thread", "attachments"})
     address_prompt = "Email address"
     options = [
-        Option("mail_domain", str, check=_domain, doc="The domain of users' addresses (its MX points at the gateway)."),
+        Option("mail_domain", str, check=addresses.check_domain, doc="The domain of users' addresses (its MX points at the gateway)."),
         Option("delivery", str, "smarthost", choices=("smarthost", "mx"),
                doc="Send through a smarthost, or straight to each recipient domain's MX hosts."),
         Option("smarthost_host", str, "127.0.0.1", doc="Smarthost address."),

@@ -45,14 +45,6 @@ def verdict(failure) -> Exception:
     return TemporaryFailure(f"cannot reach the mail server: {failure.getErrorMessage()}")
 
 
-class _Sender(smtp.ESMTPSender):
-    pass
-
-
-class _SenderFactory(smtp.ESMTPSenderFactory):
-    protocol = _Sender
-
-
 class SMTPOut:
     def __init__(self, options: dict, reactor):
         self.o = options
@@ -63,20 +55,24 @@ class SMTPOut:
             host, _, port = server.rpartition(":")
             resolvers.append((host, int(port)))
         self.resolver = dns_client.createResolver(servers=resolvers) if resolvers else None
+        # read once: not a file read on the reactor for every message
+        self.smarthost_ca = None
+        if options["smarthost_ca"]:
+            with open(options["smarthost_ca"], "rb") as f:
+                self.smarthost_ca = ssl.Certificate.loadPEM(f.read())
 
     def _send_to(self, host: str, port: int, sender: str, recipient: str, data: bytes, *, tls: str,
-                 ca: str, username: str, password: str) -> defer.Deferred:
+                 ca, username: str, password: str) -> defer.Deferred:
         result = defer.Deferred()
         if tls == "off":
             context = None
-        elif ca:
-            with open(ca, "rb") as f:
-                context = ssl.optionsForClientTLS(host, trustRoot=ssl.Certificate.loadPEM(f.read()))
+        elif ca is not None:
+            context = ssl.optionsForClientTLS(host, trustRoot=ca)
         elif tls == "required":
             context = ssl.optionsForClientTLS(host)
         else:
             context = ssl.CertificateOptions()     # opportunistic: encrypt if offered, verify nothing
-        factory = _SenderFactory(username.encode() if username else None, password.encode() if password else None,
+        factory = smtp.ESMTPSenderFactory(username.encode() if username else None, password.encode() if password else None,
                                  sender, [recipient], io.BytesIO(data), result, retries=0,
                                  timeout=self.o["timeout"], contextFactory=context, heloFallback=tls != "required",
                                  requireAuthentication=bool(username), requireTransportSecurity=tls == "required",
@@ -90,7 +86,7 @@ class SMTPOut:
             d = self._send_mx(sender, recipient, data)
         else:
             d = self._send_to(self.o["smarthost_host"], self.o["smarthost_port"], sender, recipient, data,
-                              tls=self.o["smarthost_tls"], ca=self.o["smarthost_ca"],
+                              tls=self.o["smarthost_tls"], ca=self.smarthost_ca,
                               username=self.o["smarthost_username"], password=self.o["smarthost_password"])
 
         def failed(failure):
@@ -117,7 +113,7 @@ class SMTPOut:
             try:
                 address = yield (self.resolver.getHostByName(host) if self.resolver else defer.succeed(host))
                 result = yield self._send_to(address, self.o["mx_port"], sender, recipient, data,
-                                             tls="opportunistic", ca="", username="", password="")
+                                             tls="opportunistic", ca=None, username="", password="")
                 return result
             except smtp.SMTPClientError as e:
                 if not isinstance(e, (smtp.SMTPConnectError, smtp.SMTPTimeoutError)) and e.code >= 500:
