@@ -456,3 +456,36 @@ def test_channel_key_from_the_muc_password(prosody, ircd, irc_gateway):
             await keeper.close()
 
     run(scenario(), timeout=60)
+
+
+def test_user_changes_nick_and_a_taken_nick_is_a_conflict(prosody, ircd, irc_gateway):
+    user = prosody.register(f"ircnick{os.getpid()}", "pw")
+
+    async def scenario():
+        owner = await RawIRC(ircd.port, "owner").connect()
+        owner.send("JOIN #nicks")
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            await join(client, "#nicks", "nora")
+            await owner.expect(lambda l: l.startswith(":nora!") and " JOIN " in l)
+            client.send_raw(f"<presence to='{room('#nicks')}/norah'/>")
+            await owner.expect(lambda l: l.startswith(":nora!") and " NICK " in l and l.endswith("norah"))
+            gone = await client.next_presence(lambda p: p.get("from") == f"{room('#nicks')}/nora")
+            assert gone.get("type") == "unavailable" and {303, 110} <= statuses(gone)
+            assert muc_item(gone).get("nick") == "norah"
+            back = await client.next_presence(lambda p: p.get("from") == f"{room('#nicks')}/norah")
+            assert back.get("type") is None and 110 in statuses(back)
+
+            client.send_raw(f"<presence to='{room('#nicks')}/owner'/>")
+            err = await client.next_presence(lambda p: p.get("type") == "error")
+            assert err.find("{jabber:client}error/{urn:ietf:params:xml:ns:xmpp-stanzas}conflict") is not None
+            # still norah: kicking norah reaches the user as their own kick (110)
+            owner.send("KICK #nicks norah :test")
+            kicked = await client.next_presence(lambda p: p.get("from") == f"{room('#nicks')}/norah"
+                                                and p.get("type") == "unavailable")
+            assert {307, 110} <= statuses(kicked)
+        finally:
+            await client.stop()
+            await owner.close()
+
+    run(scenario(), timeout=60)

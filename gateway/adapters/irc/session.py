@@ -77,6 +77,8 @@ class IRCSession:
         self.closed = False
         self.signed_once = False
         self.sasl_ok = False
+        #: (room, resource) that asked for the nick change in flight, to answer a refusal.
+        self._nick_request: tuple[Room, str] | None = None
         self._listing: list[tuple[str, int, str]] | None = None
         self._list_waiters: list[defer.Deferred] = []
         self._list_cache: tuple[float, list] | None = None
@@ -167,10 +169,17 @@ class IRCSession:
                  result="ok" if ok else "failed", msg=message)
 
     def nick_in_use(self, conn: IRCConnection, nick: str) -> None:
-        new = conn.alterCollidedNick(nick)
+        if conn._registered:
+            # A nick change the user asked for: refuse it to them (XEP-0045: <conflict/>), keep the old one.
+            if self._nick_request is not None:
+                room, resource = self._nick_request
+                self._nick_request = None
+                self._event(room, "join-error", [resource], nick=nick, condition="conflict",
+                            reason=f"{nick} is already in use on {self.server}")
+            return
+        new = conn.alterCollidedNick(nick)          # while registering: take a variant (status 210)
         conn.setNick(new)
-        if not conn._registered:
-            conn.nickname = new
+        conn.nickname = new
 
     def connection_lost(self, conn: IRCConnection, reason) -> None:
         if self.conn is conn:
@@ -200,6 +209,12 @@ class IRCSession:
             room = self.rooms[key] = Room(channel)
         if password:
             room.key = text.one_line(password).replace(" ", "")
+        if resource in room.resources and room.ready and nick != self.nick and self.conn is not None:
+            # XEP-0045 nick change: presence to room/newnick while joined. IRC nicks are per connection.
+            room.resources[resource] = nick
+            self._nick_request = (room, resource)
+            self.conn.send_lines([f"NICK {nick}"])
+            return
         room.resources[resource] = nick
         self.connect()
         if self.conn is None:
@@ -331,8 +346,10 @@ class IRCSession:
                 self._event(room, "presence", nick=new, role=role, affiliation=aff, statuses=extra)
 
     def own_nick_changed(self, nick: str) -> None:
-        if nick != self.nick and self.conn is not None and not any(self.nick in r.occupants for r in self.rooms.values()):
-            self.nick = nick
+        """The server confirmed a new nick for us (asked for, or forced): every room hears 303 with 110."""
+        self._nick_request = None
+        if nick != self.nick:
+            self.on_nick(self.nick, nick)
 
     def on_mode(self, channel: str, nick: str, mode: str, added: bool) -> None:
         room = self._room(channel)
