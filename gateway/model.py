@@ -85,8 +85,6 @@ class InboundMessage:
     nick: str | None = None
     #: The foreign network's own timestamp (seconds since the epoch), if older than now.
     timestamp: float | None = None
-    #: For delivery receipts and chat states: the XMPP id this message refers to.
-    receipt_for: str | None = None
     chat_state: str | None = None
     id: str = field(default_factory=new_id)
 

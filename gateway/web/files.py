@@ -59,10 +59,6 @@ class FileStore:
         name = safe_name(name, content_type)
         return threads.deferToThread(self._write, data, name, content_type or "application/octet-stream")
 
-    def put_now(self, data: bytes, name: str | None, content_type: str | None) -> str:
-        """The same, blocking: for command-line tools without a reactor."""
-        return self._write(data, safe_name(name, content_type), content_type or "application/octet-stream")
-
     def lookup(self, token: str, name: str) -> tuple[str, dict] | None:
         if not re.fullmatch(r"[\w-]{20,64}", token):
             return None

@@ -179,8 +179,6 @@ class StanzaOutput:
             el.addElement((NS_CHATSTATES, message.chat_state))
         elif body is not None and message.type == "chat":
             el.addElement((NS_CHATSTATES, "active"))
-        if message.receipt_for:
-            el.addElement((NS_RECEIPTS, "received"))["id"] = message.receipt_for
         if message.timestamp:
             stamp = datetime.datetime.fromtimestamp(message.timestamp, datetime.timezone.utc)
             delay = el.addElement((NS_DELAY, "delay"))
