@@ -79,7 +79,22 @@ class IAdapterContext(Interface):
     files = Attribute("gateway.web.files.FileStore: put(data, name, type) -> Deferred[URL] for links.")
 
     def deliver(message):
-        """Queue an InboundMessage durably; the Deferred fires once it is stored."""
+        """
+        Queue an InboundMessage durably; the Deferred fires once it is stored.
+        With ``message.dedupe_key`` set (the network's own id), a repeat is
+        acknowledged the same way but not delivered twice.
+        """
+
+    def deliver_all(messages):
+        """Queue several InboundMessages in one transaction: all stored, or (on failure) none."""
+
+    def checkpoint(message):
+        """
+        Make ``message.progress`` durable while sending it (the parts a network
+        already accepted), so a retry after a failure or a crash resumes there.
+        Fails with LostOwnership when another process took the message over:
+        the adapter must then stop sending it.
+        """
 
     def room_event(event):
         """Pass a RoomEvent to the user's joined resources now (not queued)."""
@@ -126,6 +141,12 @@ class IStanzaOutput(Interface):
     def send_room_event(event):
         """Send a RoomEvent (XEP-0045 presence, message, subject, join error) to the resources it names."""
 
+    def barrier():
+        """
+        A Deferred firing once the XMPP server has read everything sent before
+        it (an answered XEP-0199 ping); it fails if the stream ends first.
+        """
+
 
 class IRegistry(Interface):
     """
@@ -161,16 +182,40 @@ class IRegistry(Interface):
         """Remove a user and everything stored for them; fires with whether they existed."""
 
     def enqueue(item, claimed=True):
-        """Store a QueueItem (outbox or inbox) durably."""
+        """Store a QueueItem (outbox or inbox) durably, under a fresh claim of ours by default."""
+
+    def enqueue_all(items):
+        """Store several QueueItems in one transaction."""
+
+    def enqueue_once(item, key):
+        """Store a QueueItem unless ``key`` was seen before; fires with whether it was new."""
 
     def claim(component, direction, limit=100, now=None):
-        """Take due, unclaimed QueueItems; another process never gets the same ones."""
+        """Take due QueueItems nobody holds a live lease on; each carries our claim token."""
 
-    def finish(item_id):
-        """Remove a queue row once its work is done."""
+    def finish(item):
+        """Remove a row once its work is done, if our claim on it still stands; fires with the row count."""
 
-    def release(item_id, next_attempt, attempts, error=None):
-        """Give a queue row back for a later attempt."""
+    def release(item, next_attempt, attempts, error=None):
+        """Give a row back for a later attempt, if our claim on it still stands."""
+
+    def park(item, reason):
+        """Set a row aside as a dead letter, if our claim on it still stands."""
+
+    def checkpoint(item):
+        """Store a row's changed payload, if our claim on it still stands; fires with the row count."""
+
+    def hold(item, now=None):
+        """Extend our lease on a row if it is still ours; fires with whether it is."""
+
+    def renew(now=None):
+        """Extend every live lease this process holds, and its heartbeat."""
+
+    def start_instance(host, pid):
+        """Register this process; fails with InstanceConflict if its id (or SQLite file) is in use."""
+
+    def stop_instance():
+        """Unregister this process on a clean stop."""
 
     def put_message_id(component, jid, xmpp_id, foreign_id, contact, resource=None, receipt=False):
         """Remember which XMPP id became which foreign id (receipts, bounces)."""

@@ -21,3 +21,7 @@ SEND_LATENCY = Histogram("xmpp_gateway_send_latency_seconds",
                                   60, 300, 3600), registry=REGISTRY)
 RETRIES = Counter("xmpp_gateway_retries", "Temporary send failures that were retried.", ["component"],
                   registry=REGISTRY)
+PARKED = Counter("xmpp_gateway_parked", "Queue rows set aside as dead letters (see `xmpp-gateway queue`).",
+                 ["component", "direction"], registry=REGISTRY)
+FENCED = Counter("xmpp_gateway_fenced", "Attempts stopped because another process had taken the message over.",
+                 ["component"], registry=REGISTRY)

@@ -58,6 +58,10 @@ class OutboundMessage:
     #: crash is recognisably the same message.
     id: str = field(default_factory=new_id)
     created_at: float = field(default_factory=time.time)
+    #: An adapter's record of what part of a multi-part send its network
+    #: already accepted, kept durable with IAdapterContext.checkpoint so a
+    #: retry resumes instead of resending those parts.
+    progress: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -87,6 +91,10 @@ class InboundMessage:
     timestamp: float | None = None
     chat_state: str | None = None
     id: str = field(default_factory=new_id)
+    #: The network's own id for this message when it may hand the same message
+    #: over again (a provider retrying a webhook): a repeat within the
+    #: retention window is acknowledged but not delivered twice.
+    dedupe_key: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -206,6 +214,10 @@ class TemporaryFailure(GatewayError):
 
     condition = "remote-server-timeout"
     error_type = "wait"
+
+
+class LostOwnership(TemporaryFailure):
+    """Another process took the message over: this one must not send it."""
 
 
 class PermanentFailure(GatewayError):

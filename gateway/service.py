@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from gateway.bridge import Bridge
+from gateway.bridge.leases import LeaseKeeper
 from gateway.config import Config
 from gateway.registry import SQLRegistry
 from gateway.web.files import FileStore
@@ -38,6 +39,7 @@ class GatewayService(service.MultiService):
                                     config.gateway["instance_id"], config.outbox["lease"])
         self.files = FileStore(config.files["directory"], config.files["public_url"], config.files["expiry_days"],
                                reactor)
+        self.leases = LeaseKeeper(self.registry, reactor)
         self.bridges: list[Bridge] = []
         self.components = []
         self._web = None
@@ -51,11 +53,13 @@ class GatewayService(service.MultiService):
     def startService(self):
         service.Service.startService(self)
         d = self.registry.open()
+        d.addCallback(lambda _: self.leases.start())
         d.addCallback(self._start_children)
         d.addCallbacks(self.ready.callback, self._start_failed)
 
     def _start_children(self, _):
         self.files.start()
+        self.leases.setServiceParent(self)
         log.info("registry open ({dialect}); starting {n} component(s)", dialect=self.registry.dialect,
                  n=len(self.components))
         for bridge in self.bridges:
@@ -95,4 +99,9 @@ class GatewayService(service.MultiService):
         yield defer.gatherResults([stream.close() for stream in self.components])
         yield defer.maybeDeferred(super().stopService)
         self.files.stop()
+        if self.registry.pool is not None:
+            try:
+                yield self.registry.stop_instance()
+            except Exception:
+                log.failure("unregistering this instance failed")
         self.registry.close()

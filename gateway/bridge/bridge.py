@@ -34,6 +34,9 @@ class _Disconnected:
 
     send_error = send_receipt = send_room_event = send_message
 
+    def barrier(self):
+        return defer.fail(RuntimeError("no XMPP output attached"))
+
 
 def coerce_field(field: Field, value: Any) -> Any:
     """Form values arrive as strings or lists; give the adapter the field's own type."""
@@ -100,6 +103,14 @@ class Bridge(service.MultiService):
     def deliver(self, message: InboundMessage) -> defer.Deferred:
         message.component = self.component
         return self.outbox.deliver(message)
+
+    def deliver_all(self, messages: list[InboundMessage]) -> defer.Deferred:
+        for message in messages:
+            message.component = self.component
+        return self.outbox.deliver_all(messages)
+
+    def checkpoint(self, message: OutboundMessage) -> defer.Deferred:
+        return self.outbox.checkpoint(message)
 
     def room_event(self, event: RoomEvent) -> None:
         if self.output.connected and event.resources:
@@ -315,5 +326,6 @@ class Bridge(service.MultiService):
         metrics.REGISTRATIONS.labels(self.component).set(users)
         metrics.QUEUE_DEPTH.labels(self.component, "out").set(depth["out"])
         metrics.QUEUE_DEPTH.labels(self.component, "in").set(depth["in"])
+        metrics.QUEUE_DEPTH.labels(self.component, "parked").set(depth["parked"])
         return {"registered users": users, "outbox": depth["out"], "held inbound": depth["in"],
-                "stream up": bool(self.output.connected)}
+                "parked": depth["parked"], "stream up": bool(self.output.connected)}

@@ -4,9 +4,19 @@ The durable queue between XMPP and a network, both ways.
 Outbound: a message is stored before its adapter is asked to send it and
 removed only when the adapter confirms. A temporary failure is retried with
 exponential backoff and jitter until the deadline; then, or on a permanent
-failure, the sender gets a stanza error. Inbound: a message from the network
-is stored before the adapter is told it was accepted, sent on the component
-stream when it is up, and held until it reconnects when it is not.
+failure, the sender gets a stanza error.
+
+Inbound: a message from the network is stored before the adapter is told it
+was accepted, written on the component stream when it is up, and removed only
+once the XMPP server has provably read it: XEP-0114 has no acknowledgements,
+so an XEP-0199 ping written after the messages and answered on the same stream
+(a server handles one stream in order) is the barrier. A stream that dies
+before the answer leaves the rows in the queue, to be written again.
+
+Every row is worked on under a fenced lease (see gateway.registry.sql): an
+attempt sends only while this process still owns the row, leases of rows held
+here are renewed by the LeaseKeeper, and a row that cannot become a stanza or
+a send is parked with its reason instead of blocking the rows behind it.
 
 Messages of one conversation are handed to the adapter in the order they
 arrived: one at a time, or, for adapters whose network keeps the order of
@@ -24,8 +34,8 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from gateway import metrics
-from gateway.model import (GatewayError, InboundMessage, OutboundMessage, PermanentFailure, SendResult,
-                           TemporaryFailure)
+from gateway.model import (GatewayError, InboundMessage, LostOwnership, OutboundMessage, PermanentFailure,
+                           SendResult, TemporaryFailure)
 from gateway.registry import QueueItem
 
 log = Logger(namespace="gateway.outbox")
@@ -49,8 +59,18 @@ class Outbox:
         self._chains: dict[tuple, defer.Deferred] = {}
         self._poller: task.LoopingCall | None = None
         self._flushing = False
-        #: Inbound rows were left for a flush (stream down, or a flush running).
-        self._held = False
+        #: Rows this process holds a claim on and works on (queued, in flight or
+        #: written and awaiting the barrier), by id: a row claimed again after
+        #: its lease ran out is adopted, never worked on twice.
+        self._active: dict[str, QueueItem] = {}
+        #: Inbound rows written on the stream and not yet behind an answered barrier.
+        self._unconfirmed: list[QueueItem] = []
+        self._barrier_running = False
+        #: Fires after the first poll took back what an earlier life left, so new
+        #: messages queue behind those of the same conversation.
+        self.ready = defer.Deferred()
+        self._parked = {d: metrics.PARKED.labels(component, d) for d in ("in", "out")}
+        self._fenced = metrics.FENCED.labels(component)
         self._latency = metrics.SEND_LATENCY.labels(component)
         self._sent = metrics.MESSAGES.labels(component, "out")
         self._received = metrics.MESSAGES.labels(component, "in")
@@ -91,9 +111,14 @@ class Outbox:
         item = QueueItem(id=message.id, component=self.component, jid=message.user, direction="out",
                          payload=message.to_dict(), attempts=0, deadline=message.created_at + self.deadline,
                          created_at=message.created_at)
+        if not self.ready.called:
+            # Rows an earlier life left are not taken back yet: store this one
+            # unclaimed, so the first poll takes it with them, in order.
+            return self.registry.enqueue(item, claimed=False)
         stored = self.registry.enqueue(item)
 
         def send_now(_):
+            self._active[item.id] = item
             if getattr(self.adapter, "pipelining", False):
                 # Stored rows commit in arrival order, so calling send now keeps order.
                 d = self._attempt(item)
@@ -104,15 +129,40 @@ class Outbox:
         return stored.addCallback(send_now)
 
     @defer.inlineCallbacks
+    def _owned(self, item: QueueItem):
+        """The fence: True while this process may act on ``item`` (a database round trip only near lease end)."""
+        if self._active.get(item.id) is not item:
+            return False
+        if self.registry.owns(item, margin=self.registry.lease / 2):
+            return True
+        held = yield self.registry.hold(item)
+        if not held:
+            self._active.pop(item.id, None)
+            self._fenced.inc()
+            log.warn("{id}: another process took this message over; not sending it here", id=item.id)
+        return held
+
+    @defer.inlineCallbacks
     def _attempt(self, item: QueueItem):
-        message = OutboundMessage.from_dict(item.payload)
+        try:
+            message = OutboundMessage.from_dict(item.payload)
+        except Exception as e:
+            yield self._park(item, f"not a message: {type(e).__name__}: {e}")
+            return
         registration = yield self._registration(message.user)
         if registration is None:
             # The user left while the message waited; their data is gone too.
-            yield self.registry.finish(item.id)
+            self._active.pop(item.id, None)
+            yield self.registry.finish(item)
+            return
+        if not (yield self._owned(item)):
             return
         try:
             result = yield defer.maybeDeferred(self.adapter.send, message, registration)
+        except LostOwnership:
+            self._active.pop(item.id, None)
+            self._fenced.inc()
+            return
         except PermanentFailure as e:
             yield self._give_up(item, message, e)
             return
@@ -128,7 +178,7 @@ class Outbox:
             return
         if not isinstance(result, SendResult):
             result = SendResult()
-        yield self.registry.finish(item.id)
+        yield self._finish(item)
         self._sent.inc()
         self._latency.observe(max(0.0, time.time() - message.created_at))
         if self.on_sent:
@@ -152,71 +202,190 @@ class Outbox:
         log.info("send of {id} to {recipient} failed ({error}); retry {attempts} in {delay:.1f} s",
                  id=message.id, recipient=message.recipient, error=error.text or error.condition,
                  attempts=attempts, delay=next_attempt - now)
-        yield self.registry.release(item.id, next_attempt, attempts, error.text or error.condition)
+        item.payload = message.to_dict()     # keeps the adapter's progress for the next attempt
+        self._active.pop(item.id, None)
+        yield self.registry.release(item, next_attempt, attempts, error.text or error.condition)
 
     @defer.inlineCallbacks
     def _give_up(self, item: QueueItem, message: OutboundMessage, error: GatewayError):
         log.info("giving up on {id} to {recipient}: {condition} {text}", id=message.id,
                  recipient=message.recipient, condition=error.condition, text=error.text)
-        yield self.registry.finish(item.id)
-        self._output().send_error(message, error)
+        if (yield self._finish(item)):
+            self._output().send_error(message, error)
+
+    @defer.inlineCallbacks
+    def _finish(self, item: QueueItem):
+        """Delete a row whose work is done; False if another process had taken it over meanwhile."""
+        self._active.pop(item.id, None)
+        count = yield self.registry.finish(item)
+        if not count:
+            self._fenced.inc()
+            log.warn("{id}: finished here after another process had taken it over", id=item.id)
+        return bool(count)
+
+    @defer.inlineCallbacks
+    def _park(self, item: QueueItem, reason: str):
+        """A dead letter: kept for the operator (`xmpp-gateway queue`), out of everyone's way."""
+        self._active.pop(item.id, None)
+        self._parked[item.direction].inc()
+        log.error("{direction} message {id} for {jid} parked: {reason}", direction=item.direction, id=item.id,
+                  jid=item.jid, reason=reason)
+        yield self.registry.park(item, reason)
+
+    def checkpoint(self, message: OutboundMessage) -> defer.Deferred:
+        """Make an adapter's progress on ``message`` durable; fails with LostOwnership if fenced out."""
+        item = self._active.get(message.id)
+        if item is None:
+            return defer.fail(LostOwnership("the message is no longer held by this process"))
+        item.payload = message.to_dict()
+
+        def stored(count):
+            if not count:
+                self._active.pop(item.id, None)
+                raise LostOwnership("another process took the message over")
+
+        return self.registry.checkpoint(item).addCallback(stored)
 
     @defer.inlineCallbacks
     def poll(self):
         """Retry what is due, and deliver held inbound messages while the stream is up."""
         try:
             items = yield self.registry.claim(self.component, "out", limit=200)
-            for item in items:
+            for item in self._adopt(items):
                 message = item.payload
-                self._chain(("out", message["user"], message["recipient"]), lambda i=item: self._attempt(i))
-            if self._held and self._output().connected:
+                key = ("out", message.get("user"), message.get("recipient"))
+                self._chain(key, lambda i=item: self._attempt(i)).addErrback(
+                    lambda f: log.failure("outbox attempt failed", f))
+            if not self.ready.called:
+                self.ready.callback(None)
+            if self._output().connected:
+                # Any process delivers any due inbound row: held ones, and those a dead process left.
                 yield self.flush_inbound()
         except Exception:
             log.failure("outbox poll failed")
 
+    def _adopt(self, items: list[QueueItem]) -> list[QueueItem]:
+        """
+        Rows just claimed that are new to this process. One already held here
+        (its lease ran out while it waited, and nobody else took it) keeps its
+        place in line under the new claim instead of being worked on twice.
+        """
+        fresh = []
+        for item in items:
+            held = self._active.get(item.id)
+            if held is not None:
+                held.token, held.lease_until = item.token, item.lease_until
+            else:
+                self._active[item.id] = item
+                fresh.append(item)
+        return fresh
+
     # -- inbound ----------------------------------------------------------
 
-    def deliver(self, message: InboundMessage) -> defer.Deferred:
-        """Store ``message``; the Deferred fires once it is durable. Delivery goes on after."""
+    def _inbound_item(self, message: InboundMessage) -> QueueItem:
         now = time.time()
-        item = QueueItem(id=message.id, component=self.component, jid=message.user, direction="in",
-                         payload=message.to_dict(), attempts=0, deadline=now + 10 * 365 * 86400,
-                         created_at=now)
+        return QueueItem(id=message.id, component=self.component, jid=message.user, direction="in",
+                         payload=message.to_dict(), attempts=0, deadline=now + 10 * 365 * 86400, created_at=now)
 
-        def send_now(_):
-            # Stored rows commit in arrival order, so sending now keeps order, unless
-            # older held messages are still being flushed: then this one waits its turn.
-            if self._flushing:
-                self._held = True
-                self.registry.release(item.id, time.time(), 0)
+    def deliver(self, message: InboundMessage) -> defer.Deferred:
+        """
+        Store ``message``; the Deferred fires once it is durable (and fires the
+        same for a repeat of a ``dedupe_key`` already accepted, which is not
+        delivered again). Delivery goes on after.
+        """
+        item = self._inbound_item(message)
+        if message.dedupe_key:
+            d = self.registry.enqueue_once(item, message.dedupe_key)
+        else:
+            d = self.registry.enqueue(item).addCallback(lambda _: True)
+
+        def stored(new):
+            if new:
+                self._stored_inbound(item, message)
             else:
-                self._send_inbound(item, message)
+                log.info("{key}: already accepted; not delivered again", key=message.dedupe_key)
 
-        return self.registry.enqueue(item).addCallback(send_now)
+        return d.addCallback(stored)
 
-    def _send_inbound(self, item: QueueItem, message: InboundMessage) -> defer.Deferred:
-        output = self._output()
-        if not output.connected:
-            # Held: the flush after the stream is back takes it.
-            self._held = True
-            return self.registry.release(item.id, time.time(), item.attempts)
-        output.send_message(message)
+    def deliver_all(self, messages: list[InboundMessage]) -> defer.Deferred:
+        """Store several messages in one transaction (all or none); delivery goes on after."""
+        items = [self._inbound_item(m) for m in messages]
+
+        def stored(_):
+            for item, message in zip(items, messages):
+                self._stored_inbound(item, message)
+
+        return self.registry.enqueue_all(items).addCallback(stored)
+
+    def _stored_inbound(self, item: QueueItem, message: InboundMessage) -> None:
+        self._active[item.id] = item
+        # Stored rows commit in arrival order, so writing now keeps order, unless
+        # older held messages are still being flushed: then this one waits its turn.
+        if self._flushing or not self._output().connected:
+            self._hold(item)
+        else:
+            self._write(item, message)
+
+    def _hold(self, item: QueueItem) -> defer.Deferred:
+        """Give a row back, due at once in creation order: the next flush (here or elsewhere) writes it."""
+        self._active.pop(item.id, None)
+        return self.registry.release(item, item.created_at, item.attempts).addErrback(
+            lambda f: log.failure("inbound release failed", f))
+
+    def _write(self, item: QueueItem, message: InboundMessage) -> None:
+        try:
+            self._output().send_message(message)
+        except Exception as e:
+            self._park(item, f"cannot become a stanza: {type(e).__name__}: {e}").addErrback(
+                lambda f: log.failure("parking failed", f))
+            return
         self._received.inc()
-        return self.registry.finish(item.id).addErrback(lambda f: log.failure("inbound finish failed", f))
+        self._unconfirmed.append(item)
+        if not self._barrier_running:
+            self._barrier_running = True
+            self.clock.callLater(0, self._barrier)
+
+    @defer.inlineCallbacks
+    def _barrier(self):
+        """Remove the rows written so far once the server has answered a ping sent after them."""
+        try:
+            while self._unconfirmed:
+                batch, self._unconfirmed = self._unconfirmed, []
+                try:
+                    yield self._output().barrier()
+                except Exception as e:
+                    log.info("{n} inbound message(s) not confirmed by the server ({e}); they stay queued",
+                             n=len(batch), e=e)
+                    for item in batch:
+                        if self._active.get(item.id) is item:
+                            self._hold(item)
+                    continue
+                for item in batch:
+                    if self._active.get(item.id) is item:
+                        self._finish(item).addErrback(lambda f: log.failure("inbound finish failed", f))
+        finally:
+            self._barrier_running = False
 
     @defer.inlineCallbacks
     def flush_inbound(self):
-        """Send every held inbound message, oldest first (after a reconnect)."""
+        """Write every due inbound row, oldest first (held ones after a reconnect, a dead process's)."""
         if self._flushing:
             return
         self._flushing = True
-        self._held = False
         try:
             while self._output().connected:
                 items = yield self.registry.claim(self.component, "in", limit=500)
                 if not items:
                     break
-                for item in items:
-                    yield self._send_inbound(item, InboundMessage.from_dict(item.payload))
+                for item in self._adopt(items):
+                    try:
+                        message = InboundMessage.from_dict(item.payload)
+                    except Exception as e:
+                        yield self._park(item, f"not a message: {type(e).__name__}: {e}")
+                        continue
+                    if self._output().connected:
+                        self._write(item, message)
+                    else:
+                        self._hold(item)
         finally:
             self._flushing = False

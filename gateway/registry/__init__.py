@@ -4,6 +4,6 @@ Durable state: registrations, address and message-id mappings, and the queue
 serves SQLite and PostgreSQL; see ``sql.py``.
 """
 
-from gateway.registry.sql import QueueItem, RegistrationConflict, SQLRegistry, open_registry
+from gateway.registry.sql import InstanceConflict, QueueItem, RegistrationConflict, SQLRegistry, open_registry
 
-__all__ = ["SQLRegistry", "QueueItem", "RegistrationConflict", "open_registry"]
+__all__ = ["SQLRegistry", "InstanceConflict", "QueueItem", "RegistrationConflict", "open_registry"]

@@ -75,3 +75,29 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "CREATE INDEX threads_thread ON threads (component, jid, thread, created_at)",
     ]),
 ]
+MIGRATIONS.append(
+    (4, [
+        # Fenced leases: every claim gets a fresh token, and finishing, releasing,
+        # parking or renewing a row is conditional on it, so a process whose
+        # lease ran out can never act on a row another process took over.
+        "ALTER TABLE queue ADD COLUMN claim_token TEXT",
+        # Dead letters: a row that cannot become a stanza or a send is parked
+        # with its reason instead of blocking the rows behind it.
+        "ALTER TABLE queue ADD COLUMN parked_at DOUBLE PRECISION",
+        # Foreign message ids already accepted (an SMS provider's retry or a
+        # replayed webhook is acknowledged but not delivered twice).
+        """CREATE TABLE seen (
+            component TEXT NOT NULL,
+            key TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (component, key))""",
+        "CREATE INDEX seen_age ON seen (created_at)",
+        # Live gateway processes: instance ids must be unique, and the claims of
+        # a process found dead are given back at once.
+        """CREATE TABLE instances (
+            instance_id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            heartbeat DOUBLE PRECISION NOT NULL,
+            started_at DOUBLE PRECISION NOT NULL)""",
+    ]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -25,6 +26,10 @@ from gateway.interfaces import IRegistry
 from gateway.model import Registration
 from gateway.registry.crypto import SecretBox
 from gateway.registry.migrations import MIGRATIONS
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
 
 
 class _WriteBatcher:
@@ -58,24 +63,36 @@ class _WriteBatcher:
         self.busy = True
 
         def run(txn):
+            counts = []
             for query, args, _ in batch:
                 txn.execute(query, args)
+                counts.append(txn.rowcount)
+            return counts
 
-        def done(_):
-            for _, _, d in batch:
-                d.callback(None)
+        def done(counts):
+            for (_, _, d), count in zip(batch, counts):
+                d.callback(count)
 
         def one_by_one(_failure):
             for query, args, d in batch:
-                self.registry.pool.runOperation(query, args).chainDeferred(d)
+                self.registry.pool.runInteraction(_rowcount, query, args).chainDeferred(d)
 
         d = self.registry.pool.runInteraction(run)
         d.addCallbacks(done, one_by_one)
         d.addBoth(lambda _: self._flush())
 
 
+def _rowcount(txn, query: str, args: tuple) -> int:
+    txn.execute(query, args)
+    return txn.rowcount
+
+
 class RegistrationConflict(Exception):
     """Another user already holds this foreign identity."""
+
+
+class InstanceConflict(Exception):
+    """Another live process already uses this instance id (or, on SQLite, this file)."""
 
 
 @dataclass
@@ -88,13 +105,22 @@ class QueueItem:
     attempts: int
     deadline: float
     created_at: float
+    #: The claim this process holds on the row: every change to the row is
+    #: conditional on it, so a lease taken over by another process fences us out.
+    token: str | None = None
+    #: Until when (this process's clock) the lease is known to be ours.
+    lease_until: float = 0.0
+    last_error: str | None = None
+    parked_at: float | None = None
 
 
 def _sqlite_open(conn) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
-    # NORMAL in WAL mode survives a process crash (SIGKILL); only a power
-    # loss can drop the last transactions.
-    conn.execute("PRAGMA synchronous=NORMAL")
+    # FULL: a commit is on disk before it returns, so the 250 to an SMTP
+    # client or the 200 to a webhook that follows it survives a power loss
+    # (NORMAL in WAL mode survives only a process crash). Group commit in
+    # _WriteBatcher keeps the fsyncs to one per batch.
+    conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=5000")
 
 
@@ -117,6 +143,9 @@ class SQLRegistry:
             self.path = url
         self.shared = self.dialect == "postgresql"
         self._batch = _WriteBatcher(self)
+        #: (started, until) of the last lease renewal that committed: claims
+        #: that were live when it started are ours until ``until``.
+        self.renewed: tuple[float, float] = (0.0, 0.0)
 
     # -- plumbing ---------------------------------------------------------
 
@@ -148,13 +177,9 @@ class SQLRegistry:
     @defer.inlineCallbacks
     def open(self):
         self.pool = self._connect()
+        # Opening never touches the queue: the registry CLI opens it next to a
+        # live gateway. Only a gateway process takes over claims (start_instance).
         yield self._interaction(self._migrate)
-        if not self.shared:
-            # Only this process uses an SQLite file: every claim is ours.
-            yield self._op("UPDATE queue SET claimed_by = NULL, claimed_until = NULL")
-        else:
-            yield self._op("UPDATE queue SET claimed_by = NULL, claimed_until = NULL WHERE claimed_by = ?",
-                           (self.instance_id,))
 
     def _migrate(self, txn) -> None:
         if self.dialect == "postgresql":
@@ -352,48 +377,244 @@ class SQLRegistry:
 
     # -- queue (outbox and inbox) -----------------------------------------
 
+    _INSERT_QUEUE = (
+        "INSERT INTO queue (id, component, jid, direction, payload, attempts, next_attempt, deadline, "
+        "claimed_by, claimed_until, claim_token, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+    def _insert_args(self, item: QueueItem, claimed: bool, now: float) -> tuple:
+        if claimed:
+            item.token, item.lease_until = new_token(), now + self.lease
+        return (item.id, item.component, item.jid, item.direction, json.dumps(item.payload), item.attempts,
+                now, item.deadline, self.instance_id if claimed else None,
+                item.lease_until if claimed else None, item.token if claimed else None, item.created_at)
+
     def enqueue(self, item: QueueItem, claimed: bool = True) -> defer.Deferred:
         """Store a message durably; by default already claimed by us, as we work on it at once."""
+        return self._batch.add(self._INSERT_QUEUE, self._insert_args(item, claimed, time.time()))
+
+    def enqueue_all(self, items: list[QueueItem]) -> defer.Deferred:
+        """Store several messages in one transaction: all of them or, on any failure, none."""
         now = time.time()
-        return self._batch.add(
-            "INSERT INTO queue (id, component, jid, direction, payload, attempts, next_attempt, deadline, "
-            "claimed_by, claimed_until, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (item.id, item.component, item.jid, item.direction, json.dumps(item.payload), item.attempts,
-             now, item.deadline, self.instance_id if claimed else None,
-             now + self.lease if claimed else None, item.created_at))
+        rows = [self._insert_args(item, True, now) for item in items]
+
+        def txn_insert(txn):
+            for args in rows:
+                txn.execute(self._sql(self._INSERT_QUEUE), args)
+
+        return self._interaction(txn_insert)
+
+    def enqueue_once(self, item: QueueItem, key: str) -> defer.Deferred:
+        """
+        Store ``item`` unless ``key`` (a foreign message id) was accepted before;
+        fires with whether it was new. The key and the row commit together, so a
+        replay after a crash between them cannot slip through.
+        """
+        now = time.time()
+        args = self._insert_args(item, True, now)
+
+        def txn_once(txn):
+            txn.execute(self._sql("INSERT INTO seen (component, key, created_at) VALUES (?, ?, ?) "
+                                  "ON CONFLICT (component, key) DO NOTHING"), (item.component, key, now))
+            if txn.rowcount == 0:
+                return False
+            txn.execute(self._sql(self._INSERT_QUEUE), args)
+            return True
+
+        return self._interaction(txn_once)
+
+    def purge_seen(self, older_than: float) -> defer.Deferred:
+        return self._op("DELETE FROM seen WHERE created_at < ?", (older_than,))
+
+    _QUEUE_COLUMNS = "id, component, jid, direction, payload, attempts, deadline, created_at, last_error, parked_at"
+
+    def _item(self, row, token: str | None = None, lease_until: float = 0.0) -> QueueItem:
+        return QueueItem(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7],
+                         token=token, lease_until=lease_until, last_error=row[8], parked_at=row[9])
 
     def claim(self, component: str, direction: str, limit: int = 100,
               now: float | None = None) -> defer.Deferred:
-        """Take up to ``limit`` due, unclaimed rows; oldest first."""
+        """Take up to ``limit`` due rows nobody holds a live lease on, oldest first."""
         now = time.time() if now is None else now
+        token = new_token()
         lock = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
         query = (
-            "UPDATE queue SET claimed_by = ?, claimed_until = ? WHERE id IN ("
+            "UPDATE queue SET claimed_by = ?, claimed_until = ?, claim_token = ? WHERE id IN ("
             "SELECT id FROM queue WHERE component = ? AND direction = ? AND next_attempt <= ? "
-            "AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY next_attempt LIMIT ?"
-            f"{lock}) RETURNING id, component, jid, direction, payload, attempts, deadline, created_at")
+            "AND parked_at IS NULL AND (claimed_until IS NULL OR claimed_until < ?) "
+            f"ORDER BY next_attempt, created_at LIMIT ?{lock}) RETURNING {self._QUEUE_COLUMNS}")
 
         def txn_claim(txn):
-            txn.execute(self._sql(query), (self.instance_id, now + self.lease, component, direction,
+            txn.execute(self._sql(query), (self.instance_id, now + self.lease, token, component, direction,
                                            now, now, limit))
-            rows = txn.fetchall()
-            items = [QueueItem(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6], r[7]) for r in rows]
+            items = [self._item(r, token, now + self.lease) for r in txn.fetchall()]
             return sorted(items, key=lambda i: i.created_at)
 
         return self._interaction(txn_claim)
 
-    def finish(self, item_id: str) -> defer.Deferred:
-        return self._batch.add("DELETE FROM queue WHERE id = ?", (item_id,))
+    _FENCE = " WHERE id = ? AND claim_token = ?"
 
-    def release(self, item_id: str, next_attempt: float, attempts: int, error: str | None = None) -> defer.Deferred:
-        """Give a row back for a later attempt."""
-        return self._batch.add("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, next_attempt = ?, "
-                               "attempts = ?, last_error = ? WHERE id = ?", (next_attempt, attempts, error, item_id))
+    def finish(self, item: QueueItem) -> defer.Deferred:
+        """Remove a row whose work is done; fires with 0 if another process owns it now."""
+        return self._batch.add("DELETE FROM queue" + self._FENCE, (item.id, item.token))
+
+    def release(self, item: QueueItem, next_attempt: float, attempts: int, error: str | None = None) -> defer.Deferred:
+        """Give a row back for a later attempt (by any process)."""
+        return self._batch.add("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, claim_token = NULL, "
+                               "next_attempt = ?, attempts = ?, last_error = ?" + self._FENCE,
+                               (next_attempt, attempts, error, item.id, item.token))
+
+    def park(self, item: QueueItem, reason: str) -> defer.Deferred:
+        """Set a row aside as a dead letter with its reason; the rows behind it flow on."""
+        return self._batch.add("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, claim_token = NULL, "
+                               "parked_at = ?, last_error = ?" + self._FENCE,
+                               (time.time(), reason[:1000], item.id, item.token))
+
+    def checkpoint(self, item: QueueItem) -> defer.Deferred:
+        """Store a changed payload (an adapter's progress on a multi-part send); fires with 0 if fenced out."""
+        return self._batch.add("UPDATE queue SET payload = ?" + self._FENCE,
+                               (json.dumps(item.payload), item.id, item.token))
+
+    def owns(self, item: QueueItem, margin: float, now: float | None = None) -> bool:
+        """Whether this process's lease on ``item`` is known, without asking the database, to last ``margin`` s more."""
+        now = time.time() if now is None else now
+        started, until = self.renewed
+        lease_until = until if item.lease_until >= started else item.lease_until
+        return lease_until - now > margin
+
+    def hold(self, item: QueueItem, now: float | None = None) -> defer.Deferred:
+        """
+        Extend our lease on ``item`` if it is still ours: the fence an attempt
+        passes before it sends. Fires with False when the lease ran out or another
+        process took the row over; the attempt must then not send.
+        """
+        now = time.time() if now is None else now
+        until = now + self.lease
+
+        def held(count):
+            if count:
+                item.lease_until = until
+            return bool(count)
+
+        return self._batch.add("UPDATE queue SET claimed_until = ?" + self._FENCE + " AND claimed_until >= ?",
+                               (until, item.id, item.token, now)).addCallback(held)
+
+    def renew(self, now: float | None = None) -> defer.Deferred:
+        """
+        Extend every live lease of this process (rows queued, in flight or
+        awaiting the inbound barrier) and its heartbeat. Rows whose lease already
+        ran out are not renewed: another process may have them now.
+        """
+        now = time.time() if now is None else now
+        until = now + self.lease
+
+        def txn_renew(txn):
+            txn.execute(self._sql("UPDATE queue SET claimed_until = ? WHERE claimed_by = ? AND claimed_until >= ?"),
+                        (until, self.instance_id, now))
+            txn.execute(self._sql("UPDATE instances SET heartbeat = ? WHERE instance_id = ?"),
+                        (now, self.instance_id))
+
+        def renewed(_):
+            self.renewed = (now, until)
+
+        return self._interaction(txn_renew).addCallback(renewed)
+
+    # -- instances --------------------------------------------------------
+
+    def start_instance(self, host: str, pid: int) -> defer.Deferred:
+        """
+        Register this process under its instance id and take back the claims a
+        dead earlier life of it left. Fails with InstanceConflict when a live
+        process already uses the id, or (SQLite, one process only) the file.
+        """
+        now = time.time()
+
+        def alive(row) -> bool:
+            other_id, other_host, other_pid, heartbeat = row
+            if heartbeat < now - self.lease:
+                return False
+            if other_host != host:
+                return True
+            if other_pid == pid:
+                return False
+            try:
+                os.kill(other_pid, 0)
+            except ProcessLookupError:
+                return False
+            except PermissionError:
+                return True
+            return True
+
+        def txn_start(txn):
+            if self.dialect == "postgresql":
+                txn.execute("SELECT pg_advisory_xact_lock(7471002)")
+            if self.shared:
+                txn.execute(self._sql("SELECT instance_id, host, pid, heartbeat FROM instances WHERE instance_id = ?"),
+                            (self.instance_id,))
+            else:
+                txn.execute("SELECT instance_id, host, pid, heartbeat FROM instances")
+            for row in txn.fetchall():
+                if alive(row):
+                    what = (f"instance_id {row[0]!r}" if self.shared else f"the SQLite registry {self.path}")
+                    raise InstanceConflict(
+                        f"another gateway process (pid {row[2]} on {row[1]}) is using {what}; "
+                        + ("give each process its own [gateway] instance_id" if self.shared else
+                           "SQLite serves one process: use PostgreSQL to run several"))
+            if self.shared:
+                txn.execute(self._sql("DELETE FROM instances WHERE instance_id = ?"), (self.instance_id,))
+                txn.execute(self._sql("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, claim_token = NULL "
+                                      "WHERE claimed_by = ?"), (self.instance_id,))
+            else:
+                # Only this process uses an SQLite file: every claim left is a dead one's.
+                txn.execute("DELETE FROM instances")
+                txn.execute("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, claim_token = NULL")
+            txn.execute(self._sql("INSERT INTO instances (instance_id, host, pid, heartbeat, started_at) "
+                                  "VALUES (?, ?, ?, ?, ?)"), (self.instance_id, host, pid, now, now))
+
+        return self._interaction(txn_start)
+
+    def stop_instance(self) -> defer.Deferred:
+        """A clean stop: the id is free at once (claims still held were released by their owners)."""
+        return self._op("DELETE FROM instances WHERE instance_id = ?", (self.instance_id,))
+
+    def live_instances(self) -> defer.Deferred:
+        """Instance ids with a heartbeat younger than a lease (the processes serving now)."""
+        d = self._run("SELECT instance_id FROM instances WHERE heartbeat >= ? ORDER BY instance_id",
+                      (time.time() - self.lease,))
+        return d.addCallback(lambda rows: [r[0] for r in rows])
+
+    # -- queue administration (the `queue` command) -----------------------
+
+    def list_queue(self, parked_only: bool = False, component: str | None = None) -> defer.Deferred:
+        where, args = [], []
+        if parked_only:
+            where.append("parked_at IS NOT NULL")
+        if component:
+            where.append("component = ?")
+            args.append(component)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        d = self._run(f"SELECT {self._QUEUE_COLUMNS} FROM queue{clause} ORDER BY created_at", args)
+        return d.addCallback(lambda rows: [self._item(r) for r in rows])
+
+    def retry_parked(self, ids: list[str]) -> defer.Deferred:
+        """Put parked rows back in the queue, due now; fires with how many."""
+        return self._ids_op("UPDATE queue SET parked_at = NULL, next_attempt = ?, attempts = 0 "
+                            "WHERE parked_at IS NOT NULL AND id IN ({})", (time.time(),), ids)
+
+    def drop(self, ids: list[str]) -> defer.Deferred:
+        """Delete rows for good (parked ones, by an operator); fires with how many."""
+        return self._ids_op("DELETE FROM queue WHERE parked_at IS NOT NULL AND id IN ({})", (), ids)
+
+    def _ids_op(self, query: str, args: tuple, ids: list[str]) -> defer.Deferred:
+        if not ids:
+            return defer.succeed(0)
+        marks = ", ".join("?" for _ in ids)
+        return self._interaction(_rowcount, self._sql(query.format(marks)), (*args, *ids))
 
     def queue_depth(self, component: str) -> defer.Deferred:
-        d = self._run("SELECT direction, COUNT(*) FROM queue WHERE component = ? GROUP BY direction",
-                      (component,))
-        return d.addCallback(lambda rows: {"out": 0, "in": 0} | {r[0]: r[1] for r in rows})
+        """Rows waiting per direction, and parked rows ("parked")."""
+        d = self._run("SELECT CASE WHEN parked_at IS NULL THEN direction ELSE 'parked' END, COUNT(*) FROM queue "
+                      "WHERE component = ? GROUP BY 1", (component,))
+        return d.addCallback(lambda rows: {"out": 0, "in": 0, "parked": 0} | {r[0]: r[1] for r in rows})
 
     # -- export / import --------------------------------------------------
 

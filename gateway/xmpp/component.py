@@ -25,9 +25,12 @@ from wokkel.component import Component
 
 log = Logger(namespace="gateway.xmpp.component")
 
-#: Stream errors that no reconnect can fix: a wrong secret, a domain the server
-#: does not know, or another process already serving the domain.
-FATAL_STREAM_ERRORS = frozenset({"not-authorized", "host-unknown", "conflict", "improper-addressing",
+#: Stream errors that no reconnect can fix: a wrong secret or a domain the
+#: server does not know. ``conflict`` is not among them: after a half-open link
+#: the server may still hold our old session, which goes away on its own, so it
+#: is retried with backoff like any lost stream (and logged each time, so an
+#: operator who started two processes for one Prosody domain sees why).
+FATAL_STREAM_ERRORS = frozenset({"not-authorized", "host-unknown", "improper-addressing",
                                  "invalid-namespace", "host-gone", "invalid-from"})
 NS_REGISTER = "jabber:iq:register"
 
@@ -147,6 +150,11 @@ class ComponentStream(Component):
             self.factory.stopTrying()
             log.critical("{message}", message=str(self.fatal))
             self.on_fatal(self.fatal)
+        elif exc.condition == "conflict":
+            log.warn("component {domain}: the server says another connection serves this domain "
+                     "(<conflict/>: a stale session of ours after a broken link, or a second process "
+                     "for a server that allows one connection per domain); retrying with backoff",
+                     domain=self.domain)
         else:
             log.warn("component {domain}: stream error <{condition}/> {text}", domain=self.domain,
                      condition=exc.condition, text=exc.text or "")

@@ -210,6 +210,9 @@ class StanzaOutput:
         for el in room_stanzas(self.domain, event, self.localpart):
             self.stream.send(el)
 
+    def barrier(self):
+        return self.stream.pinger.barrier()
+
     def send_receipt(self, user: str, resource: str | None, contact: str, xmpp_id: str) -> None:
         el = domish.Element((None, "message"))
         el["from"] = self.contact_jid(contact)

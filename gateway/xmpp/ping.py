@@ -1,12 +1,23 @@
 """
-XEP-0199: answer pings to the component and its contacts, and ping the server
-on a timer so a dead stream (a server that vanished without closing TCP) is
-noticed and reconnected instead of silently queuing forever.
+XEP-0199 on a component stream: answer pings to the component and its
+contacts, ping the server to find out whether the stream is still alive, and
+use an answered ping as the delivery barrier for inbound messages.
+
+XEP-0114 has no acknowledgements. A server handles one stream in order, so
+when it answers a ping it has read everything we wrote before it: that is the
+only proof of receipt a component can get (``barrier``).
+
+A stream is declared dead only when it makes no progress for ``timeout``
+seconds while a ping waits: nothing heard from the server *and* nothing of our
+own backlog taken by it. A slow answer behind thousands of presences we wrote
+is a busy server, not a dead one (the stream used to be dropped then, losing
+the backlog); a SIGSTOPped or vanished server takes nothing and says nothing.
 """
 
 from __future__ import annotations
 
-from twisted.internet import task
+from twisted.internet import defer
+from twisted.internet.error import ConnectionLost
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
@@ -18,9 +29,15 @@ log = Logger(namespace="gateway.xmpp.ping")
 
 
 def server_domain(component_domain: str) -> str:
-    """Where keepalives go: the parent domain, usually the server's own host."""
+    """Where pings go: the parent domain, usually the server's own host."""
     head, _, parent = component_domain.partition(".")
     return parent if "." in parent or parent == "localhost" else component_domain
+
+
+def unsent_bytes(transport) -> int:
+    """Bytes written to ``transport`` that the kernel has not taken yet (Twisted's own buffers)."""
+    buffered = getattr(transport, "dataBuffer", b"")
+    return (len(buffered) - getattr(transport, "offset", 0)) + getattr(transport, "_tempDataLen", 0)
 
 
 class PingHandler(XMPPHandler):
@@ -31,40 +48,104 @@ class PingHandler(XMPPHandler):
         self.interval = interval
         self.timeout = timeout
         self.clock = clock
-        self._loop: task.LoopingCall | None = None
         self._counter = 0
+        self._waiting: dict[str, list[defer.Deferred]] = {}
+        self._heard = 0.0
+        self._progress = 0.0
+        self._unsent = 0
+        self._watch = None
+        self._keepalive = None
+
+    # -- stream life ------------------------------------------------------
 
     def connectionInitialized(self):
-        self.xmlstream.addObserver(f"/iq[@type='get']/ping[@xmlns='{NS_PING}']", self.on_ping)
+        xs = self.xmlstream
+        xs.addObserver(f"/iq[@type='get']/ping[@xmlns='{NS_PING}']", self.on_ping)
+        xs.addObserver("/iq[@type='result']", self._answered)
+        xs.addObserver("/iq[@type='error']", self._answered)
+        received = xs.dataReceived
+
+        def data_received(data):
+            self._heard = self.clock.seconds()
+            received(data)
+
+        xs.dataReceived = data_received
+        self._heard = self._progress = self.clock.seconds()
         if self.interval > 0:
-            self._loop = task.LoopingCall(self.keepalive, self.xmlstream)
-            self._loop.clock = self.clock
-            self._loop.start(self.interval, now=False)
+            self._keepalive = self.clock.callLater(self.interval, self._idle_check)
 
     def connectionLost(self, reason):
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
+        for timer in (self._watch, self._keepalive):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._watch = self._keepalive = None
+        waiting, self._waiting = self._waiting, {}
+        for ds in waiting.values():
+            for d in ds:
+                d.errback(ConnectionLost("the component stream ended before the server answered"))
 
     def on_ping(self, iq):
         iq.handled = True
         self.send(toResponse(iq, "result"))
 
-    def keepalive(self, xs) -> None:
-        """Any answer, result or error, proves the stream is alive."""
+    # -- pings ------------------------------------------------------------
+
+    def barrier(self) -> defer.Deferred:
+        """Fires once the server has answered a ping written after everything sent so far."""
+        if self.xmlstream is None or self.xmlstream.transport is None:
+            return defer.fail(ConnectionLost("the component stream is down"))
+        d = defer.Deferred()
+        self._waiting[self._ping()].append(d)
+        return d
+
+    def _ping(self) -> str:
         self._counter += 1
         iq = domish.Element((None, "iq"))
         iq["type"] = "get"
-        iq["id"] = f"keepalive-{self._counter}"
+        iq["id"] = ping_id = f"gw-ping-{self._counter}"
         iq["to"] = self.target
         iq["from"] = self.domain
         iq.addElement((NS_PING, "ping"))
-        timer = self.clock.callLater(self.timeout, self._dead, xs)
-        xs.addOnetimeObserver(f"/iq[@id='{iq['id']}']", lambda _: timer.active() and timer.cancel())
-        xs.send(iq)
+        self._waiting[ping_id] = []
+        self.xmlstream.send(iq)
+        if self._watch is None or not self._watch.active():
+            self._unsent = unsent_bytes(self.xmlstream.transport)
+            self._progress = self.clock.seconds()
+            self._watch = self.clock.callLater(self.timeout, self._check)
+        return ping_id
 
-    def _dead(self, xs) -> None:
-        log.warn("component {domain}: no answer to a keepalive ping in {t} s; dropping the stream",
-                 domain=self.domain, t=self.timeout)
-        if xs.transport is not None:
-            xs.transport.abortConnection()
+    def _answered(self, iq):
+        """Any answer, result or error, proves the server read the stream up to our ping."""
+        waiting = self._waiting.pop(iq.getAttribute("id"), None)
+        if waiting is None:
+            return
+        iq.handled = True
+        for d in waiting:
+            d.callback(None)
+        if not self._waiting and self._watch is not None and self._watch.active():
+            self._watch.cancel()
+
+    def _idle_check(self) -> None:
+        """Keepalive: a ping when the server has been silent for a whole interval."""
+        now = self.clock.seconds()
+        if now - self._heard >= self.interval and not self._waiting:
+            self._ping()
+        self._keepalive = self.clock.callLater(self.interval, self._idle_check)
+
+    def _check(self) -> None:
+        """A ping is waiting: is the stream still moving?"""
+        if not self._waiting or self.xmlstream is None or self.xmlstream.transport is None:
+            return
+        now = self.clock.seconds()
+        unsent = unsent_bytes(self.xmlstream.transport)
+        if unsent < self._unsent:
+            self._progress = now               # the server is taking our backlog
+        self._unsent = unsent
+        progress = max(self._progress, self._heard)
+        if now - progress < self.timeout:
+            self._watch = self.clock.callLater(progress + self.timeout - now, self._check)
+            return
+        log.warn("component {domain}: no answer and no progress on the stream for {t} s; dropping it "
+                 "(what it did not confirm is written again after the reconnect)", domain=self.domain,
+                 t=self.timeout)
+        self.xmlstream.transport.abortConnection()

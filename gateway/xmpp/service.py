@@ -46,11 +46,13 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
                              gateway_settings["allowed_domains"], on_fatal, reactor)
     disco_info = GatewayDisco(component.domain, component.name, bridge.adapter)
     presence = PresenceHandler(stream, bridge, disco_info)
+    stream.pinger = PingHandler(component.domain, xmpp_settings["ping_interval"], xmpp_settings["ping_timeout"],
+                                reactor)
     for handler in (
         DiscoHandler(),
         disco_info,
         VersionHandler(),
-        PingHandler(component.domain, xmpp_settings["ping_interval"], xmpp_settings["ping_timeout"], reactor),
+        stream.pinger,
         presence,
         RegisterHandler(stream, bridge, presence),
         GatewayIQHandler(component.domain, bridge),

@@ -316,8 +316,16 @@ def test_inbound_is_held_while_the_stream_is_down(wire):
     yield wire.bridge.stream_up()
     held = yield wire.wait(lambda el: find(el, "body") is not None)
     assert str(find(held, "body")) == "while you were away"
+    # Written, but XEP-0114 has no acks: the row stays until the server answers the ping written after it.
+    barrier = yield wire.wait(lambda el: el.name == "iq" and find(el, "ping") is not None)
+    yield wire.quiet(0.2)
+    assert (yield wire.registry.queue_depth(DOMAIN))["in"] == 1
+    wire.feed(f"<iq type='result' id='{barrier['id']}' from='example.org' to='{DOMAIN}'/>")
+    for _ in range(100):
+        if (yield wire.registry.queue_depth(DOMAIN))["in"] == 0:
+            break
+        yield wire.quiet(0.02)
     assert (yield wire.registry.queue_depth(DOMAIN))["in"] == 0
-    yield defer.succeed(None)
 
 
 @pytest_twisted.inlineCallbacks

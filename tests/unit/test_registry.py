@@ -85,7 +85,7 @@ def test_update_subscription_and_delete_removes_user_data(registry):
     assert (yield registry.delete_registration("c.example", "u@example.org")) is True
     assert (yield registry.get_registration("c.example", "u@example.org")) is None
     assert (yield registry.message_by_foreign_id("c.example", "f1")) is None
-    assert (yield registry.queue_depth("c.example")) == {"out": 1, "in": 0}
+    assert (yield registry.queue_depth("c.example")) == {"out": 1, "in": 0, "parked": 0}
     assert (yield registry.delete_registration("c.example", "u@example.org")) is False
 
 
@@ -117,14 +117,15 @@ def test_queue_claim_release_finish(registry):
     again = yield registry.claim("c.example", "out", limit=10)
     assert [i.payload["body"] for i in again] == ["m2"]          # claimed rows are not handed out twice
     assert (yield registry.claim("c.example", "out")) == []
-    yield registry.release(claimed[0].id, next_attempt=0, attempts=1, error="boom")
+    yield registry.release(claimed[0], next_attempt=0, attempts=1, error="boom")
     retried = yield registry.claim("c.example", "out")
     assert [(i.payload["body"], i.attempts) for i in retried] == [("m0", 1)]
-    yield registry.release(claimed[1].id, next_attempt=10**12, attempts=1)
+    yield registry.release(claimed[1], next_attempt=10**12, attempts=1)
     assert (yield registry.claim("c.example", "out")) == []      # not yet due
-    for i in claimed + again:
-        yield registry.finish(i.id)
-    assert (yield registry.queue_depth("c.example")) == {"out": 0, "in": 1}
+    assert (yield registry.finish(claimed[0])) == 0               # fenced: retried under another claim
+    for i in retried + again:
+        assert (yield registry.finish(i)) == 1
+    assert (yield registry.queue_depth("c.example")) == {"out": 1, "in": 1, "parked": 0}
     inbound = yield registry.claim("c.example", "in")
     assert [i.payload["body"] for i in inbound] == ["m9"]
 
@@ -138,14 +139,105 @@ def test_expired_claims_are_taken_over(registry):
 
 
 @pytest_twisted.inlineCallbacks
-def test_reopen_takes_back_own_claims_and_keeps_data(registry):
+def test_restart_takes_back_own_claims_and_keeps_data(registry):
+    yield registry.start_instance("host-a", 2**22 + 19)      # a pid no process has
     yield registry.enqueue(item(n=1))
     yield registry.put_registration(Registration("c.example", "u@example.org"))
     registry.close()
-    yield registry.open()                                        # a restart under the same instance id
-    assert (yield registry.schema_version()) == 3
+    yield registry.open()                                        # the CLI opening it changes no claim
+    assert (yield registry.schema_version()) == 4
+    assert (yield registry.claim("c.example", "out")) == []
+    yield registry.start_instance("host-a", 2**22 + 17)          # a restart: the old pid is gone
     assert len((yield registry.claim("c.example", "out"))) == 1
     assert (yield registry.get_registration("c.example", "u@example.org")) is not None
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_live_instance_id_is_refused(registry):
+    import os
+
+    from gateway.registry import InstanceConflict
+
+    yield registry.start_instance("host-a", os.getppid())        # a live process (our parent) holds the id
+    with pytest.raises(InstanceConflict):
+        yield registry.start_instance("host-a", os.getpid())
+    with pytest.raises(InstanceConflict):
+        yield registry.start_instance("host-b", os.getpid())    # alive elsewhere: its heartbeat is fresh
+    yield registry.stop_instance()
+    yield registry.start_instance("host-b", os.getpid())        # a clean stop frees it
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_lease_taken_over_fences_the_old_owner_out(registry):
+    """A process whose lease ran out can neither send (hold), finish, release nor park the row."""
+    import time
+
+    yield registry.enqueue(item(n=1))
+    mine = (yield registry.claim("c.example", "out", now=time.time() + 61))[0]   # our first lease ran out
+    other = SQLRegistry(registry.url if registry.dialect == "postgresql" else f"sqlite:///{registry.path}",
+                        KEY, instance_id="test-2", lease=60)
+    yield other.open()
+    theirs = (yield other.claim("c.example", "out", now=time.time() + 200))[0]   # and then this one's
+    assert theirs.id == mine.id and theirs.token != mine.token
+    assert (yield registry.hold(mine)) is False
+    assert (yield registry.finish(mine)) == 0
+    assert (yield registry.release(mine, 0, 1)) == 0
+    assert (yield registry.park(mine, "x")) == 0
+    assert (yield other.hold(theirs, now=time.time() + 200)) is True
+    assert (yield other.finish(theirs)) == 1
+    other.close()
+
+
+@pytest_twisted.inlineCallbacks
+def test_renewal_keeps_live_leases_only(registry):
+    import time
+
+    yield registry.enqueue(item(n=1))
+    first = (yield registry.claim("c.example", "out", now=time.time() + 61))[0]
+    now = time.time()
+    assert registry.owns(first, margin=30, now=now) is False or first.lease_until - now > 30
+    yield registry.renew(now=time.time() + 100)                  # renews the live claim taken at +61
+    assert registry.owns(first, margin=30, now=time.time() + 120)
+    assert (yield registry.claim("c.example", "out", now=time.time() + 150)) == []   # renewed: not free yet
+
+
+@pytest_twisted.inlineCallbacks
+def test_parked_rows_wait_for_the_operator(registry):
+    yield registry.enqueue(item(n=1, direction="in"))
+    yield registry.enqueue(item(n=2, direction="in"), claimed=False)
+    mine = (yield registry.claim("c.example", "in", now=__import__("time").time() + 61))
+    poison = next(i for i in mine if i.payload["body"] == "m1")
+    assert (yield registry.park(poison, "OverflowError: cannot convert float infinity")) == 1
+    assert (yield registry.queue_depth("c.example")) == {"out": 0, "in": 1, "parked": 1}
+    assert (yield registry.claim("c.example", "in", now=__import__("time").time() + 300)) != []
+    parked = yield registry.list_queue(parked_only=True)
+    assert [(p.id, p.last_error) for p in parked] == [(poison.id, "OverflowError: cannot convert float infinity")]
+    assert (yield registry.retry_parked([poison.id, "nope"])) == 1
+    assert (yield registry.queue_depth("c.example"))["parked"] == 0
+    again = yield registry.claim("c.example", "in", now=__import__("time").time() + 600)
+    assert poison.id in [i.id for i in again]
+    yield registry.park(next(i for i in again if i.id == poison.id), "still bad")
+    assert (yield registry.drop([poison.id])) == 1
+    assert (yield registry.list_queue(parked_only=True)) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_foreign_ids_are_accepted_once(registry):
+    assert (yield registry.enqueue_once(item(n=1, direction="in"), "twilio:SM1")) is True
+    assert (yield registry.enqueue_once(item(n=2, direction="in"), "twilio:SM1")) is False
+    assert (yield registry.queue_depth("c.example"))["in"] == 1
+    yield registry.purge_seen(older_than=10**12)
+    assert (yield registry.enqueue_once(item(n=3, direction="in"), "twilio:SM1")) is True
+
+
+@pytest_twisted.inlineCallbacks
+def test_enqueue_all_is_all_or_nothing(registry):
+    yield registry.enqueue(item(n=2, direction="in"))
+    with pytest.raises(Exception):
+        yield registry.enqueue_all([item(n=1, direction="in"), item(n=2, direction="in")])  # 2 exists: fails
+    assert (yield registry.queue_depth("c.example"))["in"] == 1
+    yield registry.enqueue_all([item(n=1, direction="in"), item(n=3, direction="in")])
+    assert (yield registry.queue_depth("c.example"))["in"] == 3
 
 
 @pytest_twisted.inlineCallbacks
