@@ -102,6 +102,31 @@ def cmd_registry(args) -> int:
     return 0
 
 
+def cmd_queue(args) -> int:
+    """Dead letters for the operator: see why a row was parked, put it back, or drop it."""
+    import datetime
+
+    if args.action == "list":
+        items = _with_registry(args, lambda r: r.list_queue(parked_only=not args.all, component=args.component))
+        for item in items:
+            when = datetime.datetime.fromtimestamp(item.created_at, datetime.timezone.utc)
+            state = "parked" if item.parked_at is not None else "queued"
+            print(f"{item.id}\t{item.component}\t{item.direction}\t{item.jid}\t{state}\t"
+                  f"{when:%Y-%m-%d %H:%M:%S}Z\t{item.last_error or ''}")
+        print(f"{len(items)} {'row' if args.all else 'parked row'}(s)", file=sys.stderr)
+        return 0
+    if not args.ids:
+        print(f"queue {args.action} needs the ids of parked rows (from `queue list`)", file=sys.stderr)
+        return 1
+    if args.action == "retry":
+        count = _with_registry(args, lambda r: r.retry_parked(args.ids))
+        print(f"{count} parked row(s) queued again")
+    else:
+        count = _with_registry(args, lambda r: r.drop(args.ids))
+        print(f"{count} parked row(s) dropped")
+    return 0 if count == len(set(args.ids)) else 1
+
+
 def cmd_genkey(args) -> int:
     from gateway.registry.crypto import SecretBox
 
@@ -199,6 +224,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("file", nargs="?", help="export: where to write (default stdout); import: what to read")
     p.add_argument("--config", "-c", required=True)
     p.set_defaults(func=cmd_registry)
+
+    p = sub.add_parser("queue", help="list, retry or drop parked messages (dead letters)")
+    p.add_argument("action", choices=("list", "retry", "drop"))
+    p.add_argument("ids", nargs="*", help="retry/drop: ids of parked rows")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--all", action="store_true", help="list: every queued row, not only parked ones")
+    p.add_argument("--component", help="list: one component's rows only")
+    p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("genkey", help="print a new key for registry.secret_key")
     p.set_defaults(func=cmd_genkey)
