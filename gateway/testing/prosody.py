@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 
 from gateway.testing.process import Server, free_port, make_dir
@@ -22,7 +23,7 @@ component_ports = {{ {component} }}
 component_interfaces = {{ "127.0.0.1" }}
 c2s_direct_tls_ports = {{ }}
 legacy_ssl_ports = {{ }}
-modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq"; }}
+modules_enabled = {{ "roster"; "saslauth"; "disco"; "ping"; "presence"; "message"; "iq";{modules} }}
 modules_disabled = {{ "s2s" }}
 c2s_require_encryption = false
 allow_unencrypted_plain_auth = true
@@ -45,7 +46,7 @@ def prosody_binary() -> str:
 class Prosody:
     def __init__(self, workdir: str, components: dict[str, str], host: str = "localhost",
                  extra_hosts: tuple[str, ...] = (), level: str = "info", snippet_path: str | None = None,
-                 c2s_port: int | None = None):
+                 c2s_port: int | None = None, modules: tuple[str, ...] = ()):
         self.dir = make_dir(workdir)
         self.host = host
         self.extra_hosts = extra_hosts
@@ -54,6 +55,7 @@ class Prosody:
         self.component_port = free_port()
         self.level = level
         self.snippet_path = snippet_path
+        self.modules = modules
         self.config_path = os.path.join(self.dir, "prosody.cfg.lua")
         self.server: Server | None = None
         make_dir(os.path.join(self.dir, "data"))
@@ -75,6 +77,7 @@ class Prosody:
     def _write_config(self) -> None:
         text = CONFIG.format(dir=self.dir, level=self.level, c2s=self.c2s_port, component=self.component_port,
                              host=self.host, components=self._components_text(),
+                             modules="".join(f' "{m}";' for m in self.modules),
                              extra_hosts="\n".join(f'VirtualHost "{h}"' for h in self.extra_hosts))
         with open(self.config_path, "w", encoding="utf-8") as f:
             f.write(text)
@@ -100,6 +103,18 @@ class Prosody:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def kill(self) -> None:
+        """SIGKILL: no goodbye to anyone, buffers in the process lost."""
+        if self.server:
+            self.server.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP: the sockets stay open and the kernel buffers fill, but nothing is read (a half-open link)."""
+        os.killpg(self.server.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.server.proc.pid, signal.SIGCONT)
 
     def register(self, user: str, password: str, host: str | None = None) -> str:
         subprocess.run(["prosodyctl", "--config", self.config_path, "register", user, host or self.host, password],

@@ -16,7 +16,7 @@ from zope.interface import implementer
 from gateway.interfaces import IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, escape, unescape
-from gateway.xmpp.muc import room_message_strings, room_stanzas
+from gateway.xmpp.muc import NS_SID, room_message_strings, room_stanzas
 from gateway.xmpp.stanzas import error_reply, parse_jid, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
 
@@ -179,6 +179,9 @@ class StanzaOutput:
             el.addElement((NS_CHATSTATES, message.chat_state))
         elif body is not None and message.type == "chat":
             el.addElement((NS_CHATSTATES, "active"))
+        # XEP-0359: the id is stable across every write of this message, so a
+        # client deduplicates the repeat the inbound barrier may make after a crash.
+        el.addElement((NS_SID, "origin-id"))["id"] = message.id
         if message.timestamp:
             stamp = datetime.datetime.fromtimestamp(message.timestamp, datetime.timezone.utc)
             delay = el.addElement((NS_DELAY, "delay"))

@@ -9,12 +9,17 @@ only proof of receipt a component can get (``barrier``).
 
 A stream is declared dead only when it makes no progress for ``timeout``
 seconds while a ping waits: nothing heard from the server *and* nothing of our
-own backlog taken by it. A slow answer behind thousands of presences we wrote
+own backlog taken by it (checked every ``timeout`` seconds, so a frozen
+server is found within one to two timeouts). A slow answer behind thousands of presences we wrote
 is a busy server, not a dead one (the stream used to be dropped then, losing
 the backlog); a SIGSTOPped or vanished server takes nothing and says nothing.
 """
 
 from __future__ import annotations
+
+import fcntl
+import struct
+import termios
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
@@ -35,9 +40,20 @@ def server_domain(component_domain: str) -> str:
 
 
 def unsent_bytes(transport) -> int:
-    """Bytes written to ``transport`` that the kernel has not taken yet (Twisted's own buffers)."""
+    """
+    Bytes written to ``transport`` that the peer has not acknowledged yet:
+    Twisted's own buffer plus, where the kernel tells (TIOCOUTQ on Linux), the
+    socket's send queue. A server that reads shrinks it even while it is too
+    busy to answer a ping; a frozen one does not.
+    """
     buffered = getattr(transport, "dataBuffer", b"")
-    return (len(buffered) - getattr(transport, "offset", 0)) + getattr(transport, "_tempDataLen", 0)
+    unsent = (len(buffered) - getattr(transport, "offset", 0)) + getattr(transport, "_tempDataLen", 0)
+    try:
+        fd = transport.fileno()
+        unsent += struct.unpack("i", fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    except (AttributeError, OSError, ValueError):
+        pass
+    return unsent
 
 
 class PingHandler(XMPPHandler):

@@ -84,5 +84,9 @@ class EchoAdapter(AdapterBase):
             reply = InboundMessage(component=message.component, user=message.user, sender=message.recipient,
                                    body=body, subject=message.subject, thread=message.thread,
                                    attachments=list(message.attachments))
+        # The echo network knows each message by its id, as a real network's
+        # idempotency key: a resend after a crash between its echo and the
+        # outbox's confirmation is recognised, and its echo not delivered twice.
+        reply.dedupe_key = f"echo:{message.id}"
         d = self.context.deliver(reply)
         return d.addCallback(lambda _: SendResult(foreign_id=f"echo-{message.id}", delivered=True))

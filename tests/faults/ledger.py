@@ -1,0 +1,125 @@
+"""
+The ledger every fault case ends with: what users sent, what the gateway
+accepted, what came back, and what was duplicated or lost.
+
+A message is *accepted* unless its sender got an error for it (then the
+sender knows, and that is allowed). Every accepted message must come back
+exactly once: ``lost`` and ``duplicates`` must both be 0.
+
+A *duplicate* is the same body arriving again under another stanza id: no
+client can tell it from a new message. A *repeat* is the same stanza written
+again with the same id and XEP-0359 origin-id, which is what the inbound
+barrier does when the gateway dies between writing a message and the
+server's answer to the ping behind it (XEP-0114 has no acknowledgements, so
+the gateway cannot know whether the server read it). Clients that keep
+message ids (Conversations, Dino, Gajim) show a repeat once; the ledger counts
+repeats separately so their rate is measured, not hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tests.integration.harness import body
+
+
+@dataclass
+class Ledger:
+    sent: list[str] = field(default_factory=list)
+    #: stanza id -> body of what users sent (errors come back with the id).
+    by_id: dict[str, str] = field(default_factory=dict)
+    errors: set[str] = field(default_factory=set)
+    received: Counter = field(default_factory=Counter)
+    ids: dict[str, set[str]] = field(default_factory=dict)
+
+    def send(self, client, to: str, text: str) -> None:
+        self.sent.append(text)
+        self.by_id[client.send_chat(to, text)] = text
+
+    def expect(self, text: str) -> None:
+        """A message that must arrive without a user sending it (injected straight into the queue)."""
+        self.sent.append(text)
+
+    def note(self, stanza) -> None:
+        """Record one stanza a user received (echoes of our bodies, or errors for them)."""
+        if stanza.get("type") == "error":
+            text = self.by_id.get(stanza.get("id")) or body(stanza)
+            if text:
+                self.errors.add(text)
+            return
+        text = body(stanza)
+        if text and text in self._sent_set:
+            self.received[text] += 1
+            self.ids.setdefault(text, set()).add(stanza.get("id"))
+
+    @property
+    def _sent_set(self) -> set[str]:
+        if len(getattr(self, "_cache", ())) != len(self.sent):
+            self._cache = set(self.sent)
+        return self._cache
+
+    def report(self) -> dict[str, int]:
+        accepted = [b for b in self.sent if b not in self.errors]
+        return {
+            "sent": len(self.sent),
+            "accepted": len(accepted),
+            "errors reported": len(self.errors),
+            "delivered": sum(1 for b in accepted if self.received[b] >= 1),
+            "lost": sum(1 for b in accepted if self.received[b] == 0),
+            "duplicates": sum(len(self.ids[b]) - 1 for b in self.received if len(self.ids[b]) > 1),
+            "repeats (same id)": sum(n - len(self.ids[b]) for b, n in self.received.items()),
+        }
+
+    def missing(self) -> list[str]:
+        return [b for b in self.sent if b not in self.errors and self.received[b] == 0]
+
+    def duplicated(self) -> dict[str, int]:
+        """Bodies that arrived under more than one stanza id (true duplicates)."""
+        return {b: len(ids) for b, ids in self.ids.items() if len(ids) > 1}
+
+
+async def drain(clients, ledger: Ledger, settle: float = 3.0, timeout: float = 60.0) -> None:
+    """Read what arrives until nothing is missing (or ``timeout``), then ``settle`` s more for late duplicates."""
+    deadline = time.monotonic() + timeout
+    while ledger.missing() and time.monotonic() < deadline:
+        await pump(clients, ledger, 0.2)
+    await pump(clients, ledger, settle)
+
+
+async def pump(clients, ledger: Ledger, seconds: float) -> None:
+    """Move everything the clients received within ``seconds`` into the ledger."""
+    end = time.monotonic() + seconds
+    while True:
+        for c in clients:
+            while not c.messages.empty():
+                ledger.note(c.messages.get_nowait())
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(0.05, left))
+
+
+async def steady(clients, ledger: Ledger, contact_jids: list[str], seconds: float, rate: float,
+                 prefix: str = "m") -> None:
+    """Each client sends ``rate`` messages a second for ``seconds``, round-robin over contacts."""
+    n = 0
+    end = time.monotonic() + seconds
+    interval = 1.0 / rate
+    while time.monotonic() < end:
+        for i, c in enumerate(clients):
+            ledger.send(c, contact_jids[n % len(contact_jids)], f"{prefix}-{i}-{n}")
+        n += 1
+        await pump(clients, ledger, interval)
+
+
+def summary(ledger: Ledger) -> str:
+    r = ledger.report()
+    extra = ""
+    if r["lost"]:
+        extra += f"; lost e.g. {ledger.missing()[:5]}"
+    if r["duplicates"]:
+        extra += f"; duplicated e.g. {list(ledger.duplicated().items())[:5]}"
+    return ", ".join(f"{k} {v}" for k, v in r.items()) + extra
