@@ -4,8 +4,13 @@ contacts, ping the server to find out whether the stream is still alive, and
 use an answered ping as the delivery barrier for inbound messages.
 
 XEP-0114 has no acknowledgements. A server handles one stream in order, so
-when it answers a ping it has read everything we wrote before it: that is the
-only proof of receipt a component can get (``barrier``).
+when a ping we wrote comes back to us it has read and routed everything we
+wrote before it: that is the only proof of receipt a component can get
+(``barrier``). The ping is addressed from and to one of our own JIDs (the
+``probe``) rather than to the server: behind ejabberd's ``domain_balancing``
+the server's answer is routed by *its* sender and may reach another
+connection, while a stanza from our probe JID comes back on the connection
+whose slot that JID hashes to (see docs/notes-ejabberd-balancing.md).
 
 A stream is declared dead only when it makes no progress for ``timeout``
 seconds while a ping waits: nothing heard from the server *and* nothing of our
@@ -33,12 +38,6 @@ NS_PING = "urn:xmpp:ping"
 log = Logger(namespace="gateway.xmpp.ping")
 
 
-def server_domain(component_domain: str) -> str:
-    """Where pings go: the parent domain, usually the server's own host."""
-    head, _, parent = component_domain.partition(".")
-    return parent if "." in parent or parent == "localhost" else component_domain
-
-
 def unsent_bytes(transport) -> int:
     """
     Bytes written to ``transport`` that the peer has not acknowledged yet:
@@ -60,7 +59,8 @@ class PingHandler(XMPPHandler):
     def __init__(self, domain: str, interval: float, timeout: float, clock):
         super().__init__()
         self.domain = domain
-        self.target = server_domain(domain)
+        #: The JID our pings go from and to; one that routes back to this connection.
+        self.probe = f"gw-probe@{domain}"
         self.interval = interval
         self.timeout = timeout
         self.clock = clock
@@ -68,7 +68,8 @@ class PingHandler(XMPPHandler):
         self._waiting: dict[str, list[defer.Deferred]] = {}
         self._heard = 0.0
         self._progress = 0.0
-        self._unsent = 0
+        self._written = 0
+        self._taken = 0
         self._watch = None
         self._keepalive = None
 
@@ -76,8 +77,8 @@ class PingHandler(XMPPHandler):
 
     def connectionInitialized(self):
         xs = self.xmlstream
+        xs.addObserver(f"/iq[@type='get']/ping[@xmlns='{NS_PING}']", self._answered, priority=1)
         xs.addObserver(f"/iq[@type='get']/ping[@xmlns='{NS_PING}']", self.on_ping)
-        xs.addObserver("/iq[@type='result']", self._answered)
         xs.addObserver("/iq[@type='error']", self._answered)
         received = xs.dataReceived
 
@@ -86,6 +87,14 @@ class PingHandler(XMPPHandler):
             received(data)
 
         xs.dataReceived = data_received
+        self._written = 0
+        transport, write = xs.transport, xs.transport.write
+
+        def counted_write(data):
+            self._written += len(data)
+            write(data)
+
+        transport.write = counted_write
         self._heard = self._progress = self.clock.seconds()
         if self.interval > 0:
             self._keepalive = self.clock.callLater(self.interval, self._idle_check)
@@ -101,6 +110,8 @@ class PingHandler(XMPPHandler):
                 d.errback(ConnectionLost("the component stream ended before the server answered"))
 
     def on_ping(self, iq):
+        if getattr(iq, "handled", False):
+            return
         iq.handled = True
         self.send(toResponse(iq, "result"))
 
@@ -108,7 +119,7 @@ class PingHandler(XMPPHandler):
 
     def barrier(self) -> defer.Deferred:
         """Fires once the server has answered a ping written after everything sent so far."""
-        if self.xmlstream is None or self.xmlstream.transport is None:
+        if not self.parent.connected or self.xmlstream is None or self.xmlstream.transport is None:
             return defer.fail(ConnectionLost("the component stream is down"))
         d = defer.Deferred()
         self._waiting[self._ping()].append(d)
@@ -119,19 +130,20 @@ class PingHandler(XMPPHandler):
         iq = domish.Element((None, "iq"))
         iq["type"] = "get"
         iq["id"] = ping_id = f"gw-ping-{self._counter}"
-        iq["to"] = self.target
-        iq["from"] = self.domain
+        iq["to"] = iq["from"] = self.probe
         iq.addElement((NS_PING, "ping"))
         self._waiting[ping_id] = []
         self.xmlstream.send(iq)
         if self._watch is None or not self._watch.active():
-            self._unsent = unsent_bytes(self.xmlstream.transport)
+            self._taken = self._consumed()
             self._progress = self.clock.seconds()
             self._watch = self.clock.callLater(self.timeout, self._check)
         return ping_id
 
     def _answered(self, iq):
-        """Any answer, result or error, proves the server read the stream up to our ping."""
+        """Our ping back (or an error for it) proves the server read the stream up to it."""
+        if iq.getAttribute("from") != self.probe:
+            return
         waiting = self._waiting.pop(iq.getAttribute("id"), None)
         if waiting is None:
             return
@@ -140,6 +152,10 @@ class PingHandler(XMPPHandler):
             d.callback(None)
         if not self._waiting and self._watch is not None and self._watch.active():
             self._watch.cancel()
+
+    def _consumed(self) -> int:
+        """Bytes of this stream the server has acknowledged (written minus still unsent)."""
+        return self._written - unsent_bytes(self.xmlstream.transport)
 
     def _idle_check(self) -> None:
         """Keepalive: a ping when the server has been silent for a whole interval."""
@@ -153,10 +169,10 @@ class PingHandler(XMPPHandler):
         if not self._waiting or self.xmlstream is None or self.xmlstream.transport is None:
             return
         now = self.clock.seconds()
-        unsent = unsent_bytes(self.xmlstream.transport)
-        if unsent < self._unsent:
+        taken = self._consumed()
+        if taken > self._taken:
             self._progress = now               # the server is taking our backlog
-        self._unsent = unsent
+        self._taken = taken
         progress = max(self._progress, self._heard)
         if now - progress < self.timeout:
             self._watch = self.clock.callLater(progress + self.timeout - now, self._check)

@@ -119,7 +119,7 @@ def summary(ledger: Ledger) -> str:
     r = ledger.report()
     extra = ""
     if r["lost"]:
-        extra += f"; lost e.g. {ledger.missing()[:5]}"
+        extra += f"; lost e.g. {[b[:40] for b in ledger.missing()[:5]]}"
     if r["duplicates"]:
-        extra += f"; duplicated e.g. {list(ledger.duplicated().items())[:5]}"
+        extra += f"; duplicated e.g. {[(b[:40], n) for b, n in list(ledger.duplicated().items())[:5]]}"
     return ", ".join(f"{k} {v}" for k, v in r.items()) + extra

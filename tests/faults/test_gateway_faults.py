@@ -21,7 +21,7 @@ import uuid
 from tests.faults.conftest import COMPONENTS, LONG, start_gateway
 from tests.faults.ledger import Ledger, drain, pump, steady, summary
 from tests.integration.gateway_fixture import registered_client
-from tests.integration.harness import Client, run, run_then_stop
+from tests.integration.harness import Client, http_get, run, run_then_stop
 
 
 def assert_clean(ledger: Ledger, what: str) -> None:
@@ -34,6 +34,14 @@ def assert_clean(ledger: Ledger, what: str) -> None:
 def cli(gateway, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gateway.cli", *args, "--config", gateway.config_path],
                           capture_output=True, text=True, timeout=30)
+
+
+def messages_received(gateway) -> float:
+    """Message stanzas the gateway has read from its stream (its own /metrics)."""
+    _, text = http_get(f"http://127.0.0.1:{gateway.web_port}/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("xmpp_gateway_stanzas_total{") and 'direction="in"' in line
+               and 'type="message"' in line)
 
 
 def insert_inbound(db: str, component: str, user: str, rows: list[dict]) -> None:
@@ -171,25 +179,35 @@ def test_a_poison_inbound_row_is_parked_and_the_rest_flows(prosody, fresh_dir):
 
 
 def test_half_open_link_loses_no_inbound_message(prosody, fresh_dir):
-    """The server is SIGSTOPped past the ping timeout while replies are written to it, then SIGCONTed."""
-    gateway = start_gateway(prosody, fresh_dir, "fstop", options={"delay": 1.0},
+    """
+    The server is SIGSTOPped past the ping timeout while megabytes of replies
+    are written to it, then SIGCONTed. What filled the socket buffers when
+    the gateway gave up on the stream is written again on the next one.
+    """
+    gateway = start_gateway(prosody, fresh_dir, "fstop", options={"delay": 3.0}, web=True,
                             xmpp={"ping_interval": 2.0, "ping_timeout": 3.0})
+    padding = "p" * 30000
 
     async def scenario():
         client = await registered_client(prosody, gateway.domain, "stop", Client)
         ledger = Ledger()
         try:
-            await steady([client], ledger, [f"c@{gateway.domain}"], 1.0, rate=20, prefix="before")
-            prosody.pause()                           # replies to those 20 are written into a frozen server
+            before = messages_received(gateway)
+            for n in range(300):                      # 9 MB of replies, more than the socket buffers hold
+                ledger.send(client, f"c@{gateway.domain}", f"before-{n} {padding}")
+            # Pause only once the gateway has all 300: what the server loses of its own is not ours to count.
+            while messages_received(gateway) < before + 300:
+                await pump([client], ledger, 0.05)
+            prosody.pause()                           # the replies are written into a frozen server
             await asyncio.sleep(8.0)                  # past 2 x ping_timeout: the gateway drops the stream
             prosody.resume()
-            await drain([client], ledger, settle=3.0, timeout=40)
+            await drain([client], ledger, settle=3.0, timeout=60)
             return ledger
         finally:
             prosody.resume()
             await client.stop()
 
-    ledger = run_then_stop(gateway, scenario(), timeout=90)
+    ledger = run_then_stop(gateway, scenario(), timeout=120)
     assert_clean(ledger, "half-open link")
     assert "dropping it" in gateway.log()
 
@@ -237,7 +255,8 @@ def test_a_backlog_slower_than_the_ping_timeout_keeps_the_stream(prosody, fresh_
 
     user = run(register())
     gateway.stop()
-    insert_inbound(gateway.db, gateway.domain, user, [{"body": f"backlog-{n} " + "x" * 200} for n in range(count)])
+    padding = "x" * 1000
+    insert_inbound(gateway.db, gateway.domain, user, [{"body": f"backlog-{n} {padding}"} for n in range(count)])
     since = len(gateway.log())
     gateway.start()
 
@@ -245,7 +264,7 @@ def test_a_backlog_slower_than_the_ping_timeout_keeps_the_stream(prosody, fresh_
         client = await Client(user, "pw").start(prosody.c2s_port)
         ledger = Ledger()
         for n in range(count):
-            ledger.expect(f"backlog-{n} " + "x" * 200)
+            ledger.expect(f"backlog-{n} {padding}")
         try:
             await drain([client], ledger, settle=2.0, timeout=120)
             return ledger
