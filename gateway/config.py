@@ -50,18 +50,22 @@ SECTIONS: dict[str, list[Option]] = {
         Option("admins", list, [], item_type=str, check=_bare_jids,
                doc="Bare JIDs allowed to run the admin ad-hoc commands (list-users, stats, delete-user)."),
         Option("instance_id", str, "",
-               doc="Names this process in outbox claims; stable across restarts so a restarted "
-                   "process takes back its own claims at once. Default: the host name."),
+               doc="Names this process in queue claims; stable across restarts so a restarted "
+                   "process takes back its own claims at once, and unique: a second live process with "
+                   "the same id is refused at start. Default: the host name."),
     ],
     "xmpp": [
         Option("host", str, "127.0.0.1", doc="XMPP server address for the component connections."),
         Option("port", int, 5347, doc="XMPP server component port (Prosody 5347, ejabberd: the ejabberd_service listener)."),
         Option("stanza_size_limit", int, 65536, check=positive,
                doc="Largest stanza, in bytes, accepted from users; larger ones get `<policy-violation/>`."),
-        Option("ping_interval", float, 60.0, check=non_negative,
-               doc="Seconds between XEP-0199 keepalive pings on each component stream; 0 disables."),
-        Option("ping_timeout", float, 20.0, check=positive,
-               doc="A keepalive ping unanswered this long drops the stream, which then reconnects."),
+        Option("ping_interval", float, 30.0, check=non_negative,
+               doc="Seconds of silence from the server after which an XEP-0199 keepalive ping is sent on a "
+                   "component stream; 0 disables keepalives (delivery barriers still ping)."),
+        Option("ping_timeout", float, 10.0, check=positive,
+               doc="A stream on which a ping waits and that makes no progress this long (nothing heard from "
+                   "the server, none of our backlog taken by it) is dropped and reconnected; what it did "
+                   "not confirm is written again. A dead stream is found within one to two timeouts."),
         Option("reconnect_initial_delay", float, 1.0, check=positive,
                doc="First reconnect delay in seconds; doubles (with jitter) after each failure."),
         Option("reconnect_max_delay", float, 60.0, check=positive, doc="Longest delay between reconnects."),

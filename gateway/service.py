@@ -88,8 +88,17 @@ class GatewayService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        others = []
+        if self.registry.shared and self.registry.pool is not None:
+            try:
+                others = [i for i in (yield self.registry.live_instances()) if i != self.registry.instance_id]
+            except Exception:
+                log.failure("could not tell whether other gateway processes are serving")
+        if others:
+            log.info("other gateway processes ({others}) still serve; users are not told the gateway is going",
+                     others=", ".join(others))
         for stream in self.components:
-            if stream.connected:
+            if stream.connected and not others:
                 try:
                     count = yield stream.presence.announce("unavailable")
                     log.info("component {domain}: told {n} user(s) it is going away", domain=stream.domain,
