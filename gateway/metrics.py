@@ -25,3 +25,6 @@ PARKED = Counter("xmpp_gateway_parked", "Queue rows set aside as dead letters (s
                  ["component", "direction"], registry=REGISTRY)
 FENCED = Counter("xmpp_gateway_fenced", "Attempts stopped because another process had taken the message over.",
                  ["component"], registry=REGISTRY)
+ROOM_EVENTS_DROPPED = Counter("xmpp_gateway_room_events_dropped",
+                              "Room events dropped because too many piled up while the stream was down.",
+                              ["component"], registry=REGISTRY)

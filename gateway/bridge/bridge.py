@@ -6,6 +6,7 @@ point into the network, and the owner of registrations, limits and the outbox.
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from twisted.application import service
@@ -57,6 +58,8 @@ def coerce_field(field: Field, value: Any) -> Any:
 class Bridge(service.MultiService):
     #: How long a cached registration is trusted when several processes share the registry.
     CACHE_TTL = 30.0
+    #: Room events kept in memory while the component stream is down.
+    ROOM_EVENT_HOLD = 50000
 
     def __init__(self, component: str, adapter_class: type, adapter_options: dict, registry, clock,
                  outbox_settings: dict, limits: dict, files=None):
@@ -76,6 +79,9 @@ class Bridge(service.MultiService):
         self.outbox = Outbox(registry, component, self.adapter, lambda: self.output, self.registration,
                              clock, outbox_settings, on_sent=self._sent)
         self._cache: dict[str, tuple[float, Registration | None]] = {}
+        self._held_room_events: deque[RoomEvent] = deque(maxlen=self.ROOM_EVENT_HOLD)
+        self._warned_room_hold = False
+        self._room_events_dropped = metrics.ROOM_EVENTS_DROPPED.labels(component)
         self._sent_direct = metrics.MESSAGES.labels(component, "out")
 
     def startService(self):
@@ -93,6 +99,10 @@ class Bridge(service.MultiService):
 
     def stream_up(self) -> defer.Deferred:
         metrics.STREAM_UP.labels(self.component).set(1)
+        held, self._held_room_events = self._held_room_events, deque(maxlen=self.ROOM_EVENT_HOLD)
+        self._warned_room_hold = False
+        for event in held:
+            self.output.send_room_event(event)
         return self.outbox.flush_inbound()
 
     def stream_down(self) -> None:
@@ -113,8 +123,21 @@ class Bridge(service.MultiService):
         return self.outbox.checkpoint(message)
 
     def room_event(self, event: RoomEvent) -> None:
-        if self.output.connected and event.resources:
+        if not event.resources:
+            return
+        if self.output.connected:
             self.output.send_room_event(event)
+            return
+        # Held in memory while the stream is down (a reconnect takes seconds):
+        # a user whose self-presence or a line was produced meanwhile still gets
+        # it. Bounded: past the limit the oldest go, counted and logged.
+        if len(self._held_room_events) == self._held_room_events.maxlen:
+            self._room_events_dropped.inc()
+            if not self._warned_room_hold:
+                self._warned_room_hold = True
+                log.warn("{component}: more than {n} room events while the stream is down; dropping the oldest",
+                         component=self.component, n=self._held_room_events.maxlen)
+        self._held_room_events.append(event)
 
     # -- group chats ------------------------------------------------------
 

@@ -361,3 +361,18 @@ def test_adapter_runs_as_a_service_of_its_bridge(wire):
     wire.bridge.stopService()
     assert not wire.bridge.adapter.running
     wire.bridge.startService()
+
+
+@pytest_twisted.inlineCallbacks
+def test_room_events_made_while_the_stream_is_down_are_sent_after_it_is_back(wire):
+    """A self-presence produced during a reconnect used to be dropped: the user never saw the join."""
+    from gateway.model import RoomEvent
+
+    wire.stream.authenticated = False
+    wire.bridge.room_event(RoomEvent(DOMAIN, "alice@example.org", ["phone"], "#chan%irc.example.org", "presence",
+                                     nick="alice", statuses=[110]))
+    assert [el for el in (yield wire.quiet(0.1)) if el.name == "presence"] == []
+    wire.stream.authenticated = True
+    yield wire.bridge.stream_up()
+    presence = yield wire.wait(lambda el: el.name == "presence")
+    assert presence["to"] == "alice@example.org/phone" and presence["from"].endswith("/alice")
