@@ -354,3 +354,97 @@ def test_addresses_are_unique_and_reserved_names_refused(prosody, mail_gateway):
             await second.stop()
 
     run(scenario())
+
+
+def files_in(gateway) -> set[str]:
+    """The token folders of the gateway's file store (attachments kept for links)."""
+    folder = os.path.join(os.path.dirname(gateway.config_path), "files")
+    return set(os.listdir(folder)) if os.path.isdir(folder) else set()
+
+
+def test_storage_fault_for_one_recipient_stores_nothing_then_retry_delivers_once(prosody, mail_gateway, fresh_dir):
+    """
+    All or none: a real storage fault (a trigger in the gateway's own SQLite file)
+    for one of two recipients gets the client a 4xx and stores nothing for anyone,
+    and leaves no attachment behind; the client's retry then reaches each once.
+    """
+    import base64
+    import sqlite3
+
+    async def scenario():
+        ivy = await mail_user(prosody, "ivy")
+        jon = await mail_user(prosody, "jon")
+        db = sqlite3.connect(mail_gateway.db, timeout=30)
+        try:
+            jid = jon.boundjid.bare.replace("'", "''")
+            db.execute(f"CREATE TRIGGER fault BEFORE INSERT ON queue WHEN NEW.jid = '{jid}' "
+                       "BEGIN SELECT RAISE(ABORT, 'injected fault'); END")
+            db.commit()
+            notes = b"meeting notes " + os.urandom(500).hex().encode()
+            mail = write_mail(os.path.join(fresh_dir, "both.eml"), {
+                "From": BOB, "To": f"ivy@{MAIL_DOMAIN}, jon@{MAIL_DOMAIN}", "Subject": "for both",
+                "Message-ID": "<both-1@example.net>", "MIME-Version": "1.0",
+                "Content-Type": "multipart/mixed; boundary=XX"},
+                b"--XX\r\nContent-Type: text/plain\r\n\r\nfor both of you\r\n--XX\r\n"
+                b"Content-Type: application/octet-stream\r\nContent-Disposition: attachment; filename=notes.bin\r\n"
+                b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(notes).replace(b"\n", b"\r\n")
+                + b"--XX--\r\n")
+            send = ("--from", BOB, "--to", f"ivy@{MAIL_DOMAIN},jon@{MAIL_DOMAIN}", "--data", mail)
+            before = files_in(mail_gateway)
+
+            failed = await asyncio.to_thread(swaks, mail_gateway.smtp_port, *send)
+            assert failed.returncode == 26 and "451 4.3.0" in failed.stdout, failed.stdout
+
+            def ours(m):
+                return (body(m) or "").startswith("for both of you")
+
+            got = await asyncio.gather(ivy.quiet(seconds=3.0, predicate=ours), jon.quiet(seconds=3.0, predicate=ours))
+            assert got == [[], []]                         # nobody got anything ...
+            assert files_in(mail_gateway) == before        # ... and no attachment was left behind
+            queued = db.execute("SELECT COUNT(*) FROM queue WHERE direction = 'in' AND payload LIKE ?",
+                                ("%for both of you%",)).fetchone()[0]
+            assert queued == 0
+
+            db.execute("DROP TRIGGER fault")
+            db.commit()
+            retried = await asyncio.to_thread(swaks, mail_gateway.smtp_port, *send)
+            assert retried.returncode == 0, retried.stdout
+            got = await asyncio.gather(ivy.quiet(seconds=4.0, predicate=ours), jon.quiet(seconds=4.0, predicate=ours))
+            assert [len(g) for g in got] == [1, 1]         # exactly one copy each
+            urls = [m.find("{jabber:x:oob}x/{jabber:x:oob}url").text for m in (got[0][0], got[1][0])]
+            for url in urls:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    assert r.read() == notes
+            assert len(files_in(mail_gateway) - before) == 1   # one stored copy, shared by both recipients
+        finally:
+            db.execute("DROP TRIGGER IF EXISTS fault")
+            db.commit()
+            db.close()
+            await ivy.stop()
+            await jon.stop()
+
+    run(scenario(), timeout=90)
+
+
+def test_repeated_rcpt_is_delivered_once(prosody, mail_gateway):
+    """50 identical RCPT TO (and one in other case) are one recipient: one delivery, not 51."""
+    import smtplib
+
+    async def scenario():
+        kim = await mail_user(prosody, "kim")
+        try:
+            rcpts = [f"kim@{MAIL_DOMAIN}"] * 50 + [f"KIM@{MAIL_DOMAIN.upper()}"]
+            data = f"From: {BOB}\r\nTo: kim@{MAIL_DOMAIN}\r\nSubject: once\r\n\r\nonly once please\r\n".encode()
+
+            def send():
+                with smtplib.SMTP("127.0.0.1", mail_gateway.smtp_port, "client.example.net", timeout=30) as s:
+                    return s.sendmail(BOB, rcpts, data)
+
+            refused = await asyncio.to_thread(send)
+            assert refused == {}                           # every RCPT accepted, the repeats ignored
+            got = await kim.quiet(seconds=4.0, predicate=lambda m: body(m) == "only once please")
+            assert len(got) == 1
+        finally:
+            await kim.stop()
+
+    run(scenario(), timeout=60)

@@ -41,32 +41,67 @@ class MailIntake:
         self.context = adapter.context
 
     @defer.inlineCallbacks
-    def receive(self, data: bytes, recipient: str, envelope_from: str):
-        reg = yield self.context.registration_by_foreign_id(recipient)
-        if reg is None:
-            log.info("mail for {rcpt}, unregistered since it was accepted: dropped", rcpt=recipient)
+    def receive(self, data: bytes, recipients: list[str], envelope_from: str) -> defer.Deferred:
+        """
+        Store one mail for all its recipients, in one transaction: the SMTP
+        answer covers the whole message, so a failure must leave nothing
+        stored for anyone, or the sender's retry duplicates it for the others.
+        """
+        regs: dict[str, Registration] = {}            # by JID: one copy per user
+        for address in dict.fromkeys(recipients):
+            reg = yield self.context.registration_by_foreign_id(address)
+            if reg is None:
+                log.info("mail for {rcpt}, unregistered since it was accepted: dropped", rcpt=address)
+            else:
+                regs.setdefault(reg.jid, reg)
+        if not regs:
             return
         mail = yield threads.deferToThread(parse, data)       # large MIME parsing stays off the reactor
         if mail.bounce is not None:
-            yield self._bounce(reg, mail)
+            # A bounce is about the message it names, whoever it was addressed to: one report.
+            yield self._bounce(next(iter(regs.values())), mail)
             return
         try:
             sender = addresses.normalize(mail.sender or envelope_from)
         except AddressError:
             sender = addresses.normalize(envelope_from) if envelope_from else "unknown@invalid.invalid"
+        links: list[str] = []
+        try:
+            # Stored once, linked for every recipient: they all got the same mail.
+            for name, content_type, payload in mail.attachments:
+                links.append((yield self.context.files.put(payload, name, content_type)))
+            messages = []
+            for reg in regs.values():
+                thread = yield self._thread(reg, mail)
+                messages.append(InboundMessage(
+                    component=self.context.component, user=reg.jid, sender=sender, body=mail.text or None,
+                    subject=mail.subject or None, thread=thread, attachments=list(links),
+                    foreign_id=mail.message_id))
+            yield self.context.deliver_all(messages)
+        except Exception:
+            if links:
+                # Nothing links to them now, and every retry would store new copies.
+                yield self.context.files.discard(links).addErrback(
+                    lambda f: log.failure("removing the attachments of a mail not stored failed", f))
+            raise
+        log.info("mail {mid} from {sender} stored for {jids}", mid=mail.message_id, sender=sender,
+                 jids=", ".join(regs))
+
+    @defer.inlineCallbacks
+    def _thread(self, reg: Registration, mail):
+        """
+        The XMPP thread of ``mail`` for one user. Its id is recorded before the
+        message is stored (the record is idempotent): recorded after, a failure
+        there would fail a mail already stored, and its retry would duplicate it.
+        """
         known = mail.references + mail.in_reply_to
-        thread = yield self.context.thread_of(reg.jid, known) if known else defer.succeed(None)
+        thread = (yield self.context.thread_of(reg.jid, known)) if known else None
         if thread is None:
             root = (mail.references or mail.in_reply_to or [mail.message_id or ""])[0]
             thread = root.strip("<>") or None
         if thread and mail.message_id:
             yield self.context.add_to_thread(reg.jid, thread, mail.message_id, mail.subject)
-        links = []
-        for name, content_type, payload in mail.attachments:
-            links.append((yield self.context.files.put(payload, name, content_type)))
-        yield self.context.deliver(InboundMessage(
-            component=self.context.component, user=reg.jid, sender=sender, body=mail.text or None,
-            subject=mail.subject or None, thread=thread, attachments=links, foreign_id=mail.message_id))
+        return thread
 
     def _bounce(self, reg: Registration, mail):
         bounce = mail.bounce

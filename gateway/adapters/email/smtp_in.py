@@ -2,7 +2,13 @@
 The gateway's SMTP server (twisted.mail ESMTP): it accepts mail only for
 registered users' addresses (550 5.1.1 otherwise), never relays (550 5.7.1),
 refuses what is over the size limit (552 5.3.4), offers STARTTLS with the
-configured certificate, and answers 250 only once the message is stored.
+configured certificate, and answers 250 only once the message is stored for
+every recipient.
+
+One DATA answer covers all recipients, so a message is stored for all of
+them in one transaction or for none (451, and the sender retries): stored
+for some, a retry would give those a second copy. For the same reason a
+repeated RCPT TO is accepted but counts once.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ log = Logger(namespace="gateway.adapters.email.smtp_in")
 
 @implementer(smtp.IMessage)
 class _Message:
-    def __init__(self, intake, recipient: str, envelope_from: str, max_size: int):
+    """One mail for all the recipients of a transaction: one copy in memory, one store for all."""
+
+    def __init__(self, intake, recipients: list[str], envelope_from: str, max_size: int):
         self.intake = intake
-        self.recipient = recipient
+        self.recipients = recipients
         self.envelope_from = envelope_from
         self.max_size = max_size
         self.lines: list[bytes] = []
@@ -40,10 +48,30 @@ class _Message:
     def eomReceived(self) -> defer.Deferred:
         data = b"\r\n".join(self.lines) + b"\r\n"
         self.lines = []
-        return self.intake.receive(data, self.recipient, self.envelope_from)
+        return self.intake.receive(data, self.recipients, self.envelope_from)
 
     def connectionLost(self) -> None:
         self.lines = []
+
+
+class _Accepted:
+    """
+    A recipient validateTo accepted. Twisted wants a message factory per
+    recipient; _ESMTP.do_DATA instead makes one message for them all from
+    these addresses, but the object stays a factory to honour IMessageDelivery.
+    """
+
+    def __init__(self, intake, address: str, envelope_from: str, max_size: int):
+        self.intake = intake
+        self.address = address
+        self.envelope_from = envelope_from
+        self.max_size = max_size
+
+    def for_all(self, addresses: list[str]) -> _Message:
+        return _Message(self.intake, addresses, self.envelope_from, self.max_size)
+
+    def __call__(self) -> _Message:
+        return self.for_all([self.address])
 
 
 @implementer(smtp.IMessageDelivery)
@@ -73,7 +101,7 @@ class _Delivery:
         if reg is None:
             raise smtp.SMTPBadRcpt(user.dest, 550, f"5.1.1 <{address}>: no such user here")
         origin = str(user.orig) if user.orig else ""
-        return lambda: _Message(self.adapter.intake, address, origin, self.adapter.config["max_size"])
+        return _Accepted(self.adapter.intake, address, origin, self.adapter.config["max_size"])
 
 
 class _ESMTP(smtp.ESMTP):
@@ -84,6 +112,16 @@ class _ESMTP(smtp.ESMTP):
         ext[b"SIZE"] = [str(self.max_size).encode()]
         ext[b"8BITMIME"] = []
         return ext
+
+    def do_DATA(self, rest: bytes) -> None:
+        # Twisted makes one message per accepted RCPT (``_to``: (User, factory)
+        # pairs); hand it one for all distinct addresses instead, so the mail is
+        # stored in one transaction and a repeated RCPT gives one copy.
+        if self._to:
+            user, first = self._to[0]
+            message = first.for_all(list(dict.fromkeys(accepted.address for _, accepted in self._to)))
+            self._to = [(user, lambda: message)]
+        super().do_DATA(rest)
 
     def _messageHandled(self, resultList):
         failures = [result for ok, result in resultList if not ok]
@@ -111,4 +149,5 @@ class SMTPServerFactory(protocol.ServerFactory):
         p.host = self.adapter.mail_domain.encode() if self.adapter.mail_domain else socket.getfqdn().encode()
         p.delivery = self.delivery
         p.max_size = self.adapter.config["max_size"]
+        p.noisy = False      # its per-DATA line would name only the first recipient; the intake logs each mail
         return p
