@@ -143,9 +143,9 @@ class SQLRegistry:
             self.path = url
         self.shared = self.dialect == "postgresql"
         self._batch = _WriteBatcher(self)
-        #: (started, until) of the last lease renewal that committed: claims
-        #: that were live when it started are ours until ``until``.
-        self.renewed: tuple[float, float] = (0.0, 0.0)
+        #: The last lease renewal that committed: the rows it renewed are ours until ``until``.
+        self.renewed_until = 0.0
+        self.renewed_ids: frozenset[str] = frozenset()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -477,8 +477,9 @@ class SQLRegistry:
     def owns(self, item: QueueItem, margin: float, now: float | None = None) -> bool:
         """Whether this process's lease on ``item`` is known, without asking the database, to last ``margin`` s more."""
         now = time.time() if now is None else now
-        started, until = self.renewed
-        lease_until = until if item.lease_until >= started else item.lease_until
+        lease_until = item.lease_until
+        if item.id in self.renewed_ids:
+            lease_until = max(lease_until, self.renewed_until)
         return lease_until - now > margin
 
     def hold(self, item: QueueItem, now: float | None = None) -> defer.Deferred:
@@ -508,13 +509,17 @@ class SQLRegistry:
         until = now + self.lease
 
         def txn_renew(txn):
-            txn.execute(self._sql("UPDATE queue SET claimed_until = ? WHERE claimed_by = ? AND claimed_until >= ?"),
-                        (until, self.instance_id, now))
+            txn.execute(self._sql("UPDATE queue SET claimed_until = ? WHERE claimed_by = ? AND claimed_until >= ? "
+                                  "RETURNING id"), (until, self.instance_id, now))
+            ids = frozenset(r[0] for r in txn.fetchall())
             txn.execute(self._sql("UPDATE instances SET heartbeat = ? WHERE instance_id = ?"),
                         (now, self.instance_id))
+            return ids
 
-        def renewed(_):
-            self.renewed = (now, until)
+        def renewed(ids):
+            # Exactly the rows still ours when the update ran: one another process
+            # took over meanwhile is not among them, however late this ran.
+            self.renewed_until, self.renewed_ids = until, ids
 
         return self._interaction(txn_renew).addCallback(renewed)
 

@@ -193,11 +193,19 @@ def test_renewal_keeps_live_leases_only(registry):
     import time
 
     yield registry.enqueue(item(n=1))
-    first = (yield registry.claim("c.example", "out", now=time.time() + 61))[0]
-    now = time.time()
-    assert registry.owns(first, margin=30, now=now) is False or first.lease_until - now > 30
+    first = (yield registry.claim("c.example", "out", now=time.time() + 61))[0]     # ours until +121
+    assert not registry.owns(first, margin=30, now=time.time() + 100)
     yield registry.renew(now=time.time() + 100)                  # renews the live claim taken at +61
-    assert registry.owns(first, margin=30, now=time.time() + 120)
+    assert registry.owns(first, margin=30, now=time.time() + 120)                   # now until +160
+    yield registry.enqueue(item(n=2))
+    other = SQLRegistry(registry.url if registry.dialect == "postgresql" else f"sqlite:///{registry.path}",
+                        KEY, instance_id="test-2", lease=60)
+    yield other.open()
+    taken = (yield other.claim("c.example", "out", now=time.time() + 65))          # n=2's lease ran out
+    assert [i.id for i in taken] == [item(n=2).id]
+    yield registry.renew(now=time.time() + 70)
+    assert item(n=2).id not in registry.renewed_ids                                 # not ours any more
+    other.close()
     assert (yield registry.claim("c.example", "out", now=time.time() + 150)) == []   # renewed: not free yet
 
 
