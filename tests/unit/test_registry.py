@@ -197,6 +197,7 @@ def test_renewal_keeps_live_leases_only(registry):
     assert not registry.owns(first, margin=30, now=time.time() + 100)
     yield registry.renew(now=time.time() + 100)                  # renews the live claim taken at +61
     assert registry.owns(first, margin=30, now=time.time() + 120)                   # now until +160
+    assert (yield registry.claim("c.example", "out", now=time.time() + 150)) == []   # renewed: not free yet
     yield registry.enqueue(item(n=2))
     other = SQLRegistry(registry.url if registry.dialect == "postgresql" else f"sqlite:///{registry.path}",
                         KEY, instance_id="test-2", lease=60)
@@ -206,7 +207,6 @@ def test_renewal_keeps_live_leases_only(registry):
     yield registry.renew(now=time.time() + 70)
     assert item(n=2).id not in registry.renewed_ids                                 # not ours any more
     other.close()
-    assert (yield registry.claim("c.example", "out", now=time.time() + 150)) == []   # renewed: not free yet
 
 
 @pytest_twisted.inlineCallbacks
