@@ -86,7 +86,11 @@ class IAdapterContext(Interface):
         """
 
     def deliver_all(messages):
-        """Queue several InboundMessages in one transaction: all stored, or (on failure) none."""
+        """
+        Queue several InboundMessages in one transaction: all stored, or (on
+        failure) none. Messages whose ``dedupe_key`` was accepted before are
+        acknowledged but left out.
+        """
 
     def checkpoint(message):
         """
@@ -184,8 +188,8 @@ class IRegistry(Interface):
     def enqueue(item, claimed=True):
         """Store a QueueItem (outbox or inbox) durably, under a fresh claim of ours by default."""
 
-    def enqueue_all(items):
-        """Store several QueueItems in one transaction."""
+    def enqueue_all(items, keys=None):
+        """Store several QueueItems in one transaction, leaving out those whose key was seen; fires with which were stored."""
 
     def enqueue_once(item, key):
         """Store a QueueItem unless ``key`` was seen before; fires with whether it was new."""

@@ -293,29 +293,27 @@ class Outbox:
         same for a repeat of a ``dedupe_key`` already accepted, which is not
         delivered again). Delivery goes on after.
         """
-        item = self._inbound_item(message)
         if message.dedupe_key:
-            d = self.registry.enqueue_once(item, message.dedupe_key)
-        else:
-            d = self.registry.enqueue(item).addCallback(lambda _: True)
-
-        def stored(new):
-            if new:
-                self._stored_inbound(item, message)
-            else:
-                log.info("{key}: already accepted; not delivered again", key=message.dedupe_key)
-
-        return d.addCallback(stored)
+            return self.deliver_all([message])
+        item = self._inbound_item(message)
+        return self.registry.enqueue(item).addCallback(lambda _: self._stored_inbound(item, message))
 
     def deliver_all(self, messages: list[InboundMessage]) -> defer.Deferred:
-        """Store several messages in one transaction (all or none); delivery goes on after."""
+        """
+        Store several messages in one transaction (all or none); fires with
+        which were new (not repeats of a ``dedupe_key``). Delivery goes on after.
+        """
         items = [self._inbound_item(m) for m in messages]
 
-        def stored(_):
-            for item, message in zip(items, messages):
-                self._stored_inbound(item, message)
+        def stored(new):
+            for item, message, is_new in zip(items, messages, new):
+                if is_new:
+                    self._stored_inbound(item, message)
+                else:
+                    log.info("{key}: already accepted; not delivered again", key=message.dedupe_key)
+            return new
 
-        return self.registry.enqueue_all(items).addCallback(stored)
+        return self.registry.enqueue_all(items, [m.dedupe_key for m in messages]).addCallback(stored)
 
     def _stored_inbound(self, item: QueueItem, message: InboundMessage) -> None:
         self._active[item.id] = item

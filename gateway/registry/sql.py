@@ -392,14 +392,28 @@ class SQLRegistry:
         """Store a message durably; by default already claimed by us, as we work on it at once."""
         return self._batch.add(self._INSERT_QUEUE, self._insert_args(item, claimed, time.time()))
 
-    def enqueue_all(self, items: list[QueueItem]) -> defer.Deferred:
-        """Store several messages in one transaction: all of them or, on any failure, none."""
+    def enqueue_all(self, items: list[QueueItem], keys: list[str | None] | None = None) -> defer.Deferred:
+        """
+        Store several messages in one transaction: all of them or, on any
+        failure, none. An item whose key (a foreign message id) was accepted
+        before is left out; fires with which items were stored.
+        """
         now = time.time()
         rows = [self._insert_args(item, True, now) for item in items]
+        keys = keys or [None] * len(items)
 
         def txn_insert(txn):
-            for args in rows:
+            stored = []
+            for item, key, args in zip(items, keys, rows):
+                if key:
+                    txn.execute(self._sql("INSERT INTO seen (component, key, created_at) VALUES (?, ?, ?) "
+                                          "ON CONFLICT (component, key) DO NOTHING"), (item.component, key, now))
+                    if txn.rowcount == 0:
+                        stored.append(False)
+                        continue
                 txn.execute(self._sql(self._INSERT_QUEUE), args)
+                stored.append(True)
+            return stored
 
         return self._interaction(txn_insert)
 
@@ -409,18 +423,7 @@ class SQLRegistry:
         fires with whether it was new. The key and the row commit together, so a
         replay after a crash between them cannot slip through.
         """
-        now = time.time()
-        args = self._insert_args(item, True, now)
-
-        def txn_once(txn):
-            txn.execute(self._sql("INSERT INTO seen (component, key, created_at) VALUES (?, ?, ?) "
-                                  "ON CONFLICT (component, key) DO NOTHING"), (item.component, key, now))
-            if txn.rowcount == 0:
-                return False
-            txn.execute(self._sql(self._INSERT_QUEUE), args)
-            return True
-
-        return self._interaction(txn_once)
+        return self.enqueue_all([item], [key]).addCallback(lambda stored: stored[0])
 
     def purge_seen(self, older_than: float) -> defer.Deferred:
         return self._op("DELETE FROM seen WHERE created_at < ?", (older_than,))

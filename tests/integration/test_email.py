@@ -448,3 +448,27 @@ def test_repeated_rcpt_is_delivered_once(prosody, mail_gateway):
             await kim.stop()
 
     run(scenario(), timeout=60)
+
+
+def test_the_same_mail_resent_is_delivered_once(prosody, mail_gateway):
+    """A client that lost our 250 (RFC 5321 §6.1's duplicate) sends the same mail again: one delivery."""
+    import smtplib
+
+    async def scenario():
+        lea = await mail_user(prosody, "lea")
+        try:
+            data = (f"From: {BOB}\r\nTo: lea@{MAIL_DOMAIN}\r\nSubject: again\r\n"
+                    "Message-ID: <resent-1@example.net>\r\n\r\nthe same mail twice\r\n").encode()
+
+            def send():
+                with smtplib.SMTP("127.0.0.1", mail_gateway.smtp_port, "client.example.net", timeout=30) as s:
+                    return s.sendmail(BOB, [f"lea@{MAIL_DOMAIN}"], data)
+
+            assert await asyncio.to_thread(send) == {}
+            assert await asyncio.to_thread(send) == {}        # accepted again: the client must not bounce it
+            got = await lea.quiet(seconds=4.0, predicate=lambda m: body(m) == "the same mail twice")
+            assert len(got) == 1
+        finally:
+            await lea.stop()
+
+    run(scenario(), timeout=60)

@@ -41,11 +41,14 @@ class MailIntake:
         self.context = adapter.context
 
     @defer.inlineCallbacks
-    def receive(self, data: bytes, recipients: list[str], envelope_from: str) -> defer.Deferred:
+    def receive(self, data: bytes, recipients: list[str], envelope_from: str,
+                digest: str | None = None) -> defer.Deferred:
         """
         Store one mail for all its recipients, in one transaction: the SMTP
         answer covers the whole message, so a failure must leave nothing
         stored for anyone, or the sender's retry duplicates it for the others.
+        ``digest`` names the mail's content: the same mail again (a client that
+        lost our 250 and resends) is acknowledged but not delivered twice.
         """
         regs: dict[str, Registration] = {}            # by JID: one copy per user
         for address in dict.fromkeys(recipients):
@@ -76,8 +79,11 @@ class MailIntake:
                 messages.append(InboundMessage(
                     component=self.context.component, user=reg.jid, sender=sender, body=mail.text or None,
                     subject=mail.subject or None, thread=thread, attachments=list(links),
-                    foreign_id=mail.message_id))
-            yield self.context.deliver_all(messages)
+                    foreign_id=mail.message_id, dedupe_key=f"mail:{digest}:{reg.jid}" if digest else None))
+            stored = yield self.context.deliver_all(messages)
+            if links and not any(stored or ()):
+                # A repeat of a mail already stored: its first copy's links are the ones users have.
+                yield self.context.files.discard(links)
         except Exception:
             if links:
                 # Nothing links to them now, and every retry would store new copies.

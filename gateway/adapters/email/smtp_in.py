@@ -14,6 +14,7 @@ repeated RCPT TO is accepted but counts once.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import socket
 
 from twisted.internet import defer, protocol, ssl
@@ -47,8 +48,12 @@ class _Message:
 
     def eomReceived(self) -> defer.Deferred:
         data = b"\r\n".join(self.lines) + b"\r\n"
+        # The mail as the client sent it, without the Received line we put first
+        # (it carries the time): a client resending after it lost our 250 sends
+        # the same bytes, and the copy is recognised.
+        digest = hashlib.sha256(b"\r\n".join(self.lines[1:])).hexdigest()
         self.lines = []
-        return self.intake.receive(data, self.recipients, self.envelope_from)
+        return self.intake.receive(data, self.recipients, self.envelope_from, digest)
 
     def connectionLost(self) -> None:
         self.lines = []
