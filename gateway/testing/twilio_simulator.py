@@ -12,9 +12,22 @@ A JSON control API under /_sim/ lets a test or the demo drive it:
 
     GET  /_sim/messages                      every message accepted, and the number of API calls
     POST /_sim/fail    {"count": 2, "status": 500}          fail the next API calls
+    POST /_sim/fail    {"count": 1, "mode": "slow", "delay": 3.0}
+    POST /_sim/fail    {"count": 1, "mode": "drop"}
     POST /_sim/status  {"sid": ..., "status": "delivered", "error_code": "30003"}
     POST /_sim/inbound {"url": ..., "from": ..., "to": ..., "body": ..., "media": [[url, type]],
-                        "signature": "valid" | "forged" | "none"}
+                        "signature": "valid" | "forged" | "none", "sid": "SM..."}
+
+Fault modes of /_sim/fail, for the next ``count`` Messages API calls:
+
+- ``"error"`` (the default): answer ``status`` (500) and accept nothing;
+- ``"slow"``: accept and store the message (it counts in /_sim/messages and gets status
+  callbacks), but answer only after ``delay`` seconds: past the client's read timeout, the
+  client cannot know whether the message was taken;
+- ``"drop"``: accept and store the message, then close the connection without an answer.
+
+``sid`` in /_sim/inbound sends the webhook of that message again (Twilio retrying or replaying a
+webhook: same MessageSid, same parameters, same signature) instead of a new message.
 
     python -m gateway.testing.twilio_simulator --port 8081 --account-sid AC... --auth-token ...
         [--auto-reply INBOUND_URL]   (the demo: mark each message delivered, then text back)
@@ -72,6 +85,8 @@ class Simulator(resource.Resource):
         self.api_calls = 0
         self.fail_next = 0
         self.fail_status = 500
+        self.fail_mode = "error"
+        self.fail_delay = 0.0
         self.agent = Agent(reactor)
 
     # -- HTTP plumbing --------------------------------------------------------
@@ -115,9 +130,12 @@ class Simulator(resource.Resource):
         user, password = request.getUser().decode(), request.getPassword().decode()
         if user != self.sid or password != self.token or account != self.sid:
             return self._error(request, 401, 20003, "Authenticate")
+        fault = None
         if self.fail_next > 0:
             self.fail_next -= 1
-            return self._error(request, self.fail_status, 20500, "Internal Server Error")
+            fault = self.fail_mode
+            if fault == "error":
+                return self._error(request, self.fail_status, 20500, "Internal Server Error")
         args = {k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()}
         one = lambda k: (args.get(k) or [""])[0]  # noqa: E731
         to, sender, body, media = one("To"), one("From"), one("Body"), args.get("MediaUrl", [])
@@ -142,7 +160,21 @@ class Simulator(resource.Resource):
             "num_segments": str(record["num_segments"]), "price": None, "price_unit": "USD", "sid": sid,
             "status": "queued", "to": to, "uri": f"/2010-04-01/Accounts/{self.sid}/Messages/{sid}.json",
             "subresource_uris": {"media": f"/2010-04-01/Accounts/{self.sid}/Messages/{sid}/Media.json"}}
-        return self._json(request, 201, resource_json)
+        answer = self._json(request, 201, resource_json)
+        if fault == "drop":
+            request.transport.abortConnection()
+            return server.NOT_DONE_YET
+        if fault == "slow":
+            reactor.callLater(self.fail_delay, self._answer_late, request, answer)
+            return server.NOT_DONE_YET
+        return answer
+
+    @staticmethod
+    def _answer_late(request, answer: bytes) -> None:
+        if request.finished or request._disconnected:
+            return                           # the client gave up waiting, as intended
+        request.write(answer)
+        request.finish()
 
     # -- webhooks the simulator sends -------------------------------------------
 
@@ -160,9 +192,14 @@ class Simulator(resource.Resource):
         return {"status": response.code, "body": text.decode("utf-8", "replace")}
 
     def _control_fail(self, body: dict) -> dict:
+        mode = body.get("mode", "error")
+        if mode not in ("error", "slow", "drop"):
+            raise ValueError(f"unknown fault mode {mode!r}")
         self.fail_next = int(body.get("count", 1))
         self.fail_status = int(body.get("status", 500))
-        return {"fail_next": self.fail_next}
+        self.fail_mode = mode
+        self.fail_delay = float(body.get("delay", 3.0))
+        return {"fail_next": self.fail_next, "mode": mode}
 
     def _control_status(self, body: dict):
         record = next((m for m in self.messages if m["sid"] == body["sid"]), None)
@@ -177,7 +214,7 @@ class Simulator(resource.Resource):
         return self._post_form(record["status_callback"], params, body.get("signature", "valid"))
 
     def _control_inbound(self, body: dict):
-        sid = "SM" + secrets.token_hex(16)
+        sid = body.get("sid") or "SM" + secrets.token_hex(16)
         media = body.get("media") or []
         params = [("AccountSid", self.sid), ("ApiVersion", "2010-04-01"), ("Body", body.get("body", "")),
                   ("From", body["from"]), ("MessageSid", sid), ("NumMedia", str(len(media))),

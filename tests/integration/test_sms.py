@@ -5,8 +5,10 @@ run here) speaking Twilio's wire format.
 """
 
 import asyncio
+import json
 import os
 import re
+import secrets
 import time
 import urllib.request
 
@@ -15,7 +17,8 @@ import pytest
 from gateway.testing.process import free_port
 from tests.integration.gateway_fixture import register_form, registered_client, start_gateway
 from tests.integration.harness import Client, body, error_condition, http_get, run
-from tests.integration.sms_support import ACCOUNT_SID, AUTH_TOKEN, TwilioSimulator, sms_options
+from tests.integration.sms_support import (ACCOUNT_SID, AUTH_TOKEN, GenericAPI, TwilioSimulator, generic_options,
+                                           generic_signature, sms_options)
 
 DOMAIN = "sms.localhost"
 CONTACT = "+12025550143"
@@ -105,8 +108,9 @@ def test_send_then_delivery_receipt(prosody, simulator, sms_gateway):
             sent = await asyncio.to_thread(sent_to_simulator, simulator, "hello by SMS")
             assert len(sent) == 1
             form = sent[0]["form"]
-            assert form == {"To": [CONTACT], "From": [number], "Body": ["hello by SMS"],
-                            "StatusCallback": [f"{sms_gateway.hooks}/status"]}
+            callback = form.pop("StatusCallback")
+            assert form == {"To": [CONTACT], "From": [number], "Body": ["hello by SMS"]}
+            assert re.fullmatch(rf"{re.escape(sms_gateway.hooks)}/status\?gw_id=[0-9a-f]{{32}}", callback[0])
             result = await asyncio.to_thread(simulator.control, "status", {"sid": sent[0]["sid"],
                                                                            "status": "delivered"})
             assert result["status"] == 200
@@ -321,3 +325,165 @@ def test_number_pool_and_users_own_credentials(prosody, simulator, fresh_dir):
     finally:
         gateway.stop()
     assert "the-users-own-token-1234" not in gateway.log()
+
+
+# -- delivery guarantees under faults ----------------------------------------------
+#
+# The gateways these tests start serve smsdown.localhost: Prosody knows only the
+# component domains listed in tests/integration/conftest.py, and the tests that use
+# this one run one after another, each stopping its gateway.
+
+def is_receipt_for(msg_id: str):
+    return lambda m: (m.find(f"{{{NS_RECEIPTS}}}received") is not None
+                      and m.find(f"{{{NS_RECEIPTS}}}received").get("id") == msg_id)
+
+
+def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def post(url: str, data: bytes, headers: dict[str, str]) -> int:
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def test_replayed_inbound_webhook_is_delivered_once(prosody, simulator, sms_gateway):
+    """Twilio retries a webhook it got no answer to, and anyone may replay a captured one."""
+    number = new_number()
+    inbound = f"{sms_gateway.hooks}/inbound"
+
+    async def scenario():
+        client = await sms_user(prosody, "smsrex", number)
+        try:
+            sid = "SM" + secrets.token_hex(16)
+            for _ in range(3):                       # the same MessageSid, parameters and signature each time
+                answer = await asyncio.to_thread(simulator.control, "inbound", {
+                    "url": inbound, "from": CONTACT, "to": number, "body": "only once, please", "sid": sid})
+                assert answer["status"] == 200 and "<Response>" in answer["body"]
+            got = await client.quiet(seconds=2.0, predicate=lambda m: body(m) is not None)
+            assert [body(m) for m in got] == ["only once, please"]
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("fault", ["slow", "drop"])
+def test_lost_answer_is_not_sent_again(prosody, simulator, fresh_dir, fault):
+    """
+    Twilio took the message but its answer never came (read timeout, or the
+    connection closed): sending again would text the recipient twice.
+    """
+    web_port = free_port()
+    gateway = start_gateway(prosody, fresh_dir, "smsdown", adapter="sms", web_port=web_port,
+                            options=sms_options(simulator, web_port, http_timeout=1.0),
+                            outbox={"retry_initial": 0.3, "retry_max": 0.5, "deadline": 30.0})
+    hooks = f"http://127.0.0.1:{web_port}/hooks/{gateway.domain}/twilio"
+    text = f"the answer to this one is lost ({fault})"
+
+    async def scenario():
+        client = await registered_client(prosody, gateway.domain, f"smslost{fault}", Client,
+                                         {"number": new_number()})
+        try:
+            await asyncio.to_thread(simulator.control, "fail", {"count": 1, "mode": fault, "delay": 3.0})
+            msg_id = client.send_chat(f"{CONTACT}@{gateway.domain}", text, receipt=True)
+            assert len(await asyncio.to_thread(sent_to_simulator, simulator, text)) == 1
+            await asyncio.sleep(3.0)             # past the 1 s timeout, the late answer and several retry periods
+            taken = [m for m in simulator.messages() if m["body"] == text]
+            assert len(taken) == 1, f"the provider took {len(taken)} copies"
+            assert taken[0]["status_callback"].startswith(f"{hooks}/status?gw_id=")
+            # The status callback still finds the message: the user gets the receipt, and no error.
+            result = await asyncio.to_thread(simulator.control, "status", {"sid": taken[0]["sid"],
+                                                                           "status": "delivered"})
+            assert result["status"] == 200
+            answer = await client.next_message(lambda m: is_receipt_for(msg_id)(m) or m.get("id") == msg_id)
+            assert is_receipt_for(msg_id)(answer), f"not a receipt: {error_condition(answer)}"
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario())
+    finally:
+        gateway.stop()
+    assert "unconfirmed" in gateway.log()
+
+
+PARTS = ["a" * 153, "b" * 153, "c" * 40]             # GSM-7, 346 septets: three parts of a concatenated SMS
+
+
+def test_split_parts_resume_after_a_failed_part(prosody, fresh_dir):
+    """A provider that sends one SMS per request fails part 2 once: parts 1 and 3 must not go twice."""
+    api = GenericAPI().start()
+    web_port = free_port()
+    gateway = start_gateway(prosody, fresh_dir, "smsdown", adapter="sms", web_port=web_port,
+                            options=generic_options(api, web_port),
+                            outbox={"retry_initial": 0.3, "retry_max": 0.5, "deadline": 30.0})
+    status_hook = f"http://127.0.0.1:{web_port}/hooks/{gateway.domain}/generic/status"
+    api.fail(PARTS[1], status=500)
+
+    async def scenario():
+        client = await registered_client(prosody, gateway.domain, "smsparts", Client, {"number": new_number()})
+        try:
+            msg_id = client.send_chat(f"{CONTACT}@{gateway.domain}", "".join(PARTS), receipt=True)
+            await asyncio.to_thread(wait_until, lambda: len(api.accepted()) >= 3, 15, "three parts accepted")
+            await asyncio.sleep(1.0)                               # room for a wrongful extra send
+            assert api.accepted() == PARTS
+            assert api.sent() == [PARTS[0], PARTS[1], PARTS[1], PARTS[2]]
+            callbacks = [r["json"]["status_url"] for r in api.requests]
+            assert all(c.startswith(f"{status_hook}?gw_id=") for c in callbacks)
+            assert len({c.split("gw_id=")[1].split("&")[0] for c in callbacks}) == 1   # one message, three parts
+            # Only the last part's delivery confirms the message: one receipt, after it.
+            for request in (api.requests[0], api.requests[3]):
+                event = json.dumps({"id": f"g{request['n']}", "status": "delivered"}).encode()
+                code = await asyncio.to_thread(post, request["json"]["status_url"], event,
+                                               {"content-type": "application/json",
+                                                "x-signature": generic_signature(event)})
+                assert code == 200
+            receipts = await client.quiet(seconds=2.0, predicate=is_receipt_for(msg_id))
+            assert len(receipts) == 1
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario())
+    finally:
+        gateway.stop()
+        api.stop()
+
+
+def test_split_parts_resume_after_a_crash(prosody, fresh_dir):
+    """The gateway dies while part 2 is in flight: after the restart, part 1 is not sent again."""
+    api = GenericAPI().start()
+    web_port = free_port()
+    gateway = start_gateway(prosody, fresh_dir, "smsdown", adapter="sms", web_port=web_port,
+                            options=generic_options(api, web_port),
+                            outbox={"retry_initial": 0.3, "retry_max": 0.5, "deadline": 60.0})
+    api.hang(PARTS[1])
+
+    async def scenario():
+        client = await registered_client(prosody, gateway.domain, "smscrash", Client, {"number": new_number()})
+        try:
+            client.send_chat(f"{CONTACT}@{gateway.domain}", "".join(PARTS))
+            await asyncio.to_thread(wait_until, lambda: PARTS[1] in api.sent(), 15, "part 2 requested")
+            await asyncio.to_thread(gateway.kill)
+            await asyncio.to_thread(gateway.start)
+            await asyncio.to_thread(wait_until, lambda: len(api.accepted()) >= 3, 20, "three parts accepted")
+            await asyncio.sleep(1.0)
+            assert api.accepted() == PARTS
+            assert api.sent() == [PARTS[0], PARTS[1], PARTS[1], PARTS[2]]
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario())
+    finally:
+        gateway.stop()
+        api.stop()

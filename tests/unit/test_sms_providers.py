@@ -20,8 +20,8 @@ from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
 
-from gateway.adapters.sms.providers import (GenericJSONProvider, OutboundSMS, TelnyxProvider, TwilioProvider,
-                                            WebhookRejected, WebhookRequest)
+from gateway.adapters.sms.providers import (GenericJSONProvider, OutboundSMS, SendUnconfirmed, TelnyxProvider,
+                                            TwilioProvider, WebhookRejected, WebhookRequest)
 from gateway.adapters.sms.providers.twilio import signature
 from gateway.model import PermanentFailure, TemporaryFailure
 from gateway.testing.twilio_simulator import twilio_signature
@@ -140,6 +140,16 @@ class Capture(resource.Resource):
             (k.decode().lower(), v[0].decode()) for k, v in request.requestHeaders.getAllRawHeaders()),
             "body": request.content.read()})
         code, payload = self.answers.pop(0) if self.answers else (200, {})
+        if code == "drop":                      # took the request, then the connection broke
+            request.transport.abortConnection()
+            return server.NOT_DONE_YET
+        if code == "late":                      # took the request, answers after ``payload`` seconds
+            def answer():
+                if not request._disconnected:
+                    request.write(b"{}")
+                    request.finish()
+            reactor.callLater(payload, answer)
+            return server.NOT_DONE_YET
         request.setResponseCode(code)
         return json.dumps(payload).encode()
 
@@ -185,6 +195,74 @@ def test_twilio_send_request_and_errors(http):
     with pytest.raises(TemporaryFailure) as unreachable:
         yield down.send(sms)
     assert "cannot reach twilio" in unreachable.value.text
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_answer_lost_after_sending_is_unconfirmed_not_temporary(http):
+    """Retrying is safe only when the request cannot have reached the provider."""
+    capture, base, pool = http
+    provider = TwilioProvider({"account_sid": "AC1", "auth_token": TOKEN, "api_url": base, "http_timeout": 0.5},
+                              pool, reactor)
+    sms = OutboundSMS("+14155550100", ["+12025550143"], "hello", [], URL)
+    capture.answers = [("late", 2.0), ("drop", None), (503, {"code": 20503, "message": "Service unavailable"}),
+                       (429, {"code": 20429, "message": "Too Many Requests"})]
+    for _ in ("late", "drop"):
+        with pytest.raises(SendUnconfirmed):
+            yield provider.send(sms)
+    for _ in (503, 429):                       # the provider answered: it did not take the message
+        with pytest.raises(TemporaryFailure):
+            yield provider.send(sms)
+    assert len(capture.requests) == 4
+    for api_url in ("http://127.0.0.1:9", "http://unresolvable.invalid"):   # refused, no such host
+        down = TwilioProvider({"account_sid": "AC1", "auth_token": TOKEN, "api_url": api_url, "http_timeout": 2.0},
+                              pool, reactor)
+        with pytest.raises(TemporaryFailure) as unreachable:
+            yield down.send(sms)
+        assert not isinstance(unreachable.value, SendUnconfirmed)
+
+
+def test_which_network_errors_prove_the_request_never_left():
+    import requests
+    from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProtocolError
+
+    from gateway.adapters.sms.providers.base import never_sent
+
+    refused = requests.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, "refused")))
+    no_host = requests.ConnectionError(MaxRetryError(None, "/", NameResolutionError("h", None, OSError())))
+    reset = requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError()))
+    for error in (refused, no_host, requests.ConnectTimeout(), requests.exceptions.SSLError(),
+                  requests.exceptions.InvalidURL()):
+        assert never_sent(error), error
+    for error in (reset, requests.ReadTimeout(), requests.exceptions.ChunkedEncodingError(),
+                  requests.RequestException()):
+        assert not never_sent(error), error
+
+
+def test_inbound_webhooks_name_the_providers_own_message_id():
+    """The id a provider keeps when it sends the same webhook again: what repeats are recognised by."""
+    body = form_body(PARAMS)
+    sms = twilio().parse_inbound(WebhookRequest(URL, {"x-twilio-signature": signature(TOKEN, URL, PARAMS)}, body),
+                                 {}.get)
+    assert sms.dedupe_id == "SM1"
+    old = {k: v for k, v in PARAMS.items() if k != "MessageSid"} | {"SmsSid": ["SM2"]}
+    sms = twilio().parse_inbound(WebhookRequest(URL, {"x-twilio-signature": signature(TOKEN, URL, old)},
+                                                form_body(old)), {}.get)
+    assert sms.dedupe_id == "SM2"
+
+    key, public = telnyx_keys()
+    event = json.dumps({"data": {"id": "ev1", "event_type": "message.received", "payload": {
+        "id": "m1", "from": {"phone_number": "+12025550143"}, "to": [{"phone_number": "+14155550100"}],
+        "text": "hi"}}}).encode()
+    assert telnyx(public).parse_inbound(WebhookRequest(URL, signed(key, event), event), {}.get).dedupe_id == "m1"
+
+    event = json.dumps({"msg": {"ref": "r-9"}, "id": "per-delivery-attempt", "text": "x"}).encode()
+    headers = {"x-signature": hmac.new(b"s", event, hashlib.sha256).hexdigest()}
+    opts = {"generic_signature_header": "X-Signature", "generic_webhook_secret": "s", "generic_concatenates": False,
+            "http_timeout": 5.0}
+    named = GenericJSONProvider({**opts, "generic_fields": {"in_id": "msg.ref"}}, None, reactor)
+    assert named.parse_inbound(WebhookRequest(URL, headers, event), {}.get).dedupe_id == "r-9"
+    unnamed = GenericJSONProvider({**opts, "generic_fields": {}}, None, reactor)
+    assert unnamed.parse_inbound(WebhookRequest(URL, headers, event), {}.get).dedupe_id is None
 
 
 @pytest_twisted.inlineCallbacks
@@ -239,7 +317,13 @@ def test_generic_provider_fields_auth_and_webhooks(http):
 
 @pytest_twisted.inlineCallbacks
 def test_adapter_splits_for_providers_that_do_not_concatenate(http, tmp_path):
-    """The adapter, on a real bridge and registry, in front of a generic API that sends one SMS per request."""
+    """
+    The adapter, on a real bridge, outbox and registry, in front of a generic API
+    that sends one SMS per request and fails part 2 once: the retry resumes at
+    part 2 instead of sending part 1 again.
+    """
+    from twisted.internet import task
+
     from gateway.adapters.sms import SMSAdapter
     from gateway.bridge import Bridge
     from gateway.model import OutboundMessage, Registration
@@ -255,22 +339,27 @@ def test_adapter_splits_for_providers_that_do_not_concatenate(http, tmp_path):
     registry = SQLRegistry(f"sqlite:///{tmp_path}/r.sqlite", SecretBox.generate())
     yield registry.open()
     bridge = Bridge("sms.example.org", SMSAdapter, options, registry, reactor,
-                    {"retry_initial": 1.0, "retry_max": 1.0, "deadline": 5.0, "lease": 30.0, "poll_interval": 1.0},
+                    {"retry_initial": 0.1, "retry_max": 0.2, "deadline": 10.0, "lease": 30.0, "poll_interval": 0.1},
                     {"rate": 10.0, "burst": 10})
-    bridge.adapter.startService()
+    reg = Registration("sms.example.org", "u@example.org", "+14155550100")
+    yield registry.put_registration(reg)
+    bridge.startService()
     try:
-        reg = Registration("sms.example.org", "u@example.org", "+14155550100")
-        capture.answers = [(200, {"id": "a"}), (200, {"id": "b"})]
-        text = "x" * 153 + "y" * 47                      # GSM-7, 200 septets: 153 + 47
-        result = yield bridge.adapter.send(OutboundMessage("sms.example.org", "u@example.org", "+12025550143",
-                                                           body=text), reg)
+        yield bridge.outbox.ready
+        capture.answers = [(200, {"id": "a"}), (500, {"error": "try later"}), (200, {"id": "b"}), (200, {"id": "c"})]
+        text = "x" * 153 + "y" * 153 + "z" * 47          # GSM-7, 353 septets: 153 + 153 + 47
+        yield bridge.submit(OutboundMessage("sms.example.org", "u@example.org", "+12025550143", body=text))
+        for _ in range(100):
+            if (yield registry.queue_depth("sms.example.org"))["out"] == 0:
+                break
+            yield task.deferLater(reactor, 0.05, lambda: None)
         bodies = [json.loads(r["body"])["text"] for r in capture.requests]
-        assert bodies == ["x" * 153, "y" * 47] and result.parts == 2 and result.foreign_id == "b"
+        assert bodies == ["x" * 153, "y" * 153, "y" * 153, "z" * 47]
         assert (yield registry.counter("sms.example.org", "u@example.org", "sms",
                                        time.strftime("%Y-%m-%d", time.gmtime()))) == 1
         nothing = yield bridge.adapter.send(OutboundMessage("sms.example.org", "u@example.org", "+12025550143",
                                                             body="   "), reg)
-        assert nothing.parts == 0 and len(capture.requests) == 2   # an empty body is never sent
+        assert nothing.parts == 0 and len(capture.requests) == 4   # an empty body is never sent
     finally:
-        bridge.adapter.stopService()
+        yield bridge.stopService()
         registry.close()

@@ -8,6 +8,7 @@ statuses arrive as signed webhooks on the gateway's web site.
 from __future__ import annotations
 
 import datetime
+import urllib.parse
 from typing import Any
 
 import phonenumbers
@@ -20,7 +21,8 @@ from twisted.web import resource
 from gateway import metrics
 from gateway.adapters.base import AdapterBase
 from gateway.adapters.sms import numbers, segments
-from gateway.adapters.sms.providers import (PROVIDERS, OutboundSMS, WebhookRejected, WebhookRequest)
+from gateway.adapters.sms.providers import (PROVIDERS, OutboundSMS, SendUnconfirmed, WebhookRejected,
+                                            WebhookRequest)
 from gateway.adapters.sms.webhooks import WebhookResource
 from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, PermanentFailure,
                            Registration, RegistrationError, SendResult)
@@ -30,6 +32,9 @@ log = Logger(namespace="gateway.adapters.sms")
 
 SEGMENTS = Counter("xmpp_gateway_sms_segments", "SMS segments sent (what carriers bill).", ["component"],
                    registry=metrics.REGISTRY)
+UNCONFIRMED = Counter("xmpp_gateway_sms_unconfirmed",
+                      "SMS requests whose answer was lost after they were sent: counted as sent, not sent again.",
+                      ["component"], registry=metrics.REGISTRY)
 WEBHOOKS = Counter("xmpp_gateway_sms_webhooks", "Provider webhooks by kind and outcome.",
                    ["component", "kind", "outcome"], registry=metrics.REGISTRY)
 
@@ -187,8 +192,30 @@ class SMSAdapter(AdapterBase):
                 raise PermanentFailure(f"texts to {where} are not allowed by this gateway "
                                        f"(allowed: {', '.join(allowed)})", "policy-violation")
 
+    def _status_url(self, message: OutboundMessage, index: int, count: int) -> str | None:
+        """
+        Where the provider reports on one request. The URL names our stable
+        message id, so a status finds the message even when the answer that
+        carried the provider's id was lost; for a split text, which part it is.
+        """
+        if not self.public_url:
+            return None
+        query = {"gw_id": message.id}
+        if count > 1:
+            query.update(part=str(index + 1), parts=str(count))
+        return (f"{self.public_url}/hooks/{self.context.component}/{self.provider.name}/status?"
+                + urllib.parse.urlencode(query))
+
     @defer.inlineCallbacks
     def send(self, message: OutboundMessage, registration: Registration):
+        """
+        Send a text as one request, or (for a provider that does not
+        concatenate) one per part. ``message.progress["sent"]`` counts the
+        requests the provider took, kept durable between parts, so a retry or
+        a restart goes on with the next part instead of texting earlier ones
+        twice; a request whose answer was lost counts as taken (see
+        SendUnconfirmed).
+        """
         body = message.body or ""
         if message.subject:
             body = f"{message.subject}\n{body}" if body else message.subject
@@ -197,28 +224,41 @@ class SMSAdapter(AdapterBase):
         recipients = list(message.group) or [message.recipient]
         for number in recipients:
             self._check_destination(number)
+        component = self.context.component
+        progress = message.progress
+        done = int(progress.get("sent", 0))
         day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
         limit = self.config["daily_limit"]
-        if limit:
+        if limit and not done:   # a text the provider took part of was within the limit when it started
             used = yield self.context.counter(registration.jid, "sms", day)
             if used >= limit:
                 raise PermanentFailure(f"daily limit of {limit} messages reached; it resets at 00:00 UTC",
                                        "policy-violation")
         parts = segments.split(body) if body else [""]
-        callback = f"{self.public_url}/hooks/{self.context.component}/{self.provider.name}/status" \
-            if self.public_url else None
         credentials = {**registration.secrets, **registration.settings} if self.config["user_credentials"] else {}
         pieces = [body] if self.provider.concatenates or len(parts) == 1 else parts
-        result = None
-        for i, piece in enumerate(pieces):
-            result = yield self.provider.send(OutboundSMS(
-                sender=registration.foreign_id, recipients=recipients, body=piece,
-                media_urls=list(message.attachments) if i == 0 else [], status_callback=callback,
-                credentials=credentials))
-        count = len(parts) if body else 1
-        SEGMENTS.labels(self.context.component).inc(count * len(recipients))
+        ids = progress.setdefault("ids", [])
+        for i in range(done, len(pieces)):
+            try:
+                result = yield self.provider.send(OutboundSMS(
+                    sender=registration.foreign_id, recipients=recipients, body=pieces[i],
+                    media_urls=list(message.attachments) if i == 0 else [],
+                    status_callback=self._status_url(message, i, len(pieces)), credentials=credentials))
+                ids.append(result.id)
+            except SendUnconfirmed as e:
+                UNCONFIRMED.labels(component).inc()
+                log.warn("{id}: part {part} of {parts} to {recipient} is unconfirmed ({why}): not sent again; "
+                         "the provider's status callback will tell", id=message.id, part=i + 1, parts=len(pieces),
+                         recipient=message.recipient, why=str(e))
+                ids.append(None)
+            progress["sent"] = i + 1
+            SEGMENTS.labels(component).inc((1 if len(pieces) > 1 else len(parts)) * len(recipients))
+            if len(pieces) > 1:
+                yield self.context.checkpoint(message)
         yield self.context.add_to_counter(registration.jid, "sms", day)
-        return SendResult(foreign_id=result.id, delivered=False, parts=count)
+        named = self.public_url and self.provider.passes_status_callback
+        return SendResult(foreign_id=message.id if named else (ids[-1] if ids else None), delivered=False,
+                          parts=len(parts) if body else 1)
 
     # -- webhooks -----------------------------------------------------------
 
@@ -259,8 +299,13 @@ class SMSAdapter(AdapterBase):
             return 403, b"text/plain", b"forbidden\n"
         if kind == "status":
             WEBHOOKS.labels(component, kind, "accepted").inc()
-            if report.delivered is not None and report.id:
-                yield self.context.report(DeliveryReport(component, "", report.id, report.delivered,
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url).query)
+            ours = (query.get("gw_id") or [""])[0]
+            # A split text is delivered when its last part is; any part failing fails it.
+            final = (query.get("part") or ["1"])[0] == (query.get("parts") or ["1"])[0]
+            foreign_id = ours or report.id       # without gw_id: a message sent before statuses named ours
+            if report.delivered is not None and foreign_id and (final or report.delivered is False):
+                yield self.context.report(DeliveryReport(component, "", foreign_id, report.delivered,
                                                          None if report.delivered else "recipient-unavailable",
                                                          report.reason))
             return ok
@@ -275,6 +320,7 @@ class SMSAdapter(AdapterBase):
             sender = sms.sender.strip()   # short codes and alphanumeric sender ids stay as they are
         yield self.context.deliver(InboundMessage(
             component=component, user=reg.jid, sender=sender, body=sms.body or None,
-            attachments=[url for url, _ in sms.media], foreign_id=sms.id))
+            attachments=[url for url, _ in sms.media], foreign_id=sms.id,
+            dedupe_key=f"{self.provider.name}:{sms.dedupe_id}" if sms.dedupe_id else None))
         WEBHOOKS.labels(component, kind, "delivered").inc()
         return ok

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 import requests
+import urllib3.exceptions
 from twisted.internet import threads
 from twisted.logger import Logger
 
@@ -47,6 +48,10 @@ class InboundSMS:
     body: str
     media: list[tuple[str, str]] = field(default_factory=list)   # (url, content type)
     id: str | None = None
+    #: The provider's own id for this message, the same when it sends the
+    #: webhook again (a retry, a replay): repeats are recognised by it. None
+    #: when the provider gives no such id.
+    dedupe_id: str | None = None
 
 
 @dataclass
@@ -71,8 +76,38 @@ class WebhookRequest:
         return self.headers.get(name.lower())
 
 
+class SendUnconfirmed(Exception):
+    """
+    The request may have reached the provider, but its answer was lost (a read
+    timeout, a connection broken after the request went out). Neither "sent"
+    nor "failed" is known, and Twilio, Telnyx and the generic API have no
+    idempotency key for sending: trying again could text the recipient twice,
+    so the adapter treats the message as sent and lets status callbacks tell.
+    """
+
+
 class WebhookRejected(Exception):
     """Not from the provider (bad or missing signature): answered 403, nothing delivered."""
+
+
+def never_sent(error: requests.RequestException) -> bool:
+    """
+    Whether ``error`` proves the request never reached the server: no
+    connection (refused, no route, DNS, connect timeout, TLS handshake or proxy
+    failure) or a request that could not be built. Anything else (a read
+    timeout, a reset or close while the request was written or the answer
+    read) leaves it open whether the server took the request.
+    """
+    if isinstance(error, (requests.exceptions.ConnectTimeout, requests.exceptions.SSLError,
+                          requests.exceptions.ProxyError, requests.exceptions.InvalidURL,
+                          requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema,
+                          requests.exceptions.InvalidHeader, requests.exceptions.URLRequired)):
+        return True
+    if isinstance(error, requests.exceptions.ConnectionError) and not isinstance(error, requests.exceptions.Timeout):
+        # requests wraps urllib3's MaxRetryError, whose reason says which step failed.
+        reason = getattr(error.args[0], "reason", None) if error.args else None
+        return isinstance(reason, urllib3.exceptions.NewConnectionError)
+    return False
 
 
 class SMSProvider:
@@ -82,6 +117,9 @@ class SMSProvider:
     supports_group = False
     #: Webhook responses: (content type, body) the provider expects.
     webhook_reply: tuple[bytes, bytes] = (b"text/plain", b"")
+    #: Each message carries the status URL the gateway gives it (so the URL can
+    #: name the message); otherwise statuses go where the provider's console says.
+    passes_status_callback = True
 
     def __init__(self, options: dict[str, Any], http_pool, reactor):
         self.options = options
@@ -112,10 +150,18 @@ class SMSProvider:
     # -- shared HTTP handling -------------------------------------------------
 
     def request(self, method: str, url: str, **kwargs) -> requests.Response:
-        """Runs in the HTTP thread pool: network errors become TemporaryFailure."""
+        """
+        Runs in the HTTP thread pool. A network error that happened before the
+        request could reach the provider is a TemporaryFailure (safe to retry);
+        one after it went out means the provider may have acted on it, so a
+        POST fails with SendUnconfirmed instead, never to be sent again blindly.
+        """
         try:
             return self.session.request(method, url, timeout=self.timeout, **kwargs)
         except requests.RequestException as e:
+            if method.upper() == "POST" and not never_sent(e):
+                raise SendUnconfirmed(f"no answer from {self.name} after the request was sent "
+                                      f"({type(e).__name__})") from None
             raise TemporaryFailure(f"cannot reach {self.name}: {type(e).__name__}") from None
 
     def classify(self, response: requests.Response, detail: str) -> None:

@@ -33,6 +33,7 @@ class GenericJSONProvider(SMSProvider):
         super().__init__(options, http_pool, reactor)
         self.concatenates = options["generic_concatenates"]
         self.f = options["generic_fields"]
+        self.passes_status_callback = bool(self.f.get("callback"))
 
     def send(self, sms: OutboundSMS):
         if len(sms.recipients) != 1:
@@ -75,10 +76,14 @@ class GenericJSONProvider(SMSProvider):
     def parse_inbound(self, request: WebhookRequest, secret_for) -> InboundSMS:
         data, f = self._verify(request), self.f
         media = dig(data, f.get("in_media", "media_urls")) or []
+        # Only an id the operator named is trusted to stay the same when the provider
+        # sends a webhook again; the default field might differ per delivery attempt.
+        stable = dig(data, f["in_id"]) if "in_id" in f else None
         return InboundSMS(sender=str(dig(data, f.get("in_from", "from")) or ""),
                           recipient=str(dig(data, f.get("in_to", "to")) or ""),
                           body=str(dig(data, f.get("in_body", "text")) or ""),
-                          media=[(str(u), "") for u in media], id=dig(data, f.get("in_id", "id")))
+                          media=[(str(u), "") for u in media], id=dig(data, f.get("in_id", "id")),
+                          dedupe_id=str(stable) if stable not in (None, "") else None)
 
     def parse_status(self, request: WebhookRequest, secret_for) -> StatusReport:
         data, f = self._verify(request), self.f

@@ -82,9 +82,13 @@ class TelnyxProvider(SMSProvider):
         p = data.get("payload") or {}
         to = p.get("to") or [{}]
         media = [(m.get("url", ""), m.get("content_type", "")) for m in p.get("media") or []]
+        # The message's id names the message however often its event is sent; the
+        # event's own id (data.id) stands in only if a payload lacks it.
+        message_id = p.get("id") or data.get("id")
         return InboundSMS(sender=(p.get("from") or {}).get("phone_number", ""),
                           recipient=to[0].get("phone_number", ""), body=p.get("text") or "",
-                          media=[m for m in media if m[0]], id=p.get("id"))
+                          media=[m for m in media if m[0]], id=p.get("id"),
+                          dedupe_id=str(message_id) if message_id else None)
 
     def parse_status(self, request: WebhookRequest, secret_for) -> StatusReport:
         data = self._verify(request)

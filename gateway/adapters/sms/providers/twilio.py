@@ -102,8 +102,9 @@ class TwilioProvider(SMSProvider):
         p = self._verify(request, secret_for)
         first = lambda k: (p.get(k) or [""])[0]  # noqa: E731
         media = [(first(f"MediaUrl{i}"), first(f"MediaContentType{i}")) for i in range(int(first("NumMedia") or 0))]
+        sid = first("MessageSid") or first("SmsSid") or None      # SmsSid: the older name, still sent
         return InboundSMS(sender=first("From"), recipient=first("To"), body=first("Body"),
-                          media=[m for m in media if m[0]], id=first("MessageSid") or None)
+                          media=[m for m in media if m[0]], id=sid, dedupe_id=sid)
 
     def parse_status(self, request: WebhookRequest, secret_for) -> StatusReport:
         p = self._verify(request, secret_for)
