@@ -66,9 +66,13 @@ class ScriptedSASLServer:
     client, answers JOIN with NAMES and sends one message tagged with time and msgid.
     """
 
-    def __init__(self, port: int, account: str, password: str):
+    def __init__(self, port: int, account: str | None, password: str | None = None,
+                 after_welcome: tuple[str, ...] = (), after_join: tuple[str, ...] = ()):
+        """Without ``account`` no SASL is needed; the ``after_*`` lines (``{nick}``, ``{channel}`` filled in) follow."""
         self.port = port
-        self.expected = f"{account}\0{account}\0{password}"
+        self.expected = f"{account}\0{account}\0{password}" if account else None
+        self.after_welcome = after_welcome
+        self.after_join = after_join
         self.received: list[str] = []
         self.authenticated = False
 
@@ -104,14 +108,18 @@ class ScriptedSASLServer:
                     send(":sasl.test 904 * :SASL authentication failed")
             elif line.startswith("NICK "):
                 nick = line.split(" ", 1)[1]
-            elif line == "CAP END" and self.authenticated:
+            elif line == "CAP END" and (self.authenticated or self.expected is None):
                 send(f":sasl.test 001 {nick} :Welcome")
+                for extra in self.after_welcome:
+                    send(extra.format(nick=nick))
             elif line.startswith("JOIN "):
                 channel = line.split(" ", 1)[1]
                 send(f":{nick}!u@h JOIN {channel}")
                 send(f":sasl.test 353 {nick} = {channel} :{nick} @op")
                 send(f":sasl.test 366 {nick} {channel} :End of NAMES")
                 send(f"@time=2020-01-02T03:04:05.000Z;msgid=abc123 :op!o@h PRIVMSG {channel} :from the past")
+                for extra in self.after_join:
+                    send(extra.format(nick=nick, channel=channel))
             await writer.drain()
 
     def close(self) -> None:

@@ -291,6 +291,41 @@ def test_sasl_plain_through_cap_with_server_time_and_msgid(prosody, irc_gateway)
     assert "sasl-s3cret" not in irc_gateway.log()
 
 
+def test_hostile_tags_are_ignored_and_the_stream_stays_up(prosody, irc_gateway):
+    """
+    A server-time that overflows and a msgid with a control character must not
+    cost the message, nor break the component stream every user shares.
+    """
+    user = prosody.register(f"irctags{os.getpid()}", "pw")
+    overflow = "2024-01-01T00:00:00.5e400Z"
+
+    async def scenario():
+        peer = await ScriptedSASLServer(irc_gateway.scripted_port, account=None, after_welcome=(
+            f"@time={overflow};msgid=pm\x01id :op!o@h PRIVMSG {{nick}} :private, hostile tags",
+        ), after_join=(
+            f"@time={overflow};msgid=evil\x01id :op!o@h PRIVMSG {{channel}} :hostile tags",
+            "@time=1970-01-01T00:00:00Z;msgid=<b>&amp; :op!o@h PRIVMSG {channel} :ancient",
+            ":op!o@h PRIVMSG {channel} :after them",
+        )).start()
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            client.send_raw(f"<presence to='#tags%sasl.test@{DOMAIN}/tagger'><x xmlns='{NS_MUC}'/></presence>")
+            for text in ("hostile tags", "ancient", "after them"):
+                m = await client.next_message(lambda m: body(m) == text)
+                assert m.get("type") == "groupchat"
+                assert m.find("{urn:xmpp:delay}delay") is None and m.find("{urn:xmpp:sid:0}stanza-id") is None
+            pm = await client.next_message(lambda m: body(m) == "private, hostile tags")
+            assert pm.get("from") == f"op%sasl.test@{DOMAIN}" and pm.find("{urn:xmpp:delay}delay") is None
+            info = await client.plugin["xep_0030"].get_info(jid=DOMAIN, timeout=10)      # the component still answers
+            assert info["disco_info"]["identities"]
+        finally:
+            await client.stop()
+            peer.close()
+
+    run(scenario(), timeout=60)
+    assert "parked" not in irc_gateway.log()
+
+
 def test_unreachable_server_is_a_join_error(prosody, irc_gateway):
     user = prosody.register(f"ircnone{os.getpid()}", "pw")
 
@@ -489,3 +524,52 @@ def test_user_changes_nick_and_a_taken_nick_is_a_conflict(prosody, ircd, irc_gat
             await owner.close()
 
     run(scenario(), timeout=60)
+
+
+def test_private_messages_survive_an_irc_server_restart_exactly_once_in_order(prosody, ircd, fresh_dir):
+    """
+    Lines waiting behind a slow throttle when the IRC server goes away are not
+    lost and not repeated: the outbox keeps each message until all its lines are
+    written, and a message cut short resumes where it stopped.
+    """
+    gateway = start_gateway(prosody, fresh_dir, "ircslow", adapter="irc", options={
+        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False}},
+        "throttle_rate": 0.5, "throttle_burst": 1}, outbox={"retry_initial": 1.0, "retry_max": 4.0})
+    user = prosody.register(f"ircpm{os.getpid()}", "pw")
+    nick = user.partition("@")[0]
+    peer_jid = "pmpeer%localhost@ircslow.localhost"
+    expected = ["pm 0", "pm 1", "pm 2a", "pm 2b", "pm 2c", "pm 3", "pm 4"]
+
+    def received(*peers) -> list[str]:
+        return [l.split(" PRIVMSG pmpeer :", 1)[1] for p in peers for l in p.seen
+                if l.startswith(f":{nick}!") and " PRIVMSG pmpeer :" in l]
+
+    async def scenario():
+        peer = await RawIRC(ircd.port, "pmpeer").connect()
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        again = None
+        try:
+            client.send_chat(peer_jid, "pm 0")              # opens the connection; the one token of the burst
+            await peer.expect(lambda l: l.endswith("PRIVMSG pmpeer :pm 0"), timeout=20)
+            for text in ("pm 1", "pm 2a\npm 2b\npm 2c", "pm 3", "pm 4"):
+                client.send_chat(peer_jid, text)
+            # one line every 2 s: pm 2a written, pm 2b ... pm 4 still waiting in the gateway
+            await peer.expect(lambda l: l.endswith("PRIVMSG pmpeer :pm 2a"), timeout=20)
+            await asyncio.to_thread(ircd.restart)
+            again = await RawIRC(ircd.port, "pmpeer").connect()
+            for _ in range(160):
+                if len(received(peer, again)) >= len(expected):
+                    break
+                await asyncio.sleep(0.25)
+            await asyncio.sleep(3.0)                         # nothing more comes: no line twice
+            assert received(peer, again) == expected
+        finally:
+            await client.stop()
+            await peer.close()
+            if again is not None:
+                await again.close()
+
+    try:
+        run(scenario(), timeout=90)
+    finally:
+        gateway.stop()

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 
 from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import text
-from gateway.adapters.irc.session import IRCSession
+from gateway.adapters.irc.session import Backlog, IRCSession
 from gateway.model import (AddressError, Field, OutboundMessage, PermanentFailure, Registration,
                            RegistrationError, SendResult)
 from gateway.options import Option, non_negative, positive
@@ -69,6 +69,8 @@ class IRCAdapter(AdapterBase):
     def __init__(self, options: dict[str, Any], context):
         super().__init__(options, context)
         self.sessions: dict[tuple[str, str], IRCSession] = {}
+        #: Kept by the adapter, not the session: a session may be replaced while messages wait for retries.
+        self.backlog = Backlog(context.clock)
 
     def stopService(self):
         for session in list(self.sessions.values()):
@@ -228,8 +230,10 @@ class IRCAdapter(AdapterBase):
         if not target:
             return defer.fail(PermanentFailure("write to a channel or a nickname on that server", "not-acceptable"))
         session = self.session(registration, server)
-        room = session._room(target) if message.kind == "groupchat" else None
-        if message.kind == "groupchat" and room is None:
+        if message.kind != "groupchat":
+            return session.send_private(message, target).addCallback(lambda parts: SendResult(parts=parts))
+        room = session._room(target)
+        if room is None:
             return defer.fail(PermanentFailure(f"join {target} before writing to it", "not-acceptable"))
         return session.send(target, body, room, message.xmpp_id).addCallback(lambda parts: SendResult(parts=parts))
 

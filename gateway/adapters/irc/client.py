@@ -3,41 +3,109 @@ One IRC connection, on Twisted's IRCClient, with what it lacks: IRCv3 CAP
 negotiation with SASL PLAIN, server-time and message tags; a fallback charset for
 non-UTF-8 servers; and an outgoing token bucket instead of a fixed line delay.
 Events go to the session that owns the connection.
+
+Tags come from a server we do not control: they are checked here, where they
+enter, so that only a sane timestamp and an id fit for an XML attribute ever
+reach the neutral model.
 """
 
 from __future__ import annotations
 
 import base64
 import calendar
+import math
+import re
 import time
+from collections import deque
+from typing import Callable
 
+from twisted.internet import defer, task
 from twisted.words.protocols import irc
 
 from gateway import __version__
 from gateway.adapters.irc import text
+from gateway.model import TemporaryFailure
 
 WANTED_CAPS = ("server-time", "message-tags", "multi-prefix")
 
+#: Lines one connection may hold behind its throttle: at the default 2 lines/s,
+#: about 17 minutes of talk. Beyond it the outbox keeps the messages instead.
+MAX_PENDING_LINES = 2000
+
+_TAG_ESCAPE = re.compile(r"\\(.?)", re.DOTALL)
+_TAG_ESCAPES = {":": ";", "s": " ", "r": "\r", "n": "\n", "": ""}
+_STAMP = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?Z", re.ASCII)
+#: 1990-01-01T00:00:00Z: IRCv3 is far younger; an older stamp is a broken server clock.
+_OLDEST = 631152000.0
+_NEWEST_AHEAD = 86400.0
+#: Printable ASCII without space, quotes, angle brackets or ampersand: safe in an
+#: XML attribute and in a JID resource, whatever the serialiser does.
+_MSGID = re.compile(r"[!#-%(-;=?-~]{1,128}", re.ASCII)
+
 
 def parse_tags(raw: str) -> dict[str, str]:
+    """IRCv3 message tags, each value unescaped in one pass (``\\\\s`` is a backslash then ``s``)."""
     tags = {}
     for item in raw.split(";"):
         key, _, value = item.partition("=")
-        value = (value.replace("\\:", ";").replace("\\s", " ").replace("\\r", "\r").replace("\\n", "\n")
-                 .replace("\\\\", "\\"))
-        tags[key] = value
+        tags[key] = _TAG_ESCAPE.sub(lambda m: _TAG_ESCAPES.get(m.group(1), m.group(1)), value)
     return tags
 
 
-def server_time(tags: dict[str, str]) -> float | None:
-    stamp = tags.get("time")
-    if not stamp:
+def server_time(tags: dict[str, str], now: float | None = None) -> float | None:
+    """
+    The ``time`` tag as seconds since the epoch, or None when it is not a plain
+    UTC stamp (``YYYY-MM-DDThh:mm:ss[.fff]Z``), not a real date, before 1990 or
+    more than a day ahead of ``now``: a bad stamp costs the delay mark, never
+    the message.
+    """
+    m = _STAMP.fullmatch(tags.get("time") or "")
+    if m is None:
         return None
-    try:
-        return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) + (
-            float("0" + stamp[19:].rstrip("Z")) if "." in stamp[19:] else 0.0)
-    except ValueError:
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if not (1990 <= year and 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+            and hour < 24 and minute < 60 and second < 60):
         return None
+    fraction = m.group(7) or "0"
+    stamp = calendar.timegm((year, month, day, hour, minute, second)) + int(fraction) / 10 ** len(fraction)
+    now = time.time() if now is None else now
+    if not math.isfinite(stamp) or not _OLDEST <= stamp <= now + _NEWEST_AHEAD:
+        return None
+    return stamp
+
+
+def safe_msgid(tags: dict[str, str]) -> str | None:
+    """The ``msgid`` tag if it can safely become a stanza id (bounded, printable, nothing XML-special)."""
+    value = tags.get("msgid")
+    return value if value and _MSGID.fullmatch(value) else None
+
+
+class QueueFull(TemporaryFailure):
+    """The connection already holds as many lines as it may: the outbox keeps the message for later."""
+
+
+class Outgoing:
+    """
+    One message's lines on their way through a connection's throttle. ``done``
+    fires with the number of lines once the last one is written to the socket,
+    or fails with TemporaryFailure if the connection goes first; ``written``
+    then says how far it got, so the message can resume there and not repeat.
+    """
+
+    def __init__(self, lines: list[str], on_progress: Callable[["Outgoing"], None] | None = None):
+        self.lines = lines
+        self.written = 0
+        self.done: defer.Deferred = defer.Deferred()
+        self.on_progress = on_progress
+
+    @property
+    def finished(self) -> bool:
+        return self.done.called
+
+    def abandon(self, error: Exception) -> None:
+        """Stop: lines not written yet stay unwritten (the connection skips them)."""
+        if not self.done.called:
+            self.done.errback(error)
 
 
 class IRCConnection(irc.IRCClient):
@@ -58,9 +126,12 @@ class IRCConnection(irc.IRCClient):
         self._caps_done = False
         rate, burst = session.adapter.config["throttle_rate"], session.adapter.config["throttle_burst"]
         self._rate, self._burst = rate, float(burst)
-        self._tokens, self._last = float(burst), time.monotonic()
-        self._pending: list[str] = []
+        self._clock = session.adapter.context.clock
+        self._tokens, self._last = float(burst), self._clock.seconds()
+        #: Lines waiting for the bucket, each with the message it belongs to (None for commands).
+        self._pending: deque[tuple[str, Outgoing | None]] = deque()
         self._drain = None
+        self._lost = False
 
     # -- registration with CAP ---------------------------------------------------
 
@@ -131,6 +202,11 @@ class IRCConnection(irc.IRCClient):
             raw, _, line = line[1:].partition(" ")
             self.tags = parse_tags(raw)
         super().lineReceived(line)
+
+    def _createHeartbeat(self):
+        heartbeat = task.LoopingCall(self._sendHeartbeat)
+        heartbeat.clock = self._clock
+        return heartbeat
 
     def signedOn(self):
         self.session.signed_on(self)
@@ -218,29 +294,71 @@ class IRCConnection(irc.IRCClient):
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
+        self._lost = True
         if self._drain is not None and self._drain.active():
             self._drain.cancel()
+        self._drain = None
         self.session.connection_lost(self, reason)
+        self.abandon(TemporaryFailure(f"connection to {self.session.server} lost before the message was written: "
+                                      f"{reason.getErrorMessage()}"))
+
+    def abandon(self, error: Exception) -> None:
+        """Drop every waiting line; the messages they belong to fail with ``error``."""
+        pending, self._pending = self._pending, deque()
+        for out in {id(out): out for _, out in pending if out is not None}.values():
+            out.abandon(error)
 
     # -- outgoing, throttled ---------------------------------------------------------
 
     def send_lines(self, lines: list[str]) -> None:
-        """Queue lines behind the token bucket (bursts of ``burst``, then ``rate`` per second)."""
-        self._pending.extend(lines)
-        self._flush()
+        """Queue commands behind the token bucket (bursts of ``burst``, then ``rate`` per second)."""
+        self._pending.extend((line, None) for line in lines)
+        self._kick()
+
+    def send_message(self, lines: list[str], on_progress: Callable[[Outgoing], None] | None = None) -> Outgoing:
+        """
+        Queue a message's lines behind the token bucket; its ``done`` tells when
+        the last is written. Raises QueueFull rather than hold more than
+        MAX_PENDING_LINES: a flood must wait in the durable outbox, not in memory.
+        """
+        if self._lost:
+            raise TemporaryFailure(f"connection to {self.session.server} lost")
+        if len(self._pending) + len(lines) > MAX_PENDING_LINES:
+            raise QueueFull("IRC send queue full")
+        out = Outgoing(lines, on_progress)
+        self._pending.extend((line, out) for line in lines)
+        self._kick()
+        return out
+
+    def _kick(self) -> None:
+        # A scheduled drain means the bucket is empty: new lines wait their turn behind it.
+        if self._drain is None and not self._lost:
+            self._flush()
 
     def _flush(self) -> None:
         self._drain = None
-        if self._rate <= 0:
-            for line in self._pending:
-                self.sendLine(line)
-            self._pending = []
-            return
-        now = time.monotonic()
-        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
-        self._last = now
-        while self._pending and self._tokens >= 1:
-            self.sendLine(self._pending.pop(0))
-            self._tokens -= 1
+        if getattr(self.transport, "disconnecting", False):
+            return                                # closing: whatever still waits fails in connectionLost
+        if self._rate > 0:
+            now = self._clock.seconds()
+            self._tokens = min(self._burst, self._tokens + max(0.0, now - self._last) * self._rate)
+            self._last = now
+        moved: dict[int, Outgoing] = {}
+        while self._pending and (self._rate <= 0 or self._tokens >= 1):
+            line, out = self._pending.popleft()
+            if out is not None:
+                if out.finished:                  # abandoned (taken over elsewhere): the rest stays unsent
+                    continue
+                out.written += 1
+                moved[id(out)] = out
+            self.sendLine(line)
+            if self._rate > 0:
+                self._tokens -= 1
         if self._pending:
-            self._drain = self.session.adapter.context.clock.callLater((1 - self._tokens) / self._rate, self._flush)
+            self._drain = self._clock.callLater((1 - self._tokens) / self._rate, self._flush)
+        # Callbacks last, once the queue is consistent: they may queue more lines.
+        for out in moved.values():
+            if out.written == len(out.lines):
+                out.done.callback(out.written)
+            elif out.on_progress is not None:
+                out.on_progress(out)

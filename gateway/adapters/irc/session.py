@@ -11,8 +11,9 @@ from twisted.internet import defer, protocol, ssl
 from twisted.logger import Logger
 
 from gateway.adapters.irc import text
-from gateway.adapters.irc.client import IRCConnection, server_time
-from gateway.model import InboundMessage, RoomEvent, TemporaryFailure
+from gateway.adapters.irc.client import IRCConnection, Outgoing, safe_msgid, server_time
+from gateway.model import (InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
+                           TemporaryFailure)
 
 log = Logger(namespace="gateway.adapters.irc")
 
@@ -20,6 +21,53 @@ PREFIXES = "~&@%+"
 ROLE = {"~": ("moderator", "owner"), "&": ("moderator", "admin"), "@": ("moderator", "admin"),
         "%": ("moderator", "member"), "+": ("participant", "member")}
 MODE_PREFIX = {"q": "~", "a": "&", "o": "@", "h": "%", "v": "+"}
+
+#: How long a private message that failed here keeps later ones of its
+#: conversation waiting for its retry: longer than the outbox's longest backoff
+#: (retry_max 300 s, +20 % jitter), short enough that a message retried
+#: elsewhere or given up does not hold the conversation for long.
+ORDER_HOLD = 600.0
+
+
+class Backlog:
+    """
+    Private messages that failed here and wait for the outbox to retry them, per
+    conversation, oldest first. The outbox retries every row after its own
+    jittered backoff, so retries come back in any order, while on IRC nothing
+    can reorder lines once sent: a message goes out only when no older message
+    of its conversation is still owed. An entry not back within ``hold``
+    seconds (taken over by another process, given up) stops holding others.
+    """
+
+    def __init__(self, clock, hold: float = ORDER_HOLD):
+        self.clock = clock
+        self.hold = hold
+        self._owed: dict[tuple[str, str, str], dict[str, tuple[float, float]]] = {}
+
+    def overtakes(self, key: tuple[str, str, str], message: OutboundMessage) -> bool:
+        """Whether sending ``message`` now would pass an older message of its conversation still owed."""
+        entries = self._owed.get(key)
+        if not entries:
+            return False
+        now, mine, older = self.clock.seconds(), (message.created_at, message.id), False
+        for mid, (created, failed) in list(entries.items()):
+            if now - failed > self.hold:
+                del entries[mid]
+            elif mid != message.id and (created, mid) < mine:
+                older = True
+        if not entries:
+            del self._owed[key]
+        return older
+
+    def owe(self, key: tuple[str, str, str], message: OutboundMessage) -> None:
+        self._owed.setdefault(key, {})[message.id] = (message.created_at, self.clock.seconds())
+
+    def settle(self, key: tuple[str, str, str], message: OutboundMessage) -> None:
+        entries = self._owed.get(key)
+        if entries is not None:
+            entries.pop(message.id, None)
+            if not entries:
+                del self._owed[key]
 
 
 class Room:
@@ -41,6 +89,7 @@ class Room:
 class _Factory(protocol.ReconnectingClientFactory):
     def __init__(self, session: "IRCSession"):
         self.session = session
+        self.clock = session.context.clock
         self.maxDelay = session.adapter.config["reconnect_max_delay"]
         self.initialDelay = 1.0
         self.factor = 2.0
@@ -118,6 +167,8 @@ class IRCSession:
         if self.factory is not None:
             self.factory.stopTrying()
         if self.conn is not None:
+            # Nothing may be written after QUIT: waiting messages go back to the outbox now.
+            self.conn.abandon(TemporaryFailure(f"connection to {self.server} closed"))
             self.conn.sendLine(f"QUIT :{text.one_line(reason)}")
             self.conn.transport.loseConnection()
         elif self.connector is not None:
@@ -144,6 +195,11 @@ class IRCSession:
         return True
 
     def signed_on(self, conn: IRCConnection) -> None:
+        old = self.conn
+        if old is not None and old is not conn:
+            # Replaced: what waits on the old connection goes back to the outbox, not out twice.
+            old.abandon(TemporaryFailure(f"connection to {self.server} replaced"))
+            old.transport.loseConnection()
         self.conn = conn
         self.signed_once = True
         self.nick = conn.nickname
@@ -182,8 +238,9 @@ class IRCSession:
         conn.nickname = new
 
     def connection_lost(self, conn: IRCConnection, reason) -> None:
-        if self.conn is conn:
-            self.conn = None
+        if self.conn is not None and self.conn is not conn:
+            return                                   # a replaced connection: the rooms live on the new one
+        self.conn = None
         for room in self.rooms.values():
             room.joined = room.ready = False
             room.occupants.clear()
@@ -366,15 +423,15 @@ class IRCSession:
         body = text.strip_formatting(body)
         if notice:
             body = f"[notice] {body}"
-        stamp = server_time(tags)
+        stamp, msgid = server_time(tags), safe_msgid(tags)
         if target.startswith(("#", "&", "+", "!")):
             room = self._room(target)
             if room is not None and room.ready:
-                self._event(room, "message", nick=nick, body=body, timestamp=stamp, stanza_id=tags.get("msgid"))
+                self._event(room, "message", nick=nick, body=body, timestamp=stamp, stanza_id=msgid)
             return
         self.context.deliver(InboundMessage(component=self.context.component, user=self.user,
                                             sender=f"{nick.lower()}%{self.server}", body=body, timestamp=stamp,
-                                            foreign_id=tags.get("msgid"))).addErrback(
+                                            foreign_id=msgid)).addErrback(
             lambda f: log.failure("private message from {nick} not stored", f, nick=nick))
 
     # -- LIST -------------------------------------------------------------------
@@ -423,17 +480,98 @@ class IRCSession:
 
     def send(self, target: str, body: str, reflect_room: Room | None = None,
              message_id: str | None = None) -> defer.Deferred:
-        """Send a message (connecting first if needed); fires with the number of IRC lines."""
+        """
+        A room message (connecting first if needed). Room traffic is about now and
+        not in the outbox: it fires with the number of IRC lines once they are
+        queued, and fails only if the queue is full.
+        """
         if self.conn is None:
             return self.ready().addCallback(lambda _: self.send(target, body, reflect_room, message_id))
-        ctcp = None
-        if body.startswith("/me "):
-            body, ctcp = body[4:], "ACTION"
+        body, ctcp = _ctcp(body)
         lines = text.message_lines("PRIVMSG", target, body, self.nick, ctcp)
-        self.conn.send_lines(lines)
+        try:
+            self.conn.send_message(lines).done.addErrback(lambda f: None)   # lost with the connection: as before
+        except TemporaryFailure as e:
+            return defer.fail(e)
         if reflect_room is not None:
             # XEP-0045: the room reflects the sender's own message to every joined resource.
             self._event(reflect_room, "message", nick=self.nick, body=("/me " if ctcp else "") + body,
                         message_id=message_id)
         return defer.succeed(len(lines))
 
+    def send_private(self, message: OutboundMessage, target: str) -> defer.Deferred:
+        """
+        A private message from the outbox: fires with the number of IRC lines once
+        the last is written to the socket, so the outbox forgets nothing the
+        connection still holds. It fails with TemporaryFailure (the outbox retries)
+        while an older message to ``target`` waits for its own retry, when the queue
+        is full, or when the connection goes before every line is written; then
+        ``message.progress["irc_lines"]`` counts the lines already written, stored
+        before failing, and the retry starts after them.
+        """
+        key = (self.user, self.server, target.lower())
+        backlog = self.adapter.backlog
+
+        def failed(failure):
+            if failure.check(LostOwnership):
+                backlog.settle(key, message)          # another process sends it now
+            elif not failure.check(PermanentFailure):
+                backlog.owe(key, message)
+            return failure
+
+        return self._write_private(message, target, key).addErrback(failed)
+
+    def _write_private(self, message: OutboundMessage, target: str, key: tuple[str, str, str]) -> defer.Deferred:
+        if self.conn is None:
+            return self.ready().addCallback(lambda _: self._write_private(message, target, key))
+        backlog = self.adapter.backlog
+        if backlog.overtakes(key, message):
+            return defer.fail(TemporaryFailure(f"an older message to {target} is waiting to be resent"))
+        body, ctcp = _ctcp(message.body or "")
+        lines = text.message_lines("PRIVMSG", target, body, self.nick, ctcp)
+        done = _lines_written(message, len(lines))
+        if done == len(lines):
+            backlog.settle(key, message)
+            return defer.succeed(len(lines))
+        try:
+            out = self.conn.send_message(lines[done:], lambda o: self._progressed(message, done, o))
+        except TemporaryFailure as e:
+            return defer.fail(e)
+        backlog.settle(key, message)                  # in line on the socket: later messages may follow it
+        return out.done.addCallbacks(lambda _: len(lines), lambda f: self._interrupted(f, message, done, out))
+
+    def _progressed(self, message: OutboundMessage, done: int, out: Outgoing) -> None:
+        """Part of a message is out: make that durable, so a crash now does not repeat those lines."""
+        message.progress["irc_lines"] = done + out.written
+
+        def failed(failure):
+            if failure.check(LostOwnership):
+                out.abandon(failure.value)            # the outbox must stop: the rest is not ours to send
+            else:
+                log.failure("progress of {id} not stored", failure, id=message.id)
+
+        self.context.checkpoint(message).addErrback(failed)
+
+    @defer.inlineCallbacks
+    def _interrupted(self, failure, message: OutboundMessage, done: int, out: Outgoing):
+        if out.written and not failure.check(LostOwnership):
+            message.progress["irc_lines"] = done + out.written
+            try:
+                # Before the outbox releases the row (which ends our claim), or the count is lost.
+                yield self.context.checkpoint(message)
+            except LostOwnership:
+                raise
+            except Exception:
+                log.failure("progress of {id} not stored; a retry may repeat {n} line(s)", id=message.id,
+                            n=done + out.written)
+        failure.raiseException()
+
+
+def _ctcp(body: str) -> tuple[str, str | None]:
+    return (body[4:], "ACTION") if body.startswith("/me ") else (body, None)
+
+
+def _lines_written(message: OutboundMessage, total: int) -> int:
+    """Lines an earlier attempt wrote (``progress["irc_lines"]``), if the record is sane."""
+    done = message.progress.get("irc_lines", 0)
+    return done if isinstance(done, int) and not isinstance(done, bool) and 0 <= done <= total else 0

@@ -1,0 +1,319 @@
+"""
+One IRC session in memory: the real adapter, session and connection on a
+StringTransport and a MemoryReactorClock, the bridge replaced by a recorder.
+
+Covers what must hold under faults: a private message counts as sent only once
+every line is written, a connection lost with lines waiting hands the message
+back to the outbox (resuming after the lines already written, in order), the
+send queue is bounded; and tags from the IRC server are checked before they
+reach the neutral model.
+"""
+
+from __future__ import annotations
+
+import math
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.adapters.irc import IRCAdapter
+from gateway.adapters.irc.client import server_time
+from gateway.model import LostOwnership, OutboundMessage, Registration, SendResult, TemporaryFailure
+
+SERVER = "irc.test"
+USER = "alice@example.org"
+
+
+class Recorder:
+    """The IAdapterContext an adapter sees, keeping what it is given."""
+
+    component = "irc.example.org"
+
+    def __init__(self):
+        self.clock = MemoryReactorClock()
+        self.delivered = []
+        self.events = []
+        self.checkpoints: list[dict] = []
+        self.checkpoint_result = None
+
+    def deliver(self, message):
+        self.delivered.append(message)
+        return defer.succeed(None)
+
+    def room_event(self, event):
+        self.events.append(event)
+
+    def checkpoint(self, message):
+        self.checkpoints.append(dict(message.progress))
+        if self.checkpoint_result is not None:
+            return defer.fail(self.checkpoint_result)
+        return defer.succeed(None)
+
+
+class IRCSessionCase(SynchronousTestCase):
+    rate = 1.0
+    burst = 1
+
+    def setUp(self):
+        self.context = Recorder()
+        self.clock = self.context.clock
+        options = {o.key: o.default for o in IRCAdapter.options}
+        options.update(servers={SERVER: {"host": "127.0.0.1", "port": 6667, "tls": False}},
+                       throttle_rate=self.rate, throttle_burst=self.burst)
+        self.adapter = IRCAdapter(options, self.context)
+        self.registration = Registration(component=self.context.component, jid=USER)
+        self.transports: list[StringTransport] = []
+        self.conn = None
+
+    def tearDown(self):
+        for session in list(self.adapter.sessions.values()):
+            session.closed = True
+        if self.conn is not None and self.conn.transport.connected:
+            self.conn.connectionLost(Failure(ConnectionDone()))
+
+    def sign_on(self):
+        """The connection the session asked for, accepted and welcomed (again after a loss)."""
+        session = self.adapter.session(self.registration, SERVER, "alice")
+        session.connect()
+        factory = self.clock.tcpClients[0][2]
+        self.conn = factory.buildProtocol(None)
+        transport = StringTransport()
+        self.transports.append(transport)
+        self.conn.makeConnection(transport)
+        self.conn.lineReceived(f":{SERVER} 001 alice :Welcome".encode())
+        transport.clear()
+        return session
+
+    def lose(self):
+        transport = self.conn.transport
+        transport.connected = False
+        self.conn.connectionLost(Failure(ConnectionDone("the server went away")))
+
+    def written(self, index: int = -1) -> list[str]:
+        return self.transports[index].value().decode().splitlines()
+
+    def message(self, body: str, to: str = "bob") -> OutboundMessage:
+        return OutboundMessage(component=self.context.component, user=USER, recipient=f"{to}%{SERVER}", body=body)
+
+    def send(self, message: OutboundMessage) -> defer.Deferred:
+        return defer.maybeDeferred(self.adapter.send, message, self.registration)
+
+
+class PrivateMessagesAreConfirmedWhenWritten(IRCSessionCase):
+    def test_the_send_fires_only_once_every_line_is_written(self):
+        self.sign_on()
+        d = self.send(self.message("one\ntwo\nthree"))
+        self.assertEqual(self.written(), ["PRIVMSG bob :one"])
+        self.assertNoResult(d)
+        self.clock.advance(1.0)
+        self.assertNoResult(d)
+        self.clock.advance(1.0)
+        self.assertEqual(self.written(), ["PRIVMSG bob :one", "PRIVMSG bob :two", "PRIVMSG bob :three"])
+        self.assertEqual(self.successResultOf(d), SendResult(parts=3))
+
+    def test_lines_still_waiting_when_the_connection_is_lost_are_a_temporary_failure(self):
+        self.sign_on()
+        first = self.send(self.message("first"))
+        second = self.send(self.message("second"))
+        self.successResultOf(first)
+        self.assertNoResult(second)
+        self.lose()
+        self.failureResultOf(second, TemporaryFailure)
+
+    def test_a_message_cut_short_resumes_after_the_lines_already_written(self):
+        """Rule: the outbox retries it; lines written before the loss are not written again."""
+        session = self.sign_on()
+        message = self.message("one\ntwo\nthree")
+        d = self.send(message)
+        self.lose()
+        self.failureResultOf(d, TemporaryFailure)
+        self.assertEqual(message.progress, {"irc_lines": 1})
+        self.assertEqual(self.context.checkpoints[-1], {"irc_lines": 1})   # durable before the outbox retries
+        self.assertIs(session.conn, None)
+        self.sign_on()
+        retry = OutboundMessage.from_dict(message.to_dict())               # as the outbox stores and reloads it
+        d = self.send(retry)
+        self.clock.advance(1.0)
+        self.assertEqual(self.written(), ["PRIVMSG bob :two", "PRIVMSG bob :three"])
+        self.assertEqual(self.successResultOf(d), SendResult(parts=3))
+
+    def test_a_replaced_connection_hands_its_waiting_lines_back(self):
+        session = self.sign_on()
+        old = self.conn
+        message = self.message("one\ntwo")
+        d = self.send(message)
+        self.sign_on()                                    # a second welcome while the first is still open
+        self.failureResultOf(d, TemporaryFailure)
+        self.assertEqual(message.progress, {"irc_lines": 1})
+        self.assertTrue(old.transport.disconnecting)
+        self.assertIs(session.conn, self.conn)
+        old.connectionLost(Failure(ConnectionDone()))
+        self.assertIs(session.conn, self.conn)            # the old one's end does not touch the new one
+        self.clock.advance(5.0)
+        self.assertEqual(self.written(0), ["PRIVMSG bob :one"])
+
+    def test_nothing_is_written_after_quit(self):
+        session = self.sign_on()
+        self.successResultOf(self.send(self.message("first")))
+        d = self.send(self.message("second"))
+        session.close("bye")
+        self.failureResultOf(d, TemporaryFailure)
+        self.clock.advance(5.0)
+        self.assertEqual(self.written(), ["PRIVMSG bob :first", "QUIT :bye"])
+
+    def test_a_message_not_started_is_retried_whole_without_a_checkpoint(self):
+        self.sign_on()
+        self.successResultOf(self.send(self.message("first")))
+        message = self.message("one\ntwo")
+        d = self.send(message)
+        self.lose()
+        self.failureResultOf(d, TemporaryFailure)
+        self.assertEqual(message.progress, {})
+        self.assertEqual(self.context.checkpoints, [])
+
+    def test_progress_is_checkpointed_while_a_long_message_trickles_out(self):
+        self.sign_on()
+        message = self.message("one\ntwo\nthree")
+        d = self.send(message)
+        self.clock.advance(1.0)
+        self.assertEqual(self.context.checkpoints, [{"irc_lines": 1}, {"irc_lines": 2}])
+        self.clock.advance(1.0)
+        self.successResultOf(d)
+
+    def test_a_message_taken_over_by_another_process_stops_at_once(self):
+        self.sign_on()
+        self.context.checkpoint_result = LostOwnership("another process took the message over")
+        d = self.send(self.message("one\ntwo\nthree"))
+        self.failureResultOf(d, LostOwnership)
+        self.clock.advance(5.0)
+        self.assertEqual(self.written(), ["PRIVMSG bob :one"])
+
+    def test_a_later_message_does_not_overtake_one_waiting_for_its_retry(self):
+        """The outbox's jittered backoff may bring retries back in any order."""
+        self.sign_on()
+        self.successResultOf(self.send(self.message("zero")))
+        older, newer = self.message("older"), self.message("newer")
+        d1, d2 = self.send(older), self.send(newer)
+        self.lose()
+        self.failureResultOf(d1, TemporaryFailure)
+        self.failureResultOf(d2, TemporaryFailure)
+        self.sign_on()
+        self.failureResultOf(self.send(newer), TemporaryFailure)         # its turn has not come
+        self.assertEqual(self.written(), [])
+        self.successResultOf(self.send(older))
+        self.clock.advance(1.0)
+        self.successResultOf(self.send(newer))
+        self.assertEqual(self.written(), ["PRIVMSG bob :older", "PRIVMSG bob :newer"])
+
+    def test_another_conversation_is_not_held_up(self):
+        self.sign_on()
+        self.successResultOf(self.send(self.message("zero")))
+        d = self.send(self.message("to bob"))
+        self.lose()
+        self.failureResultOf(d, TemporaryFailure)
+        self.sign_on()
+        self.successResultOf(self.send(self.message("to carol", to="carol")))
+
+    def test_the_send_queue_is_bounded(self):
+        self.sign_on()
+        huge = self.send(self.message("\n".join(f"line {i}" for i in range(5000))))
+        failure = self.failureResultOf(huge, TemporaryFailure)
+        self.assertIn("IRC send queue full", failure.value.text)
+        self.assertEqual(self.written(), [])
+        self.failureResultOf(self.send(self.message("short")), TemporaryFailure)     # not before the huge one
+        self.successResultOf(self.send(self.message("short", to="carol")))
+
+    def test_room_messages_are_not_held_back_by_the_throttle(self):
+        session = self.sign_on()
+        session.join("laptop", "#room", "alice")
+        self.conn.lineReceived(b":alice!a@h JOIN #room")
+        self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
+        self.clock.advance(5.0)
+        message = OutboundMessage(component=self.context.component, user=USER, recipient=f"#room%{SERVER}",
+                                  body="one\ntwo", kind="groupchat", xmpp_id="x1")
+        self.assertEqual(self.successResultOf(self.send(message)), SendResult(parts=2))
+        self.assertEqual([e.body for e in self.context.events if e.kind == "message"], ["one\ntwo"])
+
+
+class UnthrottledPrivateMessages(IRCSessionCase):
+    rate = 0.0
+
+    def test_written_at_once(self):
+        self.sign_on()
+        d = self.send(self.message("one\ntwo"))
+        self.assertEqual(self.written(), ["PRIVMSG bob :one", "PRIVMSG bob :two"])
+        self.assertEqual(self.successResultOf(d), SendResult(parts=2))
+
+
+# -- tags from the IRC server ---------------------------------------------------------
+
+NOW = 1_700_000_000.0
+
+
+def test_server_time_strict():
+    assert server_time({"time": "2020-01-02T03:04:05.000Z"}, NOW) == 1577934245.0
+    assert server_time({"time": "2020-01-02T03:04:05Z"}, NOW) == 1577934245.0
+    assert server_time({"time": "2020-01-02T03:04:05.25Z"}, NOW) == 1577934245.25
+    assert server_time({"time": "2023-11-14T22:13:20.123456789Z"}, NOW) == NOW + 0.123456789
+
+
+def test_server_time_rejects_what_is_not_a_plain_utc_stamp():
+    for stamp in ["2024-01-01T00:00:00.5e400Z", "2024-01-01T00:00:00.infZ", "2024-01-01T00:00:00.nanZ",
+                  "2024-01-01T00:00:00", "2024-01-01T00:00:00+00:00", "2024-01-01 00:00:00Z",
+                  "2024-13-01T00:00:00Z", "2023-02-29T00:00:00Z", "2024-01-01T24:00:00Z", "2024-01-01T00:00:00.Z",
+                  "２０２４-01-01T00:00:00Z", "2024-01-01T00:00:00.5Zjunk", "", "inf", "nan"]:
+        assert server_time({"time": stamp}, NOW) is None, stamp
+
+
+def test_server_time_rejects_absurd_dates():
+    assert server_time({"time": "1989-12-31T23:59:59Z"}, NOW) is None
+    assert server_time({"time": "1990-01-01T00:00:00Z"}, NOW) == 631152000.0
+    assert server_time({"time": "2023-11-15T22:13:19Z"}, NOW) is not None       # clocks differ: within a day
+    assert server_time({"time": "2023-11-15T22:13:21Z"}, NOW) is None
+    assert server_time({"time": "9999-12-31T23:59:59.999Z"}, NOW) is None
+    assert server_time({}, NOW) is None
+
+
+HOSTILE_TIME = "2024-01-01T00:00:00.5e400Z"
+
+
+class TagsReachTheModelOnlyWhenSane(IRCSessionCase):
+    rate = 0.0
+
+    def private(self, tags: str):
+        self.conn.lineReceived(f"@{tags} :bob!b@h PRIVMSG alice :hi".encode())
+        return self.context.delivered[-1]
+
+    def test_a_hostile_server_time_is_ignored_and_the_message_delivered(self):
+        self.sign_on()
+        message = self.private(f"time={HOSTILE_TIME};msgid=ok-1")
+        self.assertEqual((message.body, message.timestamp, message.foreign_id), ("hi", None, "ok-1"))
+        self.assertTrue(message.timestamp is None or math.isfinite(message.timestamp))
+
+    def test_a_plausible_server_time_is_kept(self):
+        self.sign_on()
+        self.assertEqual(self.private("time=2020-01-02T03:04:05.000Z").timestamp, 1577934245.0)
+
+    def test_msgids_that_cannot_be_an_xml_attribute_or_are_too_long_are_ignored(self):
+        self.sign_on()
+        for bad in ["a\x01b", "a<b", "a>b", "a&b", 'a"b', "a'b", "a\x7fb", "é", "a" * 129, ""]:
+            self.conn.lineReceived(b"@msgid=" + bad.encode() + b" :bob!b@h PRIVMSG alice :hi")
+            self.assertIsNone(self.context.delivered[-1].foreign_id, repr(bad))
+        self.assertEqual(self.private("msgid=" + "Zz0-9_+/=.:~" * 10).foreign_id, "Zz0-9_+/=.:~" * 10)
+
+    def test_escaped_tag_values_are_unescaped_once(self):
+        self.sign_on()
+        self.assertEqual(self.private(r"msgid=a\\sb").foreign_id, "a\\sb")
+        self.assertIsNone(self.private(r"msgid=a\sb").foreign_id)                 # a space: not an id
+
+    def test_room_messages_too(self):
+        session = self.sign_on()
+        session.join("laptop", "#room", "alice")
+        self.conn.lineReceived(b":alice!a@h JOIN #room")
+        self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
+        self.conn.lineReceived(f"@time={HOSTILE_TIME};msgid=evil\x01id :bob!b@h PRIVMSG #room :hi".encode())
+        event = self.context.events[-1]
+        self.assertEqual((event.kind, event.body, event.timestamp, event.stanza_id), ("message", "hi", None, None))
