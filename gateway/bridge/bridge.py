@@ -102,8 +102,17 @@ class Bridge(service.MultiService):
         held, self._held_room_events = self._held_room_events, deque(maxlen=self.ROOM_EVENT_HOLD)
         self._warned_room_hold = False
         for event in held:
+            self._send_room_event(event)
+        return self.outbox.flush_inbound().addErrback(lambda f: log.failure("flushing held messages failed", f))
+
+    def _send_room_event(self, event: RoomEvent) -> None:
+        """One event that cannot become a stanza is logged and dropped; it never takes the others with it."""
+        try:
             self.output.send_room_event(event)
-        return self.outbox.flush_inbound()
+        except Exception:
+            self._room_events_dropped.inc()
+            log.failure("room event {kind} in {room} for {user} dropped", kind=event.kind, room=event.room,
+                        user=event.user)
 
     def stream_down(self) -> None:
         metrics.STREAM_UP.labels(self.component).set(0)
@@ -126,7 +135,7 @@ class Bridge(service.MultiService):
         if not event.resources:
             return
         if self.output.connected:
-            self.output.send_room_event(event)
+            self._send_room_event(event)
             return
         # Held in memory while the stream is down (a reconnect takes seconds):
         # a user whose self-presence or a line was produced meanwhile still gets

@@ -62,15 +62,17 @@ class Outbox:
         #: Rows this process holds a claim on and works on (queued, in flight or
         #: written and awaiting the barrier), by id: a row claimed again after
         #: its lease ran out is adopted, never worked on twice.
-        self._active: dict[str, QueueItem] = {}
+        self._active: dict[str, QueueItem] = registry.held_rows(component)
         #: Inbound rows written on the stream and not yet behind an answered barrier.
         self._unconfirmed: list[QueueItem] = []
         self._barrier_running = False
+        #: Messages held because a flush was running (the flush looks again for them).
+        self._flush_holds = 0
         #: Fires after the first poll took back what an earlier life left, so new
         #: messages queue behind those of the same conversation.
         self.ready = defer.Deferred()
         self._parked = {d: metrics.PARKED.labels(component, d) for d in ("in", "out")}
-        self._fenced = metrics.FENCED.labels(component)
+        self._fenced_count = metrics.FENCED.labels(component)
         self._latency = metrics.SEND_LATENCY.labels(component)
         self._sent = metrics.MESSAGES.labels(component, "out")
         self._received = metrics.MESSAGES.labels(component, "in")
@@ -135,15 +137,41 @@ class Outbox:
             return False
         if self.registry.owns(item, margin=self.registry.lease / 2):
             return True
-        held = yield self.registry.hold(item)
+        held = yield self._fenced(self.registry.hold, item)
         if not held:
             self._active.pop(item.id, None)
-            self._fenced.inc()
+            self._fenced_count.inc()
             log.warn("{id}: another process took this message over; not sending it here", id=item.id)
         return held
 
     @defer.inlineCallbacks
+    def _fenced(self, operation, item: QueueItem, *args):
+        """
+        A write conditional on our claim, tried again under the new token if a
+        poll adopted the row (re-claimed it for us) while the write was queued.
+        """
+        while True:
+            token = item.token
+            result = yield operation(item, *args)
+            if result or item.token == token:
+                return result
+
+    @defer.inlineCallbacks
     def _attempt(self, item: QueueItem):
+        try:
+            yield self._attempt_once(item)
+        except Exception:
+            # The database or the adapter failed in a way nothing above caught:
+            # give the row back (or, if even that fails, let its lease lapse: it
+            # is no longer renewed once it leaves _active) so it is tried again.
+            log.failure("attempt on {id} failed; it will be tried again", id=item.id)
+            if self._active.get(item.id) is item:
+                self._active.pop(item.id, None)
+                yield self.registry.release(item, time.time() + self.retry_initial, item.attempts,
+                                            "internal error").addErrback(lambda f: None)
+
+    @defer.inlineCallbacks
+    def _attempt_once(self, item: QueueItem):
         try:
             message = OutboundMessage.from_dict(item.payload)
         except Exception as e:
@@ -153,7 +181,7 @@ class Outbox:
         if registration is None:
             # The user left while the message waited; their data is gone too.
             self._active.pop(item.id, None)
-            yield self.registry.finish(item)
+            yield self._fenced(self.registry.finish, item)
             return
         if not (yield self._owned(item)):
             return
@@ -161,7 +189,7 @@ class Outbox:
             result = yield defer.maybeDeferred(self.adapter.send, message, registration)
         except LostOwnership:
             self._active.pop(item.id, None)
-            self._fenced.inc()
+            self._fenced_count.inc()
             return
         except PermanentFailure as e:
             yield self._give_up(item, message, e)
@@ -204,7 +232,7 @@ class Outbox:
                  attempts=attempts, delay=next_attempt - now)
         item.payload = message.to_dict()     # keeps the adapter's progress for the next attempt
         self._active.pop(item.id, None)
-        yield self.registry.release(item, next_attempt, attempts, error.text or error.condition)
+        yield self._fenced(self.registry.release, item, next_attempt, attempts, error.text or error.condition)
 
     @defer.inlineCallbacks
     def _give_up(self, item: QueueItem, message: OutboundMessage, error: GatewayError):
@@ -217,9 +245,9 @@ class Outbox:
     def _finish(self, item: QueueItem):
         """Delete a row whose work is done; False if another process had taken it over meanwhile."""
         self._active.pop(item.id, None)
-        count = yield self.registry.finish(item)
+        count = yield self._fenced(self.registry.finish, item)
         if not count:
-            self._fenced.inc()
+            self._fenced_count.inc()
             log.warn("{id}: finished here after another process had taken it over", id=item.id)
         return bool(count)
 
@@ -230,7 +258,7 @@ class Outbox:
         self._parked[item.direction].inc()
         log.error("{direction} message {id} for {jid} parked: {reason}", direction=item.direction, id=item.id,
                   jid=item.jid, reason=reason)
-        yield self.registry.park(item, reason)
+        yield self._fenced(self.registry.park, item, reason)
 
     def checkpoint(self, message: OutboundMessage) -> defer.Deferred:
         """Make an adapter's progress on ``message`` durable; fails with LostOwnership if fenced out."""
@@ -244,7 +272,7 @@ class Outbox:
                 self._active.pop(item.id, None)
                 raise LostOwnership("another process took the message over")
 
-        return self.registry.checkpoint(item).addCallback(stored)
+        return self._fenced(self.registry.checkpoint, item).addCallback(stored)
 
     @defer.inlineCallbacks
     def poll(self):
@@ -320,6 +348,7 @@ class Outbox:
         # Stored rows commit in arrival order, so writing now keeps order, unless
         # older held messages are still being flushed: then this one waits its turn.
         if self._flushing or not self._output().connected:
+            self._flush_holds += self._flushing
             self._hold(item)
         else:
             self._write(item, message)
@@ -327,8 +356,8 @@ class Outbox:
     def _hold(self, item: QueueItem) -> defer.Deferred:
         """Give a row back, due at once in creation order: the next flush (here or elsewhere) writes it."""
         self._active.pop(item.id, None)
-        return self.registry.release(item, item.created_at, item.attempts).addErrback(
-            lambda f: log.failure("inbound release failed", f))
+        return self._fenced(self.registry.release, item, item.created_at, item.attempts).addErrback(
+            lambda f: log.failure("inbound release failed (the row is taken again when its lease lapses)", f))
 
     def _write(self, item: QueueItem, message: InboundMessage) -> None:
         try:
@@ -372,14 +401,19 @@ class Outbox:
         self._flushing = True
         try:
             while self._output().connected:
+                # Rows handed back (held while this flush ran) must be visible to the claim,
+                # or one could be left for the next poll and overtaken by newer ones.
+                holds = self._flush_holds
+                yield self.registry.settled()
                 items = yield self.registry.claim(self.component, "in", limit=500)
-                if not items:
+                if not items and holds == self._flush_holds:
                     break
                 for item in self._adopt(items):
                     try:
                         message = InboundMessage.from_dict(item.payload)
                     except Exception as e:
-                        yield self._park(item, f"not a message: {type(e).__name__}: {e}")
+                        yield self._park(item, f"not a message: {type(e).__name__}: {e}").addErrback(
+                            lambda f: log.failure("parking failed (the row is taken again when its lease lapses)", f))
                         continue
                     if self._output().connected:
                         self._write(item, message)

@@ -55,6 +55,14 @@ class _WriteBatcher:
             self._flush()
         return d
 
+    def settled(self) -> defer.Deferred:
+        """Fires after every write added so far has committed (or failed)."""
+        if not self.busy and not self.pending:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self.pending.append((None, None, d))
+        return d
+
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
         if not batch:
@@ -65,6 +73,9 @@ class _WriteBatcher:
         def run(txn):
             counts = []
             for query, args, _ in batch:
+                if query is None:            # a settled() marker
+                    counts.append(0)
+                    continue
                 txn.execute(query, args)
                 counts.append(txn.rowcount)
             return counts
@@ -75,7 +86,10 @@ class _WriteBatcher:
 
         def one_by_one(_failure):
             for query, args, d in batch:
-                self.registry.pool.runInteraction(_rowcount, query, args).chainDeferred(d)
+                if query is None:
+                    d.callback(0)
+                else:
+                    self.registry.pool.runInteraction(_rowcount, query, args).chainDeferred(d)
 
         d = self.registry.pool.runInteraction(run)
         d.addCallbacks(done, one_by_one)
@@ -130,6 +144,14 @@ class SQLRegistry:
         self.url = url
         self.box = SecretBox(secret_key)
         self.instance_id = instance_id
+        #: Who claims rows: this life of the instance. A stalled earlier life
+        #: with the same instance id can then neither renew nor trust our rows.
+        self.claimant = f"{instance_id}/{new_token()[:12]}"
+        #: Rows each outbox of this process holds, by component (the outboxes
+        #: own these dicts): only they are renewed, so a row nobody works on any
+        #: more (its work failed) lapses and is taken over instead of staying
+        #: claimed for ever.
+        self._held: dict[str, dict[str, "QueueItem"]] = {}
         self.lease = lease
         self.pool: adbapi.ConnectionPool | None = None
         if url.startswith("sqlite:"):
@@ -145,7 +167,7 @@ class SQLRegistry:
         self._batch = _WriteBatcher(self)
         #: The last lease renewal that committed: the rows it renewed are ours until ``until``.
         self.renewed_until = 0.0
-        self.renewed_ids: frozenset[str] = frozenset()
+        self.renewed_ids: frozenset[tuple[str, str]] = frozenset()
 
     # -- plumbing ---------------------------------------------------------
 
@@ -385,7 +407,7 @@ class SQLRegistry:
         if claimed:
             item.token, item.lease_until = new_token(), now + self.lease
         return (item.id, item.component, item.jid, item.direction, json.dumps(item.payload), item.attempts,
-                now, item.deadline, self.instance_id if claimed else None,
+                now, item.deadline, self.claimant if claimed else None,
                 item.lease_until if claimed else None, item.token if claimed else None, item.created_at)
 
     def enqueue(self, item: QueueItem, claimed: bool = True) -> defer.Deferred:
@@ -447,7 +469,7 @@ class SQLRegistry:
             f"ORDER BY next_attempt, created_at LIMIT ?{lock}) RETURNING {self._QUEUE_COLUMNS}")
 
         def txn_claim(txn):
-            txn.execute(self._sql(query), (self.instance_id, now + self.lease, token, component, direction,
+            txn.execute(self._sql(query), (self.claimant, now + self.lease, token, component, direction,
                                            now, now, limit))
             items = [self._item(r, token, now + self.lease) for r in txn.fetchall()]
             return sorted(items, key=lambda i: i.created_at)
@@ -461,10 +483,10 @@ class SQLRegistry:
         return self._batch.add("DELETE FROM queue" + self._FENCE, (item.id, item.token))
 
     def release(self, item: QueueItem, next_attempt: float, attempts: int, error: str | None = None) -> defer.Deferred:
-        """Give a row back for a later attempt (by any process)."""
+        """Give a row back for a later attempt (by any process), with its payload (an adapter's progress)."""
         return self._batch.add("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, claim_token = NULL, "
-                               "next_attempt = ?, attempts = ?, last_error = ?" + self._FENCE,
-                               (next_attempt, attempts, error, item.id, item.token))
+                               "next_attempt = ?, attempts = ?, last_error = ?, payload = ?" + self._FENCE,
+                               (next_attempt, attempts, error, json.dumps(item.payload), item.id, item.token))
 
     def park(self, item: QueueItem, reason: str) -> defer.Deferred:
         """Set a row aside as a dead letter with its reason; the rows behind it flow on."""
@@ -481,7 +503,7 @@ class SQLRegistry:
         """Whether this process's lease on ``item`` is known, without asking the database, to last ``margin`` s more."""
         now = time.time() if now is None else now
         lease_until = item.lease_until
-        if item.id in self.renewed_ids:
+        if (item.id, item.token) in self.renewed_ids:
             lease_until = max(lease_until, self.renewed_until)
         return lease_until - now > margin
 
@@ -502,29 +524,44 @@ class SQLRegistry:
         return self._batch.add("UPDATE queue SET claimed_until = ?" + self._FENCE + " AND claimed_until >= ?",
                                (until, item.id, item.token, now)).addCallback(held)
 
+    def held_rows(self, component: str) -> dict[str, "QueueItem"]:
+        """The dict an outbox keeps the rows it works on in; renew() extends exactly those."""
+        return self._held.setdefault(component, {})
+
     def renew(self, now: float | None = None) -> defer.Deferred:
         """
-        Extend every live lease of this process (rows queued, in flight or
-        awaiting the inbound barrier) and its heartbeat. Rows whose lease already
-        ran out are not renewed: another process may have them now.
+        Extend the leases of the rows this process works on (queued, in flight
+        or awaiting the inbound barrier) and its heartbeat. Rows whose lease
+        already ran out are not renewed: another process may have them now.
         """
         now = time.time() if now is None else now
         until = now + self.lease
+        ids = [i for held in self._held.values() for i in held]
 
         def txn_renew(txn):
-            txn.execute(self._sql("UPDATE queue SET claimed_until = ? WHERE claimed_by = ? AND claimed_until >= ? "
-                                  "RETURNING id"), (until, self.instance_id, now))
-            ids = frozenset(r[0] for r in txn.fetchall())
+            renewed = set()
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                marks = ", ".join("?" for _ in chunk)
+                txn.execute(self._sql(f"UPDATE queue SET claimed_until = ? WHERE claimed_by = ? AND claimed_until >= ? "
+                                      f"AND id IN ({marks}) RETURNING id, claim_token"),
+                            (until, self.claimant, now, *chunk))
+                renewed.update(txn.fetchall())
             txn.execute(self._sql("UPDATE instances SET heartbeat = ? WHERE instance_id = ?"),
                         (now, self.instance_id))
-            return ids
+            return frozenset(renewed)
 
-        def renewed(ids):
-            # Exactly the rows still ours when the update ran: one another process
-            # took over meanwhile is not among them, however late this ran.
-            self.renewed_until, self.renewed_ids = until, ids
+        def renewed(pairs):
+            # Exactly the (row, claim) pairs still ours when the update ran: one
+            # another process took over meanwhile is not among them, however
+            # late this ran.
+            self.renewed_until, self.renewed_ids = until, pairs
 
         return self._interaction(txn_renew).addCallback(renewed)
+
+    def settled(self) -> defer.Deferred:
+        """Fires once every write queued so far has committed (so a claim sees them)."""
+        return self._batch.settled()
 
     # -- instances --------------------------------------------------------
 
@@ -569,8 +606,9 @@ class SQLRegistry:
                            "SQLite serves one process: use PostgreSQL to run several"))
             if self.shared:
                 txn.execute(self._sql("DELETE FROM instances WHERE instance_id = ?"), (self.instance_id,))
+                prefix = self.instance_id + "/"
                 txn.execute(self._sql("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, claim_token = NULL "
-                                      "WHERE claimed_by = ?"), (self.instance_id,))
+                                      "WHERE substr(claimed_by, 1, ?) = ?"), (len(prefix), prefix))
             else:
                 # Only this process uses an SQLite file: every claim left is a dead one's.
                 txn.execute("DELETE FROM instances")

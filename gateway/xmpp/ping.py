@@ -25,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import struct
 import termios
+import uuid
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionLost
@@ -59,8 +60,11 @@ class PingHandler(XMPPHandler):
     def __init__(self, domain: str, interval: float, timeout: float, clock):
         super().__init__()
         self.domain = domain
+        #: Makes our ping ids (and default probe) this connection's own: several
+        #: processes serving one domain must never take each other's answers.
+        self._nonce = uuid.uuid4().hex[:12]
         #: The JID our pings go from and to; one that routes back to this connection.
-        self.probe = f"gw-probe@{domain}"
+        self.probe = f"gw-probe-{self._nonce}@{domain}"
         self.interval = interval
         self.timeout = timeout
         self.clock = clock
@@ -129,7 +133,7 @@ class PingHandler(XMPPHandler):
         self._counter += 1
         iq = domish.Element((None, "iq"))
         iq["type"] = "get"
-        iq["id"] = ping_id = f"gw-ping-{self._counter}"
+        iq["id"] = ping_id = f"gw-ping-{self._nonce}-{self._counter}"
         iq["to"] = iq["from"] = self.probe
         iq.addElement((NS_PING, "ping"))
         self._waiting[ping_id] = []

@@ -194,18 +194,28 @@ def test_renewal_keeps_live_leases_only(registry):
 
     yield registry.enqueue(item(n=1))
     first = (yield registry.claim("c.example", "out", now=time.time() + 61))[0]     # ours until +121
+    held = registry.held_rows("c.example")                  # what an outbox works on: only that is renewed
+    held[first.id] = first
     assert not registry.owns(first, margin=30, now=time.time() + 100)
     yield registry.renew(now=time.time() + 100)                  # renews the live claim taken at +61
     assert registry.owns(first, margin=30, now=time.time() + 120)                   # now until +160
     assert (yield registry.claim("c.example", "out", now=time.time() + 150)) == []   # renewed: not free yet
-    yield registry.enqueue(item(n=2))
+    second = item(n=2)
+    yield registry.enqueue(second)
+    held[second.id] = second
     other = SQLRegistry(registry.url if registry.dialect == "postgresql" else f"sqlite:///{registry.path}",
                         KEY, instance_id="test-2", lease=60)
     yield other.open()
     taken = (yield other.claim("c.example", "out", now=time.time() + 65))          # n=2's lease ran out
     assert [i.id for i in taken] == [item(n=2).id]
     yield registry.renew(now=time.time() + 70)
-    assert item(n=2).id not in registry.renewed_ids                                 # not ours any more
+    assert (first.id, first.token) in registry.renewed_ids
+    assert second.id not in {i for i, _ in registry.renewed_ids}                     # not ours any more
+    assert not registry.owns(second, margin=1, now=time.time() + 70)
+    stray = item(n=3)
+    yield registry.enqueue(stray)                           # claimed, but no outbox works on it
+    yield registry.renew(now=time.time() + 10)
+    assert (stray.id, stray.token) not in registry.renewed_ids                       # so its lease lapses
     other.close()
 
 
