@@ -19,9 +19,10 @@ here are renewed by the LeaseKeeper, and a row that cannot become a stanza or
 a send is parked with its reason instead of blocking the rows behind it.
 
 Messages of one conversation are handed to the adapter in the order they
-arrived: one at a time, or, for adapters whose network keeps the order of
-send() calls (``pipelining``), without waiting for each to finish. After a
-temporary failure later messages may overtake the one that waits for its retry.
+arrived: one at a time, a message waiting for its retry holding the ones
+behind it, or, for adapters whose network keeps the order of send() calls
+(``pipelining``), without waiting for each to finish (after a temporary
+failure there, later messages may overtake the one that waits for its retry).
 """
 
 from __future__ import annotations
@@ -177,33 +178,37 @@ class Outbox:
         except Exception as e:
             yield self._park(item, f"not a message: {type(e).__name__}: {e}")
             return
-        registration = yield self._registration(message.user)
-        if registration is None:
-            # The user left while the message waited; their data is gone too.
-            self._active.pop(item.id, None)
-            yield self._fenced(self.registry.finish, item)
-            return
-        if not (yield self._owned(item)):
-            return
-        try:
-            result = yield defer.maybeDeferred(self.adapter.send, message, registration)
-        except LostOwnership:
-            self._active.pop(item.id, None)
-            self._fenced_count.inc()
-            return
-        except PermanentFailure as e:
-            yield self._give_up(item, message, e)
-            return
-        except TemporaryFailure as e:
-            yield self._retry(item, message, e)
-            return
-        except GatewayError as e:
-            yield self._give_up(item, message, e)
-            return
-        except Exception as e:  # an adapter bug or an unexpected network error: try again later
-            log.failure("adapter {adapter} raised while sending {id}", adapter=self.adapter.name, id=message.id)
-            yield self._retry(item, message, TemporaryFailure(f"{type(e).__name__}: {e}"))
-            return
+        while True:
+            registration = yield self._registration(message.user)
+            if registration is None:
+                # The user left while the message waited; their data is gone too.
+                self._active.pop(item.id, None)
+                yield self._fenced(self.registry.finish, item)
+                return
+            if not (yield self._owned(item)):
+                return
+            try:
+                result = yield defer.maybeDeferred(self.adapter.send, message, registration)
+            except LostOwnership:
+                self._active.pop(item.id, None)
+                self._fenced_count.inc()
+                return
+            except PermanentFailure as e:
+                yield self._give_up(item, message, e)
+                return
+            except TemporaryFailure as e:
+                if (yield self._retry(item, message, e)):
+                    continue
+                return
+            except GatewayError as e:
+                yield self._give_up(item, message, e)
+                return
+            except Exception as e:  # an adapter bug or an unexpected network error: try again later
+                log.failure("adapter {adapter} raised while sending {id}", adapter=self.adapter.name, id=message.id)
+                if (yield self._retry(item, message, TemporaryFailure(f"{type(e).__name__}: {e}"))):
+                    continue
+                return
+            break
         if not isinstance(result, SendResult):
             result = SendResult()
         yield self._finish(item)
@@ -218,21 +223,33 @@ class Outbox:
 
     @defer.inlineCallbacks
     def _retry(self, item: QueueItem, message: OutboundMessage, error: TemporaryFailure):
+        """
+        After a temporary failure: give up past the deadline, else wait and
+        fire True to try again. A conversation's later messages wait behind this
+        one (its chain holds), so a retry never lets them overtake it; for
+        pipelining adapters, whose sends do not wait for each other, the row is
+        handed back for a later poll instead (fires False).
+        """
         now = time.time()
         attempts = item.attempts + 1
         if now >= item.deadline:
             text = (f"could not deliver within {self.deadline:g} s"
                     + (f": {error.text}" if error.text else ""))
             yield self._give_up(item, message, TemporaryFailure(text, error.condition))
-            return
+            return False
         next_attempt = min(now + self._backoff(attempts), item.deadline)
         metrics.RETRIES.labels(self.component).inc()
         log.info("send of {id} to {recipient} failed ({error}); retry {attempts} in {delay:.1f} s",
                  id=message.id, recipient=message.recipient, error=error.text or error.condition,
                  attempts=attempts, delay=next_attempt - now)
         item.payload = message.to_dict()     # keeps the adapter's progress for the next attempt
+        if not getattr(self.adapter, "pipelining", False):
+            item.attempts = attempts
+            yield task.deferLater(self.clock, next_attempt - now, lambda: None)
+            return self._active.get(item.id) is item
         self._active.pop(item.id, None)
         yield self._fenced(self.registry.release, item, next_attempt, attempts, error.text or error.condition)
+        return False
 
     @defer.inlineCallbacks
     def _give_up(self, item: QueueItem, message: OutboundMessage, error: GatewayError):

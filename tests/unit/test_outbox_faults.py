@@ -257,3 +257,30 @@ def test_a_peer_ping_routed_to_us_does_not_confirm_our_barrier(tmp_path):
         a.stop(); b.stop()
 
 
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_retry_keeps_the_conversation_in_order():
+    """A temporary failure used to let the conversation's later messages overtake the failed one."""
+    reg, ob, adapter, out, _ = yield make(lease=5.0)
+    failed = []
+
+    def send(message, registration):
+        if message.body == "first" and not failed:
+            failed.append(message.id)
+            return defer.fail(TemporaryFailure("busy"))
+        adapter.sent.append(message.body)
+        return defer.succeed(SendResult())
+
+    adapter.send = send
+    ob.start()
+    yield ob.ready
+    for text in ("first", "second", "third"):
+        yield ob.submit(OutboundMessage(component=COMP, user="u@example.org", recipient="bob", body=text))
+    for _ in range(100):
+        if len(adapter.sent) == 3:
+            break
+        yield sleep(0.02)
+    ob.stop()
+    reg.close()
+    assert failed and adapter.sent == ["first", "second", "third"]
