@@ -10,7 +10,8 @@ signing code is its own, so it checks the gateway's rather than sharing it.
 
 A JSON control API under /_sim/ lets a test or the demo drive it:
 
-    GET  /_sim/messages                      every message accepted, and the number of API calls
+    GET  /_sim/messages                      every message accepted, the number of API calls, and
+                                             the auto-replies with the status their webhook got
     POST /_sim/fail    {"count": 2, "status": 500}          fail the next API calls
     POST /_sim/fail    {"count": 1, "mode": "slow", "delay": 3.0}
     POST /_sim/fail    {"count": 1, "mode": "drop"}
@@ -81,6 +82,9 @@ class Simulator(resource.Resource):
         self.sid = account_sid
         self.token = auth_token
         self.auto_reply = auto_reply
+        #: Auto-replies texted back, with the HTTP status the webhook got (None: no answer),
+        #: like a carrier that tries a webhook once: only a 200 means the gateway took it.
+        self.replies: list[dict] = []
         self.messages: list[dict] = []
         self.api_calls = 0
         self.fail_next = 0
@@ -102,7 +106,8 @@ class Simulator(resource.Resource):
 
     def render_GET(self, request):
         if request.path == b"/_sim/messages":
-            return self._json(request, 200, {"messages": self.messages, "api_calls": self.api_calls})
+            return self._json(request, 200, {"messages": self.messages, "api_calls": self.api_calls,
+                                             "replies": self.replies})
         return self._error(request, 404, 20404, "The requested resource was not found")
 
     def render_POST(self, request):
@@ -230,8 +235,11 @@ class Simulator(resource.Resource):
             if record["status_callback"]:
                 yield self._control_status({"sid": record["sid"], "status": "delivered"})
             yield task.deferLater(reactor, 0.7, lambda: None)
-            yield self._control_inbound({"url": self.auto_reply, "from": record["to"], "to": record["from"],
-                                         "body": f"(simulated reply from {record['to']}) got: {record['body']}"})
+            reply = {"body": f"(simulated reply from {record['to']}) got: {record['body']}", "status": None}
+            self.replies.append(reply)
+            result = yield self._control_inbound({"url": self.auto_reply, "from": record["to"],
+                                                  "to": record["from"], "body": reply["body"]})
+            reply["status"] = result["status"]
         except Exception as e:  # the demo goes on if the gateway is not there
             print(f"twilio simulator: auto-reply failed: {e}", file=sys.stderr, flush=True)
 
