@@ -300,3 +300,19 @@ def test_conflict_is_retried_until_the_stale_session_goes(prosody, fresh_dir):
     finally:
         raw.close()
         gateway.stop()
+
+
+def test_a_second_process_on_the_same_sqlite_registry_is_refused(prosody, fresh_dir):
+    """Two processes on one SQLite file would release each other's claims: the second one must not start."""
+    first = start_gateway(prosody, fresh_dir, "fexport")
+    second = start_gateway(prosody, fresh_dir, "fconflict", wait=0,
+                           registry_url=f"sqlite:///{fresh_dir}/fexport.sqlite")
+    try:
+        code = second.proc.wait(30)
+        log = second.log()
+        assert code == 2, log[-2000:]
+        assert "another gateway process" in log and "SQLite serves one process" in log, log[-2000:]
+        assert first.proc.poll() is None
+    finally:
+        second.kill()
+        first.stop()
