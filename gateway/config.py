@@ -69,6 +69,20 @@ SECTIONS: dict[str, list[Option]] = {
         Option("reconnect_initial_delay", float, 1.0, check=positive,
                doc="First reconnect delay in seconds; doubles (with jitter) after each failure."),
         Option("reconnect_max_delay", float, 60.0, check=positive, doc="Longest delay between reconnects."),
+        Option("slot_probe_timeout", float, 2.0, check=non_negative,
+               doc="After each handshake the gateway sends itself probe messages to learn whether the server "
+                   "gives the connection any traffic (behind ejabberd's `domain_balancing` one that connected "
+                   "while every slot was taken gets none); the stream counts as up once a probe is back, and a "
+                   "connection none came back to within this many seconds is closed and retried with backoff. "
+                   "0 turns the probe off: only for servers that keep one connection per domain."),
+        Option("spare_connection_interval", float, 0.0, check=non_negative,
+               doc="Set it when several gateway processes serve one domain behind ejabberd's "
+                   "`domain_balancing` (`type: bare_source`, see docs/servers.md): every this many seconds each "
+                   "process opens one spare connection per component domain, keeps it if it got a slot (a "
+                   "dead process's: it then serves that slot's users) and closes it at once otherwise. Users "
+                   "of a process that died get no service (the server drops their stanzas silently) until a "
+                   "spare takes its slot: at most this long (or `slot_probe_timeout`, if longer) plus a handshake. "
+                   "0: no spares."),
     ],
     "registry": [
         Option("url", str, "sqlite:///var/lib/xmpp-gateway/registry.sqlite", check=_registry_url,

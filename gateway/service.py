@@ -20,7 +20,7 @@ from gateway.config import Config
 from gateway.registry import SQLRegistry
 from gateway.web.files import FileStore
 from gateway.web.site import build_site
-from gateway.xmpp.service import build_component
+from gateway.xmpp.service import build_component, spare_keeper
 
 log = Logger(namespace="gateway.service")
 
@@ -42,12 +42,19 @@ class GatewayService(service.MultiService):
         self.leases = LeaseKeeper(self.registry, reactor)
         self.bridges: list[Bridge] = []
         self.components = []
+        #: Spare connections per domain (``xmpp.spare_connection_interval``), for several processes
+        #: behind ejabberd's domain_balancing.
+        self.spares = []
         self._web = None
         for comp in config.components:
             bridge = Bridge(comp.domain, comp.adapter_class, comp.options, self.registry, reactor,
                             config.outbox, config.limits, files=self.files)
             self.bridges.append(bridge)
-            self.components.append(build_component(comp, config.xmpp, config.gateway, bridge, self.fail, reactor))
+            stream = build_component(comp, config.xmpp, config.gateway, bridge, self.fail, reactor)
+            self.components.append(stream)
+            keeper = spare_keeper(stream, comp, config.xmpp, config.gateway, bridge, self.fail, reactor)
+            if keeper is not None:
+                self.spares.append(keeper)
         self.ready = defer.Deferred()
 
     def startService(self):
@@ -66,6 +73,8 @@ class GatewayService(service.MultiService):
             bridge.setServiceParent(self)
         for stream in self.components:
             stream.setServiceParent(self)
+        for keeper in self.spares:
+            keeper.setServiceParent(self)
         listen = self.config.web["listen"]
         if listen:
             self._web = strports.service(listen, build_site(self))
@@ -105,7 +114,10 @@ class GatewayService(service.MultiService):
                              n=count)
                 except Exception:
                     log.failure("announcing unavailability failed")
-        yield defer.gatherResults([stream.close() for stream in self.components])
+        for keeper in self.spares:
+            keeper.stopService()            # no new spares while closing
+        yield defer.gatherResults([stream.close() for stream in self.components]
+                                  + [keeper.close_all() for keeper in self.spares])
         yield defer.maybeDeferred(super().stopService)
         self.files.stop()
         if self.registry.pool is not None:

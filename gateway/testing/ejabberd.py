@@ -1,4 +1,13 @@
-"""An ejabberd 23.01 on loopback, run through erl directly (no su, no epmd daemon)."""
+"""
+An ejabberd 23.01 on loopback, run through erl directly (no su, no epmd daemon).
+
+``balancing`` maps component domains to a ``component_number``: those domains get
+``domain_balancing`` with ``type: bare_source`` (each user pinned to one of N
+connections, see docs/notes-ejabberd-balancing.md) and each its own
+``ejabberd_service`` listener, because every connection on a shared listener
+binds routes for every domain of that listener (xmpp-servers-2.md, pitfall 1).
+``port_for(domain)`` gives the port a component of that domain connects to.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +38,7 @@ listen:
     starttls: false
     starttls_required: false
 {service}
-acl:
+{balancing}acl:
   local:
     user_regexp: ""
 access_rules:
@@ -63,12 +72,20 @@ def erl_libs() -> str:
 
 class Ejabberd:
     def __init__(self, workdir: str, components: dict[str, str], host: str = "localhost",
-                 snippet_path: str | None = None, extra_hosts: tuple[str, ...] = ()):
+                 snippet_path: str | None = None, extra_hosts: tuple[str, ...] = (),
+                 balancing: dict[str, int] | None = None):
         self.dir = make_dir(workdir)
         self.host = host
-        self.components = components
+        self.balancing = dict(balancing or {})
+        unknown = set(self.balancing) - set(components)
+        if unknown:
+            raise ValueError(f"balanced domains without a component secret: {sorted(unknown)}")
+        #: Domains on the shared listener (``component_port``); balanced ones have their own.
+        self.components = {d: s for d, s in components.items() if d not in self.balancing}
+        self.secrets = dict(components)
         self.c2s_port = free_port()
         self.component_port = free_port()
+        self.balanced_ports = {d: free_port() for d in self.balancing}
         self.dist_port = free_port()
         self.snippet_path = snippet_path
         self.server: Server | None = None
@@ -78,9 +95,41 @@ class Ejabberd:
         self.config_path = os.path.join(self.dir, "ejabberd.yml")
         with open(self.config_path, "w", encoding="utf-8") as f:
             hosts = "".join(f"  - {h}\n" for h in (host, *extra_hosts))
-            f.write(CONFIG.format(hosts=hosts, c2s=self.c2s_port, service=self._service()))
+            f.write(CONFIG.format(hosts=hosts, c2s=self.c2s_port, service=self._service() + self._balanced_listeners(),
+                                  balancing=self._balancing()))
+
+    def port_for(self, domain: str) -> int:
+        """The component port a connection for ``domain`` uses."""
+        return self.balanced_ports.get(domain, self.component_port)
+
+    def _balanced_listeners(self) -> str:
+        return "".join(
+            f'\n  -\n    port: {port}\n    ip: "127.0.0.1"\n    module: ejabberd_service\n    backlog: 1024\n'
+            f'    access: all\n    hosts:\n      "{domain}":\n        password: "{self.secrets[domain]}"'
+            for domain, port in self.balanced_ports.items())
+
+    def _balancing(self) -> str:
+        if not self.balancing:
+            return ""
+        return "domain_balancing:\n" + "".join(
+            f'  "{domain}":\n    type: bare_source\n    component_number: {n}\n'
+            for domain, n in self.balancing.items())
+
+    def slots(self, bare_jids: list[str], component_number: int) -> dict[str, int]:
+        """
+        The slot (1..N) ejabberd's ``bare_source`` balancing gives each bare JID:
+        ``erlang:phash2({User, Server, <<>>}, N) + 1``, computed by erl itself.
+        """
+        terms = ",".join("{<<\"%s\">>,<<\"%s\">>}" % tuple(j.lower().split("@", 1)) for j in bare_jids)
+        script = (f"[io:format(\"~s@~s ~p~n\", [U, S, erlang:phash2({{U, S, <<>>}}, {component_number}) + 1])"
+                  f" || {{U, S}} <- [{terms}]], init:stop().")
+        out = subprocess.run(["/usr/bin/erl", "-noshell", "-eval", script], check=True, capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "HOME": self.dir}).stdout
+        return {jid: int(slot) for jid, slot in (line.split() for line in out.splitlines() if line.strip())}
 
     def _service(self) -> str:
+        if not self.components:
+            return ""
         if self.snippet_path:
             with open(self.snippet_path, encoding="utf-8") as f:
                 template = f.read().split("# BEGIN LISTENER\n", 1)[1].split("# END LISTENER", 1)[0]
@@ -116,8 +165,8 @@ class Ejabberd:
                              cwd=os.path.join(self.dir, "db"))
         self.server.start()
         try:
-            wait_for(lambda: port_open(self.c2s_port) and port_open(self.component_port), 60, "ejabberd",
-                     self.server.proc)
+            wait_for(lambda: port_open(self.c2s_port) and (not self.components or port_open(self.component_port))
+                     and all(port_open(p) for p in self.balanced_ports.values()), 60, "ejabberd", self.server.proc)
         except Exception:
             self.server.stop(timeout=15)
             raise
@@ -129,7 +178,7 @@ class Ejabberd:
 
     def restart(self) -> None:
         self.stop()
-        wait_for(lambda: not port_open(self.component_port), 10, "ejabberd port release")
+        wait_for(lambda: not port_open(self.c2s_port), 10, "ejabberd port release")
         self.start()
 
     def register(self, user: str, password: str, host: str | None = None) -> str:

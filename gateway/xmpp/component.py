@@ -5,7 +5,11 @@ What wokkel does not do and this adds: fatal stream errors (a wrong secret, an
 unknown domain, a second connection) end with one clear error instead of an
 endless reconnect loop; reconnect delays come from config; stanzas over the
 size limit are refused with <policy-violation/> before any handler sees them;
-users of domains not allowed never reach a handler; every stanza is counted.
+users of domains not allowed never reach a handler; every stanza is counted;
+and after the handshake a slot probe (gateway/xmpp/slots.py) finds out whether
+this connection gets any of the domain's traffic before the stream counts as
+connected: one without a slot (ejabberd ``domain_balancing`` with every slot
+taken) is closed and, unless it is a spare, retried with backoff.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
 from gateway import metrics
+from gateway.xmpp.slots import PROBES, SlotProbe, is_probe
 from gateway.xmpp.stanzas import error_reply, parse_jid
 from wokkel.component import Component
 
@@ -52,8 +57,13 @@ class FatalStreamError(Exception):
 class ComponentStream(Component):
     def __init__(self, domain: str, host: str, port: int, secret: str, settings: dict,
                  allowed_domains: list[str], on_fatal: Callable[[FatalStreamError], None],
-                 reactor=default_reactor):
+                 reactor=default_reactor, role: str = "primary"):
         super().__init__(host, port, domain, secret)
+        #: "primary" (reconnects for ever) or "spare" (one connection, kept only if it gets a slot).
+        self.role = role
+        #: Seconds the slot probe waits; 0: no probe, the connection counts as holding the only slot
+        #: (settings built by hand, as in the unit tests' wire; the config always has the key).
+        self.slot_probe_timeout = settings.get("slot_probe_timeout", 0.0)
         self.domain = domain
         self.allowed_domains = frozenset(d.lower() for d in allowed_domains) | {domain}
         self.size_limit = settings["stanza_size_limit"]
@@ -66,6 +76,37 @@ class ComponentStream(Component):
         self.factory.delay = self.factory.initialDelay
         self.fatal: FatalStreamError | None = None
         self.authenticated = False
+        #: True once the slot probe found that this connection gets traffic (see ``connected``).
+        self.slotted = False
+        self.slotted_at = 0.0
+        #: The probe result of the current connection: None while unknown or without a slot.
+        self.slot = None
+        #: Counts connections, so a barrier can tell a reconnected stream from the one written on.
+        self.generation = 0
+        self.conflict = False
+        #: Fires once for a spare: True when it got a slot, False when it did not (or never got that far).
+        self.slot_result = defer.Deferred()
+        #: Called with this stream when a spare that had a slot loses its stream.
+        self.on_gone: Callable | None = None
+        self._probe: SlotProbe | None = None
+        self._held: list = []
+        self._dispatch = None
+        self._slotless = False
+        #: Connections in a row that got no slot (a standby process): the retry delay grows with it.
+        self._slotless_count = 0
+        self._footer_sent_on = None
+        if role == "spare":
+            self.factory.stopTrying()
+            self.factory.noisy = False           # no "Starting factory" line for every attempt
+            failed = self.factory.clientConnectionFailed
+
+            def connection_failed(connector, reason):
+                failed(connector, reason)
+                log.info("component {domain}: spare connection failed: {reason}", domain=self.domain,
+                         reason=reason.getErrorMessage())
+                self._slot_outcome(False)
+
+            self.factory.clientConnectionFailed = connection_failed
         self._closing: list[defer.Deferred] = []
         self._stopping = False
         self._count_in = {k: metrics.STANZAS.labels(domain, "in", k) for k in ("message", "presence", "iq")}
@@ -73,7 +114,8 @@ class ComponentStream(Component):
 
     @property
     def connected(self) -> bool:
-        return self.authenticated
+        """Authenticated, and known to get traffic (its slot probe came back), so pings come back too."""
+        return self.authenticated and self.slotted
 
     def _getConnection(self):
         return self._reactor.connectTCP(self.host, self.port, self.factory)
@@ -81,15 +123,21 @@ class ComponentStream(Component):
     # -- stream events ----------------------------------------------------
 
     def _connected(self, xs):
+        self.generation += 1
+        if self.role != "primary":
+            self.factory.continueTrying = 0      # the factory's resetDelay() on connect turns retrying back on
         super()._connected(xs)
         xs.addObserver(xmlstream.STREAM_ERROR_EVENT, self._on_stream_error)
         self._guard_parser(xs)
-        log.info("component {domain}: connected to {host}:{port}, authenticating", domain=self.domain,
-                 host=self.host, port=self.port)
+        if self.role == "primary":
+            (log.info if not self._slotless_count else log.debug)(
+                "component {domain}: connected to {host}:{port}, authenticating", domain=self.domain,
+                host=self.host, port=self.port)
+        else:
+            log.debug("component {domain}: spare connection to {host}:{port}, authenticating", domain=self.domain,
+                      host=self.host, port=self.port)
 
     def _authd(self, xs):
-        self.factory.resetDelay()
-        self.factory.delay = self.factory.initialDelay
         self.authenticated = True
         counters = self._count_out
         raw_send = xs.send
@@ -104,8 +152,80 @@ class ComponentStream(Component):
             raw_send(obj)
 
         xs.send = send
-        log.info("component {domain}: authenticated", domain=self.domain)
-        super()._authd(xs)
+        if self.slot_probe_timeout <= 0:
+            self._slot_known(xs, None)
+            return
+        self._probe = SlotProbe(self.domain, raw_send, self._reactor, self.slot_probe_timeout)
+        self._probe.start().addCallbacks(lambda found: self._slot_known(xs, found), lambda f: None)
+
+    def _slot_known(self, xs, found) -> None:
+        """The probe ended: serve (handlers up, held stanzas dispatched) or close a slotless connection."""
+        self._probe = None
+        if xs is not self.xmlstream or not self.authenticated:
+            return
+        held, self._held = self._held, []
+        if found is None and self.slot_probe_timeout > 0:
+            self._no_slot(held)
+            return
+        self.slot = found
+        self.slotted = True
+        self.slotted_at = self._reactor.seconds()
+        self.factory.resetDelay()
+        self.factory.delay = self.factory.initialDelay
+        tries, self._slotless_count = self._slotless_count, 0
+        pinger = getattr(self, "pinger", None)
+        if found is None:
+            log.info("component {domain}: authenticated", domain=self.domain)
+        else:
+            if pinger is not None:
+                pinger.probe = found.probe
+            share = (": it gets all of the domain's traffic" if found.whole_domain
+                     else ": one slot of a balanced domain")
+            after = f"; after {tries} connection(s) without a slot" if tries else ""
+            log.info("component {domain}: authenticated; {role} connection has a slot ({back} of {sent} probes "
+                     "came back{share}; pings go from {probe}){after}", domain=self.domain, role=self.role,
+                     back=found.back, sent=found.sent, share=share, probe=found.probe, after=after)
+        Component._authd(self, xs)
+        for element, size in held:
+            if self.xmlstream is not xs:
+                break
+            if self._admit(element, size):
+                self._dispatch(element)
+        self._slot_outcome(True)
+
+    def _no_slot(self, held: list) -> None:
+        if self.role == "primary":
+            self._slotless_count += 1
+            # The factory resets its delay on every TCP connection; the backoff is ours to keep.
+            factory = self.factory
+            factory.delay = min(factory.initialDelay * 2 ** (self._slotless_count - 1), factory.maxDelay)
+            (log.warn if self._slotless_count == 1 else log.debug)(
+                "component {domain}: the server accepted the connection but gives it no traffic: none of {n} slot "
+                "probes came back within {t:g} s (ejabberd domain_balancing with every slot taken by other "
+                "connections; only a new connection can claim a slot that frees later); closing it and retrying "
+                "with backoff (up to {max:g} s) until a slot is free{again}", domain=self.domain, n=PROBES,
+                t=self.slot_probe_timeout, max=factory.maxDelay,
+                again=f" (attempt {self._slotless_count})" if self._slotless_count > 1 else "")
+        else:
+            # The usual outcome while every process serving the domain is alive.
+            log.debug("component {domain}: spare connection got no slot (every slot is taken); closing it",
+                      domain=self.domain)
+        if held:
+            log.warn("component {domain}: {n} stanza(s) arrived on the slotless connection and are dropped",
+                     domain=self.domain, n=len(held))
+        if self.role == "primary":
+            xs = self.xmlstream
+            self._slotless = True
+            self._footer_sent_on = xs
+            xs.sendFooter()
+            xs.transport.loseConnection()
+        else:
+            self.close()
+        self._slot_outcome(False)
+
+    def _slot_outcome(self, got: bool) -> None:
+        if not self.slot_result.called:
+            self.slot_result.callback(got)
 
     def close(self, timeout: float = 5.0) -> defer.Deferred:
         """
@@ -118,22 +238,46 @@ class ComponentStream(Component):
         self._stopping = True
         xs = self.xmlstream
         if xs is None or xs.transport is None:
+            connection = getattr(self, "_connection", None)
+            if connection is not None:
+                connection.disconnect()          # still connecting: give up the attempt
             return defer.succeed(None)
         d = defer.Deferred()
         self._closing.append(d)
-        xs.sendFooter()
-        xs.transport.loseConnection()
+        if self._footer_sent_on is not xs:
+            self._footer_sent_on = xs
+            xs.sendFooter()
+            xs.transport.loseConnection()
         return d.addTimeout(timeout, self._reactor).addErrback(lambda f: None)
 
     def _disconnected(self, reason):
         was_up = self.authenticated
+        had_slot = self.slotted
         self.authenticated = False
+        self.slotted = False
+        self.slot = None
+        self._held = []
+        if self._probe is not None:
+            probe, self._probe = self._probe, None
+            probe.cancel()
         closing, self._closing = self._closing, []
         for d in closing:
             d.callback(None)
         super()._disconnected(reason)
+        if self.role != "primary":
+            self.factory.stopTrying()
+            self._slot_outcome(False)
+            if had_slot and self.on_gone is not None:
+                self.on_gone(self)
+        slotless, self._slotless = self._slotless, False
         if self._stopping:
-            log.info("component {domain}: stream closed", domain=self.domain)
+            (log.info if self.role == "primary" or had_slot else log.debug)(
+                "component {domain}: {role} stream closed", domain=self.domain, role=self.role)
+        elif self.role != "primary":
+            log.warn("component {domain}: spare stream lost ({reason}); not reconnected (a later spare takes "
+                     "whatever slot is free then)", domain=self.domain, reason=reason.getErrorMessage())
+        elif slotless:
+            log.debug("component {domain}: slotless connection closed", domain=self.domain)
         elif self.fatal is None and self.running:
             log.warn("component {domain}: stream lost ({reason}); reconnecting with backoff",
                      domain=self.domain, reason=reason.getErrorMessage() if was_up else
@@ -151,6 +295,9 @@ class ComponentStream(Component):
             log.critical("{message}", message=str(self.fatal))
             self.on_fatal(self.fatal)
         elif exc.condition == "conflict":
+            self.conflict = True
+            if self.role != "primary":
+                return
             log.warn("component {domain}: the server says another connection serves this domain "
                      "(<conflict/>: a stale session of ours after a broken link, or a second process "
                      "for a server that allows one connection per domain); retrying with backoff",
@@ -181,12 +328,22 @@ class ComponentStream(Component):
             parser.StartElementHandler = start_element
 
         dispatch = stream.ElementEvent
+        self._dispatch = dispatch
 
         def on_element(element):
             if parser is not None:
                 size = parser.CurrentByteIndex - start[0]
             else:
                 size = len(element.toXml().encode("utf-8"))
+            if element.name == "message" and is_probe(element):
+                # Slot probes, ours or another connection's: never seen by a handler.
+                if self._probe is not None:
+                    self._probe.received(element)
+                return
+            if self.authenticated and not self.slotted:
+                # Users' stanzas that arrive while the probe runs wait for the handlers.
+                self._held.append((element, size))
+                return
             if self._admit(element, size):
                 dispatch(element)
 

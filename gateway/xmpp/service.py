@@ -1,6 +1,13 @@
-"""Assemble one component: its stream, every protocol handler, and the link to its bridge."""
+"""
+Assemble one component: its stream, every protocol handler, and the link to its
+bridge. A spare connection for the same domain (gateway/xmpp/slots.py) is
+assembled the same way and joins the primary's ``StreamGroup``, the bridge's
+output.
+"""
 
 from __future__ import annotations
+
+from twisted.logger import Logger
 
 from gateway.xmpp.commands import CommandsHandler
 from gateway.xmpp.component import ComponentStream
@@ -11,9 +18,12 @@ from gateway.xmpp.muc import MUCHandler, RoomListHandler
 from gateway.xmpp.ping import PingHandler
 from gateway.xmpp.presence import PresenceHandler
 from gateway.xmpp.register import RegisterHandler
+from gateway.xmpp.slots import SpareKeeper, StreamGroup
 from gateway.xmpp.version import VersionHandler
 from wokkel.disco import DiscoHandler as _WokkelDiscoHandler
 from wokkel.subprotocols import XMPPHandler
+
+log = Logger(namespace="gateway.xmpp.service")
 
 
 class DiscoHandler(_WokkelDiscoHandler):
@@ -26,24 +36,42 @@ class DiscoHandler(_WokkelDiscoHandler):
 
 
 class BridgeLink(XMPPHandler):
-    """Tells the bridge when the stream is up (to flush held inbound messages) or down."""
+    """
+    Tells the stream group (and so the bridge) when this connection is up (to
+    flush held inbound messages) or down. Handlers are initialised only once
+    the slot probe found that the connection gets traffic.
+    """
 
-    def __init__(self, bridge):
+    def __init__(self, group, stream):
         super().__init__()
-        self.bridge = bridge
+        self.group = group
+        self.stream = stream
+        self._up = False
 
     def connectionInitialized(self):
-        self.bridge.stream_up()
+        self._up = True
+        self.group.member_up(self.stream)
 
     def connectionLost(self, reason):
-        self.bridge.stream_down()
+        if self._up:
+            self._up = False
+            self.group.member_down(self.stream)
 
 
-def build_component(component, xmpp_settings: dict, gateway_settings: dict, bridge, on_fatal, reactor):
-    """A ComponentStream with every handler attached, and the bridge's output set to it."""
+def build_component(component, xmpp_settings: dict, gateway_settings: dict, bridge, on_fatal, reactor,
+                    group: StreamGroup | None = None, role: str = "primary"):
+    """
+    A ComponentStream with every handler attached. The primary (no ``group``)
+    gets a new StreamGroup, which becomes the bridge's output; a spare joins
+    the given group (see ``spare_keeper``).
+    """
     stream = ComponentStream(component.domain, component.host or xmpp_settings["host"],
                              component.port or xmpp_settings["port"], component.secret, xmpp_settings,
-                             gateway_settings["allowed_domains"], on_fatal, reactor)
+                             gateway_settings["allowed_domains"], on_fatal, reactor, role=role)
+    if group is None:
+        group = StreamGroup(stream, bridge)
+        bridge.attach(StanzaOutput(group, bridge.adapter))
+    stream.group = group
     disco_info = GatewayDisco(component.domain, component.name, bridge.adapter)
     presence = PresenceHandler(stream, bridge, disco_info)
     stream.pinger = PingHandler(component.domain, xmpp_settings["ping_interval"], xmpp_settings["ping_timeout"],
@@ -60,9 +88,26 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
         MUCHandler(stream, bridge),
         RoomListHandler(stream, bridge),
         MessageHandler(stream, bridge),
-        BridgeLink(bridge),
+        BridgeLink(group, stream),
     ):
         handler.setHandlerParent(stream)
     stream.presence = presence
-    bridge.attach(StanzaOutput(stream, bridge.adapter))
     return stream
+
+
+def spare_keeper(primary, component, xmpp_settings: dict, gateway_settings: dict, bridge, on_fatal,
+                 reactor) -> SpareKeeper | None:
+    """The spare connections of ``primary``'s domain, if ``spare_connection_interval`` is set."""
+    interval = xmpp_settings.get("spare_connection_interval", 0.0)
+    if interval <= 0:
+        return None
+    if xmpp_settings.get("slot_probe_timeout", 0.0) <= 0:
+        log.warn("component {domain}: spare_connection_interval needs the slot probe (slot_probe_timeout > 0) to "
+                 "tell a spare with a slot from one without; no spare connections", domain=component.domain)
+        return None
+
+    def build():
+        return build_component(component, xmpp_settings, gateway_settings, bridge, on_fatal, reactor,
+                               group=primary.group, role="spare")
+
+    return SpareKeeper(primary.group, build, interval, reactor)

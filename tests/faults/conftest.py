@@ -53,3 +53,26 @@ def start_gateway(server, fresh_dir, name: str, *, options=None, outbox=None, xm
     gateway.key = written["key"]
     gateway.db = os.path.join(fresh_dir, f"{name}.sqlite")
     return gateway.start(wait_authenticated=wait)
+
+
+@pytest.fixture
+def balanced_ejabberd(workdir, request):
+    """
+    Starts ejabberds whose given component domains use ``domain_balancing``
+    (``bare_source``, ``component_number`` N), each such domain on its own
+    listener; all are stopped after the test.
+    """
+    from gateway.testing.ejabberd import Ejabberd
+
+    started = []
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name)
+
+    def start(components: dict[str, str], balancing: dict[str, int]) -> Ejabberd:
+        server = Ejabberd(os.path.join(workdir, f"ejabberd-{name}-{len(started)}"), components,
+                          balancing=balancing).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
