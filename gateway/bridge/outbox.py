@@ -60,6 +60,7 @@ class Outbox:
         self._chains: dict[tuple, defer.Deferred] = {}
         self._poller: task.LoopingCall | None = None
         self._flushing = False
+        self._looking = False
         #: Rows this process holds a claim on and works on (queued, in flight or
         #: written and awaiting the barrier), by id: a row claimed again after
         #: its lease ran out is adopted, never worked on twice.
@@ -131,45 +132,54 @@ class Outbox:
 
         return stored.addCallback(send_now)
 
-    @defer.inlineCallbacks
-    def _owned(self, item: QueueItem):
-        """The fence: True while this process may act on ``item`` (a database round trip only near lease end)."""
+    def _owned(self, item: QueueItem) -> bool | defer.Deferred:
+        """
+        The fence: whether this process may act on ``item``. Known without the
+        database while the lease is far from its end (a bool); near it, a
+        Deferred of the conditional renewal.
+        """
         if self._active.get(item.id) is not item:
             return False
         if self.registry.owns(item, margin=self.registry.lease / 2):
             return True
-        held = yield self._fenced(self.registry.hold, item)
-        if not held:
-            self._active.pop(item.id, None)
-            self._fenced_count.inc()
-            log.warn("{id}: another process took this message over; not sending it here", id=item.id)
-        return held
 
-    @defer.inlineCallbacks
-    def _fenced(self, operation, item: QueueItem, *args):
+        def held(ok):
+            if not ok:
+                self._active.pop(item.id, None)
+                self._fenced_count.inc()
+                log.warn("{id}: another process took this message over; not sending it here", id=item.id)
+            return ok
+
+        return self._fenced(self.registry.hold, item).addCallback(held)
+
+    def _fenced(self, operation, item: QueueItem, *args) -> defer.Deferred:
         """
         A write conditional on our claim, tried again under the new token if a
         poll adopted the row (re-claimed it for us) while the write was queued.
         """
-        while True:
-            token = item.token
-            result = yield operation(item, *args)
+        token = item.token
+
+        def check(result):
             if result or item.token == token:
                 return result
+            return self._fenced(operation, item, *args)
 
-    @defer.inlineCallbacks
-    def _attempt(self, item: QueueItem):
-        try:
-            yield self._attempt_once(item)
-        except Exception:
-            # The database or the adapter failed in a way nothing above caught:
-            # give the row back (or, if even that fails, let its lease lapse: it
-            # is no longer renewed once it leaves _active) so it is tried again.
-            log.failure("attempt on {id} failed; it will be tried again", id=item.id)
-            if self._active.get(item.id) is item:
-                self._active.pop(item.id, None)
-                yield self.registry.release(item, time.time() + self.retry_initial, item.attempts,
-                                            "internal error").addErrback(lambda f: None)
+        return operation(item, *args).addCallback(check)
+
+    def _attempt(self, item: QueueItem) -> defer.Deferred:
+        return self._attempt_once(item).addErrback(self._attempt_failed, item)
+
+    def _attempt_failed(self, failure, item: QueueItem):
+        """
+        The database or the adapter failed in a way nothing else caught: give
+        the row back (or, if even that fails, let its lease lapse: it is no
+        longer renewed once it leaves _active) so it is tried again.
+        """
+        log.failure("attempt on {id} failed; it will be tried again", failure, id=item.id)
+        if self._active.get(item.id) is item:
+            self._active.pop(item.id, None)
+            return self.registry.release(item, time.time() + self.retry_initial, item.attempts,
+                                         "internal error").addErrback(lambda f: None)
 
     @defer.inlineCallbacks
     def _attempt_once(self, item: QueueItem):
@@ -185,7 +195,10 @@ class Outbox:
                 self._active.pop(item.id, None)
                 yield self._fenced(self.registry.finish, item)
                 return
-            if not (yield self._owned(item)):
+            owned = self._owned(item)
+            if not isinstance(owned, bool):
+                owned = yield owned
+            if not owned:
                 return
             try:
                 result = yield defer.maybeDeferred(self.adapter.send, message, registration)
@@ -258,15 +271,17 @@ class Outbox:
         if (yield self._finish(item)):
             self._output().send_error(message, error)
 
-    @defer.inlineCallbacks
-    def _finish(self, item: QueueItem):
-        """Delete a row whose work is done; False if another process had taken it over meanwhile."""
+    def _finish(self, item: QueueItem) -> defer.Deferred:
+        """Delete a row whose work is done; fires False if another process had taken it over meanwhile."""
         self._active.pop(item.id, None)
-        count = yield self._fenced(self.registry.finish, item)
-        if not count:
-            self._fenced_count.inc()
-            log.warn("{id}: finished here after another process had taken it over", id=item.id)
-        return bool(count)
+
+        def finished(count):
+            if not count:
+                self._fenced_count.inc()
+                log.warn("{id}: finished here after another process had taken it over", id=item.id)
+            return bool(count)
+
+        return self._fenced(self.registry.finish, item).addCallback(finished)
 
     @defer.inlineCallbacks
     def _park(self, item: QueueItem, reason: str):
@@ -305,7 +320,7 @@ class Outbox:
                 self.ready.callback(None)
             if self._output().connected:
                 # Any process delivers any due inbound row: held ones, and those a dead process left.
-                yield self.flush_inbound()
+                yield self.flush_inbound(eager=False)
         except Exception:
             log.failure("outbox poll failed")
 
@@ -411,11 +426,19 @@ class Outbox:
             self._barrier_running = False
 
     @defer.inlineCallbacks
-    def flush_inbound(self):
-        """Write every due inbound row, oldest first (held ones after a reconnect, a dead process's)."""
-        if self._flushing:
-            return
-        self._flushing = True
+    def flush_inbound(self, eager: bool = True):
+        """
+        Write every due inbound row, oldest first (held ones after a reconnect,
+        a dead process's). While a flush runs, new messages queue behind it to
+        keep order: from the start after a reconnect (``eager``), or once the
+        first claim found rows (the periodic look, which mostly finds none and
+        must not slow live traffic down).
+        """
+        if eager:
+            self._flushing = True
+        if self._looking:
+            return                  # the flush running goes on, now holding new messages behind it
+        self._looking = True
         try:
             while self._output().connected:
                 # Rows handed back (held while this flush ran) must be visible to the claim,
@@ -425,6 +448,7 @@ class Outbox:
                 items = yield self.registry.claim(self.component, "in", limit=500)
                 if not items and holds == self._flush_holds:
                     break
+                self._flushing = True
                 for item in self._adopt(items):
                     try:
                         message = InboundMessage.from_dict(item.payload)
@@ -437,4 +461,4 @@ class Outbox:
                     else:
                         self._hold(item)
         finally:
-            self._flushing = False
+            self._flushing = self._looking = False

@@ -10,6 +10,7 @@ that expire (or that it takes back when it restarts under the same instance id).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -34,23 +35,29 @@ def new_token() -> str:
 
 class _WriteBatcher:
     """
-    Group the hot path's queue writes into shared transactions.
+    Group the hot path's queue writes into shared transactions (group commit).
 
     A write that arrives while a transaction is in flight waits for the next one,
-    so under load many messages share one thread hop and one commit, and when
-    idle a write goes out at once. Each caller's Deferred fires only after the
-    transaction holding its write committed, so durability is unchanged. If a
+    so under load many messages share one thread hop and one commit (one fsync),
+    and when idle a write goes out at once. Each caller's Deferred fires only
+    after the transaction holding its write committed, so durability is
+    unchanged. A write is a statement or a function of the transaction (for
+    writes that must stay all-or-none, like a mail for several users). If a
     batch fails, its writes are retried one by one so only the faulty one fails.
     """
 
     def __init__(self, registry: "SQLRegistry"):
         self.registry = registry
-        self.pending: list[tuple[str, tuple, defer.Deferred]] = []
+        self.pending: list[tuple[Any, defer.Deferred]] = []
         self.busy = False
 
     def add(self, query: str, args: tuple) -> defer.Deferred:
+        return self.add_call(functools.partial(_rowcount, query=self.registry._sql(query), args=args))
+
+    def add_call(self, work) -> defer.Deferred:
+        """Run ``work(txn)`` in the next shared transaction; fires with its result once committed."""
         d = defer.Deferred()
-        self.pending.append((self.registry._sql(query), args, d))
+        self.pending.append((work, d))
         if not self.busy:
             self._flush()
         return d
@@ -60,7 +67,7 @@ class _WriteBatcher:
         if not self.busy and not self.pending:
             return defer.succeed(None)
         d = defer.Deferred()
-        self.pending.append((None, None, d))
+        self.pending.append((None, d))
         return d
 
     def _flush(self) -> None:
@@ -71,25 +78,18 @@ class _WriteBatcher:
         self.busy = True
 
         def run(txn):
-            counts = []
-            for query, args, _ in batch:
-                if query is None:            # a settled() marker
-                    counts.append(0)
-                    continue
-                txn.execute(query, args)
-                counts.append(txn.rowcount)
-            return counts
+            return [None if work is None else work(txn) for work, _ in batch]
 
-        def done(counts):
-            for (_, _, d), count in zip(batch, counts):
-                d.callback(count)
+        def done(results):
+            for (_, d), result in zip(batch, results):
+                d.callback(result)
 
         def one_by_one(_failure):
-            for query, args, d in batch:
-                if query is None:
-                    d.callback(0)
+            for work, d in batch:
+                if work is None:
+                    d.callback(None)
                 else:
-                    self.registry.pool.runInteraction(_rowcount, query, args).chainDeferred(d)
+                    self.registry.pool.runInteraction(work).chainDeferred(d)
 
         d = self.registry.pool.runInteraction(run)
         d.addCallbacks(done, one_by_one)
@@ -437,7 +437,7 @@ class SQLRegistry:
                 stored.append(True)
             return stored
 
-        return self._interaction(txn_insert)
+        return self._batch.add_call(txn_insert)
 
     def enqueue_once(self, item: QueueItem, key: str) -> defer.Deferred:
         """
