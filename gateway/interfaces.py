@@ -106,6 +106,13 @@ class IAdapterContext(Interface):
     def report(report):
         """A DeliveryReport for an earlier message (receipts, late failures)."""
 
+    def confirmed(foreign_id):
+        """
+        The network said it has a message sent earlier (an SMS provider's
+        'queued' or 'sent' status) without a final verdict yet: a message sent
+        with SendResult.confirm_within is then no longer reported as unconfirmed.
+        """
+
     def registration(jid):
         """Deferred firing with the Registration of ``jid``, or None."""
 
@@ -221,8 +228,14 @@ class IRegistry(Interface):
     def stop_instance():
         """Unregister this process on a clean stop."""
 
-    def put_message_id(component, jid, xmpp_id, foreign_id, contact, resource=None, receipt=False):
+    def put_message_id(component, jid, xmpp_id, foreign_id, contact, resource=None, receipt=False, verdict_by=None):
         """Remember which XMPP id became which foreign id (receipts, bounces)."""
 
     def message_by_foreign_id(component, foreign_id):
         """(jid, xmpp_id, contact, resource, receipt) of a message, or None."""
+
+    def confirm_message(component, foreign_id):
+        """Clear the watch on a message the network has now spoken about."""
+
+    def overdue_messages(component, now=None):
+        """Take the messages whose verdict is overdue (each once, across processes)."""

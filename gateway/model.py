@@ -147,6 +147,10 @@ class SendResult:
     delivered: bool = False
     #: How many network messages were used (SMS segments, IRC lines).
     parts: int = 1
+    #: The network took the message without confirming it (its answer was
+    #: lost): if no DeliveryReport, or IAdapterContext.confirmed, comes within
+    #: this many seconds, the sender is told it could not be confirmed.
+    confirm_within: float | None = None
 
 
 @dataclass

@@ -79,6 +79,7 @@ class Bridge(service.MultiService):
         self.outbox = Outbox(registry, component, self.adapter, lambda: self.output, self.registration,
                              clock, outbox_settings, on_sent=self._sent)
         self._cache: dict[str, tuple[float, Registration | None]] = {}
+        self._verdicts: task.LoopingCall | None = None
         self._held_room_events: deque[RoomEvent] = deque(maxlen=self.ROOM_EVENT_HOLD)
         self._warned_room_hold = False
         self._room_events_dropped = metrics.ROOM_EVENTS_DROPPED.labels(component)
@@ -87,9 +88,14 @@ class Bridge(service.MultiService):
     def startService(self):
         super().startService()
         self.outbox.start()
+        self._verdicts = task.LoopingCall(self._overdue)
+        self._verdicts.clock = self.clock
+        self._verdicts.start(5 * self.outbox.poll_interval, now=False)
 
     def stopService(self):
         self.outbox.stop()
+        if self._verdicts is not None and self._verdicts.running:
+            self._verdicts.stop()
         return super().stopService()
 
     # -- the XMPP side attaches here ------------------------------------------
@@ -172,8 +178,29 @@ class Bridge(service.MultiService):
     def leave_room(self, user: str, resource: str, room: str) -> defer.Deferred:
         return defer.maybeDeferred(self.adapter.leave, user, resource, room)
 
+    def confirmed(self, foreign_id: str) -> defer.Deferred:
+        return self.registry.confirm_message(self.component, foreign_id)
+
+    @defer.inlineCallbacks
+    def _overdue(self):
+        """Messages the network took without confirming, whose verdict never came: tell their senders."""
+        try:
+            rows = yield self.registry.overdue_messages(self.component)
+        except Exception:
+            log.failure("looking for unconfirmed messages failed")
+            return
+        for jid, xmpp_id, contact, resource in rows:
+            log.info("{id} from {jid} to {contact}: no confirmation from the network; telling the sender",
+                     id=xmpp_id, jid=jid, contact=contact)
+            self.output.send_error(
+                OutboundMessage(component=self.component, user=jid, recipient=contact, xmpp_id=xmpp_id,
+                                resource=resource),
+                GatewayError("the network never confirmed that it took this message: it may not have been "
+                             "delivered", "remote-server-timeout", "wait"))
+
     @defer.inlineCallbacks
     def report(self, report: DeliveryReport):
+        yield self.registry.confirm_message(self.component, report.foreign_id)
         found = None
         for wait in (0, 0.2, 0.5, 1.0):
             # A fast network may report before the send's id mapping is stored.
@@ -345,9 +372,10 @@ class Bridge(service.MultiService):
         if message.xmpp_id and message.receipt_requested and result.delivered:
             self.output.send_receipt(message.user, message.resource, message.recipient, message.xmpp_id)
         elif message.xmpp_id and result.foreign_id and not result.delivered:
+            verdict_by = time.time() + result.confirm_within if result.confirm_within else None
             return self.registry.put_message_id(self.component, message.user, message.xmpp_id,
                                                 result.foreign_id, message.recipient, message.resource,
-                                                message.receipt_requested)
+                                                message.receipt_requested, verdict_by)
 
     # -- admin ------------------------------------------------------------
 

@@ -101,3 +101,10 @@ MIGRATIONS.append(
             heartbeat DOUBLE PRECISION NOT NULL,
             started_at DOUBLE PRECISION NOT NULL)""",
     ]))
+MIGRATIONS.append(
+    (5, [
+        # A message the network took without confirming it (an SMS whose answer
+        # was lost): if no verdict arrives by this time, its sender is told.
+        "ALTER TABLE message_ids ADD COLUMN verdict_by DOUBLE PRECISION",
+        "CREATE INDEX message_ids_verdict ON message_ids (component, verdict_by)",
+    ]))

@@ -333,13 +333,37 @@ class SQLRegistry:
     # -- message ids ------------------------------------------------------
 
     def put_message_id(self, component: str, jid: str, xmpp_id: str, foreign_id: str,
-                       contact: str, resource: str | None = None, receipt: bool = False) -> defer.Deferred:
+                       contact: str, resource: str | None = None, receipt: bool = False,
+                       verdict_by: float | None = None) -> defer.Deferred:
         return self._op(
             "INSERT INTO message_ids (component, jid, xmpp_id, foreign_id, contact, resource, receipt, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (component, jid, xmpp_id) DO UPDATE "
-            "SET foreign_id = excluded.foreign_id, contact = excluded.contact, resource = excluded.resource, "
-            "receipt = excluded.receipt",
-            (component, jid, xmpp_id, foreign_id, contact, resource, bool(receipt), time.time()))
+            "created_at, verdict_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (component, jid, xmpp_id) "
+            "DO UPDATE SET foreign_id = excluded.foreign_id, contact = excluded.contact, "
+            "resource = excluded.resource, receipt = excluded.receipt, verdict_by = excluded.verdict_by",
+            (component, jid, xmpp_id, foreign_id, contact, resource, bool(receipt), time.time(), verdict_by))
+
+    def confirm_message(self, component: str, foreign_id: str) -> defer.Deferred:
+        """The network said something about the message: no watchdog error for it any more."""
+        return self._op("UPDATE message_ids SET verdict_by = NULL WHERE component = ? AND foreign_id = ? "
+                        "AND verdict_by IS NOT NULL", (component, foreign_id))
+
+    def overdue_messages(self, component: str, now: float | None = None) -> defer.Deferred:
+        """
+        Messages whose verdict is overdue, each taken once (its watch cleared in
+        the same transaction, so two processes never both report it): fires
+        with [(jid, xmpp_id, contact, resource)].
+        """
+        now = time.time() if now is None else now
+        lock = " FOR UPDATE SKIP LOCKED" if self.dialect == "postgresql" else ""
+
+        def txn_overdue(txn):
+            txn.execute(self._sql("UPDATE message_ids SET verdict_by = NULL WHERE (component, jid, xmpp_id) IN ("
+                                  "SELECT component, jid, xmpp_id FROM message_ids WHERE component = ? AND "
+                                  f"verdict_by IS NOT NULL AND verdict_by <= ? LIMIT 500{lock}) "
+                                  "RETURNING jid, xmpp_id, contact, resource"), (component, now))
+            return [tuple(r) for r in txn.fetchall()]
+
+        return self._interaction(txn_overdue)
 
     def message_by_foreign_id(self, component: str, foreign_id: str) -> defer.Deferred:
         """(jid, xmpp_id, contact, resource, receipt) of the message the network calls foreign_id."""

@@ -14,7 +14,7 @@ A JSON control API under /_sim/ lets a test or the demo drive it:
                                              the auto-replies with the status their webhook got
     POST /_sim/fail    {"count": 2, "status": 500}          fail the next API calls
     POST /_sim/fail    {"count": 1, "mode": "slow", "delay": 3.0}
-    POST /_sim/fail    {"count": 1, "mode": "drop"}
+    POST /_sim/fail    {"count": 1, "mode": "drop"}      (or "lose")
     POST /_sim/status  {"sid": ..., "status": "delivered", "error_code": "30003"}
     POST /_sim/inbound {"url": ..., "from": ..., "to": ..., "body": ..., "media": [[url, type]],
                         "signature": "valid" | "forged" | "none", "sid": "SM..."}
@@ -25,7 +25,9 @@ Fault modes of /_sim/fail, for the next ``count`` Messages API calls:
 - ``"slow"``: accept and store the message (it counts in /_sim/messages and gets status
   callbacks), but answer only after ``delay`` seconds: past the client's read timeout, the
   client cannot know whether the message was taken;
-- ``"drop"``: accept and store the message, then close the connection without an answer.
+- ``"drop"``: accept and store the message, then close the connection without an answer;
+- ``"lose"``: read the request and close the connection without an answer, storing nothing
+  (the request got lost on the provider's side: no status callback will ever come).
 
 ``sid`` in /_sim/inbound sends the webhook of that message again (Twilio retrying or replaying a
 webhook: same MessageSid, same parameters, same signature) instead of a new message.
@@ -141,6 +143,9 @@ class Simulator(resource.Resource):
             fault = self.fail_mode
             if fault == "error":
                 return self._error(request, self.fail_status, 20500, "Internal Server Error")
+            if fault == "lose":
+                request.transport.abortConnection()
+                return server.NOT_DONE_YET
         args = {k.decode(): [v.decode() for v in vs] for k, vs in request.args.items()}
         one = lambda k: (args.get(k) or [""])[0]  # noqa: E731
         to, sender, body, media = one("To"), one("From"), one("Body"), args.get("MediaUrl", [])
@@ -198,7 +203,7 @@ class Simulator(resource.Resource):
 
     def _control_fail(self, body: dict) -> dict:
         mode = body.get("mode", "error")
-        if mode not in ("error", "slow", "drop"):
+        if mode not in ("error", "slow", "drop", "lose"):
             raise ValueError(f"unknown fault mode {mode!r}")
         self.fail_next = int(body.get("count", 1))
         self.fail_status = int(body.get("status", 500))

@@ -416,6 +416,44 @@ def test_lost_answer_is_not_sent_again(prosody, simulator, fresh_dir, fault):
     assert "unconfirmed" in gateway.log()
 
 
+def test_a_lost_send_that_is_never_confirmed_is_reported(prosody, simulator, fresh_dir):
+    """
+    The request got lost on the provider's side (nothing stored, no answer): it
+    is not sent again (it might have gone), but no status ever comes, so after
+    ``unconfirmed_timeout`` the sender gets an error instead of silence. A
+    message the provider confirms in time ('sent') gets none.
+    """
+    web_port = free_port()
+    gateway = start_gateway(prosody, fresh_dir, "smsdown", adapter="sms", web_port=web_port,
+                            options=sms_options(simulator, web_port, http_timeout=1.0, unconfirmed_timeout=2.0),
+                            outbox={"retry_initial": 0.3, "retry_max": 0.5, "deadline": 30.0})
+
+    async def scenario():
+        client = await registered_client(prosody, gateway.domain, "smsnever", Client, {"number": new_number()})
+        try:
+            await asyncio.to_thread(simulator.control, "fail", {"count": 1, "mode": "lose"})
+            lost = client.send_chat(f"{CONTACT}@{gateway.domain}", "lost on the way")
+            err = await client.next_message(lambda m: m.get("id") == lost, timeout=15)
+            cond, text = error_condition(err)
+            assert err.get("type") == "error" and cond == "remote-server-timeout" and "never confirmed" in text
+            assert [m for m in simulator.messages() if m["body"] == "lost on the way"] == []
+
+            await asyncio.to_thread(simulator.control, "fail", {"count": 1, "mode": "drop"})
+            kept = client.send_chat(f"{CONTACT}@{gateway.domain}", "taken, answer lost")
+            taken = await asyncio.to_thread(sent_to_simulator, simulator, "taken, answer lost")
+            result = await asyncio.to_thread(simulator.control, "status", {"sid": taken[0]["sid"], "status": "sent"})
+            assert result["status"] == 200
+            late = await client.quiet(seconds=4.0, predicate=lambda m: m.get("id") == kept)
+            assert late == []                    # confirmed in time: no error
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario())
+    finally:
+        gateway.stop()
+
+
 PARTS = ["a" * 153, "b" * 153, "c" * 40]             # GSM-7, 346 septets: three parts of a concatenated SMS
 
 

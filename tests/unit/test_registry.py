@@ -145,7 +145,7 @@ def test_restart_takes_back_own_claims_and_keeps_data(registry):
     yield registry.put_registration(Registration("c.example", "u@example.org"))
     registry.close()
     yield registry.open()                                        # the CLI opening it changes no claim
-    assert (yield registry.schema_version()) == 4
+    assert (yield registry.schema_version()) == 5
     assert (yield registry.claim("c.example", "out")) == []
     yield registry.start_instance("host-a", 2**22 + 17)          # a restart: the old pid is gone
     assert len((yield registry.claim("c.example", "out"))) == 1
@@ -332,3 +332,18 @@ def test_both_implementations_provide_the_interface(registry):
     from gateway.interfaces import IRegistry
 
     assert verifyObject(IRegistry, registry)
+
+
+@pytest_twisted.inlineCallbacks
+def test_unconfirmed_messages_are_reported_once_unless_confirmed(registry):
+    import time
+
+    c, u = "c.example", "u@example.org"
+    yield registry.put_message_id(c, u, "x1", "gw-1", "+1555", "phone", False, verdict_by=time.time() - 1)
+    yield registry.put_message_id(c, u, "x2", "gw-2", "+1555", None, False, verdict_by=time.time() - 1)
+    yield registry.put_message_id(c, u, "x3", "gw-3", "+1555", None, False, verdict_by=time.time() + 600)
+    yield registry.put_message_id(c, u, "x4", "gw-4", "+1555")                   # no watch at all
+    yield registry.confirm_message(c, "gw-2")                                      # the provider spoke
+    assert (yield registry.overdue_messages(c)) == [(u, "x1", "+1555", "phone")]
+    assert (yield registry.overdue_messages(c)) == []                              # taken once
+    assert (yield registry.overdue_messages(c, now=time.time() + 700)) == [(u, "x3", "+1555", None)]

@@ -91,6 +91,9 @@ class SMSAdapter(AdapterBase):
         Option("contacts_online", bool, True, doc="Show phone contacts as available so clients let users write."),
         Option("http_threads", int, 8, check=positive, doc="Threads for provider HTTP calls."),
         Option("http_timeout", float, 20.0, check=positive, doc="Seconds to wait for a provider's answer."),
+        Option("unconfirmed_timeout", float, 600.0, check=positive,
+               doc="A text whose send answer was lost is not sent again; if the provider sends no status "
+                   "for it within this many seconds, its sender gets an error saying it was not confirmed."),
         Option("account_sid", str, "", doc="Twilio Account SID."),
         Option("auth_token", str, "", secret=True, doc="Twilio Auth Token (also verifies Twilio's webhooks)."),
         Option("telnyx_api_key", str, "", secret=True, doc="Telnyx API key (v2)."),
@@ -238,6 +241,7 @@ class SMSAdapter(AdapterBase):
         credentials = {**registration.secrets, **registration.settings} if self.config["user_credentials"] else {}
         pieces = [body] if self.provider.concatenates or len(parts) == 1 else parts
         ids = progress.setdefault("ids", [])
+        unconfirmed = None in ids
         for i in range(done, len(pieces)):
             try:
                 result = yield self.provider.send(OutboundSMS(
@@ -251,14 +255,17 @@ class SMSAdapter(AdapterBase):
                          "the provider's status callback will tell", id=message.id, part=i + 1, parts=len(pieces),
                          recipient=message.recipient, why=str(e))
                 ids.append(None)
+                unconfirmed = True
             progress["sent"] = i + 1
             SEGMENTS.labels(component).inc((1 if len(pieces) > 1 else len(parts)) * len(recipients))
             if len(pieces) > 1:
                 yield self.context.checkpoint(message)
         yield self.context.add_to_counter(registration.jid, "sms", day)
         named = self.public_url and self.provider.passes_status_callback
+        # An unconfirmed part is not sent again; if no status comes for it, the sender is told (never silence).
         return SendResult(foreign_id=message.id if named else (ids[-1] if ids else None), delivered=False,
-                          parts=len(parts) if body else 1)
+                          parts=len(parts) if body else 1,
+                          confirm_within=self.config["unconfirmed_timeout"] if unconfirmed else None)
 
     # -- webhooks -----------------------------------------------------------
 
@@ -304,6 +311,8 @@ class SMSAdapter(AdapterBase):
             # A split text is delivered when its last part is; any part failing fails it.
             final = (query.get("part") or ["1"])[0] == (query.get("parts") or ["1"])[0]
             foreign_id = ours or report.id       # without gw_id: a message sent before statuses named ours
+            if report.delivered is None and foreign_id:
+                yield self.context.confirmed(foreign_id)      # queued/sent: the provider has it
             if report.delivered is not None and foreign_id and (final or report.delivered is False):
                 yield self.context.report(DeliveryReport(component, "", foreign_id, report.delivered,
                                                          None if report.delivered else "recipient-unavailable",
