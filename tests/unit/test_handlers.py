@@ -7,7 +7,6 @@ import os
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
 
 from gateway.xmpp.caps import verification_string
 from tests.unit.wire import DOMAIN, Wire, children, error_of, find
