@@ -40,6 +40,9 @@ log = Logger(namespace="gateway.xmpp.component")
 FATAL_STREAM_ERRORS = frozenset({"not-authorized", "host-unknown", "improper-addressing",
                                  "invalid-namespace", "host-gone", "invalid-from"})
 NS_REGISTER = "jabber:iq:register"
+#: Requests whose protocol the gateway speaks in part only (XEP-0045 room administration).
+NOT_IMPLEMENTED_NAMESPACES = frozenset({"http://jabber.org/protocol/muc#admin",
+                                        "http://jabber.org/protocol/muc#owner"})
 
 
 def _low_latency(xs) -> None:
@@ -218,6 +221,8 @@ class ComponentStream(Component):
                      "came back{share}; pings go from {probe}){after}", domain=self.domain, role=self.role,
                      back=found.back, sent=found.sent, share=share, probe=found.probe, after=after)
         Component._authd(self, xs)
+        # Last of all observers: a request no handler took still gets an answer (RFC 6120 §8.2.3).
+        xs.addObserver("/iq", self._unanswered, priority=-1000)
         for element, size in held:
             if self.xmlstream is not xs:
                 break
@@ -405,6 +410,23 @@ class ComponentStream(Component):
         else:
             self.refuse(element, "service-unavailable")
         return False
+
+    def _unanswered(self, iq: domish.Element) -> None:
+        """
+        A get or set no handler took: the entity must answer with an error, or
+        the client waits for ever. Room administration and configuration we do
+        not do is ``feature-not-implemented``; anything else (vCards, last
+        activity, private storage...) ``service-unavailable``.
+        """
+        if getattr(iq, "handled", False) or iq.getAttribute("type") not in ("get", "set"):
+            return
+        if not iq.getAttribute("from") or not iq.getAttribute("to"):
+            return
+        child = next(iq.elements(), None)
+        if child is not None and child.uri in NOT_IMPLEMENTED_NAMESPACES:
+            self.refuse(iq, "feature-not-implemented", None, "cancel")
+        else:
+            self.refuse(iq, "service-unavailable")
 
     def send_serialized(self, xml: str, kind: str) -> None:
         """Write a stanza already serialised (hot paths); counted like any other."""

@@ -161,7 +161,14 @@ class RoomListHandler(ComponentHandler):
             return
         iq.handled = True
         rsm = next(query.elements(NS_RSM, "set"), None)
-        limit = int(text_of(rsm, NS_RSM, "max") or 100) if rsm is not None else None
+        try:
+            limit = int(text_of(rsm, NS_RSM, "max") or 100) if rsm is not None else None
+        except ValueError:
+            self.stream.refuse(iq, "bad-request", "<max/> must be a whole number", "modify")
+            return
+        if limit is not None and limit < 0:
+            self.stream.refuse(iq, "bad-request", "<max/> must not be negative", "modify")
+            return
         after = text_of(rsm, NS_RSM, "after") if rsm is not None else None
         sender = parse_jid(iq["from"])
         d = self.bridge.ensure_registration(sender.userhost())

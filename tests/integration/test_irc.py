@@ -410,6 +410,11 @@ def test_server_jid_lists_channels_with_paging(prosody, ircd, irc_gateway):
             assert jids == [f"#list{n}%localhost@{DOMAIN}" for n in range(5)]
             second = next(i for i in items if i.get("jid").startswith("#list2%"))
             assert "the second" in second.get("name")
+            # An absurd <max/> is a bad request, answered (it used to leave the IQ unanswered).
+            for bad in ("lots", "-1"):
+                cond, _ = await client.iq_error(f"localhost@{DOMAIN}", "get", f"<query xmlns='{NS_ITEMS}'>"
+                                                f"<set xmlns='{NS_RSM}'><max>{bad}</max></set></query>")
+                assert cond == "bad-request"
         finally:
             await client.stop()
             await lister.close()

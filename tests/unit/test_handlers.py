@@ -376,3 +376,18 @@ def test_room_events_made_while_the_stream_is_down_are_sent_after_it_is_back(wir
     yield wire.bridge.stream_up()
     presence = yield wire.wait(lambda el: el.name == "presence")
     assert presence["to"] == "alice@example.org/phone" and presence["from"].endswith("/alice")
+
+
+@pytest_twisted.inlineCallbacks
+def test_every_request_gets_an_answer(wire):
+    """IQs no handler takes used to get no reply at all (RFC 6120 §8.2.3): the client waited for ever."""
+    vcard = yield wire.iq("get", "<vCard xmlns='vcard-temp'/>", to=f"bob@{DOMAIN}", iq_id="v1")
+    assert (vcard["type"], error_of(vcard)[0]) == ("error", "service-unavailable")
+    last = yield wire.iq("get", "<query xmlns='jabber:iq:last'/>", iq_id="l1")
+    assert (last["type"], error_of(last)[0]) == ("error", "service-unavailable")
+    kick = yield wire.iq("set", "<query xmlns='http://jabber.org/protocol/muc#admin'><item nick='x' role='none'/>"
+                                "</query>", to=f"room@{DOMAIN}", iq_id="k1")
+    assert (kick["type"], error_of(kick)[0]) == ("error", "feature-not-implemented")
+    version = yield wire.iq("get", "<query xmlns='jabber:iq:version'/>", iq_id="ver1")
+    assert version["type"] == "result"
+    assert [el for el in (yield wire.quiet(0.2)) if el.name == "iq"] == []     # one answer each, no second one
