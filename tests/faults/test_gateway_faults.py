@@ -198,8 +198,13 @@ def test_half_open_link_loses_no_inbound_message(prosody, fresh_dir):
             # Pause only once the gateway has all 300: what the server loses of its own is not ours to count.
             while messages_received(gateway) < before + 300:
                 await pump([client], ledger, 0.05)
-            prosody.pause()                           # the replies are written into a frozen server
-            await asyncio.sleep(8.0)                  # past 2 x ping_timeout: the gateway drops the stream
+            since = len(gateway.log())
+            prosody.pause()                           # the replies (due 3 s after each message) meet a frozen server
+            # A frozen server is found within one to two ping timeouts of the first reply written to it.
+            deadline = time.monotonic() + 3.0 + 2 * 3.0 + 10.0
+            while "dropping it" not in gateway.log()[since:] and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            await asyncio.sleep(1.0)                  # more replies pile up while the stream is down
             prosody.resume()
             await drain([client], ledger, settle=3.0, timeout=60)
             return ledger
