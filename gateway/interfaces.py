@@ -198,9 +198,6 @@ class IRegistry(Interface):
     def enqueue_all(items, keys=None):
         """Store several QueueItems in one transaction, leaving out those whose key was seen; fires with which were stored."""
 
-    def enqueue_once(item, key):
-        """Store a QueueItem unless ``key`` was seen before; fires with whether it was new."""
-
     def claim(component, direction, limit=100, now=None):
         """Take due QueueItems nobody holds a live lease on; each carries our claim token."""
 

@@ -463,14 +463,6 @@ class SQLRegistry:
 
         return self._batch.add_call(txn_insert)
 
-    def enqueue_once(self, item: QueueItem, key: str) -> defer.Deferred:
-        """
-        Store ``item`` unless ``key`` (a foreign message id) was accepted before;
-        fires with whether it was new. The key and the row commit together, so a
-        replay after a crash between them cannot slip through.
-        """
-        return self.enqueue_all([item], [key]).addCallback(lambda stored: stored[0])
-
     def purge_seen(self, older_than: float) -> defer.Deferred:
         return self._op("DELETE FROM seen WHERE created_at < ?", (older_than,))
 

@@ -44,6 +44,17 @@ def messages_received(gateway) -> float:
                and 'type="message"' in line)
 
 
+def registered_user(prosody, gateway, prefix: str) -> str:
+    """A user registered with the gateway, logged out again (for cases that fill the queue first)."""
+
+    async def register():
+        client = await registered_client(prosody, gateway.domain, prefix, Client)
+        await client.stop()
+        return client.boundjid.bare
+
+    return run(register())
+
+
 def insert_inbound(db: str, component: str, user: str, rows: list[dict]) -> None:
     """Put inbound messages straight into the queue, as an adapter would have stored them."""
     now = time.time()
@@ -139,12 +150,7 @@ def test_a_poison_inbound_row_is_parked_and_the_rest_flows(prosody, fresh_dir):
     """A held row that cannot become a stanza is parked with its reason; the rows behind it are delivered."""
     gateway = start_gateway(prosody, fresh_dir, "fpoison")
 
-    async def register():
-        client = await registered_client(prosody, gateway.domain, "poison", Client)
-        await client.stop()
-        return client.boundjid.bare
-
-    user = run(register())
+    user = registered_user(prosody, gateway, "poison")
     gateway.stop()
     # An IRC server-time of 2024-01-01T00:00:00.5e400Z once became this: a timestamp no date can hold.
     insert_inbound(gateway.db, gateway.domain, user,
@@ -253,12 +259,7 @@ def test_a_backlog_slower_than_the_ping_timeout_keeps_the_stream(prosody, fresh_
     count = 30000 if LONG else 12000
     gateway = start_gateway(prosody, fresh_dir, "fbacklog", xmpp={"ping_interval": 0.5, "ping_timeout": 0.5})
 
-    async def register():
-        client = await registered_client(prosody, gateway.domain, "backlog", Client)
-        await client.stop()
-        return client.boundjid.bare
-
-    user = run(register())
+    user = registered_user(prosody, gateway, "backlog")
     gateway.stop()
     padding = "x" * 1000
     insert_inbound(gateway.db, gateway.domain, user, [{"body": f"backlog-{n} {padding}"} for n in range(count)])

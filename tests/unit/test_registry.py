@@ -241,11 +241,12 @@ def test_parked_rows_wait_for_the_operator(registry):
 
 @pytest_twisted.inlineCallbacks
 def test_foreign_ids_are_accepted_once(registry):
-    assert (yield registry.enqueue_once(item(n=1, direction="in"), "twilio:SM1")) is True
-    assert (yield registry.enqueue_once(item(n=2, direction="in"), "twilio:SM1")) is False
-    assert (yield registry.queue_depth("c.example"))["in"] == 1
+    assert (yield registry.enqueue_all([item(n=1, direction="in")], ["twilio:SM1"])) == [True]
+    assert (yield registry.enqueue_all([item(n=2, direction="in"), item(n=4, direction="in")],
+                                       ["twilio:SM1", None])) == [False, True]     # the key and the row commit together
+    assert (yield registry.queue_depth("c.example"))["in"] == 2
     yield registry.purge_seen(older_than=10**12)
-    assert (yield registry.enqueue_once(item(n=3, direction="in"), "twilio:SM1")) is True
+    assert (yield registry.enqueue_all([item(n=3, direction="in")], ["twilio:SM1"])) == [True]
 
 
 @pytest_twisted.inlineCallbacks
