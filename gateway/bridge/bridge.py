@@ -192,11 +192,15 @@ class Bridge(service.MultiService):
         for jid, xmpp_id, contact, resource in rows:
             log.info("{id} from {jid} to {contact}: no confirmation from the network; telling the sender",
                      id=xmpp_id, jid=jid, contact=contact)
-            self.output.send_error(
-                OutboundMessage(component=self.component, user=jid, recipient=contact, xmpp_id=xmpp_id,
-                                resource=resource),
-                GatewayError("the network never confirmed that it took this message: it may not have been "
-                             "delivered", "remote-server-timeout", "wait"))
+            try:
+                self.output.send_error(
+                    OutboundMessage(component=self.component, user=jid, recipient=contact, xmpp_id=xmpp_id,
+                                    resource=resource),
+                    GatewayError("the network never confirmed that it took this message: it may not have been "
+                                 "delivered", "remote-server-timeout", "wait"))
+            except Exception:
+                # One row that cannot become a stanza must not stop the others, nor the watchdog.
+                log.failure("telling {jid} about unconfirmed {id} failed", jid=jid, id=xmpp_id)
 
     @defer.inlineCallbacks
     def report(self, report: DeliveryReport):
