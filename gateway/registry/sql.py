@@ -335,17 +335,42 @@ class SQLRegistry:
     def put_message_id(self, component: str, jid: str, xmpp_id: str, foreign_id: str,
                        contact: str, resource: str | None = None, receipt: bool = False,
                        verdict_by: float | None = None) -> defer.Deferred:
-        return self._op(
+        query = self._sql(
             "INSERT INTO message_ids (component, jid, xmpp_id, foreign_id, contact, resource, receipt, "
             "created_at, verdict_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (component, jid, xmpp_id) "
             "DO UPDATE SET foreign_id = excluded.foreign_id, contact = excluded.contact, "
-            "resource = excluded.resource, receipt = excluded.receipt, verdict_by = excluded.verdict_by",
-            (component, jid, xmpp_id, foreign_id, contact, resource, bool(receipt), time.time(), verdict_by))
+            "resource = excluded.resource, receipt = excluded.receipt, verdict_by = excluded.verdict_by")
+
+        def txn_put(txn):
+            watch = verdict_by
+            if watch is not None:
+                # The network may have spoken before this record existed (a status
+                # that overtook the lost answer to the send): then nothing is overdue.
+                txn.execute(self._sql("SELECT 1 FROM seen WHERE component = ? AND key = ?"),
+                            (component, "confirmed:" + foreign_id))
+                if txn.fetchone():
+                    watch = None
+            txn.execute(query, (component, jid, xmpp_id, foreign_id, contact, resource, bool(receipt),
+                                time.time(), watch))
+
+        return self._interaction(txn_put)
 
     def confirm_message(self, component: str, foreign_id: str) -> defer.Deferred:
-        """The network said something about the message: no watchdog error for it any more."""
-        return self._op("UPDATE message_ids SET verdict_by = NULL WHERE component = ? AND foreign_id = ? "
-                        "AND verdict_by IS NOT NULL", (component, foreign_id))
+        """
+        The network said something about the message: no watchdog error for it
+        any more, also if its record is written only later (remembered like a
+        foreign id, for the same retention).
+        """
+        now = time.time()
+
+        def txn_confirm(txn):
+            txn.execute(self._sql("UPDATE message_ids SET verdict_by = NULL WHERE component = ? AND foreign_id = ? "
+                                  "AND verdict_by IS NOT NULL"), (component, foreign_id))
+            txn.execute(self._sql("INSERT INTO seen (component, key, created_at) VALUES (?, ?, ?) "
+                                  "ON CONFLICT (component, key) DO NOTHING"),
+                        (component, "confirmed:" + foreign_id, now))
+
+        return self._interaction(txn_confirm)
 
     def overdue_messages(self, component: str, now: float | None = None) -> defer.Deferred:
         """

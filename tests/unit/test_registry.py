@@ -348,3 +348,7 @@ def test_unconfirmed_messages_are_reported_once_unless_confirmed(registry):
     assert (yield registry.overdue_messages(c)) == [(u, "x1", "+1555", "phone")]
     assert (yield registry.overdue_messages(c)) == []                              # taken once
     assert (yield registry.overdue_messages(c, now=time.time() + 700)) == [(u, "x3", "+1555", None)]
+    # A status that overtook the send's lost answer: the record written afterwards is not watched.
+    yield registry.confirm_message(c, "gw-5")
+    yield registry.put_message_id(c, u, "x5", "gw-5", "+1555", None, False, verdict_by=time.time() - 1)
+    assert (yield registry.overdue_messages(c)) == []
