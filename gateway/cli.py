@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import sys
 
@@ -57,10 +58,13 @@ def _with_registry(args, work):
     @defer.inlineCallbacks
     def main(reactor):
         registry = SQLRegistry(config.registry["url"], config.registry["secret_key"],
-                               config.gateway["instance_id"] + "-cli")
-        yield registry.open()
+                               config.gateway["instance_id"] + "-cli",
+                               old_keys=config.registry["old_secret_keys"])
         try:
+            yield registry.open()
             result["value"] = yield work(registry)
+        except Exception as e:          # raised again below, outside the reactor, for the command to report
+            result["error"] = e
         finally:
             registry.close()
 
@@ -69,18 +73,32 @@ def _with_registry(args, work):
     except SystemExit as e:
         if e.code:
             raise
+    if "error" in result:
+        raise result["error"]
     return result.get("value")
 
 
 def cmd_registry(args) -> int:
+    from twisted.internet import defer
+
+    from gateway.registry.crypto import KeyError_
+
     if args.action == "list":
         regs = _with_registry(args, lambda r: r.list_registrations())
         for reg in regs:
             print(f"{reg.component}\t{reg.jid}\t{reg.foreign_id or '-'}")
         print(f"{len(regs)} registration(s)", file=sys.stderr)
     elif args.action == "export":
-        rows = _with_registry(args, lambda r: r.export())
-        text = json.dumps({"version": 1, "registrations": rows}, indent=2)
+        exported = {}
+
+        @defer.inlineCallbacks
+        def export(registry):
+            exported["kdf_salt"] = base64.b64encode(registry.kdf_salt).decode()
+            exported["registrations"] = yield registry.export()
+
+        _with_registry(args, export)
+        # The salt is not secret: with a passphrase key, the importing registry needs it to open the tokens.
+        text = json.dumps({"version": 1, **exported}, indent=2)
         if args.file and args.file != "-":
             with open(args.file, "w", encoding="utf-8") as f:
                 f.write(text + "\n")
@@ -94,11 +112,35 @@ def cmd_registry(args) -> int:
         try:
             data = json.loads(raw)
             rows = data["registrations"]
+            salt = base64.b64decode(data["kdf_salt"]) if data.get("kdf_salt") else None
         except (ValueError, KeyError, TypeError) as e:
             print(f"{args.file}: not a registry export: {e}", file=sys.stderr)
             return 1
-        count = _with_registry(args, lambda r: r.import_(rows))
+        try:
+            count = _with_registry(args, lambda r: r.import_(rows, salt))
+        except KeyError_ as e:
+            print(f"{args.file}: {e}; nothing after the first such row was imported", file=sys.stderr)
+            return 1
         print(f"imported {count} registration(s)")
+    return 0
+
+
+def cmd_rotate_key(args) -> int:
+    """
+    Re-seal every registration's secrets with registry.secret_key, opening
+    them with it or any of registry.old_secret_keys. Safe while the gateway
+    runs (a row changed meanwhile keeps its change) and idempotent.
+    """
+    result = _with_registry(args, lambda r: r.rotate_secrets(args.batch))
+    unreadable = result["unreadable"]
+    print(f"{result['rotated']} re-encrypted, {result['current']} already current, "
+          f"{result['changed']} changed meanwhile (left as written), {len(unreadable)} cannot be decrypted")
+    for component, jid in unreadable:
+        print(f"{component}\t{jid}\tcannot be decrypted with any configured key: left as it is")
+    if unreadable:
+        print("some secrets cannot be decrypted: add the key they were sealed with to registry.old_secret_keys "
+              "and run rotate-key again, or have those users register again", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -232,6 +274,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--all", action="store_true", help="list: every queued row, not only parked ones")
     p.add_argument("--component", help="list: one component's rows only")
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("rotate-key", help="re-encrypt every user's stored secrets with registry.secret_key")
+    p.add_argument("--config", "-c", required=True)
+    p.add_argument("--batch", type=int, default=200, help="rows per transaction")
+    p.set_defaults(func=cmd_rotate_key)
 
     p = sub.add_parser("genkey", help="print a new key for registry.secret_key")
     p.set_defaults(func=cmd_genkey)

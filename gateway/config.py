@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.adapters import UnknownAdapter, load_adapter
-from gateway.options import Option, Problem, non_negative, positive, validate_table
+from gateway.options import Option, Problem, non_negative, positive, resolve_secret, validate_table
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
@@ -89,7 +89,12 @@ SECTIONS: dict[str, list[Option]] = {
                doc="`sqlite:///ABSOLUTE/PATH` (one process) or `postgresql://user@host/db` (shared by several)."),
         Option("secret_key", str, secret=True,
                doc="Key that encrypts user secrets at rest (a Fernet key from `xmpp-gateway genkey`, "
-                   "or any passphrase, which is hashed into one)."),
+                   "or a passphrase of 16 characters or more, stretched with scrypt and the registry's "
+                   "own salt). New secrets are sealed with this key."),
+        Option("old_secret_keys", list, [],
+               doc="Earlier keys, still accepted for opening secrets but never for sealing them: put the "
+                   "previous `secret_key` here when changing it, run `xmpp-gateway rotate-key`, then "
+                   "remove it. Each item is a string, `{env = \"NAME\"}` or `{file = \"/path\"}`."),
     ],
     "outbox": [
         Option("retry_initial", float, 2.0, check=positive, doc="First retry delay (seconds) after a temporary failure."),
@@ -160,7 +165,8 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Every secret value, so log observers can make sure none is ever written."""
-        values = [self.registry["secret_key"]] + [c.secret for c in self.components]
+        values = [self.registry["secret_key"], *self.registry.get("old_secret_keys", ())]
+        values += [c.secret for c in self.components]
         for comp in self.components:
             for opt in getattr(comp.adapter_class, "options", []):
                 if opt.secret and comp.options.get(opt.key):
@@ -269,12 +275,27 @@ def parse(text: str, filename: str = "") -> Config:
                 host=values.get("host", ""), port=values.get("port", 0), options=opts))
 
     if "secret_key" in sections["registry"]:
-        from gateway.registry.crypto import SecretBox, KeyError_
+        from gateway.registry.crypto import KeyError_, check_key
 
         try:
-            SecretBox(sections["registry"]["secret_key"])
+            check_key(sections["registry"]["secret_key"])
         except KeyError_ as e:
             problems.append(Problem("registry.secret_key", str(e)))
+    if "old_secret_keys" in sections["registry"]:
+        from gateway.registry.crypto import KeyError_, check_key
+
+        old_keys = []
+        for i, item in enumerate(sections["registry"]["old_secret_keys"]):
+            where = f"registry.old_secret_keys[{i}]"
+            key = resolve_secret(item, where, problems)
+            if key is None:
+                continue
+            try:
+                check_key(key)
+                old_keys.append(key)
+            except KeyError_ as e:
+                problems.append(Problem(where, str(e)))
+        sections["registry"]["old_secret_keys"] = old_keys
     if not sections["files"].get("public_url"):
         m = re.match(r"^tcp:(\d+)(?::interface=([^:]+))?", sections["web"].get("listen", ""))
         if m:

@@ -28,3 +28,10 @@ FENCED = Counter("xmpp_gateway_fenced", "Attempts stopped because another proces
 ROOM_EVENTS_DROPPED = Counter("xmpp_gateway_room_events_dropped",
                               "Room events dropped because too many piled up while the stream was down.",
                               ["component"], registry=REGISTRY)
+SECRETS_UNREADABLE = Counter("xmpp_gateway_secrets_undecryptable",
+                             "Actions refused because a user's stored secrets cannot be decrypted with the "
+                             "configured keys (wrong or missing registry.secret_key / old_secret_keys).",
+                             ["component"], registry=REGISTRY)
+UNADDRESSABLE = Counter("xmpp_gateway_unaddressable_senders",
+                        "Inbound messages whose foreign sender no JID can name (nodeprep refuses it): delivered "
+                        "from the component's own address instead.", ["component"], registry=REGISTRY)

@@ -179,6 +179,9 @@ class Registration:
     #: unsubscribe the gateway sends nothing more).
     subscribed: bool = True
     created_at: float = field(default_factory=time.time)
+    #: The stored secrets exist but no configured key opens them (``secrets``
+    #: is then empty): nothing that needs them may act for this user.
+    secrets_unreadable: bool = False
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,16 @@ class PermanentFailure(GatewayError):
     """The network refused the message for good: the sender gets this error at once."""
 
     condition = "recipient-unavailable"
+
+
+class SecretsUndecryptable(GatewayError):
+    """The user's stored credentials cannot be decrypted by this gateway (wrong or missing key)."""
+
+    condition = "internal-server-error"
+
+    def __init__(self, text: str = ("your stored credentials cannot be decrypted by this gateway; "
+                                    "ask the operator or register again"), *args):
+        super().__init__(text, *args)
 
 
 class RegistrationError(GatewayError):

@@ -36,7 +36,8 @@ class GatewayService(service.MultiService):
         self.config = config
         self.exit_code = 0
         self.registry = SQLRegistry(config.registry["url"], config.registry["secret_key"],
-                                    config.gateway["instance_id"], config.outbox["lease"])
+                                    config.gateway["instance_id"], config.outbox["lease"],
+                                    config.registry["old_secret_keys"])
         self.files = FileStore(config.files["directory"], config.files["public_url"], config.files["expiry_days"],
                                reactor)
         self.leases = LeaseKeeper(self.registry, reactor)

@@ -19,7 +19,7 @@ from gateway.bridge.outbox import Outbox
 from gateway.bridge.ratelimit import TokenBuckets
 from gateway.interfaces import IAdapterContext
 from gateway.model import (DeliveryReport, Field, GatewayError, InboundMessage, OutboundMessage, PolicyViolation,
-                           Registration, RegistrationError, RoomEvent, SendResult)
+                           Registration, RegistrationError, RoomEvent, SecretsUndecryptable, SendResult)
 from gateway.registry import RegistrationConflict
 
 log = Logger(namespace="gateway.bridge")
@@ -76,7 +76,7 @@ class Bridge(service.MultiService):
         self.limiter = TokenBuckets(limits["rate"], limits["burst"])
         self.rate_text = (f"rate limit exceeded: at most {limits['rate']:g} messages per second "
                           f"(bursts of {limits['burst']})")
-        self.outbox = Outbox(registry, component, self.adapter, lambda: self.output, self.registration,
+        self.outbox = Outbox(registry, component, self.adapter, lambda: self.output, self._sending_registration,
                              clock, outbox_settings, on_sent=self._sent)
         self._cache: dict[str, tuple[float, Registration | None]] = {}
         self._verdicts: task.LoopingCall | None = None
@@ -84,6 +84,7 @@ class Bridge(service.MultiService):
         self._warned_room_hold = False
         self._room_events_dropped = metrics.ROOM_EVENTS_DROPPED.labels(component)
         self._sent_direct = metrics.MESSAGES.labels(component, "out")
+        self._secrets_unreadable = metrics.SECRETS_UNREADABLE.labels(component)
 
     def startService(self):
         super().startService()
@@ -160,6 +161,8 @@ class Bridge(service.MultiService):
         """The user's registration; for networks needing none, created on first use."""
 
         def create_if_needed(reg):
+            if reg is not None and reg.secrets_unreadable:
+                self._unreadable(reg)
             if reg is not None or not getattr(self.adapter, "auto_register", False):
                 return reg
             reg = Registration(self.component, jid, subscribed=False)
@@ -241,6 +244,29 @@ class Bridge(service.MultiService):
 
     def registration_by_foreign_id(self, foreign_id: str) -> defer.Deferred:
         return self.registry.registration_by_foreign_id(self.component, foreign_id)
+
+    def _sending_registration(self, jid: str) -> defer.Deferred:
+        """For the outbox: a registration whose secrets no key opens fails the send with SecretsUndecryptable."""
+
+        def check(reg):
+            if reg is not None and reg.secrets_unreadable:
+                self._unreadable(reg)
+            return reg
+
+        return self.registration(jid).addCallback(check)
+
+    def _unreadable(self, reg: Registration):
+        """
+        Refuse to act for a user whose secrets cannot be opened: sending
+        without them could use the operator's credentials in their place, or
+        log in without their password. The user is told; the operator gets
+        the metric and a log line (never the token).
+        """
+        self._secrets_unreadable.inc()
+        log.warn("{jid}'s stored secrets for {component} cannot be decrypted with the configured keys "
+                 "(registry.secret_key, registry.old_secret_keys): refused; the user was told to register again",
+                 jid=reg.jid, component=self.component)
+        raise SecretsUndecryptable()
 
     def counter(self, jid: str, name: str, period: str) -> defer.Deferred:
         return self.registry.counter(self.component, jid, name, period)

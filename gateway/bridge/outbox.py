@@ -189,7 +189,11 @@ class Outbox:
             yield self._park(item, f"not a message: {type(e).__name__}: {e}")
             return
         while True:
-            registration = yield self._registration(message.user)
+            try:
+                registration = yield self._registration(message.user)
+            except GatewayError as e:      # e.g. the user's secrets cannot be decrypted: they are told
+                yield self._give_up(item, message, e)
+                return
             if registration is None:
                 # The user left while the message waited; their data is gone too.
                 self._active.pop(item.id, None)

@@ -108,3 +108,12 @@ MIGRATIONS.append(
         "ALTER TABLE message_ids ADD COLUMN verdict_by DOUBLE PRECISION",
         "CREATE INDEX message_ids_verdict ON message_ids (component, verdict_by)",
     ]))
+MIGRATIONS.append(
+    (7, [
+        # Values that belong to the registry itself, shared by every process
+        # that opens it: the random salt passphrase keys are stretched with
+        # (row 'kdf_salt', written on first open; see gateway/registry/crypto.py).
+        """CREATE TABLE registry_meta (
+            name TEXT PRIMARY KEY,
+            value TEXT NOT NULL)""",
+    ]))

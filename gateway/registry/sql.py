@@ -10,6 +10,7 @@ that expire (or that it takes back when it restarts under the same instance id).
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
@@ -19,13 +20,13 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from twisted.enterprise import adbapi
-from twisted.internet import defer
+from twisted.internet import defer, threads
 
 from zope.interface import implementer
 
 from gateway.interfaces import IRegistry
 from gateway.model import Registration
-from gateway.registry.crypto import SecretBox
+from gateway.registry.crypto import SecretBox, SecretsUnreadable, new_salt
 from gateway.registry.migrations import MIGRATIONS
 
 
@@ -140,9 +141,13 @@ def _sqlite_open(conn) -> None:
 
 @implementer(IRegistry)
 class SQLRegistry:
-    def __init__(self, url: str, secret_key: str, instance_id: str = "local", lease: float = 120.0):
+    def __init__(self, url: str, secret_key: str, instance_id: str = "local", lease: float = 120.0,
+                 old_keys: Iterable[str] = ()):
         self.url = url
-        self.box = SecretBox(secret_key)
+        self._keys = (secret_key, tuple(old_keys))
+        #: Built by open(): a passphrase key needs the registry's salt, and deriving it is slow.
+        self.box: SecretBox | None = None
+        self.kdf_salt: bytes | None = None
         self.instance_id = instance_id
         #: Who claims rows: this life of the instance. A stalled earlier life
         #: with the same instance id can then neither renew nor trust our rows.
@@ -201,22 +206,32 @@ class SQLRegistry:
         self.pool = self._connect()
         # Opening never touches the queue: the registry CLI opens it next to a
         # live gateway. Only a gateway process takes over claims (start_instance).
-        yield self._interaction(self._migrate)
+        salt = yield self._interaction(self._migrate)
+        self.kdf_salt = salt
+        # scrypt takes ~0.1 s and 32 MiB per passphrase key: a thread, not the reactor.
+        self.box = yield threads.deferToThread(SecretBox, self._keys[0], self._keys[1], salt)
 
-    def _migrate(self, txn) -> None:
+    def _migrate(self, txn) -> bytes:
+        """Bring the schema up to date; the registry's KDF salt (created on first open)."""
         if self.dialect == "postgresql":
             # Two processes starting at once must not both migrate.
             txn.execute("SELECT pg_advisory_xact_lock(7471001)")
         txn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        txn.execute("SELECT MAX(version) FROM schema_version")
-        row = txn.fetchone()
-        current = row[0] if row and row[0] is not None else 0
+        txn.execute("SELECT version FROM schema_version")
+        # Each migration by its number, not "everything above the highest":
+        # numbers are handed out to parallel work, which may land out of order.
+        applied = {row[0] for row in txn.fetchall()}
         for version, statements in MIGRATIONS:
-            if version <= current:
+            if version in applied:
                 continue
             for statement in statements:
                 txn.execute(statement)
             txn.execute(self._sql("INSERT INTO schema_version (version) VALUES (?)"), (version,))
+        # Two processes opening a new registry at once: the first salt stays.
+        txn.execute(self._sql("INSERT INTO registry_meta (name, value) VALUES ('kdf_salt', ?) "
+                              "ON CONFLICT (name) DO NOTHING"), (base64.b64encode(new_salt()).decode(),))
+        txn.execute("SELECT value FROM registry_meta WHERE name = 'kdf_salt'")
+        return base64.b64decode(txn.fetchone()[0])
 
     def schema_version(self) -> defer.Deferred:
         d = self._run("SELECT MAX(version) FROM schema_version")
@@ -235,9 +250,15 @@ class SQLRegistry:
     _REG_COLUMNS = "component, jid, foreign_id, settings, secrets, subscribed, created_at"
 
     def _registration(self, row) -> Registration:
+        try:
+            secrets, unreadable = self.box.open(row[4]), False
+        except SecretsUnreadable:
+            # One row no key opens must not fail every lookup (or listing) it is
+            # part of: it comes back flagged, and whoever would use the secrets refuses.
+            secrets, unreadable = {}, True
         return Registration(component=row[0], jid=row[1], foreign_id=row[2],
-                            settings=json.loads(row[3]), secrets=self.box.open(row[4]),
-                            subscribed=bool(row[5]), created_at=row[6])
+                            settings=json.loads(row[3]), secrets=secrets,
+                            subscribed=bool(row[5]), created_at=row[6], secrets_unreadable=unreadable)
 
     def _one(self, rows):
         return self._registration(rows[0]) if rows else None
@@ -265,17 +286,25 @@ class SQLRegistry:
         return d.addCallback(lambda rows: rows[0][0])
 
     def put_registration(self, reg: Registration) -> defer.Deferred:
-        """Insert or replace; fails with RegistrationConflict when foreign_id is taken."""
+        """
+        Insert or replace; fails with RegistrationConflict when foreign_id is
+        taken. A registration read with unreadable secrets keeps its stored
+        token (a later key may open it); registering again replaces it.
+        """
+        keep = reg.secrets_unreadable and not reg.secrets
         return self._put_sealed(reg.component, reg.jid, reg.foreign_id, reg.settings,
-                                self.box.seal(reg.secrets), reg.subscribed, reg.created_at)
+                                None if keep else self.box.seal(reg.secrets), reg.subscribed, reg.created_at,
+                                keep_secrets=keep)
 
-    def _put_sealed(self, component, jid, foreign_id, settings, sealed, subscribed, created_at):
+    def _put_sealed(self, component, jid, foreign_id, settings, sealed, subscribed, created_at,
+                    keep_secrets: bool = False):
         now = time.time()
+        secrets = "registrations.secrets" if keep_secrets else "excluded.secrets"
         d = self._op(
             "INSERT INTO registrations (component, jid, foreign_id, settings, secrets, subscribed, "
             "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (component, jid) DO UPDATE SET foreign_id = excluded.foreign_id, "
-            "settings = excluded.settings, secrets = excluded.secrets, "
+            f"settings = excluded.settings, secrets = {secrets}, "
             "subscribed = excluded.subscribed, updated_at = excluded.updated_at",
             (component, jid, foreign_id, json.dumps(settings, sort_keys=True), sealed,
              bool(subscribed), created_at, now))
@@ -706,7 +735,10 @@ class SQLRegistry:
     # -- export / import --------------------------------------------------
 
     def export(self) -> defer.Deferred:
-        """Registrations as JSON-ready dicts; secrets stay sealed (import needs the same key)."""
+        """
+        Registrations as JSON-ready dicts; secrets stay sealed (import needs
+        the same key; a passphrase key also this registry's ``kdf_salt``).
+        """
         d = self._run("SELECT component, jid, foreign_id, settings, secrets, subscribed, created_at "
                       "FROM registrations ORDER BY component, jid")
         return d.addCallback(lambda rows: [
@@ -714,19 +746,84 @@ class SQLRegistry:
              "sealed_secrets": r[4], "subscribed": bool(r[5]), "created_at": r[6]} for r in rows])
 
     @defer.inlineCallbacks
-    def import_(self, rows: list[dict[str, Any]]):
+    def import_(self, rows: list[dict[str, Any]], kdf_salt: bytes | None = None):
+        """
+        Store exported rows. Their tokens must open with our keys, derived
+        with the exporting registry's salt when given (a passphrase key
+        stretched with another salt is another key): such tokens are
+        re-sealed for this registry.
+        """
+        source = self.box
+        if kdf_salt and kdf_salt != self.kdf_salt:
+            source = yield threads.deferToThread(SecretBox, self._keys[0], self._keys[1], kdf_salt)
         count = 0
         for row in rows:
-            self.box.open(row.get("sealed_secrets"))  # fails early on a foreign key
+            sealed = row.get("sealed_secrets")
+            secrets = source.open(sealed)  # fails early on a foreign key
+            if sealed and source is not self.box:
+                try:
+                    self.box.open(sealed)
+                except SecretsUnreadable:
+                    sealed = self.box.seal(secrets)
             yield self._put_sealed(row["component"], row["jid"], row.get("foreign_id"),
-                                   row.get("settings", {}), row.get("sealed_secrets"),
+                                   row.get("settings", {}), sealed,
                                    row.get("subscribed", True), row.get("created_at", time.time()))
             count += 1
         return count
 
+    # -- key rotation -----------------------------------------------------
+
+    def sealed_batch(self, after: tuple[str, str] = ("", ""), limit: int = 200) -> defer.Deferred:
+        """(component, jid, token) of rows with secrets, in key order after ``after``."""
+        return self._run("SELECT component, jid, secrets FROM registrations WHERE secrets IS NOT NULL "
+                         "AND (component > ? OR (component = ? AND jid > ?)) ORDER BY component, jid LIMIT ?",
+                         (after[0], after[0], after[1], limit))
+
+    def replace_sealed(self, updates: list[tuple[str, str, str, str]]) -> defer.Deferred:
+        """
+        For each (component, jid, old token, new token), one transaction: the
+        new token only where the row still holds the old one, so a change the
+        gateway made meanwhile is never overwritten. Fires with how many rows
+        were replaced.
+        """
+        query = self._sql("UPDATE registrations SET secrets = ? WHERE component = ? AND jid = ? AND secrets = ?")
+
+        def work(txn):
+            return sum(_rowcount(txn, query, (new, component, jid, old)) for component, jid, old, new in updates)
+
+        return self._interaction(work) if updates else defer.succeed(0)
+
+    @defer.inlineCallbacks
+    def rotate_secrets(self, batch: int = 200):
+        """
+        Re-seal every row's secrets with the current key (MultiFernet.rotate),
+        a batch per transaction, safe next to a running gateway and idempotent.
+        Fires with counts and the (component, jid) of rows no key opens (left as they are).
+        """
+        result = {"rotated": 0, "current": 0, "changed": 0, "unreadable": []}
+        after = ("", "")
+        while True:
+            rows = yield self.sealed_batch(after, batch)
+            if not rows:
+                return result
+            after = (rows[-1][0], rows[-1][1])
+            updates = []
+            for component, jid, token in rows:
+                if self.box.is_current(token):
+                    result["current"] += 1
+                    continue
+                try:
+                    updates.append((component, jid, token, self.box.rotate(token)))
+                except SecretsUnreadable:
+                    result["unreadable"].append((component, jid))
+            replaced = yield self.replace_sealed(updates)
+            result["rotated"] += replaced
+            result["changed"] += len(updates) - replaced
+
 
 @defer.inlineCallbacks
-def open_registry(url: str, secret_key: str, instance_id: str = "local", lease: float = 120.0):
-    registry = SQLRegistry(url, secret_key, instance_id, lease)
+def open_registry(url: str, secret_key: str, instance_id: str = "local", lease: float = 120.0,
+                  old_keys: Iterable[str] = ()):
+    registry = SQLRegistry(url, secret_key, instance_id, lease, old_keys)
     yield registry.open()
     return registry
