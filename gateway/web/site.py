@@ -2,6 +2,10 @@
 The gateway's HTTP side. ``/healthz`` answers 200 only when every component
 stream is authenticated and the registry answers; ``/metrics`` is Prometheus'
 text format; adapters may mount webhooks under ``/hooks/<domain>/``.
+
+Every path has a body limit enforced while the request arrives (see
+gateway.web.limits): an adapter's mount may declare its own as ``max_body``
+(a provider's largest webhook), everything else takes the small default.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from twisted.web import resource, server
 
 from gateway import metrics
 from gateway.web.files import FilesResource
+from gateway.web.limits import BodyLimits, LimitedSite
 
 log = Logger(namespace="gateway.web")
 
@@ -75,6 +80,7 @@ class Metrics(_Async):
 
 
 def build_site(gateway) -> server.Site:
+    limits = BodyLimits()
     root = resource.Resource()
     root.putChild(b"healthz", Health(gateway))
     root.putChild(b"metrics", Metrics(gateway))
@@ -88,8 +94,11 @@ def build_site(gateway) -> server.Site:
         mount = resource.Resource()
         for name, res in getter().items():
             mount.putChild(name.encode(), res)
+            limit = getattr(res, "max_body", None)
+            if limit:
+                limits.set(f"/hooks/{bridge.component}/{name}/".encode(), int(limit))
         hooks.putChild(bridge.component.encode(), mount)
-    site = server.Site(root)
+    site = LimitedSite(root, limits)
     site.noisy = False
     site.displayTracebacks = False
     return site

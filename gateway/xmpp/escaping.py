@@ -14,9 +14,25 @@ The rules follow XEP-0106 §4 exactly:
   different foreign addresses to one JID;
 * unescaping recognises exactly the ten sequences; anything else after a
   backslash is left alone.
+
+XEP-0106 escapes only those ten characters, so a foreign address may still
+hold characters no JID can (RFC 3920 nodeprep prohibits controls such as TAB,
+non-ASCII spaces such as NBSP or U+3000, format characters such as U+200E,
+private-use code points, and mixed-direction text; RFC 7622 caps a localpart
+at 1023 bytes). Escaped as is, the XMPP server would bounce the stanza after
+the gateway counted it as delivered, so ``escape`` checks its result with
+nodeprep and refuses what would not be a JID. In the other direction,
+``address_of`` refuses a localpart that is not what ``escape`` makes of its
+own unescaping (``\\20`` first or last, ``\\5c`` before a non-sequence):
+two JIDs must never name one foreign address.
 """
 
 from __future__ import annotations
+
+import functools
+import re
+
+from twisted.words.protocols.jabber.xmpp_stringprep import Profile, nodeprep
 
 ESCAPES: dict[str, str] = {
     " ": "\\20",
@@ -36,8 +52,46 @@ _UNESCAPES: dict[str, str] = {seq[1:]: ch for ch, seq in ESCAPES.items()}
 FEATURE = "jid\\20escaping"
 
 
+#: Longest localpart in UTF-8 bytes (RFC 7622 §3.3).
+MAX_LOCALPART = 1023
+
+#: Nodeprep as servers apply it to stanzas they route (Prosody, through
+#: libidn): code points unassigned in Unicode 3.2 (newer letters, emoji) pass,
+#: everything RFC 3920 prohibits does not.
+_NODEPREP = Profile(mappings=nodeprep.mappings, prohibiteds=nodeprep.prohibiteds, check_unassigneds=False)
+
+#: Nodeprep's prohibitions among ASCII characters, once the ten are escaped.
+_ASCII_PROHIBITED = re.compile("[\x00-\x1f\x7f]")
+
+
 class EscapingError(ValueError):
     """The string cannot be a JID localpart under XEP-0106."""
+
+
+def check_localpart(localpart: str) -> str:
+    """``localpart`` if it is a valid JID localpart (nodeprep, length); EscapingError otherwise."""
+    if localpart.isascii():
+        # The fast path (nearly every address): nodeprep only folds case here.
+        bad = _ASCII_PROHIBITED.search(localpart)
+        if bad:
+            raise EscapingError(f"a JID cannot hold the control character U+{ord(bad.group()):04X}")
+        if len(localpart) > MAX_LOCALPART:
+            raise EscapingError(f"the address is longer than a JID localpart may be ({MAX_LOCALPART} bytes)")
+        return localpart
+    return _check_unicode(localpart)
+
+
+@functools.lru_cache(maxsize=4096)
+def _check_unicode(localpart: str) -> str:
+    try:
+        prepared = _NODEPREP.prepare(localpart)
+    except UnicodeError as e:
+        raise EscapingError(f"a JID cannot hold this address (nodeprep: {e})") from None
+    if not prepared:
+        raise EscapingError("the address is empty once prepared as a JID")
+    if len(prepared.encode("utf-8")) > MAX_LOCALPART:
+        raise EscapingError(f"the address is longer than a JID localpart may be ({MAX_LOCALPART} bytes)")
+    return localpart
 
 
 def _is_sequence(text: str, i: int) -> bool:
@@ -56,7 +110,19 @@ def escape(text: str) -> str:
             out.append("\\5c" if _is_sequence(text, i) else "\\")
         else:
             out.append(ESCAPES.get(ch, ch))
-    return "".join(out)
+    return check_localpart("".join(out))
+
+
+def address_of(localpart: str) -> str:
+    """
+    The foreign address a JID's localpart names; EscapingError when the
+    localpart is not the canonical escaping of any address.
+    """
+    address = unescape(localpart)
+    if escape(address).lower() != localpart.lower():
+        raise EscapingError(f"{localpart!r} is not a valid XEP-0106 escaped address "
+                            f"(it would be written {escape(address)!r})")
+    return address
 
 
 def unescape(text: str) -> str:

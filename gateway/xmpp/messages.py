@@ -8,14 +8,16 @@ XEP-0201 threads are carried through when the adapter has them.
 from __future__ import annotations
 
 import datetime
+import unicodedata
 
 from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from gateway import metrics
 from gateway.interfaces import IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
-from gateway.xmpp.escaping import EscapingError, escape, unescape
+from gateway.xmpp.escaping import EscapingError, address_of, escape
 from gateway.xmpp.muc import NS_SID, room_message_strings, room_stanzas
 from gateway.xmpp.stanzas import error_reply, parse_jid, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
@@ -56,9 +58,12 @@ class MessageHandler(ComponentHandler):
                 group = self._group(addresses)
                 recipient = ",".join(group)
             else:
-                recipient = self.bridge.normalize_address(unescape(to.user))
+                recipient = self.bridge.normalize_address(address_of(to.user))
         except AddressError as e:
             self.stream.refuse(stanza, e.condition, e.text, e.error_type)
+            return
+        except EscapingError as e:
+            self.stream.refuse(stanza, "jid-malformed", str(e), "modify")
             return
         message = self._parse(stanza, sender, recipient)
         if message is None:
@@ -80,7 +85,10 @@ class MessageHandler(ComponentHandler):
             jid = parse_jid(address.getAttribute("jid"))
             if jid is None or jid.host != self.domain or not jid.user:
                 raise AddressError(f"every group member must be an address at {self.domain}", "not-acceptable")
-            member = self.bridge.normalize_address(unescape(jid.user))
+            try:
+                member = self.bridge.normalize_address(address_of(jid.user))
+            except EscapingError as e:
+                raise AddressError(str(e), "jid-malformed")
             if member not in group:
                 group.append(member)
         if len(group) < 2:
@@ -133,6 +141,12 @@ class MessageHandler(ComponentHandler):
             self.stream.refuse(stanza, "internal-server-error", "the gateway could not store the message", "wait")
 
 
+def visible(address: str) -> str:
+    """``address`` with every character a reader could not see or tell apart written as its code point."""
+    return "".join(c if c == " " or (c.isprintable() and not c.isspace() and unicodedata.category(c) != "Co")
+                   else f"<U+{ord(c):04X}>" for c in xml_safe(address) or "")
+
+
 @implementer(IStanzaOutput)
 class StanzaOutput:
     """How the bridge reaches the users of one component (see IStanzaOutput)."""
@@ -151,17 +165,26 @@ class StanzaOutput:
         return f"{jid}/{xml_safe(resource)}" if resource else jid
 
     def send_message(self, message: InboundMessage) -> None:
+        body = xml_safe(message.body)
         try:
             sender = self.contact_jid(message.sender, message.nick if message.type == "groupchat" else None)
         except EscapingError as e:
-            log.error("dropping message from unaddressable {sender!r}: {e}", sender=message.sender, e=e)
-            return
+            # No JID can name this sender (see gateway.xmpp.escaping): the server would
+            # bounce the stanza after the message was counted as delivered. It comes from
+            # the gateway itself instead, naming the sender; no reply can reach it anyway.
+            metrics.UNADDRESSABLE.labels(self.domain).inc()
+            log.warn("{sender!r} cannot be a JID ({e}): delivered from {domain}", sender=message.sender, e=e,
+                     domain=self.domain)
+            if body is None and message.subject is None and not message.attachments:
+                return      # a chat state or receipt: nothing to show
+            sender = self.domain
+            body = f"[from {visible(message.sender)}, an address no JID can name: replies cannot reach it]" + (
+                f"\n{body}" if body else "")
         el = domish.Element((None, "message"))
         el["from"] = sender
         el["to"] = message.user
-        el["type"] = message.type
+        el["type"] = "chat" if sender == self.domain and message.type == "groupchat" else message.type
         el["id"] = message.id
-        body = xml_safe(message.body)
         urls_list = [xml_safe(u) for u in message.attachments]
         if urls_list:
             urls = "\n".join(urls_list)
@@ -218,7 +241,10 @@ class StanzaOutput:
 
     def send_receipt(self, user: str, resource: str | None, contact: str, xmpp_id: str) -> None:
         el = domish.Element((None, "message"))
-        el["from"] = self.contact_jid(contact)
+        try:
+            el["from"] = self.contact_jid(contact)
+        except EscapingError:
+            return          # the user could never have written to it: no message to confirm
         el["to"] = user + (f"/{resource}" if resource else "")
         el.addElement((NS_RECEIPTS, "received"))["id"] = xmpp_id
         self.stream.send(el)

@@ -23,7 +23,7 @@ from gateway.adapters.base import AdapterBase
 from gateway.adapters.sms import numbers, segments
 from gateway.adapters.sms.providers import (PROVIDERS, OutboundSMS, SendUnconfirmed, WebhookRejected,
                                             WebhookRequest)
-from gateway.adapters.sms.webhooks import WebhookResource
+from gateway.adapters.sms.webhooks import MAX_BODY, WebhookResource
 from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, PermanentFailure,
                            Registration, RegistrationError, SendResult)
 from gateway.options import Option, non_negative, positive
@@ -94,6 +94,9 @@ class SMSAdapter(AdapterBase):
         Option("unconfirmed_timeout", float, 600.0, check=positive,
                doc="A text whose send answer was lost is not sent again; if the provider sends no status "
                    "for it within this many seconds, its sender gets an error saying it was not confirmed."),
+        Option("webhook_max_body", int, MAX_BODY, check=positive,
+               doc="Largest webhook body accepted, in bytes: a request announcing more is refused with 413 "
+                   "from its headers, and a chunked body is cut off with 413 once it passes this."),
         Option("account_sid", str, "", doc="Twilio Account SID."),
         Option("auth_token", str, "", secret=True, doc="Twilio Auth Token (also verifies Twilio's webhooks)."),
         Option("telnyx_api_key", str, "", secret=True, doc="Telnyx API key (v2)."),
@@ -270,9 +273,11 @@ class SMSAdapter(AdapterBase):
     # -- webhooks -----------------------------------------------------------
 
     def web_resources(self) -> dict[str, resource.Resource]:
+        limit = self.config["webhook_max_body"]
         mount = resource.Resource()
-        mount.putChild(b"inbound", WebhookResource(self, "inbound"))
-        mount.putChild(b"status", WebhookResource(self, "status"))
+        mount.max_body = limit     # enforced by the site while the request arrives (gateway.web.limits)
+        mount.putChild(b"inbound", WebhookResource(self, "inbound", limit))
+        mount.putChild(b"status", WebhookResource(self, "status", limit))
         return {self.provider.name: mount}
 
     @defer.inlineCallbacks
