@@ -16,15 +16,31 @@ from twisted.logger import Logger
 from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import text
 from gateway.adapters.irc.session import Backlog, IRCSession
-from gateway.model import (AddressError, Field, OutboundMessage, PermanentFailure, Registration,
+from gateway.model import (AddressError, Field, OutboundMessage, PermanentFailure, PolicyViolation, Registration,
                            RegistrationError, SendResult)
 from gateway.options import Option, non_negative, positive
+
+
+def _ports(value) -> str | None:
+    if not all(isinstance(p, int) and 0 < p < 65536 for p in value):
+        return "ports are whole numbers from 1 to 65535"
+    return None
 
 log = Logger(namespace="gateway.adapters.irc")
 
 _CHANNEL = re.compile(r"^[#&+!][^\s,\x07:%]{1,199}$")
 _NICK = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:\d{1,5})?$")
+#: A connect command that carries a password: what follows the keyword is masked in forms.
+_SECRET_COMMAND = re.compile(r"^(.*?\b(?:IDENTIFY|AUTH|AUTHENTICATE|LOGIN|PASS|OPER|REGISTER|GHOST|RECOVER|RELEASE)"
+                             r"\b:?\s*)(\S.*)$", re.IGNORECASE)
+MASK = "********"
+
+
+def mask_command(command: str) -> str:
+    """A connect command as a form shows it: the part after a password keyword hidden."""
+    m = _SECRET_COMMAND.match(command)
+    return m.group(1) + MASK if m else command
 
 
 class IRCAdapter(AdapterBase):
@@ -53,6 +69,28 @@ class IRCAdapter(AdapterBase):
                doc="XEP-0045 role of occupants without channel modes."),
         Option("persistent", bool, False, doc="Keep connections when users leave every room."),
         Option("reconnect_max_delay", float, 60.0, check=positive, doc="Longest delay between reconnects."),
+        Option("allow_private", bool, False,
+               doc="Let users reach IRC servers on loopback, private (RFC 1918, fc00::/7), link-local, multicast, "
+                   "unspecified or reserved addresses. Off, a user-chosen host is resolved and refused if any of "
+                   "its addresses is one of these; `servers` and `fixed_server` are trusted either way."),
+        Option("allowed_ports", list, [6667, 6697, 7000, 7070], item_type=int, check=_ports,
+               doc="Ports users may connect to (in an address like `irc.example.net:6697` or their own "
+                   "port setting); the operator's `servers` entries keep their configured port."),
+        Option("max_sessions_per_user", int, 5, check=positive,
+               doc="IRC servers one user may be connected to at once; one more is refused (policy-violation)."),
+        Option("max_rooms_per_user", int, 50, check=positive,
+               doc="Channels one user may be in at once, over all servers; one more is refused (policy-violation)."),
+        Option("max_names", int, 10000, check=positive,
+               doc="Occupants kept per channel. A longer NAMES reply ends the join with the first ones and a "
+                   "notice that the list was cut; later joiners beyond it are not shown."),
+        Option("max_list", int, 5000, check=positive,
+               doc="Channels kept from a server's LIST; beyond, the room list is answered at once, cut, with an "
+                   "item saying so."),
+        Option("list_timeout", float, 30.0, check=positive,
+               doc="Seconds to wait for the end of a server's LIST before the room list request fails."),
+        Option("registration_timeout", float, 60.0, check=positive,
+               doc="Seconds a server may take to let us sign on (CAP, SASL, welcome); then the connection is "
+                   "dropped and the joins waiting on it fail with remote-server-timeout."),
     ]
 
     @classmethod
@@ -152,8 +190,20 @@ class IRCAdapter(AdapterBase):
         return self.SERVER_FIELDS if "%" not in address else []
 
     def address_values(self, registration: Registration, address: str) -> dict[str, Any]:
-        stored = (registration.settings.get("servers") or {}).get(address, {})
-        return {**stored, "after_connect": stored.get("commands", [])}
+        stored = dict((registration.settings.get("servers") or {}).get(address, {}))
+        stored.pop("commands", None)
+        return {**stored, "after_connect": [mask_command(c) for c in self._commands(registration, address)]}
+
+    @staticmethod
+    def _commands(registration: Registration, address: str) -> list[str]:
+        """
+        The user's connect commands: sealed with the secrets (they often carry a
+        NickServ password), or, for a registration from before that, in settings.
+        """
+        sealed = registration.secrets.get(f"{address}:commands")
+        if sealed is not None:
+            return [c for c in sealed.split("\n") if c]
+        return list(((registration.settings.get("servers") or {}).get(address, {})).get("commands", []))
 
     def update_address(self, registration: Registration, address: str, values: dict[str, Any]):
         servers = dict(registration.settings.get("servers") or {})
@@ -169,10 +219,16 @@ class IRCAdapter(AdapterBase):
                 if key == "nick" and value and not _NICK.match(value):
                     raise RegistrationError(f"{value!r} is not a valid IRC nickname")
                 current[key] = value
-        if "after_connect" in values:
-            current["commands"] = [text.one_line(c) for c in values["after_connect"] if text.one_line(c)]
-        servers[address] = current
         secrets = dict(registration.secrets)
+        if "after_connect" in values:
+            # A line the form showed masked and the user left alone keeps the stored one.
+            kept = {mask_command(c): c for c in self._commands(registration, address)}
+            lines = [text.one_line(c) for c in values["after_connect"] if text.one_line(c)]
+            secrets[f"{address}:commands"] = "\n".join(kept.get(line, line) for line in lines)
+        elif current.get("commands") and f"{address}:commands" not in secrets:
+            secrets[f"{address}:commands"] = "\n".join(current["commands"])    # moved out of plain settings
+        current.pop("commands", None)
+        servers[address] = current
         for key in ("password", "sasl_password"):
             if values.get(key):                       # an empty answer keeps the stored secret
                 secrets[f"{address}:{key}"] = values[key]
@@ -183,17 +239,29 @@ class IRCAdapter(AdapterBase):
         stored = {k: v for k, v in ((registration.settings.get("servers") or {}).get(server, {})).items() if v}
         base = {"nick": stored.get("nick") or nick or node, "tls": stored.get("tls", ""), "port": stored.get("port", ""),
                 "username": stored.get("username") or re.sub(r"[^a-z0-9]", "", node.lower())[:10] or "xmpp",
-                "realname": stored.get("realname") or node, "commands": stored.get("commands", [])}
+                "realname": stored.get("realname") or node}
         prefix = server + ":"
         base.update({k[len(prefix):]: v for k, v in registration.secrets.items() if k.startswith(prefix)})
+        base["commands"] = self._commands(registration, server)
         if base.get("sasl_password"):
             base["sasl_username"] = stored.get("sasl_username") or base["nick"]
         return base
+
+    def trusted_destination(self, server: str, port: int) -> bool:
+        """A server the operator configured, on the port the operator gave (or the default): not checked."""
+        conf = (self.config["servers"] or {}).get(server)
+        if conf is None and server != self.config["fixed_server"]:
+            return False
+        return port == (conf or {}).get("port", port if port in (6667, 6697) else None)
 
     def session(self, registration: Registration, server: str, nick: str = "") -> IRCSession:
         key = (registration.jid, server)
         found = self.sessions.get(key)
         if found is None or found.closed:
+            limit = self.config["max_sessions_per_user"]
+            if sum(1 for (user, _), s in self.sessions.items() if user == registration.jid and not s.closed) >= limit:
+                raise PolicyViolation(f"you are connected to {limit} IRC servers, the most this gateway allows; "
+                                      "leave every room of one of them first")
             found = self.sessions[key] = IRCSession(self, registration, server, nick)
         return found
 
@@ -208,6 +276,14 @@ class IRCAdapter(AdapterBase):
         nick = text.one_line(nick)
         if not _NICK.match(nick):
             raise AddressError(f"{nick!r} is not a valid IRC nickname", "not-acceptable")
+        existing = self.sessions.get((registration.jid, server))
+        if existing is None or existing.closed or channel.lower() not in existing.rooms:
+            limit = self.config["max_rooms_per_user"]
+            rooms = sum(len(s.rooms) for (user, _), s in self.sessions.items() if user == registration.jid
+                        and not s.closed)
+            if rooms >= limit:
+                raise PolicyViolation(f"you are in {limit} IRC channels, the most this gateway allows; "
+                                      "leave one first")
         self.session(registration, server, nick).join(resource, channel, nick, password)
 
     def leave(self, user: str, resource: str, room: str):

@@ -6,7 +6,10 @@ Events go to the session that owns the connection.
 
 Tags come from a server we do not control: they are checked here, where they
 enter, so that only a sane timestamp and an id fit for an XML attribute ever
-reach the neutral model.
+reach the neutral model. So is everything else the server can make us hold:
+a line longer than IRCv3 allows is skipped (up to its newline) without being
+buffered, the capabilities and ISUPPORT tokens it offers are counted, and a
+registration that has not finished by the deadline ends the connection.
 """
 
 from __future__ import annotations
@@ -20,13 +23,28 @@ from collections import deque
 from typing import Callable
 
 from twisted.internet import defer, task
+from twisted.logger import Logger
 from twisted.words.protocols import irc
 
 from gateway import __version__
 from gateway.adapters.irc import text
 from gateway.model import TemporaryFailure
 
+log = Logger(namespace="gateway.adapters.irc")
+
 WANTED_CAPS = ("server-time", "message-tags", "multi-prefix")
+
+#: The longest line read: IRCv3's 8,191 bytes of tags plus the 512 of the line.
+#: A longer one is skipped up to its newline, not buffered (the connection and
+#: its rooms live on: one bad line must not cost the user the network).
+MAX_LINE = 8191 + 512
+#: Capability names kept from CAP LS, and ISUPPORT (005) lines taken: real
+#: servers send a few dozen; a server sending more only wants our memory.
+MAX_OFFERED_CAPS = 200
+MAX_ISUPPORT_LINES = 30
+#: CTCP queries answered per window (seconds); the rest are ignored.
+CTCP_ANSWERS = 5
+CTCP_WINDOW = 10.0
 
 #: Lines one connection may hold behind its throttle: at the default 2 lines/s,
 #: about 17 minutes of talk. Beyond it the outbox keeps the messages instead.
@@ -50,6 +68,31 @@ def parse_tags(raw: str) -> dict[str, str]:
         key, _, value = item.partition("=")
         tags[key] = _TAG_ESCAPE.sub(lambda m: _TAG_ESCAPES.get(m.group(1), m.group(1)), value)
     return tags
+
+
+def parse_line(line: str) -> tuple[dict[str, str], str, str, list[str]] | None:
+    """
+    (tags, prefix, command, params) of one decoded line, or None when it holds no
+    command. Parameters are separated by spaces only (RFC 1459), not by any
+    Unicode whitespace, so a NEL or NBSP inside a nick does not split it in two.
+    """
+    tags: dict[str, str] = {}
+    if line.startswith("@"):
+        raw, _, line = line[1:].partition(" ")
+        tags = parse_tags(raw)
+    line = line.lstrip(" ")
+    prefix = ""
+    if line.startswith(":"):
+        prefix, _, line = line[1:].partition(" ")
+        line = line.lstrip(" ")
+    if not line or line.startswith(":"):
+        return None                                   # no command, at most a trailing parameter
+    head, sep, trailing = line.partition(" :")
+    params = [p for p in head.split(" ") if p]
+    command = params.pop(0).upper()
+    if sep:
+        params.append(trailing)
+    return tags, prefix, irc.numeric_to_symbolic.get(command, command), params
 
 
 def server_time(tags: dict[str, str], now: float | None = None) -> float | None:
@@ -132,23 +175,45 @@ class IRCConnection(irc.IRCClient):
         self._pending: deque[tuple[str, Outgoing | None]] = deque()
         self._drain = None
         self._lost = False
+        self._inbuf = b""
+        self._skipping = False
+        #: Lines skipped for being longer than MAX_LINE (logged when the connection ends).
+        self.overlong = 0
+        self.bad_lines = 0
+        self._offered: set[str] = set()
+        self._isupport_lines = 0
+        self._deadline = None
+        self._ctcp_window = [0.0, 0]
 
     # -- registration with CAP ---------------------------------------------------
 
     def connectionMade(self):
         self.supported = irc.ServerSupportedFeatures()
         self._queue = []
+        timeout = self.session.adapter.config["registration_timeout"]
+        self._deadline = self._clock.callLater(timeout, self._registration_expired, timeout)
         self.sendLine("CAP LS 302")
         self.register(self.nickname)
 
+    def _registration_expired(self, timeout: float) -> None:
+        """CAP, SASL or the welcome never came: a server holding us in registration holds the user's joins."""
+        self._deadline = None
+        self.session.registration_timed_out(self, timeout)
+        self.transport.loseConnection()
+
+    def _offer(self, names: set[str]) -> None:
+        room = MAX_OFFERED_CAPS - len(self._offered)
+        if room > 0:
+            self._offered.update(list(names)[:room])
+
     def irc_CAP(self, prefix, params):
         sub = params[1].upper() if len(params) > 1 else ""
-        if sub == "LS":
-            offered = {c.split("=", 1)[0] for c in params[-1].split()}
+        if sub == "LS" and not self._caps_done:
+            offered = {c.split("=", 1)[0] for c in params[-1].split(" ") if c}
             if len(params) > 3 and params[2] == "*":
-                self._offered = getattr(self, "_offered", set()) | offered
+                self._offer(offered)
                 return
-            offered |= getattr(self, "_offered", set())
+            offered |= self._offered
             want = [c for c in WANTED_CAPS if c in offered]
             if self.sasl and "sasl" in offered:
                 want.append("sasl")
@@ -192,16 +257,83 @@ class IRCConnection(irc.IRCClient):
         if command == "CAP":
             self.irc_CAP(prefix, params)
 
+    def irc_RPL_ISUPPORT(self, prefix, params):
+        self._isupport_lines += 1
+        if self._isupport_lines <= MAX_ISUPPORT_LINES:
+            super().irc_RPL_ISUPPORT(prefix, params)
+
     # -- incoming lines ------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Lines split on LF (CR dropped, as Twisted's IRCClient does), never holding
+        more than MAX_LINE bytes of a line: the rest of an overlong one is
+        discarded as it arrives, up to its newline.
+        """
+        if self._skipping:
+            cut = data.find(b"\n")
+            if cut < 0:
+                return
+            self._skipping = False
+            data = data[cut + 1:]
+        buf = self._inbuf + data if self._inbuf else data
+        start = 0
+        while not self._lost and not getattr(self.transport, "disconnecting", False):
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            line, start = buf[start:end], end + 1
+            if len(line) > MAX_LINE:
+                self.overlong += 1
+                continue
+            self.lineReceived(line.replace(b"\r", b""))
+        rest = buf[start:]
+        if len(rest) > MAX_LINE:
+            self.overlong += 1
+            self._skipping, rest = True, b""
+        self._inbuf = rest
 
     def lineReceived(self, line):
         if isinstance(line, bytes):
             line = text.decode(line, self.fallback)
-        self.tags = {}
-        if line.startswith("@"):
-            raw, _, line = line[1:].partition(" ")
-            self.tags = parse_tags(raw)
-        super().lineReceived(line)
+        parsed = parse_line(line)
+        if parsed is None:
+            return
+        self.tags, prefix, command, params = parsed
+        self.handleCommand(command, prefix, params)
+
+    def handleCommand(self, command, prefix, params):
+        """Twisted's, but a handler failing on a malformed line costs that line and one log entry, no traceback flood."""
+        method = getattr(self, f"irc_{command}", None)
+        try:
+            if method is not None:
+                method(prefix, params)
+            else:
+                self.irc_unknown(prefix, command, params)
+        except Exception as e:
+            self.bad_lines += 1
+            if self.bad_lines <= 3:
+                log.warn("{server}: line not understood ({command}: {error!r})", server=self.session.server,
+                         command=text.clean(command, 32), error=e)
+
+    def ctcpQuery(self, user, channel, messages):
+        """
+        ACTION, and answers to VERSION, PING and TIME, at most CTCP_ANSWERS per
+        CTCP_WINDOW seconds: a flood of queries cannot make us flood back (or
+        fill our send buffer towards a server that does not read). Other
+        queries (DCC, CLIENTINFO, FINGER...) are ignored.
+        """
+        for tag, data in messages:
+            if tag == "ACTION":
+                if data is not None:
+                    self.action(user, channel, data)
+            elif tag in ("VERSION", "PING", "TIME"):
+                now = self._clock.seconds()
+                if now - self._ctcp_window[0] > CTCP_WINDOW:
+                    self._ctcp_window = [now, 0]
+                self._ctcp_window[1] += 1
+                if self._ctcp_window[1] <= CTCP_ANSWERS:
+                    getattr(self, f"ctcpQuery_{tag}")(user, channel, data)
 
     def _createHeartbeat(self):
         heartbeat = task.LoopingCall(self._sendHeartbeat)
@@ -209,6 +341,9 @@ class IRCConnection(irc.IRCClient):
         return heartbeat
 
     def signedOn(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
         self.session.signed_on(self)
 
     def irc_ERR_NICKNAMEINUSE(self, prefix, params):
@@ -225,10 +360,12 @@ class IRCConnection(irc.IRCClient):
         self.session.on_self_joined(channel)
 
     def irc_RPL_NAMREPLY(self, prefix, params):
-        self.session.on_names(params[2], params[3].split())
+        if len(params) >= 4:
+            self.session.on_names(params[2], [n for n in params[3].split(" ") if n])
 
     def irc_RPL_ENDOFNAMES(self, prefix, params):
-        self.session.on_end_of_names(params[1])
+        if len(params) >= 2:
+            self.session.on_end_of_names(params[1])
 
     def topicUpdated(self, user, channel, newTopic):
         self.session.on_topic(user.split("!", 1)[0], channel, newTopic)
@@ -278,6 +415,8 @@ class IRCConnection(irc.IRCClient):
             self.session.on_message(user.split("!", 1)[0], channel, message, self.tags, notice=True)
 
     def irc_RPL_LIST(self, prefix, params):
+        if len(params) < 2:
+            return
         users = int(params[2]) if len(params) > 2 and params[2].isdigit() else 0
         self.session.on_list_entry(params[1], users, params[3] if len(params) > 3 else "")
 
@@ -295,6 +434,12 @@ class IRCConnection(irc.IRCClient):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self._lost = True
+        self._inbuf = b""
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        if self.overlong:
+            self.session.overlong_lines(self.overlong)
         if self._drain is not None and self._drain.active():
             self._drain.cancel()
         self._drain = None

@@ -3,6 +3,12 @@ One user's presence on one IRC server: a single connection shared by every XMPP
 resource of the user, the rooms joined and which resources joined each, the
 occupants with their channel modes, reconnection with backoff and rejoin. IRC
 events become XEP-0045 room events for the joined resources.
+
+What the server sends is bounded here: the names of a room (``max_names``; the
+join completes with what came and the user is told the list was cut), its
+occupants, the LIST answer (``max_list``, ``list_timeout``); and every string
+of a room event or private message passes text.clean / text.clean_name in
+``_event`` and ``on_message``, the two places the neutral model is built.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 from twisted.internet import defer, protocol, ssl
 from twisted.logger import Logger
 
-from gateway.adapters.irc import text
+from gateway.adapters.irc import policy, text
 from gateway.adapters.irc.client import IRCConnection, Outgoing, safe_msgid, server_time
 from gateway.model import (InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
                            TemporaryFailure)
@@ -81,6 +87,8 @@ class Room:
         self.joined = False
         self.ready = False
         self.names: dict[str, set[str]] = {}
+        #: NAMES brought more than max_names: the rest was not collected.
+        self.names_cut = False
 
     def join_line(self) -> str:
         return f"JOIN {self.channel} {self.key}" if self.key else f"JOIN {self.channel}"
@@ -126,9 +134,11 @@ class IRCSession:
         self.closed = False
         self.signed_once = False
         self.sasl_ok = False
+        self._sasl_message = ""
         #: (room, resource) that asked for the nick change in flight, to answer a refusal.
         self._nick_request: tuple[Room, str] | None = None
         self._listing: list[tuple[str, int, str]] | None = None
+        self._list_cut = False
         self._list_waiters: list[defer.Deferred] = []
         self._list_cache: tuple[float, list] | None = None
 
@@ -139,14 +149,41 @@ class IRCSession:
             return
         self.factory = _Factory(self)
         host, port, tls, verify = self.adapter.endpoint(self.server, self.settings)
+        if self.adapter.trusted_destination(self.server, port):
+            self._connect_to(host, host, port, tls, verify)
+            return
+        config = self.adapter.config
+        try:
+            policy.check_port(port, config["allowed_ports"])
+        except policy.DestinationRefused as e:
+            self.context.clock.callLater(0, self._refuse, e)
+            return
+        d = policy.resolve_destination(host, port, config["allow_private"])
+        d.addCallbacks(lambda ip: self._connect_to(host, ip, port, tls, verify), self._refused)
+
+    def _refused(self, failure) -> None:
+        failure.trap(policy.DestinationRefused)
+        self._refuse(failure.value)
+
+    def _refuse(self, error: policy.DestinationRefused) -> None:
+        if self.closed:
+            return
+        log.info("{user}: {server} refused by the destination policy: {why}", user=self.user, server=self.server,
+                 why=error.text)
+        self.fail_all(error.condition, error.text, error)
+
+    def _connect_to(self, host: str, address: str, port: int, tls: bool, verify: bool) -> None:
+        """Connect to ``address`` (the one checked), verifying TLS for ``host`` (the name asked for)."""
+        if self.closed:
+            return
         reactor = self.context.clock
         if tls:
             options = ssl.optionsForClientTLS(host) if verify else ssl.CertificateOptions()
-            self.connector = reactor.connectSSL(host, port, self.factory, options, timeout=30)
+            self.connector = reactor.connectSSL(address, port, self.factory, options, timeout=30)
         else:
-            self.connector = reactor.connectTCP(host, port, self.factory, timeout=30)
+            self.connector = reactor.connectTCP(address, port, self.factory, timeout=30)
         log.info("{user}: connecting to {server} ({host}:{port}, tls={tls})", user=self.user, server=self.server,
-                 host=host, port=port, tls=tls)
+                 host=host if host == address else f"{host} [{address}]", port=port, tls=tls)
 
     def ready(self, timeout: float = 20.0) -> defer.Deferred:
         """Fires once signed on (connecting if needed); TemporaryFailure if that takes too long."""
@@ -184,15 +221,39 @@ class IRCSession:
             return self.closed
         why = reason.getErrorMessage()
         log.warn("{user}: cannot connect to {server}: {why}", user=self.user, server=self.server, why=why)
+        text_ = f"cannot connect to {self.server}: {why}"
+        self.fail_all("remote-server-not-found", text_, TemporaryFailure(text_))
+        return True
+
+    def fail_all(self, condition: str, reason: str, error: Exception) -> None:
+        """Every room waiting here gets a join error, every waiter ``error``; the session ends."""
         for room in list(self.rooms.values()):
-            self._event(room, "join-error", nick=self.nick, condition="remote-server-not-found",
-                        reason=f"cannot connect to {self.server}: {why}")
+            self._event(room, "join-error", nick=self.nick, condition=condition, reason=reason)
         self.rooms.clear()
         ready, self._ready = self._ready, []
         for d in ready:
-            d.errback(TemporaryFailure(f"cannot connect to {self.server}: {why}"))
+            d.errback(error)
         self.close()
-        return True
+
+    def registration_timed_out(self, conn: IRCConnection, timeout: float) -> None:
+        """The server kept us from signing on (CAP or SASL never ending, no welcome) past the deadline."""
+        text_ = f"{self.server} did not complete registration within {timeout:g} s"
+        log.warn("{user}: {why}; disconnecting", user=self.user, why=text_)
+        if not self.signed_once:
+            self.fail_all("remote-server-timeout", text_, TemporaryFailure(text_))
+
+    def sasl_unavailable(self, conn: IRCConnection, why: str) -> None:
+        """
+        SASL was configured but the server offers none, or refused it: the
+        password is not sent anywhere else (a nick named NickServ may be anyone).
+        """
+        text_ = f"{self.server}: {why}; your SASL password was not sent"
+        log.warn("{user}: {why}", user=self.user, why=text_)
+        self.fail_all("not-authorized", text_, PermanentFailure(text_, "not-authorized"))
+
+    def overlong_lines(self, count: int) -> None:
+        log.warn("{user}: {server} sent {n} line(s) longer than the IRC limit; skipped", user=self.user,
+                 server=self.server, n=count)
 
     def signed_on(self, conn: IRCConnection) -> None:
         old = self.conn
@@ -200,13 +261,15 @@ class IRCSession:
             # Replaced: what waits on the old connection goes back to the outbox, not out twice.
             old.abandon(TemporaryFailure(f"connection to {self.server} replaced"))
             old.transport.loseConnection()
+        if self.settings.get("sasl_password") and not self.sasl_ok:
+            # No fallback to "PRIVMSG NickServ": on a network without services that nick is anyone's.
+            self.sasl_unavailable(conn, f"SASL failed ({self._sasl_message})" if self._sasl_message
+                                  else "the server does not offer SASL")
+            conn.transport.loseConnection()
+            return
         self.conn = conn
         self.signed_once = True
         self.nick = conn.nickname
-        if self.settings.get("sasl_password") and not self.sasl_ok:
-            # The server offered no SASL (or it failed): identify to NickServ instead.
-            conn.send_lines([f"PRIVMSG NickServ :IDENTIFY {text.one_line(self.settings['sasl_username'])} "
-                             f"{text.one_line(self.settings['sasl_password'])}"])
         self.factory.resetDelay()
         log.info("{user}: signed on to {server} as {nick}", user=self.user, server=self.server, nick=self.nick)
         for command in self.settings.get("commands", []):
@@ -221,6 +284,7 @@ class IRCSession:
 
     def sasl_result(self, ok: bool, message: str) -> None:
         self.sasl_ok = ok
+        self._sasl_message = text.clean(message, 200)
         log.info("{user}: SASL on {server}: {result} ({msg})", user=self.user, server=self.server,
                  result="ok" if ok else "failed", msg=message)
 
@@ -254,6 +318,13 @@ class IRCSession:
         return f"{channel.lower()}%{self.server}"
 
     def _event(self, room: Room, kind: str, resources=None, **kw) -> None:
+        """The one door from IRC to the room events: every name and text in it is cleaned here."""
+        for key in ("nick", "new_nick"):
+            if kw.get(key):
+                kw[key] = text.clean_name(kw[key])
+        for key in ("reason", "body", "subject"):
+            if kw.get(key):
+                kw[key] = text.clean(kw[key])
         self.context.room_event(RoomEvent(component=self.context.component, user=self.user,
                                           resources=list(room.resources) if resources is None else resources,
                                           room=self.room_address(room.channel), kind=kind, **kw))
@@ -325,39 +396,52 @@ class IRCSession:
             return
         room.joined = True
         room.names = {}
+        room.names_cut = False
 
     def on_names(self, channel: str, names: list[str]) -> None:
         room = self._room(channel)
-        if room is None:
-            return
+        if room is None or room.ready:
+            return                                     # a NAMES not asked for by our join: nothing to collect
+        limit = self.adapter.config["max_names"]
         for entry in names:
             modes = set()
             while entry and entry[0] in PREFIXES:
                 modes.add(entry[0])
                 entry = entry[1:]
-            if entry:
-                room.names[entry] = modes
+            if not entry:
+                continue
+            if len(room.names) >= limit and entry not in room.names:
+                # Stop collecting: the join completes now with what came, and says so.
+                room.names_cut = True
+                self.on_end_of_names(channel)
+                return
+            room.names[entry] = modes
 
     def on_end_of_names(self, channel: str) -> None:
         room = self._room(channel)
         if room is None or room.ready:
             return
-        room.occupants = room.names
+        room.occupants, room.names = room.names, {}
         room.occupants.setdefault(self.nick, set())
         room.ready = True
         self._send_state(room, list(room.resources))
+        if room.names_cut:
+            limit = self.adapter.config["max_names"]
+            self._event(room, "message", body=f"{self.server} sent more than {limit} names for {room.channel}: "
+                                              f"the list of occupants is cut at {limit}")
 
     def on_topic(self, nick: str, channel: str, topic: str) -> None:
         room = self._room(channel)
         if room is None:
             return
-        room.topic, room.topic_by = text.strip_formatting(topic or ""), nick
+        room.topic, room.topic_by = text.clean(topic), nick
         if room.ready:
             self._event(room, "subject", nick=nick or None, subject=room.topic)
 
     def on_join(self, nick: str, channel: str) -> None:
         room = self._room(channel)
-        if room is not None and room.ready:
+        if room is not None and room.ready and (
+                nick in room.occupants or len(room.occupants) < self.adapter.config["max_names"]):
             room.occupants[nick] = set()
             role, aff = self._role(set())
             self._event(room, "presence", nick=nick, role=role, affiliation=aff)
@@ -420,7 +504,7 @@ class IRCSession:
                     statuses=[110] if nick == self.nick else [])
 
     def on_message(self, nick: str, target: str, body: str, tags: dict, notice: bool = False) -> None:
-        body = text.strip_formatting(body)
+        body = text.clean(body)
         if notice:
             body = f"[notice] {body}"
         stamp, msgid = server_time(tags), safe_msgid(tags)
@@ -430,7 +514,8 @@ class IRCSession:
                 self._event(room, "message", nick=nick, body=body, timestamp=stamp, stanza_id=msgid)
             return
         self.context.deliver(InboundMessage(component=self.context.component, user=self.user,
-                                            sender=f"{nick.lower()}%{self.server}", body=body, timestamp=stamp,
+                                            sender=f"{text.clean_name(nick).lower()}%{self.server}", body=body,
+                                            timestamp=stamp,
                                             foreign_id=msgid)).addErrback(
             lambda f: log.failure("private message from {nick} not stored", f, nick=nick))
 
@@ -446,19 +531,42 @@ class IRCSession:
         first = not self._list_waiters
         self._list_waiters.append(d)
         if first:
-            self._listing = []
+            self._listing, self._list_cut = [], False
             conn.send_lines(["LIST"])
-        channels = yield d.addTimeout(30, self.context.clock)
-        if not self.rooms:
-            self.close("Listed channels")         # opened only to list: do not linger
+        try:
+            channels = yield d.addTimeout(self.adapter.config["list_timeout"], self.context.clock)
+        except defer.TimeoutError:
+            # The server never ended the list: stop collecting, for every waiter.
+            self._listing, waiters, self._list_waiters = None, self._list_waiters, []
+            for other in waiters:
+                if other is not d and not other.called:
+                    other.errback(TemporaryFailure(f"{self.server} did not finish its channel list"))
+            raise TemporaryFailure(f"{self.server} did not finish its channel list within "
+                                   f"{self.adapter.config['list_timeout']:g} s")
+        finally:
+            if not self.rooms:
+                self.close("Listed channels")     # opened only to list: do not linger
         return channels
 
     def on_list_entry(self, channel: str, users: int, topic: str) -> None:
-        if self._listing is not None:
-            self._listing.append((channel, users, text.strip_formatting(topic)))
+        if self._listing is None:
+            return
+        if len(self._listing) >= self.adapter.config["max_list"]:
+            self._list_cut = True
+            self.on_list_end()                    # answer now with what came; later entries are dropped
+            return
+        name = text.clean_name(channel)
+        if name != channel or not name.startswith(("#", "&", "+", "!")):
+            return                                # no JID can address it: it could not be joined
+        self._listing.append((channel, users, text.clean(topic, 300)))
 
     def on_list_end(self) -> None:
-        found = [(self.room_address(c), f"{c} ({n}): {t}" if t else f"{c} ({n})") for c, n, t in self._listing or []]
+        if self._listing is None:
+            return
+        found = [(self.room_address(c), f"{c} ({n}): {t}" if t else f"{c} ({n})") for c, n, t in self._listing]
+        if self._list_cut:
+            limit = self.adapter.config["max_list"]
+            found.append((self.server, f"{self.server} has more channels: the list is cut at {limit}"))
         self._listing = None
         self._list_cache = (self.context.clock.seconds(), found)
         waiters, self._list_waiters = self._list_waiters, []
@@ -468,7 +576,7 @@ class IRCSession:
     def on_join_refused(self, channel: str, condition: str, why: str) -> None:
         room = self.rooms.pop(channel.lower(), None)
         if room is not None:
-            self._event(room, "join-error", nick=self.nick, condition=condition, reason=why)
+            self._event(room, "join-error", nick=self.nick, condition=condition, reason=f"{self.server}: {why}")
 
     # -- sending --------------------------------------------------------------------------
 

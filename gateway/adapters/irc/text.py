@@ -3,11 +3,23 @@ IRC text rules: one line per PRIVMSG within the 512-byte limit (split on UTF-8
 character boundaries), no CR, LF or NUL from XMPP ever reaching the wire (so no
 text can become a second command), mIRC formatting codes stripped from what
 comes in, and a fallback charset for servers that are not UTF-8.
+
+What comes in is written by a server we do not control. Every string from it
+that reaches XMPP (nicks, channel names, topics, reasons, bodies, notices,
+error texts) passes :func:`clean` or :func:`clean_name` at the adapter's
+boundary: one character rule for all of them, so no field is the one that was
+forgotten. A character XML 1.0 forbids would make the XMPP server close the
+component stream for every user; a character a JID cannot hold would make it
+bounce the stanza, so the user would silently miss an occupant or a message.
 """
 
 from __future__ import annotations
 
 import re
+import stringprep
+import unicodedata
+
+from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep, resourceprep
 
 _FORMATTING = re.compile(r"\x03(?:\d{1,2}(?:,\d{1,2})?)?|\x04(?:[0-9a-fA-F]{6}(?:,[0-9a-fA-F]{6})?)?"
                          r"|[\x02\x0f\x11\x16\x1d\x1e\x1f]")
@@ -16,6 +28,69 @@ _BREAKS = re.compile(r"[\r\n\x00]+")
 #: What a server adds when relaying our line to others: ":nick!user@host " (host up to 63).
 RELAY_OVERHEAD = 1 + 30 + 1 + 10 + 1 + 63 + 1
 LINE_LIMIT = 512
+
+
+#: Characters never passed on: those XML 1.0 forbids (C0 controls but tab and
+#: newline, surrogates, U+FFFE/U+FFFF), DEL and C1 controls (what a latin-1
+#: fallback makes of stray bytes), and the Unicode noncharacters U+FDD0-U+FDEF.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
+
+#: Bounds on what one field may carry into a stanza, in characters. An IRC line
+#: is at most 8,703 bytes here (client.MAX_LINE), so these cut only the absurd.
+TEXT_LIMIT = 4096
+NAME_LIMIT = 128
+#: What an empty name (every character was unfit) becomes.
+EMPTY_NAME = "_"
+
+
+def clean(value: str | None, limit: int = TEXT_LIMIT) -> str:
+    """
+    Text from the server, fit for a stanza: mIRC formatting and every character
+    in ``_UNSAFE`` removed, at most ``limit`` characters (an ellipsis marks the cut).
+    """
+    if not value:
+        return ""
+    value = _UNSAFE.sub("", _FORMATTING.sub("", value))
+    if len(value) > limit:
+        value = value[:limit - 1] + "\u2026"
+    return value
+
+
+def _prohibited(ch: str) -> bool:
+    """What resourceprep and nodeprep both refuse (RFC 3920 appendix B/C), and what nodeprep maps to nothing."""
+    return (stringprep.in_table_a1(ch) or stringprep.in_table_b1(ch) or stringprep.in_table_c12(ch)
+            or stringprep.in_table_c21_c22(ch) or stringprep.in_table_c3(ch) or stringprep.in_table_c4(ch)
+            or stringprep.in_table_c5(ch) or stringprep.in_table_c6(ch) or stringprep.in_table_c7(ch)
+            or stringprep.in_table_c8(ch) or stringprep.in_table_c9(ch))
+
+
+def clean_name(value: str | None, limit: int = NAME_LIMIT) -> str:
+    """
+    A nick or channel name from the server that can be a JID resource (an
+    occupant's nick) or, after XEP-0106 escaping, a localpart: :func:`clean`,
+    then no whitespace and nothing stringprep prohibits; right-to-left letters
+    are dropped when they break the bidi rule. Never empty. The same name always
+    gives the same result, so events about one IRC nick stay about one occupant.
+    """
+    value = clean(value, limit)
+    value = "".join(ch for ch in value if not ch.isspace() and not _prohibited(ch)) or EMPTY_NAME
+    for attempt in (value, _drop_rtl(value)):
+        try:
+            resourceprep.prepare(attempt)
+            nodeprep.prepare(_without_escaped(attempt))
+        except UnicodeError:
+            continue
+        return attempt
+    return "".join(ch for ch in value if ch.isascii()) or EMPTY_NAME
+
+
+def _drop_rtl(value: str) -> str:
+    return "".join(ch for ch in value if unicodedata.bidirectional(ch) not in ("R", "AL")) or EMPTY_NAME
+
+
+def _without_escaped(value: str) -> str:
+    """The characters XEP-0106 escapes are nodeprep-prohibited only until escaped: leave them out of the check."""
+    return "".join(ch for ch in value if ch not in " \"&'/:<>@") or EMPTY_NAME
 
 
 def strip_formatting(text: str) -> str:

@@ -1,0 +1,427 @@
+"""
+A hostile IRC server against the real gateway process: the test is the server
+(no real IRC daemon misbehaves on purpose), a real Prosody and slixmpp users
+are on the other side.
+
+Every case checks the same three things: the user on the hostile server gets a
+clear outcome (the join completes, is cut with a notice, or fails with a
+readable error), the component stream stays up (another user on another IRC
+network of the same gateway still gets a message through), and the gateway's
+resident memory stays under a bound the case states.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+import pytest
+
+from gateway.testing.process import free_port
+from tests.hostile.conftest import rss_kib, start_gateway
+from tests.integration.harness import Client, body, run
+from tests.integration.irc_support import ScriptedSASLServer
+
+NS_MUC = "http://jabber.org/protocol/muc"
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+NS_ITEMS = "http://jabber.org/protocol/disco#items"
+
+#: The bounds the module's gateway is configured with (small, so the user's
+#: client is not the slow part of the test).
+MAX_NAMES = 300
+MAX_LIST = 200
+REGISTRATION_TIMEOUT = 4.0
+#: How much the gateway's RSS may grow in one case, over the baseline measured
+#: once the gateway has served one user.
+RSS_GROWTH_KIB = 60 * 1024
+
+_users = iter(range(1, 1000))
+
+
+def user_name(prefix: str) -> str:
+    return f"{prefix}{os.getpid()}x{next(_users)}"
+
+
+def error_of(stanza) -> tuple[str | None, str]:
+    err = stanza.find("{jabber:client}error")
+    if err is None:
+        return None, ""
+    condition = next((c.tag.split("}")[1] for c in err if c.tag.startswith(f"{{{NS_STANZAS}}}")
+                      and not c.tag.endswith("}text")), None)
+    return condition, "".join(t.text or "" for t in err.findall(f"{{{NS_STANZAS}}}text"))
+
+
+def statuses(p) -> set[int]:
+    return {int(s.get("code")) for s in p.findall(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}status")}
+
+
+class HostileIRC:
+    """
+    An IRC server that registers clients like a real one, then attacks: what it
+    does after a JOIN depends on the channel's name (``attacks``), LIST is
+    answered forever, and with ``stall`` the CAP negotiation never ends.
+    """
+
+    def __init__(self, name: str, stall: bool = False):
+        self.name = name
+        self.stall = stall
+        self.attacks = {}
+        self.connections = 0
+        self.tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> "HostileIRC":
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+        return self
+
+    def listen_on(self, port: int) -> "HostileIRC":
+        self.port = port
+        return self
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        nick = "x"
+
+        def send(line: str | bytes) -> None:
+            writer.write((line.encode() if isinstance(line, str) else line) + b"\r\n")
+
+        try:
+            while True:
+                raw = await reader.readline()
+                if not raw:
+                    return
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("CAP LS"):
+                    if self.stall:
+                        self._spawn(self._stall(writer))
+                    else:
+                        send(f":{self.name} CAP * LS :server-time message-tags")
+                elif line.startswith("CAP REQ"):
+                    send(f":{self.name} CAP * ACK :" + line.split(":", 1)[1])
+                elif line.startswith("NICK "):
+                    nick = line.split(" ", 1)[1]
+                elif line == "CAP END":
+                    send(f":{self.name} 001 {nick} :Welcome")
+                elif line.startswith("PING"):
+                    send(f":{self.name} PONG {self.name} {line[5:]}")
+                elif line.startswith("JOIN "):
+                    channel = line.split(" ")[1]
+                    attack = self.attacks.get(channel.lower())
+                    send(f":{nick}!u@h JOIN {channel}")
+                    if attack is not None:
+                        self._spawn(attack(writer, send, nick, channel))
+                elif line == "LIST":
+                    self._spawn(self._endless_list(writer, send, nick))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _stall(self, writer) -> None:
+        """``CAP LS`` continued forever ("more follows"), each line offering new capabilities."""
+        n = 0
+        while not writer.is_closing():
+            caps = " ".join(f"cap{n}-{i}" for i in range(20))
+            writer.write(f":{self.name} CAP * LS * :{caps}\r\n".encode())
+            n += 1
+            await writer.drain()
+            await asyncio.sleep(0.01)
+
+    async def _endless_list(self, writer, send, nick) -> None:
+        send(f":{self.name} 321 {nick} Channel :Users  Name")
+        send(f":{self.name} 322 {nick} #bad\x01chan\x7f 3 :control\x00 characters")
+        send(f":{self.name} 322 {nick} #\xe9t\xe9 3 :latin-1".encode("latin-1"))
+        n = 0
+        while not writer.is_closing():
+            for _ in range(100):
+                send(f":{self.name} 322 {nick} #chan{n} {n % 50} :topic of channel number {n} \x01\x02")
+                n += 1
+            await writer.drain()
+            await asyncio.sleep(0.005)
+
+    def close(self) -> None:
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+
+
+# -- the attacks, by channel -----------------------------------------------------------
+
+#: Occupant names with characters XML or a JID resource cannot hold (controls,
+#: U+FFFE, NEL, a right-to-left letter before left-to-right ones), next to fine ones.
+HOSTILE_NAMES = [b"@op", b"b\x01ell", b"n\x7fdel", b"t\tab", b"f\xef\xbf\xbee", "\u05d0mixed".encode(),
+                 b"c\xc2\x85one", b"plain"]
+#: In a line of their own, being no UTF-8 at all (an encoded surrogate, a stray byte):
+#: read as latin-1 (the fallback charset), so NBSP and a C1 control appear.
+NOT_UTF8_NAMES = [b"s\xed\xa0\x80x", b"l\xe9on\xff"]
+#: The occupants the user must see: the names above as JID resources.
+CLEANED_NAMES = {"op", "bell", "ndel", "tab", "fe", "mixed", "cone", "plain", "s\xedx", "l\xe9on\xff"}
+
+
+async def attack_controls(writer, send, nick, channel) -> None:
+    """Control characters and invalid UTF-8 in every field and tag, then one plain line."""
+    c = channel.encode()
+    send(b":hostile.test 332 " + nick.encode() + b" " + c + b" :topic\x01with\x00nul\x1b[31m and \xff")
+    send(b":hostile.test 353 " + nick.encode() + b" = " + c + b" :" + nick.encode() + b" "
+         + b" ".join(HOSTILE_NAMES))
+    send(b":hostile.test 353 " + nick.encode() + b" = " + c + b" :" + b" ".join(NOT_UTF8_NAMES))
+    send(b":hostile.test 366 " + nick.encode() + b" " + c + b" :End of NAMES \x01")
+    lines = [
+        b"@msgid=\x01bad<id>;time=2024-13-45T99:99:99Z :b\x01ell!u@h PRIVMSG " + c + b" :body\x00with\x07bell\x1b",
+        b"@msgid=\xff\xfe;+draft/x=\\\x01 :op!o@h PRIVMSG " + c + b" :\x01ACTION waves\x07\x01",
+        b":op!o@h PRIVMSG " + c + b" :\x01VERSION\x01",
+        b":op!o@h NOTICE " + c + b" :notice\x02bold\x0f\x01 \xed\xa0\x80",
+        b":n\x7fdel!u@h NICK :new\x01nick\xc2\x85",
+        b":op!o@h MODE " + c + b" +o t\tab",
+        b":op!o@h KICK " + c + b" s\xed\xa0\x80x :reason\x00\x01\xef\xbf\xbe",
+        b":t\tab!u@h PART " + c + b" :part\x0b reason",
+        b":x\x01y!u@h JOIN " + c,
+        b":x\x01y!u@h QUIT :quit\x0c reason \xef\xbf\xbf",
+        b":op!o@h TOPIC " + c + b" :new\x01topic\x7f",
+        b":p\x01m!u@h PRIVMSG " + nick.encode() + b" :private\x01 \xff body",
+        b":hostile.test NOTICE " + nick.encode() + b" :server \x01notice",
+        b":hostile.test 404 " + nick.encode() + b" " + c + b" :Cannot send \x01\x00",
+        b"@msgid=fine-1 :op!o@h PRIVMSG " + c + b" :last line",
+    ]
+    for line in lines:
+        send(line)
+    await writer.drain()
+
+
+async def attack_endless_names(writer, send, nick, channel) -> None:
+    """100,000 names, 50 to a line, and no end of NAMES."""
+    n = 0
+    while n < 100_000 and not writer.is_closing():
+        names = " ".join(f"user{n + i}_{'x' * 20}" for i in range(50))
+        send(f":hostile.test 353 {nick} = {channel} :{names}")
+        n += 50
+        if n % 5000 == 0:
+            await writer.drain()
+    await writer.drain()
+    await asyncio.sleep(1)
+    send(f":op!o@h PRIVMSG {channel} :still here")
+    await writer.drain()
+
+
+async def attack_no_newline(writer, send, nick, channel) -> None:
+    """A complete join, then 10 MB without a newline, then one ordinary line."""
+    send(f":hostile.test 353 {nick} = {channel} :{nick} op")
+    send(f":hostile.test 366 {nick} {channel} :End of NAMES")
+    await writer.drain()
+    chunk = b"A" * 65536
+    for _ in range(160):                                  # 10 MiB
+        if writer.is_closing():
+            return
+        writer.write(chunk)
+        await writer.drain()
+    send(b"")                                             # ends the monster line
+    send(f":op!o@h PRIVMSG {channel} :after the flood")
+    await writer.drain()
+
+
+# -- fixtures --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ports():
+    return {"hostile": free_port(), "stall": free_port(), "good": free_port()}
+
+
+@pytest.fixture(scope="module")
+def irc_gateway(hostile_prosody, ports, workdir):
+    path = os.path.join(workdir, "hostile-irc")
+    os.makedirs(path, exist_ok=True)
+    servers = {name + ".test": {"host": "127.0.0.1", "port": port, "tls": False} for name, port in ports.items()}
+    gateway = start_gateway(hostile_prosody, path, "hirc", adapter="irc", options={
+        "servers": servers, "throttle_rate": 0.0,
+        "max_names": MAX_NAMES, "max_list": MAX_LIST, "registration_timeout": REGISTRATION_TIMEOUT,
+        "list_timeout": 20.0})
+    gateway.bystander = hostile_prosody.register(user_name("hircok"), "pw")
+    yield gateway
+    gateway.stop()
+
+
+def servers(ports):
+    """The hostile servers and the good one, started inside the test's event loop."""
+    hostile = HostileIRC("hostile.test").listen_on(ports["hostile"])
+    hostile.attacks = {"#controls": attack_controls, "#names": attack_endless_names, "#flood": attack_no_newline}
+    stall = HostileIRC("stall.test", stall=True).listen_on(ports["stall"])
+    good = ScriptedSASLServer(ports["good"], account=None,
+                              after_join=(":op!o@h PRIVMSG {channel} :canary",))
+    return hostile, stall, good
+
+
+async def canary(prosody, gateway, channel: str) -> None:
+    """Another user, on another IRC network of the same gateway, still gets a message through."""
+    other = await Client(gateway.bystander, "pw").start(prosody.c2s_port)
+    try:
+        room = f"{channel}%good.test@{gateway.domain}"
+        other.send_raw(f"<presence to='{room}/bystander'><x xmlns='{NS_MUC}'/></presence>")
+        m = await other.next_message(lambda m: body(m) == "canary", timeout=20)
+        assert m.get("from") == f"{room}/op"
+        other.send_raw(f"<presence type='unavailable' to='{room}/bystander'/>")
+    finally:
+        await other.stop()
+
+
+@pytest.fixture(scope="module")
+def baseline(hostile_prosody, irc_gateway, ports):
+    """The gateway's RSS once it has served one user on the good network."""
+    async def warm():
+        _, _, good = servers(ports)
+        await good.start()
+        try:
+            await canary(hostile_prosody, irc_gateway, "#warm")
+        finally:
+            good.close()
+
+    run(warm(), timeout=60)
+    return rss_kib(irc_gateway.proc.pid)
+
+
+def scenario(prosody, gateway, ports, attack, channel: str):
+    """Run ``attack(client, hostile, stall)`` for a new user, then the canary; RSS checked after both."""
+    user = prosody.register(user_name("hirc"), "pw")
+
+    async def body_():
+        hostile, stall, good = servers(ports)
+        await hostile.start()
+        await stall.start()
+        await good.start()
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            await attack(client, hostile, stall)
+            await canary(prosody, gateway, channel)
+        finally:
+            await client.stop()
+            hostile.close()
+            stall.close()
+            good.close()
+
+    run(body_(), timeout=120)
+    assert gateway.proc.poll() is None, "the gateway process died"
+
+
+def check_rss(gateway, baseline: int) -> None:
+    grown = rss_kib(gateway.proc.pid) - baseline
+    assert grown < RSS_GROWTH_KIB, f"RSS grew by {grown} KiB (bound {RSS_GROWTH_KIB} KiB)"
+
+
+# -- cases -------------------------------------------------------------------------------
+
+
+def test_control_characters_and_invalid_utf8_in_every_field(hostile_prosody, irc_gateway, ports, baseline):
+    """
+    Every occupant of NAMES arrives as a presence (a name no JID could hold is
+    cleaned, not bounced by the XMPP server), every text arrives without the
+    characters XML forbids, and the last plain line still comes through.
+    """
+    domain = irc_gateway.domain
+    room = f"#controls%hostile.test@{domain}"
+
+    async def attack(client, hostile, stall):
+        client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
+        occupants = set()
+        while True:
+            p = await client.next_presence(lambda p: p.get("from", "").startswith(room + "/"), timeout=20)
+            if 110 in statuses(p):
+                break
+            occupants.add(p.get("from").split("/", 1)[1])
+        # Each name cleaned to what a JID resource can hold; nothing bounced, nothing split in two.
+        assert occupants == CLEANED_NAMES, occupants
+        subject = await client.next_message(lambda m: m.find("{jabber:client}subject") is not None)
+        assert subject.find("{jabber:client}subject").text.startswith("topicwithnul")
+        last = await client.next_message(lambda m: body(m) == "last line", timeout=20)
+        assert last.get("type") == "groupchat"
+        private = await client.next_message(lambda m: (body(m) or "").startswith("private"), timeout=20)
+        assert private.get("type") == "chat" and private.get("from") == f"pm%hostile.test@{domain}"
+        info = await client.plugin["xep_0030"].get_info(jid=domain, timeout=10)
+        assert info["disco_info"]["identities"]
+
+    scenario(hostile_prosody, irc_gateway, ports, attack, "#after-controls")
+    check_rss(irc_gateway, baseline)
+
+
+def test_names_without_end_are_cut_and_the_join_completes(hostile_prosody, irc_gateway, ports, baseline):
+    """100,000 names and no end of NAMES: the join completes with the first names and a notice says the list was cut."""
+    room = f"#names%hostile.test@{irc_gateway.domain}"
+
+    async def attack(client, hostile, stall):
+        client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
+        occupants = 0
+        while True:
+            p = await client.next_presence(lambda p: p.get("from", "").startswith(room + "/"), timeout=30)
+            if 110 in statuses(p):
+                break
+            occupants += 1
+        assert 0 < occupants <= MAX_NAMES
+        notice = await client.next_message(lambda m: "cut" in (body(m) or ""), timeout=20)
+        assert notice.get("from") == room and str(MAX_NAMES) in body(notice)
+        await client.next_message(lambda m: body(m) == "still here", timeout=30)
+
+    scenario(hostile_prosody, irc_gateway, ports, attack, "#after-names")
+    check_rss(irc_gateway, baseline)
+
+
+def test_endless_list_is_answered_cut(hostile_prosody, irc_gateway, ports, baseline):
+    """
+    LIST that never ends: the room list is answered with at most ``max_list``
+    rooms, says it was cut, and no control character reaches the answer.
+    """
+    server_jid = f"hostile.test@{irc_gateway.domain}"
+
+    async def attack(client, hostile, stall):
+        items = await client.iq(server_jid, "get", f"<query xmlns='{NS_ITEMS}'/>")
+        found = items.findall(f"{{{NS_ITEMS}}}query/{{{NS_ITEMS}}}item")
+        rooms = [i for i in found if i.get("jid") != server_jid]
+        assert 0 < len(rooms) <= MAX_LIST
+        cut = [i for i in found if i.get("jid") == server_jid]
+        assert cut and "cut" in cut[0].get("name") and str(MAX_LIST) in cut[0].get("name")
+        for item in found:
+            assert not re.search(r"[\x00-\x1f\x7f]", item.get("jid") + (item.get("name") or ""))
+
+    scenario(hostile_prosody, irc_gateway, ports, attack, "#after-list")
+    check_rss(irc_gateway, baseline)
+
+
+def test_ten_megabytes_without_a_newline_are_skipped(hostile_prosody, irc_gateway, ports, baseline):
+    """
+    A line longer than IRCv3 allows (8191 bytes of tags + 512) is skipped up to
+    its newline, without buffering it: the connection and the room live on and
+    the next line arrives.
+    """
+    room = f"#flood%hostile.test@{irc_gateway.domain}"
+
+    async def attack(client, hostile, stall):
+        client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
+        await client.next_presence(lambda p: p.get("from") == f"{room}/me" and 110 in statuses(p), timeout=20)
+        await client.next_message(lambda m: body(m) == "after the flood", timeout=60)
+        assert hostile.connections == 1, "the gateway reconnected: the connection was dropped"
+
+    scenario(hostile_prosody, irc_gateway, ports, attack, "#after-flood")
+    check_rss(irc_gateway, baseline)
+
+
+def test_cap_negotiation_that_never_ends_times_out(hostile_prosody, irc_gateway, ports, baseline):
+    """
+    A server that keeps CAP LS going forever: after the registration deadline the
+    connection is dropped and the join fails with a readable error.
+    """
+    room = f"#any%stall.test@{irc_gateway.domain}"
+
+    async def attack(client, hostile, stall):
+        client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
+        err = await client.next_presence(lambda p: p.get("type") == "error", timeout=REGISTRATION_TIMEOUT + 20)
+        condition, text = error_of(err)
+        assert condition == "remote-server-timeout", (condition, text)
+        assert "registration" in text and "stall.test" in text
+
+    scenario(hostile_prosody, irc_gateway, ports, attack, "#after-stall")
+    check_rss(irc_gateway, baseline)
