@@ -61,7 +61,7 @@ class MUCHandler(ComponentHandler):
             to, room = self._room(stanza)
         except GatewayError as e:
             if ptype in (None, "available"):
-                self._presence_error(stanza, e.condition, e.text)
+                self._presence_error(stanza, e.condition, e.text, e.error_type)
             return
         if ptype == "unavailable":
             self.bridge.leave_room(sender.userhost(), sender.resource or "", room).addErrback(
@@ -79,16 +79,16 @@ class MUCHandler(ComponentHandler):
         def failed(failure):
             if failure.check(GatewayError):
                 e = failure.value
-                self._presence_error(stanza, e.condition, e.text)
+                self._presence_error(stanza, e.condition, e.text, e.error_type)
             else:
                 log.failure("joining {room} failed", failure, room=room)
                 self._presence_error(stanza, "internal-server-error", "the gateway could not join the room")
 
         d.addErrback(failed)
 
-    def _presence_error(self, stanza, condition: str, text: str | None) -> None:
+    def _presence_error(self, stanza, condition: str, text: str | None, error_type: str | None = None) -> None:
         self.stream.count_error(condition)
-        reply = error_reply(stanza, condition, text)
+        reply = error_reply(stanza, condition, text, error_type)
         reply.addElement((NS_MUC, "x"))
         self.send(reply)
 

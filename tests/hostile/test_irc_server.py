@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -69,6 +71,7 @@ class HostileIRC:
         self.stall = stall
         self.attacks = {}
         self.connections = 0
+        self.received: list[str] = []
         self.tasks: set[asyncio.Task] = set()
 
     async def start(self) -> "HostileIRC":
@@ -97,6 +100,7 @@ class HostileIRC:
                 if not raw:
                     return
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                self.received.append(line)
                 if line.startswith("CAP LS"):
                     if self.stall:
                         self._spawn(self._stall(writer))
@@ -425,3 +429,133 @@ def test_cap_negotiation_that_never_ends_times_out(hostile_prosody, irc_gateway,
 
     scenario(hostile_prosody, irc_gateway, ports, attack, "#after-stall")
     check_rss(irc_gateway, baseline)
+
+
+# -- destination policy, caps, secrets ---------------------------------------------------
+
+
+async def join_error(client, room: str) -> tuple[str | None, str]:
+    client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
+    err = await client.next_presence(lambda p: p.get("type") == "error" and p.get("from", "").startswith(room),
+                                     timeout=30)
+    return error_of(err)
+
+
+def test_destination_policy_refuses_private_addresses_and_other_ports(hostile_prosody, fresh_dir):
+    """
+    Defaults: a user-chosen host that is (or resolves to) loopback or private
+    is refused with not-allowed naming the reason; so is a port outside the set,
+    before any connection is tried.
+    """
+    gateway = start_gateway(hostile_prosody, fresh_dir, "hirc2", adapter="irc", options={"throttle_rate": 0.0})
+    user = hostile_prosody.register(user_name("hircpol"), "pw")
+    d = gateway.domain
+    listener = {"connections": 0}
+
+    async def body_():
+        async def count(reader, writer):
+            listener["connections"] += 1
+            writer.close()
+
+        try:
+            trap = await asyncio.start_server(count, "127.0.0.1", 6667)     # what a pivot would reach
+        except OSError:
+            trap = None                                                     # taken: the other checks still hold
+        client = await Client(user, "pw").start(hostile_prosody.c2s_port)
+        try:
+            for room, kind in ((f"#x%127.0.0.1@{d}", "loopback"), (f"#x%localhost\\3a6697@{d}", "loopback"),
+                               (f"#x%10.1.2.3\\3a7000@{d}", "private"), (f"#x%169.254.169.254\\3a6667@{d}", "link-local"),
+                               (f"#x%0.0.0.0\\3a6667@{d}", "unspecified")):
+                condition, text = await join_error(client, room)
+                assert condition == "not-allowed" and f"{kind} address" in text, (room, condition, text)
+            condition, text = await join_error(client, f"#x%irc.example.net\\3a6379@{d}")
+            assert condition == "not-allowed" and "port 6379 is not allowed" in text, (condition, text)
+            assert listener["connections"] == 0
+        finally:
+            await client.stop()
+            if trap is not None:
+                trap.close()
+
+    try:
+        run(body_(), timeout=90)
+    finally:
+        gateway.stop()
+
+
+def test_caps_sasl_without_fallback_and_sealed_connect_commands(hostile_prosody, fresh_dir):
+    """
+    With private destinations allowed (as an operator may for a LAN): the third
+    server and the fourth channel of one user are refused with policy-violation;
+    a SASL password is never sent when the server offers no SASL (the join
+    fails with not-authorized instead); connect commands are stored sealed and
+    shown masked, in the form and in `registry export`.
+    """
+    good_port, bare_port = free_port(), free_port()
+    gateway = start_gateway(hostile_prosody, fresh_dir, "hirc3", adapter="irc", options={
+        "throttle_rate": 0.0, "allow_private": True, "allowed_ports": [good_port],
+        "max_sessions_per_user": 2, "max_rooms_per_user": 3,
+        "servers": {"bare.test": {"host": "127.0.0.1", "port": bare_port, "tls": False}}})
+    user = hostile_prosody.register(user_name("hirccap"), "pw")
+    d = gateway.domain
+    secret = "hunter2-never-shown"
+
+    async def configure(client, server_jid: str, fields: dict) -> None:
+        first = await client.plugin["xep_0050"].send_command(server_jid, "configure", timeout=10)
+        done = client.Iq(stype="set", sto=server_jid)
+        done["command"]["node"] = "configure"
+        done["command"]["sessionid"] = first["command"]["sessionid"]
+        done["command"]["action"] = "complete"
+        form = done["command"]["form"]
+        form["type"] = "submit"
+        for key, value in fields.items():
+            form.add_field(key, value=value, ftype="text-multi" if isinstance(value, list) else None)
+        completed = await done.send(timeout=10)
+        assert completed["command"]["status"] == "completed"
+
+    async def body_():
+        good = await ScriptedSASLServer(good_port, account=None).start()
+        bare = await HostileIRC("bare.test").listen_on(bare_port).start()
+        client = await Client(user, "pw").start(hostile_prosody.c2s_port)
+        try:
+            a, b = f"127.0.0.1\\3a{good_port}", f"localhost\\3a{good_port}"     # XEP-0106: ":" is \3a
+            for server in (a, b):
+                await configure(client, f"{server}@{d}", {"tls": "no"})
+            for room in (f"#one%{a}@{d}", f"#two%{a}@{d}", f"#three%{b}@{d}"):
+                client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
+                await client.next_message(lambda m: body(m) == "from the past"
+                                          and m.get("from", "").startswith(room), timeout=20)
+            condition, text = await join_error(client, f"#four%{a}@{d}")
+            assert condition == "policy-violation" and "3 IRC channels" in text, (condition, text)
+            client.send_raw(f"<presence type='unavailable' to='#two%{a}@{d}/me'/>")
+            condition, text = await join_error(client, f"#x%bare.test@{d}")       # a third server
+            assert condition == "policy-violation" and "2 IRC servers" in text, (condition, text)
+            client.send_raw(f"<presence type='unavailable' to='#three%{b}@{d}/me'/>")
+            client.send_raw(f"<presence type='unavailable' to='#one%{a}@{d}/me'/>")
+            await client.next_presence(lambda p: p.get("from") == f"#one%{a}@{d}/me" and p.get("type") == "unavailable")
+
+            # SASL configured, the server offers none: refused, nothing of the password on the wire.
+            await configure(client, f"bare.test@{d}", {"sasl_password": secret,
+                                                       "after_connect": [f"PRIVMSG NickServ :IDENTIFY {secret}"]})
+            condition, text = await join_error(client, f"#y%bare.test@{d}")
+            assert condition == "not-authorized" and "SASL" in text, (condition, text)
+            assert bare.connections >= 1 and not any(secret in line for line in bare.received), bare.received
+
+            shown = await client.plugin["xep_0050"].send_command(f"bare.test@{d}", "configure", timeout=10)
+            values = shown["command"]["form"].get_values()
+            assert values["after_connect"] in (["PRIVMSG NickServ :IDENTIFY ********"],
+                                               "PRIVMSG NickServ :IDENTIFY ********"), values
+            assert secret not in str(values)
+        finally:
+            await client.stop()
+            good.close()
+            bare.close()
+
+    try:
+        run(body_(), timeout=120)
+    finally:
+        gateway.stop()
+    exported = subprocess.run([sys.executable, "-m", "gateway.cli", "registry", "export", "--config",
+                               gateway.config_path], capture_output=True, text=True, timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    assert user in exported.stdout and secret not in exported.stdout
+    assert secret not in gateway.log()

@@ -126,7 +126,7 @@ class IRCAdapter(AdapterBase):
         if not sep:
             local, server = "", raw
         server = server.lower()
-        if not _HOST.match(server) or "." not in server and server != "localhost":
+        if not _HOST.match(server) or "." not in server and server.partition(":")[0] != "localhost":
             raise AddressError(f"{server!r} is not an IRC server name")
         allowed = self.config["allowed_servers"]
         if allowed and server not in allowed:

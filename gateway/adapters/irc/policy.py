@@ -71,7 +71,8 @@ def choose(host: str, addresses: list[tuple[int, str]], allow_private: bool) -> 
             kind = address_kind(ip)
             if kind is not None:
                 shown = host if host == ip else f"{host} ({ip})"
-                raise DestinationRefused(f"{shown} is a {kind} address: this gateway does not connect there")
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise DestinationRefused(f"{shown} is {article} {kind} address: this gateway does not connect there")
     ipv4 = [ip for family, ip in addresses if family == socket.AF_INET]
     return ipv4[0] if ipv4 else addresses[0][1]
 
