@@ -29,6 +29,18 @@ def parse_jid(value: str | None) -> JID | None:
         return None
 
 
+#: RFC 6120 §8.3.3 conditions Twisted's table lacks (or has without a type):
+#: without one Twisted cannot serialise the error, and the refusal is never sent.
+_EXTRA_ERROR_TYPES = {"policy-violation": "modify"}
+
+
+def default_error_type(condition: str) -> str:
+    known = error.STANZA_CONDITIONS.get(condition)
+    if known is not None and known.get("type"):
+        return known["type"]
+    return _EXTRA_ERROR_TYPES.get(condition, "cancel")
+
+
 def error_reply(stanza: domish.Element, condition: str, text: str | None = None,
                 error_type: str | None = None) -> domish.Element:
     """The error answer to ``stanza``, addressed back to its sender from where it was sent."""
@@ -38,6 +50,8 @@ def error_reply(stanza: domish.Element, condition: str, text: str | None = None,
         reply["id"] = stanza["id"]
     reply["from"] = stanza["to"]
     reply["to"] = stanza["from"]
+    if error_type is None:
+        error_type = default_error_type(condition)
     exc = error.StanzaError(condition, error_type, xml_safe(text))
     reply.addChild(exc.getElement())
     return reply
