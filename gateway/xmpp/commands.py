@@ -19,7 +19,7 @@ from twisted.words.xish import domish
 from zope.interface import implementer
 
 from gateway.model import Field, GatewayError
-from gateway.xmpp.forms import build_form, result_form, submitted_values
+from gateway.xmpp.forms import FormError, build_form, checked_submission, result_form, submitted_form
 from gateway.xmpp.register import stanza_error
 from gateway.xmpp.escaping import unescape
 from gateway.xmpp.stanzas import parse_jid
@@ -30,6 +30,8 @@ from wokkel.subprotocols import IQHandlerMixin
 
 NS_COMMANDS = "http://jabber.org/protocol/commands"
 SESSION_TTL = 600.0
+#: Open command sessions one user may hold; starting another ends their oldest.
+MAX_SESSIONS_PER_USER = 10
 
 
 class Done(Exception):
@@ -185,7 +187,8 @@ class CommandsHandler(ComponentHandler, IQHandlerMixin):
         self.admins = frozenset(a.lower() for a in admins)
         self.clock = clock
         self.commands = {c.node: c(self) for c in COMMANDS}
-        self.sessions: dict[str, tuple[str, str, float]] = {}
+        #: session id -> (user, node, started, the form offered (checked against what comes back) or None)
+        self.sessions: dict[str, tuple[str, str, float, object]] = {}
 
     def connectionInitialized(self):
         self.xmlstream.addObserver(f"/iq[@type='set']/command[@xmlns='{NS_COMMANDS}']", self.handleRequest)
@@ -272,7 +275,7 @@ class CommandsHandler(ComponentHandler, IQHandlerMixin):
             if session is None:
                 session = uuid.uuid4().hex
                 form = yield defer.maybeDeferred(command.start, user)
-                self.sessions[session] = (user, node_key, time.monotonic())
+                self._open(session, user, node_key, form)
                 return self._reply(node, session, "executing", form, actions=True)
             known = self.sessions.pop(session, None)
             if known is None or known[:2] != (user, node_key):
@@ -280,7 +283,17 @@ class CommandsHandler(ComponentHandler, IQHandlerMixin):
                                   appCondition=domish.Element((NS_COMMANDS, "bad-sessionid")))
             if action == "cancel":
                 return self._reply(node, session, "canceled")
-            values = submitted_values(cmd, None) or {}
+            x = submitted_form(cmd)
+            values = {}
+            if x is not None:
+                if known[3] is None:
+                    raise StanzaError("bad-request", text="this command takes no form")
+                try:
+                    values = checked_submission(x, known[3])
+                except FormError as e:
+                    # The session stays open: the user may correct the form and submit again.
+                    self.sessions[session] = known
+                    raise StanzaError(e.condition, text=e.text)
             yield defer.maybeDeferred(command.complete, user, values)
             return self._reply(node, session, "completed", note="Done.")
         except Done as done:
@@ -288,8 +301,15 @@ class CommandsHandler(ComponentHandler, IQHandlerMixin):
         except GatewayError as e:
             raise stanza_error(e)
 
+    def _open(self, session: str, user: str, node_key: str, form) -> None:
+        """Remember a session; a user's sessions are bounded (a client looping on execute cannot grow memory)."""
+        mine = [key for key, known in self.sessions.items() if known[0] == user]
+        for key in mine[:max(0, len(mine) - MAX_SESSIONS_PER_USER + 1)]:
+            del self.sessions[key]            # dicts keep insertion order: the oldest first
+        self.sessions[session] = (user, node_key, time.monotonic(), form)
+
     def _expire(self) -> None:
         now = time.monotonic()
-        for key, (_, _, started) in list(self.sessions.items()):
+        for key, (_, _, started, _) in list(self.sessions.items()):
             if now - started > SESSION_TTL:
                 del self.sessions[key]

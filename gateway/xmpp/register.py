@@ -12,7 +12,7 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
 from gateway.model import GatewayError
-from gateway.xmpp.forms import build_form, submitted_values
+from gateway.xmpp.forms import MAX_VALUE_LENGTH, FormError, build_form, checked_submission, submitted_form
 from gateway.xmpp.stanzas import parse_jid
 from gateway.xmpp.handler import ComponentHandler
 from wokkel.subprotocols import IQHandlerMixin
@@ -79,12 +79,21 @@ class RegisterHandler(ComponentHandler, IQHandlerMixin):
                 raise StanzaError("registration-required", text="you are not registered")
             self.presence.on_unregistered(user)
             return None
-        values = submitted_values(query, NS_REGISTER)
-        if values is None:
+        x = submitted_form(query)
+        if x is not None:
+            # Checked against the form on_get offers: a wrong shape is refused, never guessed at.
+            offered = build_form(list(self.adapter.registration_fields), {}, NS_REGISTER)
+            try:
+                values = checked_submission(x, offered)
+            except FormError as e:
+                raise StanzaError(e.condition, text=e.text)
+        else:
             values = {c.name: str(c) for c in query.elements()
                       if c.name in LEGACY_FIELDS and c.uri == NS_REGISTER}
             if not values:
                 raise StanzaError("bad-request", text="send a filled-in form or the registration fields")
+            if any(len(v) > MAX_VALUE_LENGTH for v in values.values()):
+                raise StanzaError("bad-request", text=f"a field is longer than {MAX_VALUE_LENGTH} characters")
         try:
             reg, new = yield self.bridge.register(user, values)
         except GatewayError as e:

@@ -23,6 +23,7 @@ from gateway.adapters.base import AdapterBase
 from gateway.adapters.sms import numbers, segments
 from gateway.adapters.sms.providers import (PROVIDERS, OutboundSMS, SendUnconfirmed, WebhookRejected,
                                             WebhookRequest)
+from gateway.adapters.sms.providers.base import clean
 from gateway.adapters.sms.webhooks import MAX_BODY, WebhookResource
 from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, PermanentFailure,
                            Registration, RegistrationError, SendResult)
@@ -62,6 +63,19 @@ def _e164_list(values: list) -> str | None:
         except AddressError as e:
             return e.text
     return None
+
+
+def sender_address(raw: str, region: str | None) -> str:
+    """
+    Who sent an inbound text, as the contact's address: E.164 for a phone
+    number; short codes and alphanumeric sender ids as sent (stripped, without
+    characters no message may carry, at most 64 characters). Whether that can
+    be a JID is the XMPP side's to judge (see gateway.xmpp.escaping).
+    """
+    try:
+        return numbers.normalize(raw, region)
+    except AddressError:
+        return clean(raw, 64).strip()
 
 
 class SMSAdapter(AdapterBase):
@@ -328,10 +342,7 @@ class SMSAdapter(AdapterBase):
             WEBHOOKS.labels(component, kind, "unknown-number").inc()
             log.info("inbound SMS to {number}, which no user has registered: not delivered", number=sms.recipient)
             return ok  # 200, so the provider does not retry a message nobody can receive
-        try:
-            sender = self.normalize_address(sms.sender)
-        except AddressError:
-            sender = sms.sender.strip()   # short codes and alphanumeric sender ids stay as they are
+        sender = sender_address(sms.sender, self.config["default_region"] or None)
         yield self.context.deliver(InboundMessage(
             component=component, user=reg.jid, sender=sender, body=sms.body or None,
             attachments=[url for url, _ in sms.media], foreign_id=sms.id,

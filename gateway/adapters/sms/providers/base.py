@@ -9,6 +9,7 @@ in a dedicated thread pool, so the reactor never waits on the network.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import parse_qs
@@ -88,6 +89,35 @@ class SendUnconfirmed(Exception):
 
 class WebhookRejected(Exception):
     """Not from the provider (bad or missing signature): answered 403, nothing delivered."""
+
+
+#: Characters no text the gateway passes on may hold (XML 1.0 cannot carry them,
+#: and nothing a person wrote needs them): C0 controls but TAB, LF and CR,
+#: lone surrogates, U+FFFE and U+FFFF.
+_UNCARRIABLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+#: At most this many media items are taken from one webhook (Twilio sends up to 10).
+MAX_MEDIA = 10
+
+
+def clean(value: Any, limit: int | None = None) -> str:
+    """
+    A provider's field as text the gateway can pass on: strings and numbers
+    as text, anything else (objects, lists, null: a payload of the wrong
+    shape) as empty; characters no message may carry removed; cut at ``limit``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return ""
+    text = _UNCARRIABLE.sub("", str(value))
+    return text[:limit] if limit is not None else text
+
+
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else []
+
+
+def as_dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def never_sent(error: requests.RequestException) -> bool:

@@ -12,8 +12,8 @@ import hmac
 import json
 from typing import Any
 
-from gateway.adapters.sms.providers.base import (InboundSMS, OutboundSMS, ProviderResult, SMSProvider,
-                                                 StatusReport, WebhookRejected, WebhookRequest)
+from gateway.adapters.sms.providers.base import (MAX_MEDIA, InboundSMS, OutboundSMS, ProviderResult, SMSProvider,
+                                                 StatusReport, WebhookRejected, WebhookRequest, as_list, clean)
 from gateway.model import PermanentFailure
 
 
@@ -66,31 +66,33 @@ class GenericJSONProvider(SMSProvider):
     def _verify(self, request: WebhookRequest) -> dict:
         given = request.header(self.options["generic_signature_header"]) or ""
         expected = hmac.new(self.options["generic_webhook_secret"].encode(), request.body, hashlib.sha256).hexdigest()
-        if not given or not hmac.compare_digest(given.lower(), expected):
+        if not given or not hmac.compare_digest(given.lower().encode("utf-8", "replace"), expected.encode()):
             raise WebhookRejected("webhook signature does not match")
         try:
-            return json.loads(request.body)
-        except ValueError:
+            data = json.loads(request.body)
+        except (ValueError, RecursionError):
             raise WebhookRejected("not JSON")
+        if not isinstance(data, dict):
+            raise WebhookRejected("not a JSON object")
+        return data
 
     def parse_inbound(self, request: WebhookRequest, secret_for) -> InboundSMS:
         data, f = self._verify(request), self.f
-        media = dig(data, f.get("in_media", "media_urls")) or []
+        media = as_list(dig(data, f.get("in_media", "media_urls")))[:MAX_MEDIA]
         # Only an id the operator named is trusted to stay the same when the provider
         # sends a webhook again; the default field might differ per delivery attempt.
-        stable = dig(data, f["in_id"]) if "in_id" in f else None
-        return InboundSMS(sender=str(dig(data, f.get("in_from", "from")) or ""),
-                          recipient=str(dig(data, f.get("in_to", "to")) or ""),
-                          body=str(dig(data, f.get("in_body", "text")) or ""),
-                          media=[(str(u), "") for u in media], id=dig(data, f.get("in_id", "id")),
-                          dedupe_id=str(stable) if stable not in (None, "") else None)
+        stable = clean(dig(data, f["in_id"]), 128) if "in_id" in f else ""
+        return InboundSMS(sender=clean(dig(data, f.get("in_from", "from")), 128),
+                          recipient=clean(dig(data, f.get("in_to", "to")), 128),
+                          body=clean(dig(data, f.get("in_body", "text"))),
+                          media=[(clean(u, 2048), "") for u in media if clean(u, 2048)],
+                          id=clean(dig(data, f.get("in_id", "id")), 128) or None, dedupe_id=stable or None)
 
     def parse_status(self, request: WebhookRequest, secret_for) -> StatusReport:
         data, f = self._verify(request), self.f
-        status = str(dig(data, f.get("status", "status")) or "")
+        status = clean(dig(data, f.get("status", "status")), 64)
         delivered = (True if status in self.options["generic_delivered_values"]
                      else False if status in self.options["generic_failed_values"] else None)
-        reason = dig(data, f.get("reason", "error")) if delivered is False else None
-        return StatusReport(id=str(dig(data, f.get("status_id", "id")) or ""), delivered=delivered,
-                            reason=str(reason) if reason else (f"the message was {status}" if delivered is False
-                                                               else None))
+        reason = clean(dig(data, f.get("reason", "error")), 500) if delivered is False else ""
+        return StatusReport(id=clean(dig(data, f.get("status_id", "id")), 128), delivered=delivered,
+                            reason=reason or (f"the message was {status}" if delivered is False else None))

@@ -14,8 +14,9 @@ import time
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from gateway.adapters.sms.providers.base import (InboundSMS, OutboundSMS, ProviderResult, SMSProvider,
-                                                 StatusReport, WebhookRejected, WebhookRequest)
+from gateway.adapters.sms.providers.base import (MAX_MEDIA, InboundSMS, OutboundSMS, ProviderResult, SMSProvider,
+                                                 StatusReport, WebhookRejected, WebhookRequest, as_dict, as_list,
+                                                 clean)
 
 
 def load_public_key(text: str) -> Ed25519PublicKey:
@@ -70,34 +71,39 @@ class TelnyxProvider(SMSProvider):
             if abs(time.time() - int(stamp)) > self.options["telnyx_tolerance"]:
                 raise WebhookRejected("Telnyx timestamp outside the tolerance (a replay?)")
             self.public_key.verify(base64.b64decode(sig), stamp.encode() + b"|" + request.body)
-        except (InvalidSignature, ValueError) as e:
+        except (InvalidSignature, ValueError, OverflowError) as e:
             raise WebhookRejected(f"Telnyx signature does not verify ({type(e).__name__})")
         try:
-            return json.loads(request.body)["data"]
-        except (ValueError, KeyError, TypeError):
+            data = json.loads(request.body)["data"]
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise WebhookRejected("not a Telnyx event")
+        if not isinstance(data, dict):
+            raise WebhookRejected("not a Telnyx event")
+        return data
 
     def parse_inbound(self, request: WebhookRequest, secret_for) -> InboundSMS:
         data = self._verify(request)
-        p = data.get("payload") or {}
-        to = p.get("to") or [{}]
-        media = [(m.get("url", ""), m.get("content_type", "")) for m in p.get("media") or []]
+        p = as_dict(data.get("payload"))
+        to = as_dict((as_list(p.get("to")) or [{}])[0])
+        media = [(clean(m.get("url"), 2048), clean(m.get("content_type"), 128))
+                 for m in map(as_dict, as_list(p.get("media"))[:MAX_MEDIA])]
         # The message's id names the message however often its event is sent; the
         # event's own id (data.id) stands in only if a payload lacks it.
-        message_id = p.get("id") or data.get("id")
-        return InboundSMS(sender=(p.get("from") or {}).get("phone_number", ""),
-                          recipient=to[0].get("phone_number", ""), body=p.get("text") or "",
-                          media=[m for m in media if m[0]], id=p.get("id"),
-                          dedupe_id=str(message_id) if message_id else None)
+        message_id = clean(p.get("id"), 128) or clean(data.get("id"), 128)
+        return InboundSMS(sender=clean(as_dict(p.get("from")).get("phone_number"), 128),
+                          recipient=clean(to.get("phone_number"), 128), body=clean(p.get("text")),
+                          media=[m for m in media if m[0]], id=clean(p.get("id"), 128) or None,
+                          dedupe_id=message_id or None)
 
     def parse_status(self, request: WebhookRequest, secret_for) -> StatusReport:
         data = self._verify(request)
-        p = data.get("payload") or {}
-        status = ((p.get("to") or [{}])[0]).get("status", "")
+        p = as_dict(data.get("payload"))
+        status = clean(as_dict((as_list(p.get("to")) or [{}])[0]).get("status"), 64)
         delivered = True if status == "delivered" else False if status in (
             "delivery_failed", "sending_failed", "delivery_unconfirmed") else None
         reason = None
         if delivered is False:
-            errors = p.get("errors") or []
-            reason = "; ".join(e.get("detail") or e.get("title") or "" for e in errors) or f"the message was {status}"
-        return StatusReport(id=p.get("id", ""), delivered=delivered, reason=reason)
+            errors = [as_dict(e) for e in as_list(p.get("errors"))]
+            reason = "; ".join(clean(e.get("detail"), 500) or clean(e.get("title"), 500) for e in errors) or \
+                f"the message was {status}"
+        return StatusReport(id=clean(p.get("id"), 128), delivered=delivered, reason=reason)

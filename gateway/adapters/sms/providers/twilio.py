@@ -12,8 +12,8 @@ import hashlib
 import hmac
 from urllib.parse import urlsplit, urlunsplit
 
-from gateway.adapters.sms.providers.base import (InboundSMS, OutboundSMS, ProviderResult, SMSProvider,
-                                                 StatusReport, WebhookRejected, WebhookRequest)
+from gateway.adapters.sms.providers.base import (MAX_MEDIA, InboundSMS, OutboundSMS, ProviderResult, SMSProvider,
+                                                 StatusReport, WebhookRejected, WebhookRequest, clean)
 from gateway.model import PermanentFailure
 
 #: Twilio error codes users can act on, for the error stanza's text.
@@ -94,21 +94,25 @@ class TwilioProvider(SMSProvider):
         number = (params.get("To") or [""])[0]
         token = secret_for(number) or self.options["auth_token"]
         for url in _url_variants(request.url):
-            if hmac.compare_digest(signature(token, url, params), given):
+            # As bytes: compare_digest refuses str with non-ASCII characters, which a forger may send.
+            if hmac.compare_digest(signature(token, url, params).encode(), given.encode("utf-8", "replace")):
                 return params
         raise WebhookRejected("X-Twilio-Signature does not match")
 
     def parse_inbound(self, request: WebhookRequest, secret_for) -> InboundSMS:
         p = self._verify(request, secret_for)
-        first = lambda k: (p.get(k) or [""])[0]  # noqa: E731
-        media = [(first(f"MediaUrl{i}"), first(f"MediaContentType{i}")) for i in range(int(first("NumMedia") or 0))]
-        sid = first("MessageSid") or first("SmsSid") or None      # SmsSid: the older name, still sent
-        return InboundSMS(sender=first("From"), recipient=first("To"), body=first("Body"),
+        first = lambda k, limit=None: clean((p.get(k) or [""])[0], limit)  # noqa: E731
+        count = first("NumMedia", 8)
+        # NumMedia is the signer's word, but a number no loop should trust: at most MAX_MEDIA.
+        count = min(int(count), MAX_MEDIA) if count.isdecimal() and count.isascii() else 0
+        media = [(first(f"MediaUrl{i}", 2048), first(f"MediaContentType{i}", 128)) for i in range(count)]
+        sid = first("MessageSid", 128) or first("SmsSid", 128) or None      # SmsSid: the older name, still sent
+        return InboundSMS(sender=first("From", 128), recipient=first("To", 128), body=first("Body"),
                           media=[m for m in media if m[0]], id=sid, dedupe_id=sid)
 
     def parse_status(self, request: WebhookRequest, secret_for) -> StatusReport:
         p = self._verify(request, secret_for)
-        first = lambda k: (p.get(k) or [""])[0]  # noqa: E731
+        first = lambda k: clean((p.get(k) or [""])[0], 128)  # noqa: E731
         status = first("MessageStatus") or first("SmsStatus")
         delivered = True if status == "delivered" else False if status in ("failed", "undelivered") else None
         reason = None
