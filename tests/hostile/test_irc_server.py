@@ -72,6 +72,8 @@ class HostileIRC:
         self.attacks = {}
         self.connections = 0
         self.received: list[str] = []
+        #: Set by an attack: the server stops reading what the gateway sends.
+        self.deaf = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
 
     async def start(self) -> "HostileIRC":
@@ -99,6 +101,8 @@ class HostileIRC:
                 raw = await reader.readline()
                 if not raw:
                     return
+                if self.deaf.is_set():
+                    await asyncio.Event().wait()          # never reads again
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 self.received.append(line)
                 if line.startswith("CAP LS"):
@@ -119,7 +123,7 @@ class HostileIRC:
                     attack = self.attacks.get(channel.lower())
                     send(f":{nick}!u@h JOIN {channel}")
                     if attack is not None:
-                        self._spawn(attack(writer, send, nick, channel))
+                        self._spawn(attack(writer, send, nick, channel, self))
                 elif line == "LIST":
                     self._spawn(self._endless_list(writer, send, nick))
                 await writer.drain()
@@ -169,7 +173,7 @@ NOT_UTF8_NAMES = [b"s\xed\xa0\x80x", b"l\xe9on\xff"]
 CLEANED_NAMES = {"op", "bell", "ndel", "tab", "fe", "mixed", "cone", "plain", "s\xedx", "l\xe9on\xff"}
 
 
-async def attack_controls(writer, send, nick, channel) -> None:
+async def attack_controls(writer, send, nick, channel, server=None) -> None:
     """Control characters and invalid UTF-8 in every field and tag, then one plain line."""
     c = channel.encode()
     send(b":hostile.test 332 " + nick.encode() + b" " + c + b" :topic\x01with\x00nul\x1b[31m and \xff")
@@ -199,7 +203,7 @@ async def attack_controls(writer, send, nick, channel) -> None:
     await writer.drain()
 
 
-async def attack_endless_names(writer, send, nick, channel) -> None:
+async def attack_endless_names(writer, send, nick, channel, server=None) -> None:
     """100,000 names, 50 to a line, and no end of NAMES."""
     n = 0
     while n < 100_000 and not writer.is_closing():
@@ -214,7 +218,7 @@ async def attack_endless_names(writer, send, nick, channel) -> None:
     await writer.drain()
 
 
-async def attack_no_newline(writer, send, nick, channel) -> None:
+async def attack_no_newline(writer, send, nick, channel, server=None) -> None:
     """A complete join, then 10 MB without a newline, then one ordinary line."""
     send(f":hostile.test 353 {nick} = {channel} :{nick} op")
     send(f":hostile.test 366 {nick} {channel} :End of NAMES")
@@ -228,6 +232,28 @@ async def attack_no_newline(writer, send, nick, channel) -> None:
     send(b"")                                             # ends the monster line
     send(f":op!o@h PRIVMSG {channel} :after the flood")
     await writer.drain()
+
+
+async def attack_ping_flood(writer, send, nick, channel, server) -> None:
+    """
+    A complete join, then the server stops reading and floods PINGs (100 MiB
+    of them): each would be answered with a PONG of the same size, which could
+    only pile up in the gateway's send buffer.
+    """
+    send(f":hostile.test 353 {nick} = {channel} :{nick} op")
+    send(f":hostile.test 366 {nick} {channel} :End of NAMES")
+    await writer.drain()
+    server.deaf.set()
+    ping = f"PING :{'p' * 500}\r\n".encode() * 128            # 64 KiB
+    sent = 0
+    while sent < 100 * 1024 * 1024 and not writer.is_closing():
+        writer.write(ping)
+        sent += len(ping)
+        try:
+            await asyncio.wait_for(writer.drain(), 10)
+        except asyncio.TimeoutError:
+            break                               # the gateway stopped reading us: what it should do
+    server.flooded = sent
 
 
 # -- fixtures --------------------------------------------------------------------------
@@ -255,7 +281,8 @@ def irc_gateway(hostile_prosody, ports, workdir):
 def servers(ports):
     """The hostile servers and the good one, started inside the test's event loop."""
     hostile = HostileIRC("hostile.test").listen_on(ports["hostile"])
-    hostile.attacks = {"#controls": attack_controls, "#names": attack_endless_names, "#flood": attack_no_newline}
+    hostile.attacks = {"#controls": attack_controls, "#names": attack_endless_names, "#flood": attack_no_newline,
+                       "#pingflood": attack_ping_flood}
     stall = HostileIRC("stall.test", stall=True).listen_on(ports["stall"])
     good = ScriptedSASLServer(ports["good"], account=None,
                               after_join=(":op!o@h PRIVMSG {channel} :canary",))
@@ -410,6 +437,27 @@ def test_ten_megabytes_without_a_newline_are_skipped(hostile_prosody, irc_gatewa
         assert hostile.connections == 1, "the gateway reconnected: the connection was dropped"
 
     scenario(hostile_prosody, irc_gateway, ports, attack, "#after-flood")
+    check_rss(irc_gateway, baseline)
+
+
+def test_a_server_that_never_reads_cannot_grow_the_send_buffer(hostile_prosody, irc_gateway, ports, baseline):
+    """
+    A server that stops reading and floods PINGs: the gateway stops reading a
+    server that does not read its answers (back-pressure), so the PONGs it owes
+    stay within the socket's buffers instead of growing its memory.
+    """
+    room = f"#pingflood%hostile.test@{irc_gateway.domain}"
+
+    async def attack(client, hostile, stall):
+        client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
+        await client.next_presence(lambda p: p.get("from") == f"{room}/me" and 110 in statuses(p), timeout=20)
+        deadline = asyncio.get_running_loop().time() + 90
+        while not hasattr(hostile, "flooded") and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+        assert hasattr(hostile, "flooded"), "the flood did not end"
+        check_rss(irc_gateway, baseline)
+
+    scenario(hostile_prosody, irc_gateway, ports, attack, "#after-pingflood")
     check_rss(irc_gateway, baseline)
 
 

@@ -22,9 +22,10 @@ import time
 from collections import deque
 from typing import Callable
 
-from twisted.internet import defer, task
+from twisted.internet import defer, interfaces, task
 from twisted.logger import Logger
 from twisted.words.protocols import irc
+from zope.interface import implementer
 
 from gateway import __version__
 from gateway.adapters.irc import text
@@ -151,6 +152,7 @@ class Outgoing:
             self.done.errback(error)
 
 
+@implementer(interfaces.IPushProducer, interfaces.IHandshakeListener)
 class IRCConnection(irc.IRCClient):
     versionName = "xmpp-gateway"
     versionNum = __version__
@@ -188,12 +190,32 @@ class IRCConnection(irc.IRCClient):
     # -- registration with CAP ---------------------------------------------------
 
     def connectionMade(self):
+        if not interfaces.ISSLTransport.providedBy(self.transport):
+            self.transport.registerProducer(self, True)
         self.supported = irc.ServerSupportedFeatures()
         self._queue = []
         timeout = self.session.adapter.config["registration_timeout"]
         self._deadline = self._clock.callLater(timeout, self._registration_expired, timeout)
         self.sendLine("CAP LS 302")
         self.register(self.nickname)
+
+    def handshakeCompleted(self) -> None:
+        # Over TLS only now: paused during the handshake, we would stop reading
+        # the very bytes that complete it.
+        self.transport.registerProducer(self, True)
+
+    # We are our own producer: when what we owe the server (PONGs, CTCP answers,
+    # messages) fills the send buffer because it does not read, we stop reading
+    # it, so a flood of requests cannot grow our memory.
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
     def _registration_expired(self, timeout: float) -> None:
         """CAP, SASL or the welcome never came: a server holding us in registration holds the user's joins."""
