@@ -71,6 +71,17 @@ class IAdapter(Interface):
     #   is_room(address) -> bool: whether an address names a room.
 
 
+class IHostsRooms(Interface):
+    """
+    An adapter whose users sit in group chats it hosts (IRC channels). At an
+    orderly stop the XMPP side tells every occupant it was removed because the
+    service is going away, so clients do not keep rooms that are gone.
+    """
+
+    def occupancy():
+        """Iterable of gateway.model.Occupancy: every room a user's resources are in (or joining) now."""
+
+
 class IAdapterContext(Interface):
     """What the bridge offers an adapter."""
 

@@ -104,6 +104,16 @@ class InboundMessage:
         return _from_dict(cls, data)
 
 
+@dataclass(frozen=True)
+class Occupancy:
+    """A user's resources in one room, under one nick: who must hear that the room is going away."""
+
+    user: str
+    resources: tuple[str, ...]
+    room: str
+    nick: str
+
+
 @dataclass
 class RoomEvent:
     """

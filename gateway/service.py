@@ -107,6 +107,14 @@ class GatewayService(service.MultiService):
         if others:
             log.info("other gateway processes ({others}) still serve; users are not told the gateway is going",
                      others=", ".join(others))
+        for bridge in self.bridges:
+            try:
+                count = bridge.rooms_closing()
+                if count:
+                    log.info("component {domain}: told {n} room occupant(s) the rooms are going away",
+                             domain=bridge.component, n=count)
+            except Exception:
+                log.failure("telling room occupants of the shutdown failed")
         for stream in self.components:
             if stream.connected and not others:
                 try:

@@ -17,7 +17,7 @@ from zope.interface import implementer
 from gateway import metrics
 from gateway.bridge.outbox import Outbox
 from gateway.bridge.ratelimit import TokenBuckets
-from gateway.interfaces import IAdapterContext
+from gateway.interfaces import IAdapterContext, IHostsRooms
 from gateway.model import (DeliveryReport, Field, GatewayError, InboundMessage, OutboundMessage, PolicyViolation,
                            Registration, RegistrationError, RoomEvent, SecretsUndecryptable, SendResult)
 from gateway.registry import RegistrationConflict
@@ -81,6 +81,8 @@ class Bridge(service.MultiService):
         self._cache: dict[str, tuple[float, Registration | None]] = {}
         self._verdicts: task.LoopingCall | None = None
         self._held_room_events: deque[RoomEvent] = deque(maxlen=self.ROOM_EVENT_HOLD)
+        #: Set at an orderly stop once occupants were told the rooms are going away.
+        self._rooms_closed = False
         self._warned_room_hold = False
         self._room_events_dropped = metrics.ROOM_EVENTS_DROPPED.labels(component)
         self._sent_direct = metrics.MESSAGES.labels(component, "out")
@@ -121,6 +123,27 @@ class Bridge(service.MultiService):
             log.failure("room event {kind} in {room} for {user} dropped", kind=event.kind, room=event.room,
                         user=event.user)
 
+    def rooms_closing(self) -> int:
+        """
+        Every occupant of every room this process hosts hears it was removed
+        because the service is shutting down (XEP-0045 status 332). Said
+        whether or not other gateway processes live: a room's IRC connection
+        belongs to this process, so the room ends with it. Room events after
+        this are dropped: the user was told they left. Returns how many
+        presences were sent.
+        """
+        if not IHostsRooms.providedBy(self.adapter) or not self.output.connected:
+            return 0
+        sent = 0
+        for occupancy in list(self.adapter.occupancy()):
+            self._send_room_event(RoomEvent(component=self.component, user=occupancy.user,
+                                            resources=list(occupancy.resources), room=occupancy.room,
+                                            kind="presence", nick=occupancy.nick, unavailable=True,
+                                            role="none", statuses=[110, 332]))
+            sent += len(occupancy.resources)
+        self._rooms_closed = True
+        return sent
+
     def stream_down(self) -> None:
         metrics.STREAM_UP.labels(self.component).set(0)
 
@@ -139,7 +162,7 @@ class Bridge(service.MultiService):
         return self.outbox.checkpoint(message)
 
     def room_event(self, event: RoomEvent) -> None:
-        if not event.resources:
+        if not event.resources or self._rooms_closed:
             return
         if self.output.connected:
             self._send_room_event(event)

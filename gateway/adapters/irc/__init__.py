@@ -12,12 +12,14 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import text
 from gateway.adapters.irc.session import Backlog, IRCSession
-from gateway.model import (AddressError, Field, OutboundMessage, PermanentFailure, PolicyViolation, Registration,
-                           RegistrationError, SendResult)
+from gateway.interfaces import IHostsRooms
+from gateway.model import (AddressError, Field, Occupancy, OutboundMessage, PermanentFailure, PolicyViolation,
+                           Registration, RegistrationError, SendResult)
 from gateway.options import Option, non_negative, positive
 
 
@@ -43,6 +45,7 @@ def mask_command(command: str) -> str:
     return m.group(1) + MASK if m else command
 
 
+@implementer(IHostsRooms)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -109,6 +112,15 @@ class IRCAdapter(AdapterBase):
         self.sessions: dict[tuple[str, str], IRCSession] = {}
         #: Kept by the adapter, not the session: a session may be replaced while messages wait for retries.
         self.backlog = Backlog(context.clock)
+
+    def occupancy(self):
+        for session in list(self.sessions.values()):
+            if session.closed:
+                continue
+            for room in session.rooms.values():
+                if room.resources:
+                    yield Occupancy(session.user, tuple(room.resources), session.room_address(room.channel),
+                                    text.clean_name(session.nick))
 
     def stopService(self):
         for session in list(self.sessions.values()):
