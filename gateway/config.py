@@ -121,6 +121,21 @@ SECTIONS: dict[str, list[Option]] = {
                    "`https://gw.example.org`); default: `http://` and the address in `web.listen`."),
         Option("expiry_days", float, 30.0, check=positive, doc="Days a file stays available."),
     ],
+    "retention": [
+        Option("interval", float, 3600.0, check=positive,
+               doc="Seconds between purges of old bookkeeping rows (each in batches, never one long transaction)."),
+        Option("message_ids_days", float, 30.0, check=positive,
+               doc="Days the mapping of sent messages to network ids is kept: a delivery report or bounce "
+                   "arriving later is for an unknown message (logged). Rows still awaiting an SMS verdict stay."),
+        Option("threads_days", float, 90.0, check=positive,
+               doc="Days a message id is kept in its conversation thread (email References): a reply to an "
+                   "older mail starts a new XMPP thread."),
+        Option("counters_days", float, 2.0, check=positive,
+               doc="Days per-user counters (daily SMS and mail caps) are kept after their day."),
+        Option("seen_days", float, 7.0, check=positive,
+               doc="Days foreign message ids are remembered to drop replays (a provider retries for hours)."),
+        Option("batch", int, 1000, check=positive, doc="Rows deleted per transaction."),
+    ],
     "log": [
         Option("format", str, "text", choices=("text", "json"), doc="`text` for people, `json` for one JSON object per line."),
         Option("level", str, "info", choices=("debug", "info", "warn", "error"), doc="Lowest level written."),
@@ -160,6 +175,7 @@ class Config:
     web: dict[str, Any]
     files: dict[str, Any]
     log: dict[str, Any]
+    retention: dict[str, Any] = field(default_factory=dict)
     components: list[ComponentConfig] = field(default_factory=list)
     path: str = ""
 

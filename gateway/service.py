@@ -18,6 +18,7 @@ from gateway.bridge import Bridge
 from gateway.bridge.leases import LeaseKeeper
 from gateway.config import Config
 from gateway.registry import SQLRegistry
+from gateway.registry.retention import Retention
 from gateway.web.files import FileStore
 from gateway.web.site import build_site
 from gateway.xmpp.service import build_component, spare_keeper
@@ -41,6 +42,7 @@ class GatewayService(service.MultiService):
         self.files = FileStore(config.files["directory"], config.files["public_url"], config.files["expiry_days"],
                                reactor)
         self.leases = LeaseKeeper(self.registry, reactor)
+        self.retention = Retention(self.registry, config.retention, reactor)
         self.bridges: list[Bridge] = []
         self.components = []
         #: Spare connections per domain (``xmpp.spare_connection_interval``), for several processes
@@ -68,6 +70,7 @@ class GatewayService(service.MultiService):
     def _start_children(self, _):
         self.files.start()
         self.leases.setServiceParent(self)
+        self.retention.setServiceParent(self)
         log.info("registry open ({dialect}); starting {n} component(s)", dialect=self.registry.dialect,
                  n=len(self.components))
         for bridge in self.bridges:

@@ -109,6 +109,14 @@ MIGRATIONS.append(
         "CREATE INDEX message_ids_verdict ON message_ids (component, verdict_by)",
     ]))
 MIGRATIONS.append(
+    (6, [
+        # The retention job (gateway/registry/retention.py) deletes old rows in
+        # batches: finding them must not scan the whole table each time.
+        "CREATE INDEX message_ids_age ON message_ids (created_at)",
+        "CREATE INDEX threads_age ON threads (created_at)",
+        "CREATE INDEX counters_period ON counters (period)",
+    ]))
+MIGRATIONS.append(
     (7, [
         # Values that belong to the registry itself, shared by every process
         # that opens it: the random salt passphrase keys are stretched with

@@ -430,8 +430,37 @@ class SQLRegistry:
                       (component, jid, xmpp_id))
         return d.addCallback(lambda rows: rows[0][0] if rows else None)
 
-    def purge_message_ids(self, older_than: float) -> defer.Deferred:
-        return self._op("DELETE FROM message_ids WHERE created_at < ?", (older_than,))
+    # -- retention ----------------------------------------------------------
+
+    #: What ``purge`` may delete, by table: the primary key and which rows are old.
+    #: A message id still awaiting an SMS verdict (verdict_by set) is kept until
+    #: its verdict, whatever its age; counter periods are dates ("2026-11-23").
+    _PURGES = {
+        "message_ids": ("component, jid, xmpp_id", "created_at < ? AND verdict_by IS NULL"),
+        "threads": ("component, jid, message_id", "created_at < ?"),
+        "counters": ("component, jid, name, period", "period < ?"),
+        "seen": ("component, key", "created_at < ?"),
+    }
+
+    def purge(self, table: str, bound: float | str, limit: int | None = None) -> defer.Deferred:
+        """
+        Delete up to ``limit`` old rows of ``table`` (older than ``bound``) in
+        one short transaction; fires with how many went. Called in a loop by
+        the retention job, so no purge holds the database for long. Two
+        processes purging at once only race to delete the same rows.
+        """
+        key, old = self._PURGES[table]
+        if limit is None:
+            query, args = f"DELETE FROM {table} WHERE {old}", (bound,)
+        else:
+            query = f"DELETE FROM {table} WHERE ({key}) IN (SELECT {key} FROM {table} WHERE {old} LIMIT ?)"
+            args = (bound, limit)
+
+        def run(txn):
+            txn.execute(self._sql(query), args)
+            return max(txn.rowcount, 0)
+
+        return self._interaction(run)
 
     # -- threads ----------------------------------------------------------
 
@@ -469,11 +498,6 @@ class SQLRegistry:
                       "ON CONFLICT (component, jid, name, period) DO UPDATE SET value = counters.value + "
                       "excluded.value RETURNING value", (component, jid, name, period, amount))
         return d.addCallback(lambda rows: rows[0][0])
-
-    def purge_counters(self, component: str, name: str, keep_from_period: str) -> defer.Deferred:
-        """Drop rows of periods before ``keep_from_period`` (periods sort as strings, e.g. dates)."""
-        return self._op("DELETE FROM counters WHERE component = ? AND name = ? AND period < ?",
-                        (component, name, keep_from_period))
 
     # -- queue (outbox and inbox) -----------------------------------------
 
@@ -516,9 +540,6 @@ class SQLRegistry:
             return stored
 
         return self._batch.add_call(txn_insert)
-
-    def purge_seen(self, older_than: float) -> defer.Deferred:
-        return self._op("DELETE FROM seen WHERE created_at < ?", (older_than,))
 
     _QUEUE_COLUMNS = "id, component, jid, direction, payload, attempts, deadline, created_at, last_error, parked_at"
 

@@ -180,7 +180,7 @@ def toml_value(value) -> str:
 def write_config(path: str, *, components: list[dict], xmpp_port: int, registry_url: str,
                  allowed_domains=("localhost",), admins=(), outbox: dict | None = None,
                  limits: dict | None = None, web_port: int | None = None, xmpp: dict | None = None,
-                 log_format: str = "text", key: str | None = None) -> dict:
+                 log_format: str = "text", key: str | None = None, sections: dict | None = None) -> dict:
     key = key or SecretBox.generate()
     lines = ["[gateway]", f"allowed_domains = {json.dumps(list(allowed_domains))}",
              f"admins = {json.dumps(list(admins))}", 'instance_id = "test"', "",
@@ -197,6 +197,8 @@ def write_config(path: str, *, components: list[dict], xmpp_port: int, registry_
     lines += ["", "[files]", f'directory = "{os.path.join(os.path.dirname(os.path.abspath(path)), "files")}"',
               "", "[web]", f'listen = "{f"tcp:{web_port}:interface=127.0.0.1" if web_port else ""}"', "",
               "[log]", f'format = "{log_format}"', 'level = "debug"', ""]
+    for name, values in (sections or {}).items():            # other sections, e.g. retention
+        lines += [f"[{name}]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()] + [""]
     for comp in components:
         lines += ["[[components]]"]
         for k in ("domain", "secret", "adapter"):

@@ -96,7 +96,7 @@ def test_message_ids_both_ways(registry):
     assert (yield registry.message_by_foreign_id("c.example", "SM123")) == ("u@example.org", "xmpp-1", "+1555",
                                                                             "phone", True)
     assert (yield registry.foreign_id_for("c.example", "u@example.org", "xmpp-1")) == "SM123"
-    yield registry.purge_message_ids(older_than=10**12)
+    yield registry.purge("message_ids", 10**12)
     assert (yield registry.foreign_id_for("c.example", "u@example.org", "xmpp-1")) is None
 
 
@@ -246,7 +246,7 @@ def test_foreign_ids_are_accepted_once(registry):
     assert (yield registry.enqueue_all([item(n=2, direction="in"), item(n=4, direction="in")],
                                        ["twilio:SM1", None])) == [False, True]     # the key and the row commit together
     assert (yield registry.queue_depth("c.example"))["in"] == 2
-    yield registry.purge_seen(older_than=10**12)
+    yield registry.purge("seen", 10**12)
     assert (yield registry.enqueue_all([item(n=3, direction="in")], ["twilio:SM1"])) == [True]
 
 
@@ -308,7 +308,7 @@ def test_counters_are_atomic_per_period_and_deleted_with_the_user(registry):
     assert sorted(values) == [1, 2, 3, 4, 5]
     assert (yield registry.add_to_counter("c.example", "u@example.org", "sms", "2026-11-22", 3)) == 8
     assert (yield registry.add_to_counter("c.example", "u@example.org", "sms", "2026-11-23")) == 1
-    yield registry.purge_counters("c.example", "sms", "2026-11-23")
+    yield registry.purge("counters", "2026-11-23")
     assert (yield registry.counter("c.example", "u@example.org", "sms", "2026-11-22")) == 0
     yield registry.put_registration(Registration("c.example", "u@example.org"))
     yield registry.delete_registration("c.example", "u@example.org")
@@ -353,3 +353,48 @@ def test_unconfirmed_messages_are_reported_once_unless_confirmed(registry):
     yield registry.confirm_message(c, "gw-5")
     yield registry.put_message_id(c, u, "x5", "gw-5", "+1555", None, False, verdict_by=time.time() - 1)
     assert (yield registry.overdue_messages(c)) == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_retention_purges_old_bookkeeping_in_batches_and_keeps_the_rest(registry):
+    """Old rows of every bookkeeping table go, in batches smaller than the backlog; young ones and rows awaiting a verdict stay."""
+    import time as _time
+
+    from gateway.registry.retention import Retention
+
+    now = _time.time()
+    old, young = now - 40 * 86400, now - 86400
+    for n in range(5):
+        yield registry.put_message_id("c.example", "u@example.org", f"old-{n}", f"F-old-{n}", "+1555", None, False)
+        yield registry.add_to_thread("c.example", "u@example.org", "t1", f"<old-{n}@x>")
+        yield registry.add_to_counter("c.example", "u@example.org", "sms", f"2020-01-0{n + 1}")
+    yield registry.put_message_id("c.example", "u@example.org", "young", "F-young", "+1555", None, False)
+    yield registry.put_message_id("c.example", "u@example.org", "waiting", "F-waiting", "+1555", None, False)
+    yield registry.add_to_thread("c.example", "u@example.org", "t1", "<young@x>")
+    today = _time.strftime("%Y-%m-%d", _time.gmtime(now))
+    yield registry.add_to_counter("c.example", "u@example.org", "sms", today)
+    yield registry.enqueue_all([item(n=1, direction="in")], ["old-key"])
+    yield registry.enqueue_all([item(n=2, direction="in")], ["young-key"])
+    # Age them (the rows were written now).
+    yield registry._op("UPDATE message_ids SET created_at = ? WHERE xmpp_id LIKE ?", (old, "old-%"))
+    yield registry._op("UPDATE message_ids SET created_at = ?, verdict_by = ? WHERE xmpp_id = ?",
+                       (old, now + 60, "waiting"))
+    yield registry._op("UPDATE message_ids SET created_at = ? WHERE xmpp_id = ?", (young, "young"))
+    yield registry._op("UPDATE threads SET created_at = ? WHERE message_id LIKE ?", (now - 100 * 86400, "<old-%"))
+    yield registry._op("UPDATE seen SET created_at = ? WHERE key = ?", (now - 8 * 86400, "old-key"))
+
+    job = Retention(registry, {"interval": 3600.0, "message_ids_days": 30.0, "threads_days": 90.0,
+                               "counters_days": 2.0, "seen_days": 7.0, "batch": 2}, clock=None)
+    job.running = True
+    purged = yield job.run()
+    assert purged == {"message_ids": 5, "threads": 5, "counters": 5, "seen": 1}
+    rows = yield registry._run("SELECT xmpp_id FROM message_ids ORDER BY xmpp_id", ())
+    assert [r[0] for r in rows] == ["waiting", "young"]
+    assert (yield registry.thread_of("c.example", "u@example.org", ["<young@x>"])) == "t1"
+    assert (yield registry.thread_of("c.example", "u@example.org", ["<old-0@x>"])) is None
+    assert (yield registry.counter("c.example", "u@example.org", "sms", today)) == 1
+    assert (yield registry.counter("c.example", "u@example.org", "sms", "2020-01-01")) == 0
+    # The young key still drops a replay; the old one no longer does.
+    assert (yield registry.enqueue_all([item(n=3, direction="in")], ["young-key"])) == [False]
+    assert (yield registry.enqueue_all([item(n=4, direction="in")], ["old-key"])) == [True]
+    assert (yield job.run()) == {"message_ids": 0, "threads": 0, "counters": 0, "seen": 0}
