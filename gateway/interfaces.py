@@ -239,8 +239,8 @@ class IRegistry(Interface):
     def put_message_id(component, jid, xmpp_id, foreign_id, contact, resource=None, receipt=False, verdict_by=None):
         """Remember which XMPP id became which foreign id (receipts, bounces)."""
 
-    def message_by_foreign_id(component, foreign_id):
-        """(jid, xmpp_id, contact, resource, receipt) of a message, or None."""
+    def message_by_foreign_id(component, foreign_id, jid=None):
+        """(jid, xmpp_id, contact, resource, receipt) of a message (of user ``jid`` if given), or None."""
 
     def confirm_message(component, foreign_id):
         """Clear the watch on a message the network has now spoken about."""

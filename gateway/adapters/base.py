@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from twisted.application import service
+from twisted.internet import defer
 from zope.interface import implementer
 
 from gateway.interfaces import IAdapter
-from gateway.model import AddressError, Field, Registration, RegistrationError
+from gateway.model import AddressError, Field, PermanentFailure, Registration, RegistrationError
+
+
+def utc_day() -> str:
+    """The period of daily caps (counters table): the UTC date."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+
+
+@defer.inlineCallbacks
+def check_daily_limit(context, jid: str, name: str, limit: int, what: str = "messages"):
+    """
+    Refuse (policy-violation, permanent) a send over a user's daily cap, so
+    one account cannot spam through the operator's provider or smarthost.
+    The caller counts the send with ``context.add_to_counter(jid, name, utc_day())``
+    once it went out. 0: no limit.
+    """
+    if not limit:
+        return
+    used = yield context.counter(jid, name, utc_day())
+    if used >= limit:
+        raise PermanentFailure(f"daily limit of {limit} {what} reached; it resets at 00:00 UTC", "policy-violation")
 
 
 @implementer(IAdapter)

@@ -230,17 +230,27 @@ class Bridge(service.MultiService):
 
     @defer.inlineCallbacks
     def report(self, report: DeliveryReport):
-        yield self.registry.confirm_message(self.component, report.foreign_id)
+        """
+        A verdict on a message sent earlier. A report that names its user (a
+        DSN mailed to a user's address) counts only for that user's message:
+        anyone can mail a forged bounce naming another user's Message-ID, and
+        it must not fail their message. Reports without a user come from a
+        channel the adapter authenticated (signed SMS status callbacks).
+        """
+        if not report.user:
+            yield self.registry.confirm_message(self.component, report.foreign_id)
         found = None
         for wait in (0, 0.2, 0.5, 1.0):
             # A fast network may report before the send's id mapping is stored.
             if wait:
                 yield task.deferLater(self.clock, wait, lambda: None)
-            found = yield self.registry.message_by_foreign_id(self.component, report.foreign_id)
+            found = yield self.registry.message_by_foreign_id(self.component, report.foreign_id,
+                                                              report.user or None)
             if found is not None:
                 break
         if found is None:
-            log.info("delivery report for unknown message {fid}", fid=report.foreign_id)
+            log.info("delivery report for unknown message {fid}{whose}", fid=report.foreign_id,
+                     whose=f" of {report.user}" if report.user else "")
             return
         jid, xmpp_id, contact, resource, receipt = found
         if report.delivered:

@@ -419,10 +419,17 @@ class SQLRegistry:
 
         return self._interaction(txn_overdue)
 
-    def message_by_foreign_id(self, component: str, foreign_id: str) -> defer.Deferred:
-        """(jid, xmpp_id, contact, resource, receipt) of the message the network calls foreign_id."""
-        d = self._run("SELECT jid, xmpp_id, contact, resource, receipt FROM message_ids "
-                      "WHERE component = ? AND foreign_id = ?", (component, foreign_id))
+    def message_by_foreign_id(self, component: str, foreign_id: str, jid: str | None = None) -> defer.Deferred:
+        """
+        (jid, xmpp_id, contact, resource, receipt) of the message the network
+        calls foreign_id; with ``jid``, only if it is that user's message.
+        """
+        if jid:
+            d = self._run("SELECT jid, xmpp_id, contact, resource, receipt FROM message_ids "
+                          "WHERE component = ? AND foreign_id = ? AND jid = ?", (component, foreign_id, jid))
+        else:
+            d = self._run("SELECT jid, xmpp_id, contact, resource, receipt FROM message_ids "
+                          "WHERE component = ? AND foreign_id = ?", (component, foreign_id))
         return d.addCallback(lambda rows: (rows[0][:4] + (bool(rows[0][4]),)) if rows else None)
 
     def foreign_id_for(self, component: str, jid: str, xmpp_id: str) -> defer.Deferred:

@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet import defer, endpoints, threads
 from twisted.logger import Logger
 
-from gateway.adapters.base import AdapterBase
+from gateway.adapters.base import AdapterBase, check_daily_limit, utc_day
 from gateway.adapters.email import addresses
 from gateway.adapters.email.compose import compose, subject_for
 from gateway.adapters.email.parse import parse
@@ -20,7 +20,7 @@ from gateway.adapters.email.smtp_in import SMTPServerFactory
 from gateway.adapters.email.smtp_out import SMTPOut
 from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, Registration,
                            RegistrationError, SendResult)
-from gateway.options import Option, positive
+from gateway.options import Option, non_negative, positive
 
 log = Logger(namespace="gateway.adapters.email")
 
@@ -61,8 +61,11 @@ class MailIntake:
             return
         mail = yield threads.deferToThread(parse, data)       # large MIME parsing stays off the reactor
         if mail.bounce is not None:
-            # A bounce is about the message it names, whoever it was addressed to: one report.
-            yield self._bounce(next(iter(regs.values())), mail)
+            # A bounce counts only for the message of a user it was mailed to
+            # (Bridge.report checks the owner): a forged DSN naming another
+            # user's Message-ID changes nothing for them.
+            for reg in regs.values():
+                yield self._bounce(reg, mail)
             return
         try:
             sender = addresses.normalize(mail.sender or envelope_from)
@@ -151,6 +154,17 @@ class EmailAdapter(AdapterBase):
         Option("max_size", int, 10 * 1024 * 1024, check=positive,
                doc="Largest inbound message in bytes; larger ones get 552 5.3.4."),
         Option("timeout", float, 60.0, check=positive, doc="Seconds an SMTP exchange may take."),
+        Option("max_recipients", int, 100, check=positive,
+               doc="Distinct recipients one inbound message may have; more get 452 4.5.3."),
+        Option("max_connections_per_ip", int, 10, check=positive,
+               doc="SMTP connections one IP address may hold at once; more get 421 4.7.0."),
+        Option("max_messages_per_minute", int, 60, check=positive,
+               doc="Transactions (MAIL FROM) one IP address may start per minute; more get 451 4.7.1."),
+        Option("data_timeout", float, 300.0, check=positive,
+               doc="Seconds the whole DATA phase may take (against slow senders); then 421 4.4.2, nothing "
+                   "stored."),
+        Option("daily_limit", int, 200, check=non_negative,
+               doc="Mails one user may send per day (UTC); 0: no limit. Beyond it: policy-violation."),
         Option("contacts_online", bool, True, doc="Show email contacts as available so clients let users write."),
     ]
     registration_fields = [
@@ -219,6 +233,7 @@ class EmailAdapter(AdapterBase):
     def send(self, message: OutboundMessage, registration: Registration):
         if not (message.body or "").strip() and not message.subject and not message.attachments:
             return SendResult(parts=0)
+        yield check_daily_limit(self.context, registration.jid, "mail", self.config["daily_limit"], "mails")
         references, first_subject = [], None
         if message.thread:
             known = yield self.context.thread_messages(registration.jid, message.thread)
@@ -228,5 +243,6 @@ class EmailAdapter(AdapterBase):
         data, mid = compose(message, registration.foreign_id, registration.settings.get("name", ""),
                             self.mail_domain, references, subject)
         yield self.smtp.send(registration.foreign_id, message.recipient, data)
+        yield self.context.add_to_counter(registration.jid, "mail", utc_day())
         yield self.context.add_to_thread(registration.jid, message.thread or mid.strip("<>"), mid, subject)
         return SendResult(foreign_id=mid, delivered=False)

@@ -7,7 +7,6 @@ statuses arrive as signed webhooks on the gateway's web site.
 
 from __future__ import annotations
 
-import datetime
 import urllib.parse
 from typing import Any
 
@@ -19,7 +18,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web import resource
 
 from gateway import metrics
-from gateway.adapters.base import AdapterBase
+from gateway.adapters.base import AdapterBase, check_daily_limit, utc_day
 from gateway.adapters.sms import numbers, segments
 from gateway.adapters.sms.providers import (PROVIDERS, OutboundSMS, SendUnconfirmed, WebhookRejected,
                                             WebhookRequest)
@@ -247,13 +246,9 @@ class SMSAdapter(AdapterBase):
         component = self.context.component
         progress = message.progress
         done = int(progress.get("sent", 0))
-        day = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-        limit = self.config["daily_limit"]
-        if limit and not done:   # a text the provider took part of was within the limit when it started
-            used = yield self.context.counter(registration.jid, "sms", day)
-            if used >= limit:
-                raise PermanentFailure(f"daily limit of {limit} messages reached; it resets at 00:00 UTC",
-                                       "policy-violation")
+        day = utc_day()
+        if not done:   # a text the provider took part of was within the limit when it started
+            yield check_daily_limit(self.context, registration.jid, "sms", self.config["daily_limit"])
         parts = segments.split(body) if body else [""]
         credentials = {**registration.secrets, **registration.settings} if self.config["user_credentials"] else {}
         pieces = [body] if self.provider.concatenates or len(parts) == 1 else parts
