@@ -7,6 +7,7 @@ errors on the message that caused them.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from twisted.internet import defer, endpoints, threads
@@ -14,6 +15,7 @@ from twisted.logger import Logger
 
 from gateway.adapters.base import AdapterBase, check_daily_limit, utc_day
 from gateway.adapters.email import addresses
+from gateway.adapters.email.auth import SenderAuth, SenderRefused
 from gateway.adapters.email.compose import compose, subject_for
 from gateway.adapters.email.parse import parse
 from gateway.adapters.email.smtp_in import SMTPServerFactory
@@ -23,6 +25,15 @@ from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, 
 from gateway.options import Option, non_negative, positive
 
 log = Logger(namespace="gateway.adapters.email")
+
+
+def _networks(values: list) -> str | None:
+    for v in values:
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            return f"{v!r} is not a network (e.g. 10.0.0.0/8)"
+    return None
 
 
 def _servers(values: list) -> str | None:
@@ -42,7 +53,7 @@ class MailIntake:
 
     @defer.inlineCallbacks
     def receive(self, data: bytes, recipients: list[str], envelope_from: str,
-                digest: str | None = None) -> defer.Deferred:
+                digest: str | None = None, peer: tuple[str, str] | None = None) -> defer.Deferred:
         """
         Store one mail for all its recipients, in one transaction: the SMTP
         answer covers the whole message, so a failure must leave nothing
@@ -59,6 +70,7 @@ class MailIntake:
                 regs.setdefault(reg.jid, reg)
         if not regs:
             return
+        doubt = yield self._authenticate(data, envelope_from, peer)
         mail = yield threads.deferToThread(parse, data)       # large MIME parsing stays off the reactor
         if mail.bounce is not None:
             # A bounce counts only for the message of a user it was mailed to
@@ -79,8 +91,9 @@ class MailIntake:
             messages = []
             for reg in regs.values():
                 thread = yield self._thread(reg, mail)
+                text = f"[unverified sender: {doubt}]\n{mail.text or ''}" if doubt else mail.text
                 messages.append(InboundMessage(
-                    component=self.context.component, user=reg.jid, sender=sender, body=mail.text or None,
+                    component=self.context.component, user=reg.jid, sender=sender, body=text or None,
                     subject=mail.subject or None, thread=thread, attachments=list(links),
                     foreign_id=mail.message_id, dedupe_key=f"mail:{digest}:{reg.jid}" if digest else None))
             stored = yield self.context.deliver_all(messages)
@@ -95,6 +108,35 @@ class MailIntake:
             raise
         log.info("mail {mid} from {sender} stored for {jids}", mid=mail.message_id, sender=sender,
                  jids=", ".join(regs))
+
+    @defer.inlineCallbacks
+    def _authenticate(self, data: bytes, envelope_from: str, peer: tuple[str, str] | None):
+        """
+        SPF, DKIM and DMARC (gateway/adapters/email/auth.py) for mail from an
+        SMTP client: raises SenderRefused when the From domain's DMARC policy
+        says reject and ``sender_auth`` is "enforce"; otherwise fires with why
+        the user should doubt the sender (shown at the top of the message), or
+        None. Mail from ``xmpp-gateway deliver`` (no client address) is left to
+        the MTA in front, which saw the client.
+        """
+        checker = self.adapter.sender_auth
+        if checker is None or not peer or len(peer) < 2 or not peer[1]:
+            return None
+        helo, ip = peer[0], peer[1]
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return None
+        if any(address in ipaddress.ip_network(n, strict=False) for n in self.adapter.config["trusted_networks"]):
+            return None
+        verdict = yield threads.deferToThread(checker.check, data, ip, helo, envelope_from)
+        if verdict.dmarc == "fail" and verdict.policy == "reject" and self.adapter.config["sender_auth"] == "enforce":
+            log.info("mail From {domain} refused: DMARC fail with p=reject (SPF {spf}, DKIM {dkim}) from {ip}",
+                     domain=verdict.from_domain, spf=verdict.spf, dkim=",".join(verdict.dkim_domains) or "none",
+                     ip=ip)
+            raise SenderRefused(550, f"5.7.1 {verdict.from_domain} asks receivers to reject mail that fails "
+                                     "DMARC, and this mail does")
+        return verdict.problem()
 
     @defer.inlineCallbacks
     def _thread(self, reg: Registration, mail):
@@ -154,6 +196,13 @@ class EmailAdapter(AdapterBase):
         Option("max_size", int, 10 * 1024 * 1024, check=positive,
                doc="Largest inbound message in bytes; larger ones get 552 5.3.4."),
         Option("timeout", float, 60.0, check=positive, doc="Seconds an SMTP exchange may take."),
+        Option("sender_auth", str, "enforce", choices=("enforce", "mark", "off"),
+               doc="Sender authentication of inbound mail (SPF, DKIM, DMARC): `enforce` refuses mail whose From "
+                   "domain's DMARC policy is reject and that fails it (550 5.7.1) and marks other failures; "
+                   "`mark` only marks (\"[unverified sender: …]\" at the top of the message); `off`."),
+        Option("trusted_networks", list, ["127.0.0.0/8", "::1/128"], item_type=str, check=_networks,
+               doc="Clients in these networks (your own MTA in front, local tools) are not checked by "
+                   "`sender_auth`: the MTA that took the mail from the Internet checked it."),
         Option("max_recipients", int, 100, check=positive,
                doc="Distinct recipients one inbound message may have; more get 452 4.5.3."),
         Option("max_connections_per_ip", int, 10, check=positive,
@@ -188,6 +237,7 @@ class EmailAdapter(AdapterBase):
                              f"you can write to any address as <address with @ written as \\40>@{context.component}.")
         self.contact_presence = "available" if options["contacts_online"] else None
         self.smtp = SMTPOut(options, context.clock)
+        self.sender_auth = SenderAuth(options["dns_servers"]) if options["sender_auth"] != "off" else None
         self.intake = MailIntake(self)
         self._port = None
 

@@ -38,6 +38,8 @@ from twisted.logger import Logger
 from twisted.mail import smtp
 from zope.interface import implementer
 
+from gateway.adapters.email.auth import SenderRefused
+
 log = Logger(namespace="gateway.adapters.email.smtp_in")
 
 #: Refused recipients (unknown users, relaying) one connection may try before it is dropped.
@@ -51,11 +53,12 @@ _SIZE_PARAM = re.compile(rb"\bSIZE=(\d{1,20})\b", re.I)
 class _Message:
     """One mail for all the recipients of a transaction: one copy in memory, one store for all."""
 
-    def __init__(self, intake, recipients: list[str], envelope_from: str, max_size: int):
+    def __init__(self, intake, recipients: list[str], envelope_from: str, max_size: int, helo=None):
         self.intake = intake
         self.recipients = recipients
         self.envelope_from = envelope_from
         self.max_size = max_size
+        self.helo = helo
         self.lines: list[bytes] = []
         self.size = 0
 
@@ -75,7 +78,7 @@ class _Message:
         # the same bytes, and the copy is recognised.
         digest = hashlib.sha256(b"\r\n".join(self.lines[1:])).hexdigest()
         self.lines = []
-        return self.intake.receive(data, self.recipients, self.envelope_from, digest)
+        return self.intake.receive(data, self.recipients, self.envelope_from, digest, peer=self.helo)
 
     def connectionLost(self) -> None:
         self.lines = []
@@ -88,14 +91,15 @@ class _Accepted:
     these addresses, but the object stays a factory to honour IMessageDelivery.
     """
 
-    def __init__(self, intake, address: str, envelope_from: str, max_size: int):
+    def __init__(self, intake, address: str, envelope_from: str, max_size: int, helo=None):
         self.intake = intake
         self.address = address
         self.envelope_from = envelope_from
         self.max_size = max_size
+        self.helo = helo
 
     def for_all(self, addresses: list[str]) -> _Message:
-        return _Message(self.intake, addresses, self.envelope_from, self.max_size)
+        return _Message(self.intake, addresses, self.envelope_from, self.max_size, self.helo)
 
     def __call__(self) -> _Message:
         return self.for_all([self.address])
@@ -128,7 +132,8 @@ class _Delivery:
         if reg is None:
             raise smtp.SMTPBadRcpt(user.dest, 550, f"5.1.1 <{address}>: no such user here")
         origin = str(user.orig) if user.orig else ""
-        return _Accepted(self.adapter.intake, address, origin, self.adapter.config["max_size"])
+        helo = tuple(x.decode("ascii", "replace") if isinstance(x, bytes) else (x or "") for x in (user.helo or ()))
+        return _Accepted(self.adapter.intake, address, origin, self.adapter.config["max_size"], helo or None)
 
 
 class _ESMTP(smtp.ESMTP):
@@ -237,6 +242,10 @@ class _ESMTP(smtp.ESMTP):
 
     def _messageHandled(self, resultList):
         failures = [result for ok, result in resultList if not ok]
+        refused = next((f.value for f in failures if f.check(SenderRefused)), None)
+        if refused is not None:
+            self.sendCode(refused.code, refused.text.encode())
+            return
         for failure in failures:
             log.failure("an accepted mail could not be stored", failure)
         if failures:
