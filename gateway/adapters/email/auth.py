@@ -99,7 +99,12 @@ class SenderAuth:
             self.resolver.nameservers = [h for h, _, _ in hosts]
             self.resolver.nameserver_ports = {h: int(p) for h, _, p in hosts}
         else:
-            self.resolver = dns.resolver.Resolver()
+            try:
+                self.resolver = dns.resolver.Resolver()
+            except dns.resolver.NoResolverConfiguration:
+                # No /etc/resolv.conf: lookups fail (temperror: marked, never refused) instead of the start.
+                self.resolver = dns.resolver.Resolver(configure=False)
+                self.resolver.nameservers = ["127.0.0.1"]
         self.resolver.lifetime = DNS_LIFETIME
         # pyspf looks names up through this module-level hook: one resolver per process.
         spf.DNSLookup = self._spf_lookup
