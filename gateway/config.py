@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.adapters import UnknownAdapter, load_adapter
-from gateway.options import Option, Problem, non_negative, positive, resolve_secret, validate_table
+from gateway.options import (Option, Problem, endpoint, lower, non_negative, port_number, port_or_zero, positive,
+                             resolve_secret, validate_table)
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
@@ -44,10 +45,10 @@ def _registry_url(value: str) -> str | None:
 
 SECTIONS: dict[str, list[Option]] = {
     "gateway": [
-        Option("allowed_domains", list, item_type=str, check=_domains,
+        Option("allowed_domains", list, item_type=str, check=_domains, normalize=lower,
                doc="JID domains whose users may register and use the components; everyone else "
                    "is refused (`<forbidden/>` on registration, `<service-unavailable/>` otherwise)."),
-        Option("admins", list, [], item_type=str, check=_bare_jids,
+        Option("admins", list, [], item_type=str, check=_bare_jids, normalize=lower,
                doc="Bare JIDs allowed to run the admin ad-hoc commands (list-users, stats, delete-user)."),
         Option("instance_id", str, "",
                doc="Names this process in queue claims; stable across restarts so a restarted "
@@ -56,7 +57,7 @@ SECTIONS: dict[str, list[Option]] = {
     ],
     "xmpp": [
         Option("host", str, "127.0.0.1", doc="XMPP server address for the component connections."),
-        Option("port", int, 5347, doc="XMPP server component port (Prosody 5347, ejabberd: the ejabberd_service listener)."),
+        Option("port", int, 5347, check=port_number, doc="XMPP server component port (Prosody 5347, ejabberd: the ejabberd_service listener)."),
         Option("stanza_size_limit", int, 65536, check=positive,
                doc="Largest stanza, in bytes, accepted from users; larger ones get `<policy-violation/>`."),
         Option("ping_interval", float, 30.0, check=non_negative,
@@ -110,7 +111,7 @@ SECTIONS: dict[str, list[Option]] = {
         Option("burst", int, 20, check=positive, doc="Messages a user may send at once before the rate applies."),
     ],
     "web": [
-        Option("listen", str, "tcp:8480:interface=127.0.0.1",
+        Option("listen", str, "tcp:8480:interface=127.0.0.1", check=endpoint,
                doc="Twisted endpoint for /healthz, /metrics and adapter webhooks; empty disables."),
     ],
     "files": [
@@ -143,12 +144,12 @@ SECTIONS: dict[str, list[Option]] = {
 }
 
 COMPONENT_OPTIONS: list[Option] = [
-    Option("domain", str, check=_domain, doc="The component's domain, e.g. `sms.example.org`."),
+    Option("domain", str, check=_domain, normalize=lower, doc="The component's domain, e.g. `sms.example.org`."),
     Option("secret", str, secret=True, doc="The XEP-0114 shared secret configured on the XMPP server."),
     Option("adapter", str, doc="Which network: an entry point name in `gateway.adapters` (`echo`, ...)."),
     Option("name", str, "", doc="Name shown in service discovery; default: the adapter's own."),
     Option("host", str, "", doc="Overrides `xmpp.host` for this component."),
-    Option("port", int, 0, doc="Overrides `xmpp.port` for this component."),
+    Option("port", int, 0, check=port_or_zero, doc="Overrides `xmpp.port` for this component."),
     Option("options", dict, {}, doc="The adapter's own keys (see the adapter's section)."),
 ]
 

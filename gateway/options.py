@@ -28,6 +28,8 @@ class Option:
     check: Callable[[Any], str | None] | None = None
     #: For arrays: the type of each item.
     item_type: type | None = None
+    #: Applied to a well-typed value before ``check`` (e.g. lower-casing domains).
+    normalize: Callable[[Any], Any] | None = None
 
     @property
     def required(self) -> bool:
@@ -118,6 +120,11 @@ def validate_table(
             if bad:
                 problems.append(Problem(full, f"every item must be a {_TYPE_NAMES[opt.item_type]}"))
                 continue
+        if _placeholder(value):
+            problems.append(Problem(full, "is still the example's CHANGE-ME placeholder: replace it"))
+            continue
+        if opt.normalize is not None:
+            value = opt.normalize(value)
         if opt.choices and value not in opt.choices:
             problems.append(Problem(full, f"must be one of {', '.join(map(repr, opt.choices))}"))
             continue
@@ -128,6 +135,42 @@ def validate_table(
                 continue
         result[opt.key] = value
     return result
+
+
+def _placeholder(value: Any) -> bool:
+    if isinstance(value, str):
+        return "CHANGE-ME" in value
+    if isinstance(value, list):
+        return any(isinstance(v, str) and "CHANGE-ME" in v for v in value)
+    return False
+
+
+def lower(value: Any) -> Any:
+    return [v.lower() for v in value] if isinstance(value, list) else value.lower()
+
+
+def port_number(value: int) -> str | None:
+    return None if 1 <= value <= 65535 else f"{value} is not a port: must be between 1 and 65535"
+
+
+def port_or_zero(value: int) -> str | None:
+    return None if value == 0 else port_number(value)
+
+
+def endpoint(value: str) -> str | None:
+    """A Twisted server endpoint string (``tcp:PORT:interface=ADDR``), or empty for none."""
+    if not value:
+        return None
+    from twisted.internet import endpoints, reactor
+
+    try:
+        ep = endpoints.serverFromString(reactor, value)
+    except (ValueError, TypeError, KeyError) as e:
+        return f"{value!r} is not a listening endpoint (e.g. tcp:8480:interface=127.0.0.1): {e}"
+    port = getattr(ep, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        return f"{value!r}: {port} is not a port (between 1 and 65535)"
+    return None
 
 
 def positive(value: Any) -> str | None:

@@ -170,7 +170,33 @@ def test_configuration_reference_is_current():
         assert f.read() == cli("config-reference").stdout
 
 
-def test_example_config_in_deploy_is_valid():
+def test_ports_endpoints_and_placeholders_are_refused_with_their_line():
+    """check-config must not pass what the gateway cannot run with (issue 10)."""
+    bad = GOOD.replace('[registry]', '[xmpp]\nport = 99999\n\n[web]\nlisten = "tcp:notaport"\n\n[registry]') \
+              .replace('secret = "component-secret"', 'secret = "CHANGE-ME-component-secret"')
+    found = problems(bad)
+    lines = bad.splitlines()
+    assert "between 1 and 65535" in found["xmpp.port"][1]
+    assert lines[found["xmpp.port"][0] - 1].startswith("port")
+    assert "notaport" in found["web.listen"][1] and lines[found["web.listen"][0] - 1].startswith("listen")
+    assert "placeholder" in found["components[0].secret"][1]
+    smtp = GOOD.replace('adapter = "echo"', 'adapter = "email"').replace(
+        "delay = 0.5", 'mail_domain = "mail.example.org"\nsmtp_listen = "tcp:25:interface=nowhere:x"\n'
+                       'smarthost_port = 0')
+    found = problems(smtp)
+    assert "smtp_listen" in " ".join(found) and "between 1 and 65535" in found["components[0].options.smarthost_port"][1]
+
+
+def test_domains_are_lower_cased_not_refused():
+    config = parse(GOOD.replace('"example.org"]', '"Example.ORG"]').replace('domain = "echo.example.org"',
+                                                                            'domain = "Echo.Example.org"'))
+    assert config.gateway["allowed_domains"] == ["example.org"]
+    assert config.components[0].domain == "echo.example.org"
+
+
+def test_the_shipped_example_only_lacks_its_placeholders():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     result = cli("check-config", os.path.join(root, "deploy", "gateway.toml"))
-    assert result.returncode == 0, result.stderr
+    assert result.returncode != 0
+    complaints = [line for line in result.stderr.splitlines() if line.strip()]
+    assert complaints and all("placeholder" in line for line in complaints[1:] or complaints), result.stderr

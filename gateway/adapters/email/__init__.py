@@ -22,7 +22,7 @@ from gateway.adapters.email.smtp_in import SMTPServerFactory
 from gateway.adapters.email.smtp_out import SMTPOut
 from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, Registration,
                            RegistrationError, SendResult)
-from gateway.options import Option, non_negative, positive
+from gateway.options import Option, endpoint, non_negative, port_number, positive
 
 log = Logger(namespace="gateway.adapters.email")
 
@@ -178,17 +178,17 @@ class EmailAdapter(AdapterBase):
         Option("delivery", str, "smarthost", choices=("smarthost", "mx"),
                doc="Send through a smarthost, or straight to each recipient domain's MX hosts."),
         Option("smarthost_host", str, "127.0.0.1", doc="Smarthost address."),
-        Option("smarthost_port", int, 587, doc="Smarthost port (587 submission, 25 relay)."),
+        Option("smarthost_port", int, 587, check=port_number, doc="Smarthost port (587 submission, 25 relay)."),
         Option("smarthost_tls", str, "required", choices=("required", "opportunistic", "off"),
                doc="STARTTLS to the smarthost: required (certificate verified), opportunistic, or off."),
         Option("smarthost_ca", str, "", doc="PEM file of the CA that signed the smarthost's certificate; "
                                             "default: the system's trusted CAs."),
         Option("smarthost_username", str, "", doc="AUTH user name; empty: no AUTH."),
         Option("smarthost_password", str, "", secret=True, doc="AUTH password."),
-        Option("mx_port", int, 25, doc="Port of MX hosts (delivery = \"mx\")."),
+        Option("mx_port", int, 25, check=port_number, doc="Port of MX hosts (delivery = \"mx\")."),
         Option("dns_servers", list, [], item_type=str, check=_servers,
                doc="`host:port` DNS servers for MX lookups; default: the system's resolver."),
-        Option("smtp_listen", str, "tcp:25:interface=0.0.0.0",
+        Option("smtp_listen", str, "tcp:25:interface=0.0.0.0", check=endpoint,
                doc="Twisted endpoint of the gateway's SMTP server for inbound mail; empty: none (use "
                    "`xmpp-gateway deliver` from your MTA instead, which still needs a loopback listener)."),
         Option("tls_cert", str, "", doc="PEM certificate for STARTTLS on the SMTP server."),
