@@ -297,7 +297,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_demo)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills optional positionals before it reads options: `registry export --config F
+    # backup.json` (the order the docs use) leaves the file over. Take it; anything else is an error.
+    if args.command in ("registry", "queue") and extra and not extra[0].startswith("-"):
+        if args.command == "registry" and args.file is None:
+            args.file, extra = extra[0], extra[1:]
+        elif args.command == "queue":
+            args.ids, extra = [*args.ids, *[e for e in extra if not e.startswith("-")]], [
+                e for e in extra if e.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     sys.exit(args.func(args) or 0)
 
 

@@ -153,6 +153,12 @@ def test_registry_cli_export_import_list(tmp_path):
     assert exported["registrations"][0]["settings"] == {"prefix": ">"}
     assert "pw-123" not in out.read_text()
     assert SecretBox(KEY).open(exported["registrations"][0]["sealed_secrets"]) == {"password": "pw-123"}
+    # The order the docs write it in (options first, then the file) works too.
+    second = tmp_path / "backup.json"
+    result = cli("registry", "export", "--config", str(config), str(second))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(second.read_text())["registrations"][0]["jid"] == "a@example.org"
+    assert cli("registry", "export", "--config", str(config), str(second), "extra").returncode == 2
     bad = cli("registry", "import", "-", "--config", str(config), stdin="{not json")
     assert bad.returncode == 1 and "not a registry export" in bad.stderr
 
