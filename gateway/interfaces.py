@@ -82,6 +82,16 @@ class IHostsRooms(Interface):
         """Iterable of gateway.model.Occupancy: every room a user's resources are in (or joining) now."""
 
 
+class IHealthReport(Interface):
+    """
+    An adapter that can be half-broken while its component stream is fine (a
+    listener that could not bind): /healthz must not stay green then.
+    """
+
+    def problems():
+        """List of readable problems (empty when healthy), e.g. "SMTP listener tcp:25: permission denied"."""
+
+
 class IAdapterContext(Interface):
     """What the bridge offers an adapter."""
 

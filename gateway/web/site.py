@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway import metrics
+from gateway.interfaces import IHealthReport
 from gateway.web.files import FilesResource
 from gateway.web.limits import BodyLimits, LimitedSite
 
@@ -57,10 +58,19 @@ class Health(_Async):
         except Exception as e:
             registry_ok = False
             log.warn("health check: registry did not answer: {e}", e=e)
-        ok = bool(streams) and all(streams.values()) and registry_ok
+        problems = {}
+        for bridge in self.gateway.bridges:
+            if IHealthReport.providedBy(bridge.adapter):
+                found = list(bridge.adapter.problems())
+                if found:
+                    problems[bridge.component] = found
+        ok = bool(streams) and all(streams.values()) and registry_ok and not problems
         request.setResponseCode(200 if ok else 503)
         request.setHeader(b"content-type", b"application/json")
-        return json.dumps({"ok": ok, "components": streams, "registry": registry_ok}).encode() + b"\n"
+        report = {"ok": ok, "components": streams, "registry": registry_ok}
+        if problems:
+            report["problems"] = problems
+        return json.dumps(report).encode() + b"\n"
 
 
 class Metrics(_Async):

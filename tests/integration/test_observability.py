@@ -89,3 +89,37 @@ def test_twistd_plugin_runs_the_gateway(prosody, fresh_dir):
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
     assert "twistd.localhost: authenticated" in open(log).read()
+
+
+def test_health_fails_when_a_listener_could_not_bind(prosody, fresh_dir):
+    """
+    The SMTP port taken (or not allowed): the gateway still serves what it can,
+    but /healthz says 503 and names the listener, instead of staying green.
+    """
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        gateway = start_gateway(prosody, fresh_dir, "health", adapter="email", web=True, options={
+            "mail_domain": "mail.health.test", "smtp_listen": f"tcp:{port}:interface=127.0.0.1"})
+        try:
+            url = f"http://127.0.0.1:{gateway.web_port}/healthz"
+            def answered():
+                try:
+                    return http_get(url)
+                except OSError:
+                    return None
+
+            wait_for(lambda: answered() is not None, 20, "the web port")
+            status, text = answered()
+            assert status == 503, text
+            report = json.loads(text)
+            assert report["ok"] is False and report["components"] == {"health.localhost": True}
+            assert any("smtp" in p.lower() and str(port) in p for p in report["problems"]["health.localhost"]), report
+        finally:
+            gateway.stop()
+    finally:
+        taken.close()

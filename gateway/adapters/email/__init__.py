@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet import defer, endpoints, threads
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from gateway.adapters.base import AdapterBase, check_daily_limit, utc_day
 from gateway.adapters.email import addresses
@@ -22,6 +23,7 @@ from gateway.adapters.email.smtp_in import SMTPServerFactory
 from gateway.adapters.email.smtp_out import SMTPOut
 from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, Registration,
                            RegistrationError, SendResult)
+from gateway.interfaces import IHealthReport
 from gateway.options import Option, endpoint, non_negative, port_number, positive
 
 log = Logger(namespace="gateway.adapters.email")
@@ -167,6 +169,7 @@ class MailIntake:
                                                   False, "recipient-unavailable", text))
 
 
+@implementer(IHealthReport)
 class EmailAdapter(AdapterBase):
     name = "email"
     gateway_type = "smtp"
@@ -240,6 +243,7 @@ class EmailAdapter(AdapterBase):
         self.sender_auth = SenderAuth(options["dns_servers"]) if options["sender_auth"] != "off" else None
         self.intake = MailIntake(self)
         self._port = None
+        self._problems: list[str] = []
 
     @defer.inlineCallbacks
     def startService(self):
@@ -247,9 +251,19 @@ class EmailAdapter(AdapterBase):
         if self.config["smtp_listen"]:
             endpoint = endpoints.serverFromString(self.context.clock, self.config["smtp_listen"])
             factory = SMTPServerFactory(self, self.config["tls_cert"], self.config["tls_key"])
-            self._port = yield endpoint.listen(factory)
+            try:
+                self._port = yield endpoint.listen(factory)
+            except Exception as e:
+                # Outbound mail still works; /healthz says what does not (IHealthReport).
+                self._problems.append(f"SMTP listener {self.config['smtp_listen']}: {e}")
+                log.error("cannot receive mail: SMTP listener {listen} failed: {error}",
+                          listen=self.config["smtp_listen"], error=e)
+                return
             log.info("SMTP server for @{domain} on {listen}", domain=self.mail_domain,
                      listen=self.config["smtp_listen"])
+
+    def problems(self) -> list[str]:
+        return list(self._problems)
 
     def stopService(self):
         super().stopService()
