@@ -40,10 +40,20 @@ def cmd_run(args) -> int:
 
     start_logging(config.log["format"], config.log["level"], config.secrets())
     gateway = GatewayService(config, reactor)
+    _reload_on_sighup(reactor, gateway, args.config)
     reactor.callWhenRunning(gateway.startService)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
     reactor.run()
     return gateway.exit_code
+
+
+def _reload_on_sighup(reactor, gateway, path: str) -> None:
+    """SIGHUP reloads the config (gateway/reload.py) instead of killing the process."""
+    import signal
+
+    from gateway.reload import reload
+
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload, gateway, path))
 
 
 def _with_registry(args, work):

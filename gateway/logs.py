@@ -38,11 +38,22 @@ class RedactingFile:
         self.stream.flush()
 
 
+#: The level filter of the observer started last, so a reload can change the level.
+_predicate: LogLevelFilterPredicate | None = None
+
+
 def make_observer(fmt: str, level: str, secrets: list[str], stream: IO[str] | None = None):
+    global _predicate
     out = RedactingFile(stream or sys.stdout, secrets)
     observer = jsonFileLogObserver(out) if fmt == "json" else textFileLogObserver(out)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
-    return FilteringLogObserver(observer, [predicate])
+    _predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    return FilteringLogObserver(observer, [_predicate])
+
+
+def set_level(level: str) -> None:
+    if _predicate is not None:
+        _predicate.defaultLogLevel = LEVELS[level]
+        _predicate.clearLogLevels()
 
 
 def start_logging(fmt: str, level: str, secrets: list[str]) -> None:

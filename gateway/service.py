@@ -90,6 +90,15 @@ class GatewayService(service.MultiService):
         self.exit_code = EXIT_FATAL
         self._stop_reactor()
 
+    def streams(self) -> list:
+        """Every component connection of this process: primaries and spares."""
+        found = []
+        for stream in self.components:
+            group = getattr(stream, "group", None)
+            members = list(group.members) if group is not None else [stream]
+            found += [s for s in members if s not in found]
+        return found
+
     def fail(self, error) -> None:
         """A component met an error no reconnect can fix: stop with a non-zero status."""
         self.exit_code = EXIT_FATAL

@@ -73,9 +73,7 @@ class Bridge(service.MultiService):
         self.adapter = adapter_class(adapter_options, self)
         if service.IService.providedBy(self.adapter):
             self.adapter.setServiceParent(self)
-        self.limiter = TokenBuckets(limits["rate"], limits["burst"])
-        self.rate_text = (f"rate limit exceeded: at most {limits['rate']:g} messages per second "
-                          f"(bursts of {limits['burst']})")
+        self.set_limits(limits)
         self.outbox = Outbox(registry, component, self.adapter, lambda: self.output, self._sending_registration,
                              clock, outbox_settings, on_sent=self._sent)
         self._cache: dict[str, tuple[float, Registration | None]] = {}
@@ -122,6 +120,11 @@ class Bridge(service.MultiService):
             self._room_events_dropped.inc()
             log.failure("room event {kind} in {room} for {user} dropped", kind=event.kind, room=event.room,
                         user=event.user)
+
+    def set_limits(self, limits: dict) -> None:
+        self.limiter = TokenBuckets(limits["rate"], limits["burst"])
+        self.rate_text = (f"rate limit exceeded: at most {limits['rate']:g} messages per second "
+                          f"(bursts of {limits['burst']})")
 
     def rooms_closing(self) -> int:
         """

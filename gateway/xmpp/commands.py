@@ -184,11 +184,14 @@ class CommandsHandler(ComponentHandler, IQHandlerMixin):
     def __init__(self, stream, bridge, presence, admins: list[str], clock):
         super().__init__(stream, bridge)
         self.presence = presence
-        self.admins = frozenset(a.lower() for a in admins)
+        self.set_admins(admins)
         self.clock = clock
         self.commands = {c.node: c(self) for c in COMMANDS}
         #: session id -> (user, node, started, the form offered (checked against what comes back) or None)
         self.sessions: dict[str, tuple[str, str, float, object]] = {}
+
+    def set_admins(self, admins: list[str]) -> None:
+        self.admins = frozenset(a.lower() for a in admins)
 
     def connectionInitialized(self):
         self.xmlstream.addObserver(f"/iq[@type='set']/command[@xmlns='{NS_COMMANDS}']", self.handleRequest)

@@ -99,7 +99,7 @@ class ComponentStream(Component):
         #: (settings built by hand, as in the unit tests' wire; the config always has the key).
         self.slot_probe_timeout = settings.get("slot_probe_timeout", 0.0)
         self.domain = domain
-        self.allowed_domains = frozenset(d.lower() for d in allowed_domains) | {domain}
+        self.set_allowed_domains(allowed_domains)
         self.size_limit = settings["stanza_size_limit"]
         self.on_fatal = on_fatal
         self._reactor = reactor
@@ -145,6 +145,9 @@ class ComponentStream(Component):
         self._stopping = False
         self._count_in = {k: metrics.STANZAS.labels(domain, "in", k) for k in ("message", "presence", "iq")}
         self._count_out = {k: metrics.STANZAS.labels(domain, "out", k) for k in ("message", "presence", "iq")}
+
+    def set_allowed_domains(self, allowed_domains: list[str]) -> None:
+        self.allowed_domains = frozenset(d.lower() for d in allowed_domains) | {self.domain}
 
     @property
     def connected(self) -> bool:

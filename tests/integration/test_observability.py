@@ -1,5 +1,6 @@
 """Metrics, health, JSON logs with no secret in them, and the twistd plugin."""
 
+import asyncio
 import json
 import os
 import re
@@ -123,3 +124,51 @@ def test_health_fails_when_a_listener_could_not_bind(prosody, fresh_dir):
             gateway.stop()
     finally:
         taken.close()
+
+
+def test_sighup_reloads_what_it_safely_can_and_refuses_a_broken_config(prosody, fresh_dir):
+    """
+    SIGHUP (systemctl reload) re-reads the config: admins, allowed domains,
+    limits and the log level change at once; a broken config is refused with
+    its problems logged, and the gateway keeps running as it was.
+    """
+    gateway = start_gateway(prosody, fresh_dir, "reload")
+    commands = "http://jabber.org/protocol/commands"
+
+    async def scenario():
+        client = await registered_client(prosody, gateway.domain, "rita", Client)
+        try:
+            async def admin_nodes():
+                items = await client.plugin["xep_0030"].get_items(jid=gateway.domain, node=commands, timeout=10)
+                return {i[1] for i in items["disco_items"]["items"]}
+
+            assert "list-users" not in await admin_nodes()
+            user = client.boundjid.bare
+            write_config(gateway.config_path, components=[{"domain": gateway.domain, "adapter": "echo",
+                                                           "secret": COMPONENTS[gateway.domain], "options": {}}],
+                         xmpp_port=prosody.component_port, registry_url=f"sqlite:///{gateway.db}",
+                         admins=[user.upper()], key=gateway.key)
+            offset = len(gateway.log())
+            gateway.proc.send_signal(signal.SIGHUP)
+            await asyncio.to_thread(gateway.wait_log, "config reloaded", 20, None, offset)
+            assert "list-users" in await admin_nodes()
+            # A broken config is refused; the gateway keeps running with what it had.
+            with open(gateway.config_path) as f:
+                text = f.read()
+            with open(gateway.config_path, "w") as f:
+                f.write(re.sub(r"^port = \d+$", "port = 99999", text, count=1, flags=re.M))
+            offset = len(gateway.log())
+            gateway.proc.send_signal(signal.SIGHUP)
+            await asyncio.to_thread(gateway.wait_log, "config not reloaded", 20, None, offset)
+            assert "99999" in gateway.log()[offset:]
+            client.send_chat(f"echo@{gateway.domain}", "still here")
+            await client.next_message(lambda m: body(m) == "still here")
+            assert "list-users" in await admin_nodes()
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario())
+        assert gateway.proc.poll() is None
+    finally:
+        assert gateway.stop() == 0
