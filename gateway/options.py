@@ -161,11 +161,14 @@ def endpoint(value: str) -> str | None:
     """A Twisted server endpoint string (``tcp:PORT:interface=ADDR``), or empty for none."""
     if not value:
         return None
-    from twisted.internet import endpoints, reactor
+    from twisted.internet import endpoints
 
     try:
-        ep = endpoints.serverFromString(reactor, value)
-    except (ValueError, TypeError, KeyError) as e:
+        # No reactor: parsing must not install one as a side effect of reading a config.
+        ep = endpoints.serverFromString(None, value)
+    except OSError as e:
+        return f"{value!r}: cannot read {e.filename}: {e.strerror}"
+    except Exception as e:
         return f"{value!r} is not a listening endpoint (e.g. tcp:8480:interface=127.0.0.1): {e}"
     port = getattr(ep, "_port", None)
     if isinstance(port, int) and not 0 <= port <= 65535:

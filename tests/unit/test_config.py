@@ -186,6 +186,8 @@ def test_ports_endpoints_and_placeholders_are_refused_with_their_line():
     assert lines[found["xmpp.port"][0] - 1].startswith("port")
     assert "notaport" in found["web.listen"][1] and lines[found["web.listen"][0] - 1].startswith("listen")
     assert "placeholder" in found["components[0].secret"][1]
+    tls = problems(GOOD.replace('[registry]', '[web]\nlisten = "ssl:8443:privateKey=/nonexistent/key.pem"\n\n[registry]'))
+    assert "cannot read /nonexistent/key.pem" in tls["web.listen"][1]
     smtp = GOOD.replace('adapter = "echo"', 'adapter = "email"').replace(
         "delay = 0.5", 'mail_domain = "mail.example.org"\nsmtp_listen = "tcp:25:interface=nowhere:x"\n'
                        'smarthost_port = 0')
