@@ -23,7 +23,8 @@ from gateway.testing.prosody import Prosody
 #: connection for a domain). Add names here, never reuse one in two tests that
 #: may run while the other's gateway still lives.
 NAMES = ["hsmtp", "hsmtp2", "hsmtp3", "hsmtp4", "hirc", "hirc2", "hirc3", "hirc4", "hhook", "hhook2",
-         "hxmpp", "hxmpp2", "hsecret", "hsecret2", "hretain", "hretain2", "hmuc", "hmuc2"]
+         "hxmpp", "hxmpp2", "hsecret", "hsecret2", "hretain", "hretain2", "hmuc", "hmuc2",
+         "hadv", "hadv2", "hadv3"]
 COMPONENTS = {f"{n}.localhost": f"{n}-hostile-secret" for n in NAMES}
 
 

@@ -23,6 +23,17 @@ from gateway.model import (AddressError, Field, Occupancy, OutboundMessage, Perm
 from gateway.options import Option, non_negative, positive
 
 
+def port_number(value) -> int | None:
+    """
+    A port typed by a user (ASCII digits, 1-65535), or None. ``str.isdigit`` is
+    not enough: it accepts "²", which ``int`` cannot read.
+    """
+    value = str(value if value is not None else "").strip()
+    if value.isascii() and value.isdigit() and 0 < int(value) < 65536:
+        return int(value)
+    return None
+
+
 def _ports(value) -> str | None:
     if not all(isinstance(p, int) and 0 < p < 65536 for p in value):
         return "ports are whole numbers from 1 to 65535"
@@ -32,7 +43,7 @@ log = Logger(namespace="gateway.adapters.irc")
 
 _CHANNEL = re.compile(r"^[#&+!][^\s,\x07:%]{1,199}$")
 _NICK = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}$")
-_HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:\d{1,5})?$")
+_HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
 #: A connect command that carries a password: what follows the keyword is masked in forms.
 _SECRET_COMMAND = re.compile(r"^(.*?\b(?:IDENTIFY|AUTH|AUTHENTICATE|LOGIN|PASS|OPER|REGISTER|GHOST|RECOVER|RELEASE)"
                              r"\b:?\s*)(\S.*)$", re.IGNORECASE)
@@ -179,8 +190,9 @@ class IRCAdapter(AdapterBase):
         tls = conf.get("tls", True)
         if user.get("tls") in ("yes", "no"):
             tls = user["tls"] == "yes"
-        port = user.get("port") or (conf.get("port") if tls == conf.get("tls", True) else None) or port
-        return conf.get("host", host), int(port or (6697 if tls else 6667)), tls, conf.get("verify", True)
+        port = (port_number(user.get("port")) or (conf.get("port") if tls == conf.get("tls", True) else None)
+                or port_number(port) or (6697 if tls else 6667))
+        return conf.get("host", host), int(port), tls, conf.get("verify", True)
 
     # -- per-server settings (XEP-0050 "configure" on the server's JID) ----------------
 
@@ -220,8 +232,8 @@ class IRCAdapter(AdapterBase):
     def update_address(self, registration: Registration, address: str, values: dict[str, Any]):
         servers = dict(registration.settings.get("servers") or {})
         current = dict(servers.get(address, {}))
-        if values.get("port") not in (None, "") and not str(values["port"]).strip().isdigit():
-            raise RegistrationError("the port must be a number")
+        if values.get("port") not in (None, "") and port_number(values["port"]) is None:
+            raise RegistrationError("the port must be a number from 1 to 65535", "bad-request")
         for key in ("tls", "port"):
             if key in values:
                 current[key] = str(values[key]).strip()

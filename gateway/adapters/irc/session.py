@@ -5,7 +5,8 @@ occupants with their channel modes, reconnection with backoff and rejoin. IRC
 events become XEP-0045 room events for the joined resources.
 
 What the server sends is bounded here: the names of a room (``max_names``; the
-join completes with what came and the user is told the list was cut), its
+join completes with what came and the user is told the list was cut; a name
+longer than text.NAME_LIMIT is not kept, so the bound is one on bytes too), its
 occupants, the LIST answer (``max_list``, ``list_timeout``); and every string
 of a room event or private message passes text.clean / text.clean_name in
 ``_event`` and ``on_message``, the two places the neutral model is built.
@@ -147,8 +148,8 @@ class IRCSession:
     def connect(self) -> None:
         if self.factory is not None:
             return
-        self.factory = _Factory(self)
         host, port, tls, verify = self.adapter.endpoint(self.server, self.settings)
+        self.factory = _Factory(self)            # only now: a failure above must not leave us half connected
         if self.adapter.trusted_destination(self.server, port):
             self._connect_to(host, host, port, tls, verify)
             return
@@ -408,7 +409,7 @@ class IRCSession:
             while entry and entry[0] in PREFIXES:
                 modes.add(entry[0])
                 entry = entry[1:]
-            if not entry:
+            if not _keepable(entry):
                 continue
             if len(room.names) >= limit and entry not in room.names:
                 # Stop collecting: the join completes now with what came, and says so.
@@ -440,7 +441,7 @@ class IRCSession:
 
     def on_join(self, nick: str, channel: str) -> None:
         room = self._room(channel)
-        if room is not None and room.ready and (
+        if room is not None and room.ready and _keepable(nick) and (
                 nick in room.occupants or len(room.occupants) < self.adapter.config["max_names"]):
             room.occupants[nick] = set()
             role, aff = self._role(set())
@@ -474,6 +475,9 @@ class IRCSession:
 
     def on_nick(self, old: str, new: str) -> None:
         mine = old == self.nick
+        if not mine and not _keepable(new):
+            self.on_quit(old, "")                    # a name we do not keep: the occupant leaves our view
+            return
         if mine:
             self.nick = new
         for room in self.rooms.values():
@@ -673,6 +677,16 @@ class IRCSession:
                 log.failure("progress of {id} not stored; a retry may repeat {n} line(s)", id=message.id,
                             n=done + out.written)
         failure.raiseException()
+
+
+def _keepable(nick: str) -> bool:
+    """
+    Whether an occupant's name is kept: ``max_names`` counts names, so without a
+    bound on each a server could make one join hold ``max_names`` names of 8 KB
+    each. No JID resource is made of more than text.NAME_LIMIT characters of a
+    name, and real IRC nicks are far shorter: a longer one is not kept.
+    """
+    return 0 < len(nick) <= text.NAME_LIMIT
 
 
 def _ctcp(body: str) -> tuple[str, str | None]:
