@@ -113,6 +113,10 @@ SECTIONS: dict[str, list[Option]] = {
     "web": [
         Option("listen", str, "tcp:8480:interface=127.0.0.1", check=endpoint,
                doc="Twisted endpoint for /healthz, /metrics and adapter webhooks; empty disables."),
+        Option("max_bodies_in_flight", int, 32 * 1024 * 1024, check=positive,
+               doc="Bytes of request bodies the web site holds at once, over all connections (each body is "
+                   "also bounded by its path's limit); a body past it is answered 503 and its connection "
+                   "closed, so many slow callers each under the limit cannot exhaust memory."),
     ],
     "files": [
         Option("directory", str, "/var/lib/xmpp-gateway/files",

@@ -13,7 +13,12 @@ knows the limit of the path it is for (the longest configured prefix), and
   ``100 Continue`` is sent to a client that asked for one);
 * counts the bytes of a chunked (or any) body as they arrive and, past the
   limit, answers 413 and closes the connection;
-* keeps the body in memory (it is bounded), never in a temporary file.
+* keeps the body in memory (it is bounded), never in a temporary file;
+* counts every body against one budget shared by all requests of the site
+  (``web.max_bodies_in_flight``): each body under its limit, held open on
+  many connections (one byte a minute keeps one alive), would otherwise add
+  up without bound. A body past the budget is answered 503 and its connection
+  closed; a body leaves the budget when its request ends or its connection goes.
 
 Twisted's HTTP channel already bounds the head of a request (500 headers,
 16 KiB for the request line and all headers together: 400 and closed past
@@ -34,6 +39,8 @@ log = Logger(namespace="gateway.web.limits")
 
 #: Bodies of requests to paths no mount claims (/healthz, /metrics, /files are GETs).
 DEFAULT_MAX_BODY = 64 * 1024
+#: Bytes of bodies all requests together may hold (web.max_bodies_in_flight).
+DEFAULT_IN_FLIGHT = 32 * 1024 * 1024
 
 REFUSED = Counter("xmpp_gateway_web_refused", "HTTP requests refused while they arrived (413: body too large).",
                   ["reason"], registry=metrics.REGISTRY)
@@ -64,15 +71,25 @@ def _too_large(limit: int) -> bytes:
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
+def _busy() -> bytes:
+    body = b"busy: too many request bodies are arriving at once; retry later\n"
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+            b"Retry-After: 10\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
 class LimitedRequest(server.Request):
     """A site request that refuses its body past the limit of its path (see the module's docstring)."""
 
     _limit: int | None = None
     _received = 0
     _refused = False
+    #: Bytes of this body counted in the site's budget (given back once, when the request ends).
+    _held = 0
+    _site = None
 
     def gotLength(self, length: int | None) -> None:
-        limits: BodyLimits = getattr(self.channel.site, "body_limits", None) or BodyLimits()
+        self._site = self.channel.site
+        limits: BodyLimits = getattr(self._site, "body_limits", None) or BodyLimits()
         self._limit = limits.limit_for(getattr(self.channel, "_path", b"") or b"")
         self.content = BytesIO()
         if length is not None and length > self._limit:
@@ -87,6 +104,10 @@ class LimitedRequest(server.Request):
         if self._limit is not None and self._received > self._limit:
             self._refuse("streamed")
             return
+        if self._site is not None and not self._site.hold(len(data)):
+            self._refuse("busy", _busy())
+            return
+        self._held += len(data)
         self.content.write(data)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -94,18 +115,36 @@ class LimitedRequest(server.Request):
             return          # answered already; the connection is closing
         super().requestReceived(command, path, version)
 
-    def _refuse(self, how: str) -> None:
+    def _release(self) -> None:
+        held, self._held = self._held, 0
+        if held and self._site is not None:
+            self._site.release(held)
+
+    def finish(self):
+        self._release()
+        return super().finish()
+
+    def connectionLost(self, reason) -> None:
+        self._release()
+        super().connectionLost(reason)
+
+    def _refuse(self, how: str, answer: bytes | None = None) -> None:
         self._refused = True
         self.content = BytesIO()
+        self._release()
         REFUSED.labels(f"body-{how}").inc()
         channel = self.channel
         peer = channel.transport.getPeer() if channel.transport else None
-        log.warn("refused a request body over {limit} bytes ({how}) from {peer}", limit=self._limit, how=how,
-                 peer=getattr(peer, "host", "?"))
+        if how == "busy":
+            log.warn("refused a request body from {peer}: {held} bytes of bodies already arriving",
+                     peer=getattr(peer, "host", "?"), held=self._site.in_flight)
+        else:
+            log.warn("refused a request body over {limit} bytes ({how}) from {peer}", limit=self._limit, how=how,
+                     peer=getattr(peer, "host", "?"))
         # Nothing more is parsed on this connection: the answer goes out as is,
         # then the connection closes (whatever the peer still sends is dropped).
         channel.persistent = False
-        channel.transport.write(_too_large(self._limit))
+        channel.transport.write(answer or _too_large(self._limit))
         channel.dataReceived = channel.rawDataReceived = channel.lineReceived = lambda data: None
         channel.transport.loseConnection()
 
@@ -115,6 +154,20 @@ class LimitedSite(server.Site):
 
     requestFactory = LimitedRequest
 
-    def __init__(self, resource, body_limits: BodyLimits | None = None, **kwargs):
+    def __init__(self, resource, body_limits: BodyLimits | None = None, in_flight_limit: int = DEFAULT_IN_FLIGHT,
+                 **kwargs):
         super().__init__(resource, **kwargs)
         self.body_limits = body_limits or BodyLimits()
+        self.in_flight_limit = in_flight_limit
+        #: Bytes of request bodies held now, over every connection.
+        self.in_flight = 0
+
+    def hold(self, n: int) -> bool:
+        """Count ``n`` more body bytes, or False when that would pass the budget."""
+        if self.in_flight + n > self.in_flight_limit:
+            return False
+        self.in_flight += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.in_flight = max(0, self.in_flight - n)

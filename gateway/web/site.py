@@ -108,7 +108,7 @@ def build_site(gateway) -> server.Site:
             if limit:
                 limits.set(f"/hooks/{bridge.component}/{name}/".encode(), int(limit))
         hooks.putChild(bridge.component.encode(), mount)
-    site = LimitedSite(root, limits)
+    site = LimitedSite(root, limits, in_flight_limit=gateway.config.web["max_bodies_in_flight"])
     site.noisy = False
     site.displayTracebacks = False
     return site

@@ -198,3 +198,79 @@ def test_a_port_int_cannot_read_is_refused_and_the_user_can_still_join(hostile_p
         run(body_(), timeout=120)
     finally:
         gateway.stop()
+
+
+# -- web: many requests, each just under its body limit ---------------------------------
+
+HOOK_LIMIT = 256 * 1024          # the SMS webhook's default limit
+HELD_CONNECTIONS = 300           # 75 MB of bodies, each under the limit
+WEB_RSS_BOUND_KIB = 48 * 1024
+
+
+def test_bodies_held_open_on_many_connections_are_bounded_together(hostile_prosody, fresh_dir):
+    """
+    Each request's body is bounded, but not all of them together: 300
+    connections each sending a body one byte short of the webhook's 256 KiB
+    and then waiting (one byte a minute keeps a connection alive) made the
+    gateway hold 75 MB. Bodies in flight share one budget
+    (``web.max_bodies_in_flight``); a body past it is answered 503 and its
+    connection closed, and the site answers other requests meanwhile.
+    """
+    import select
+    import socket
+    import time
+
+    from tests.integration.harness import http_get
+
+    port = free_port()
+    gateway = start_gateway(hostile_prosody, fresh_dir, "hadv3", adapter="sms", web_port=port, options={
+        "provider": "twilio", "account_sid": "AC" + "0" * 31 + "7", "auth_token": "a" * 32,
+        "api_url": "http://127.0.0.1:9", "public_url": f"http://127.0.0.1:{port}", "default_region": "US"})
+    path = "/hooks/hadv3.localhost/twilio/inbound"
+    socks: list[socket.socket] = []
+    try:
+        before = rss_kib(gateway.proc.pid)
+        body = b"a" * (HOOK_LIMIT - 1)
+        for _ in range(HELD_CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", port), timeout=20)
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                      f"Content-Length: {HOOK_LIMIT}\r\n\r\n".encode() + body)
+            socks.append(s)
+        # Everything sent has been read (or refused) once the site answers a request after it.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                status, _ = http_get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the web site stopped answering"
+                time.sleep(0.5)
+        time.sleep(1.0)
+        grown = rss_kib(gateway.proc.pid) - before
+        refused = 0
+        readable, _, _ = select.select(socks, [], [], 0)
+        for s in readable:
+            try:
+                if s.recv(64).startswith(b"HTTP/1.1 503"):
+                    refused += 1
+            except ConnectionError:
+                pass
+        assert grown < WEB_RSS_BOUND_KIB, f"RSS grew by {grown} KiB with {HELD_CONNECTIONS} bodies held open"
+        assert refused > 0, "no request was refused"
+        for s in socks:
+            s.close()
+        # Their bodies leave the budget with their connections: a caller now gets through (an unsigned
+        # request: refused for its signature, not for the budget).
+        deadline, status = time.monotonic() + 30, None
+        while status in (None, 503) and time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded"
+                          f"\r\nContent-Length: {HOOK_LIMIT - 1}\r\nConnection: close\r\n\r\n".encode() + body)
+                status = int(s.recv(64).split()[1])
+            if status == 503:
+                time.sleep(0.5)
+        assert status not in (None, 503), status
+    finally:
+        for s in socks:
+            s.close()
+        gateway.stop()
