@@ -22,6 +22,29 @@ def _load_or_exit(path: str):
         sys.exit(1)
 
 
+def exit_with(code: int) -> None:
+    """End the process with ``code`` even from an atexit hook, where sys.exit is ignored."""
+    if code:
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def cmd_example_config(args) -> int:
+    """Print a file shipped in the package: the annotated example config, the unit, the server snippets."""
+    from importlib.resources import files
+
+    print(files("gateway.data").joinpath(EXAMPLES[args.what]).read_text(encoding="utf-8"), end="")
+    return 0
+
+
+#: What ``example-config`` can print, by the name given on the command line.
+EXAMPLES = {"config": "gateway.toml", "systemd": "xmpp-gateway.service",
+            "prosody": "prosody-component.cfg.lua", "ejabberd": "ejabberd-component.yml"}
+
+
 def cmd_check_config(args) -> int:
     config = _load_or_exit(args.config)
     names = ", ".join(f"{c.domain} ({c.adapter})" for c in config.components)
@@ -292,6 +315,11 @@ def main(argv: list[str] | None = None) -> None:
 
     p = sub.add_parser("genkey", help="print a new key for registry.secret_key")
     p.set_defaults(func=cmd_genkey)
+
+    p = sub.add_parser("example-config", help="print the annotated example config (or the systemd unit, "
+                       "the Prosody or ejabberd snippet)")
+    p.add_argument("what", nargs="?", choices=sorted(EXAMPLES), default="config")
+    p.set_defaults(func=cmd_example_config)
 
     p = sub.add_parser("config-reference", help="print the configuration reference (Markdown)")
     p.set_defaults(func=cmd_config_reference)

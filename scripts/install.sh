@@ -28,5 +28,7 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# compat mode puts the project root on sys.path, which Twisted needs to find twisted/plugins/
-.venv/bin/python -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+# An ordinary (non-editable) install, pinned to the versions the tests last ran with.
+# Tests put the checkout on PYTHONPATH for the processes they start, so twistd finds
+# twisted/plugins/ there; an operator's wheel install carries the plugin itself.
+.venv/bin/python -m pip install -q -c constraints.txt '.[test]'

@@ -16,6 +16,11 @@ settings.register_profile("long", max_examples=20000, derandomize=False, deadlin
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Every process a test starts (the gateway, twistd, the CLI) runs this checkout's code,
+# whatever its working directory and however the package was installed into .venv.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+
 _counter = itertools.count()
 
 

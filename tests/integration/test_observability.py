@@ -71,17 +71,25 @@ def test_metrics_health_and_json_logs_without_secrets(prosody, fresh_dir):
         assert secret not in log
 
 
-def test_twistd_plugin_runs_the_gateway(prosody, fresh_dir):
+def _twistd(config: str, log: str, cwd: str) -> subprocess.Popen:
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    return subprocess.Popen([twistd, "-n", "--pidfile=", "--logfile", log, "xmpp-gateway", "--config", config],
+                            cwd=cwd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+
+def test_twistd_plugin_runs_the_gateway_and_redacts_its_log(prosody, fresh_dir):
+    """
+    The registry key is a passphrase that is also words the gateway logs at start
+    ("registry open (sqlite); starting"): under twistd, as under ``run``, a configured secret never
+    reaches the log file, whatever line carries it.
+    """
     config = os.path.join(fresh_dir, "twistd.toml")
     web_port = free_port()
     write_config(config, components=[{"domain": "twistd.localhost", "secret": COMPONENTS["twistd.localhost"],
                                       "adapter": "echo"}], xmpp_port=prosody.component_port,
-                 registry_url=f"sqlite:///{fresh_dir}/twistd.sqlite", web_port=web_port)
-    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+                 registry_url=f"sqlite:///{fresh_dir}/twistd.sqlite", web_port=web_port, key="registry open (sqlite); starting")
     log = os.path.join(fresh_dir, "twistd.log")
-    proc = subprocess.Popen([twistd, "-n", "--pidfile=", "--logfile", log, "xmpp-gateway", "--config", config],
-                            cwd=fresh_dir, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT)
+    proc = _twistd(config, log, fresh_dir)
     try:
         wait_for(lambda: http_get(f"http://127.0.0.1:{web_port}/healthz")[0] == 200
                  if os.path.exists(log) and "authenticated" in open(log).read() else False, 20, "twistd gateway",
@@ -89,7 +97,25 @@ def test_twistd_plugin_runs_the_gateway(prosody, fresh_dir):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
-    assert "twistd.localhost: authenticated" in open(log).read()
+    text = open(log).read()
+    assert "twistd.localhost: authenticated" in text
+    assert proc.returncode in (0, -signal.SIGTERM)      # twistd ends by the signal it got, as it should
+    assert "******** 1 component(s)" in text and "registry open" not in text
+
+
+def test_twistd_exits_non_zero_on_a_fatal_error(prosody, fresh_dir):
+    """A refused component secret is fatal: twistd must not report it as a clean stop (status 0)."""
+    config = os.path.join(fresh_dir, "twistd.toml")
+    write_config(config, components=[{"domain": "twistd.localhost", "secret": "not-the-secret",
+                                      "adapter": "echo"}], xmpp_port=prosody.component_port,
+                 registry_url=f"sqlite:///{fresh_dir}/twistd.sqlite", web_port=free_port())
+    log = os.path.join(fresh_dir, "twistd.log")
+    proc = _twistd(config, log, fresh_dir)
+    try:
+        assert proc.wait(60) == 2, open(log).read()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_health_fails_when_a_listener_could_not_bind(prosody, fresh_dir):
