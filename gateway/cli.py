@@ -330,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sender", "-f", default="", help="envelope sender (empty for bounces)")
     p.set_defaults(func=cmd_deliver)
 
-    p = sub.add_parser("demo", help="start a local Prosody and the gateway with the echo adapter")
+    what = "start a local Prosody, ngircd and SMS simulator, and the gateway with its echo, SMS, email and IRC adapters"
+    p = sub.add_parser("demo", help=what, description=what + "; a second run reuses the first's logins and keys")
     p.add_argument("--dir", default="demo-run", help="where the demo keeps its files")
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.set_defaults(func=cmd_demo)

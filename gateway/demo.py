@@ -1,12 +1,19 @@
 """
-``xmpp-gateway demo``: a local Prosody and the gateway with the echo adapter,
-so anyone can log in with an XMPP client and see the gateway work. Everything
-lives in one directory; nothing listens beyond 127.0.0.1.
+``xmpp-gateway demo``: a local Prosody, ngircd and Twilio simulator, and the
+gateway with its four adapters (echo, SMS, email, IRC), so anyone can log in
+with an XMPP client and see the gateway work. Everything lives in one
+directory; nothing listens beyond 127.0.0.1.
+
+The secrets (registry key, component secrets, logins) are made once and kept
+in ``demo-state.json`` beside the registry: a second run reuses them, so what a
+user registered in the first run still opens. Deleting the directory starts clean.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pwd
 import secrets
 import sys
 
@@ -17,35 +24,66 @@ def _port(preferred: int) -> int:
     return preferred if not port_open(preferred) else free_port()
 
 
-def run_demo(directory: str, log_format: str = "text") -> int:
+def _state(directory: str) -> tuple[dict, bool]:
+    """The demo's secrets: read back from an earlier run, or made now and saved (mode 0600)."""
     from gateway.registry.crypto import SecretBox
+
+    path = os.path.join(directory, "demo-state.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f), True
+    except FileNotFoundError:
+        pass
+    state = {"registry_key": SecretBox.generate(),
+             "component_secrets": {d: secrets.token_urlsafe(16) for d in
+                                   ("echo.localhost", "sms.localhost", "mail.localhost", "irc.localhost")},
+             "users": {name: secrets.token_urlsafe(9) for name in ("alice", "bob")},
+             "twilio": ["AC" + secrets.token_hex(16), secrets.token_hex(16)]}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2)
+    return state, False
+
+
+def _prosody_user() -> str | None:
+    """Prosody's own system user (Debian's package makes it), else nobody; None when not root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("prosody", "nobody"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    return None
+
+
+def run_demo(directory: str, log_format: str = "text") -> int:
     from gateway.testing.ngircd import Ngircd
     from gateway.testing.prosody import Prosody
 
     directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     os.chmod(directory, 0o755)
-    component_secret = secrets.token_urlsafe(16)
-    sms_secret = secrets.token_urlsafe(16)
-    mail_secret = secrets.token_urlsafe(16)
-    irc_secret = secrets.token_urlsafe(16)
+    state, reused = _state(directory)
     domain = "echo.localhost"
-    prosody = Prosody(os.path.join(directory, "prosody"),
-                      {domain: component_secret, "sms.localhost": sms_secret, "mail.localhost": mail_secret,
-                       "irc.localhost": irc_secret},
-                      c2s_port=_port(5222))
+    component_secrets = state["component_secrets"]
+    component_secret, sms_secret, mail_secret, irc_secret = (
+        component_secrets[d] for d in (domain, "sms.localhost", "mail.localhost", "irc.localhost"))
+    prosody = Prosody(os.path.join(directory, "prosody"), component_secrets, c2s_port=_port(5222),
+                      run_as=_prosody_user())
     try:
         prosody.start()
     except Exception as e:
         print(f"demo: Prosody did not start: {e}", file=sys.stderr)
         return 1
-    users = {name: secrets.token_urlsafe(9) for name in ("alice", "bob")}
+    users = state["users"]
     for name, password in users.items():
         prosody.register(name, password)
     web_port = _port(8480)
     smtp_port = _port(2525)
     sim_port = free_port()
-    twilio_sid, twilio_token = "AC" + secrets.token_hex(16), secrets.token_hex(16)
+    twilio_sid, twilio_token = state["twilio"]
     simulator = Server("twilio-simulator", [
         sys.executable, "-m", "gateway.testing.twilio_simulator", "--port", str(sim_port),
         "--account-sid", twilio_sid, "--auth-token", twilio_token,
@@ -66,7 +104,7 @@ port = {prosody.component_port}
 
 [registry]
 url = "sqlite:///{directory}/registry.sqlite"
-secret_key = "{SecretBox.generate()}"
+secret_key = "{state['registry_key']}"
 
 [web]
 listen = "tcp:{web_port}:interface=127.0.0.1"
@@ -119,9 +157,13 @@ adapter = "irc"
 servers = {{ "localhost" = {{ host = "127.0.0.1", port = {ircd.port}, tls = false }} }}
 """)
     logins = "\n".join(f"    {name}@localhost   password: {pw}" for name, pw in users.items())
+    again = (f"  Reusing the logins, keys and registrations of the last run in {directory}\n"
+             f"  (delete that directory to start clean).\n" if reused else
+             f"  A new demo in {directory}; the next run reuses its logins and registrations.\n")
     print(f"""
 xmpp-gateway demo is running.
 
+{again}
   XMPP server: 127.0.0.1 port {prosody.c2s_port} (Prosody, no TLS: allow plain-text login in your client)
   Log in as:
 {logins}

@@ -10,7 +10,7 @@ import subprocess
 from gateway.testing.process import Server, free_port, make_dir
 
 CONFIG = """-- Written by xmpp-gateway's test harness: loopback only, no TLS, no rate limits.
-run_as_root = true
+{run_as_root}
 data_path = "{dir}/data"
 certificates = "{dir}/certs"
 pidfile = "{dir}/prosody.pid"
@@ -46,8 +46,11 @@ def prosody_binary() -> str:
 class Prosody:
     def __init__(self, workdir: str, components: dict[str, str], host: str = "localhost",
                  extra_hosts: tuple[str, ...] = (), level: str = "info", snippet_path: str | None = None,
-                 c2s_port: int | None = None, modules: tuple[str, ...] = ()):
+                 c2s_port: int | None = None, modules: tuple[str, ...] = (), run_as: str | None = None):
         self.dir = make_dir(workdir)
+        #: A system user to run Prosody (and prosodyctl) as when started by root: the demo's
+        #: choice, so a server anyone can log in to does not run with root's privileges.
+        self.run_as = run_as if run_as and os.geteuid() == 0 else None
         self.host = host
         self.extra_hosts = extra_hosts
         self.components = components
@@ -61,6 +64,16 @@ class Prosody:
         make_dir(os.path.join(self.dir, "data"))
         make_dir(os.path.join(self.dir, "certs"))
         self._write_config()
+        if self.run_as:
+            import pwd
+
+            entry = pwd.getpwnam(self.run_as)
+            self._ids = {"user": entry.pw_uid, "group": entry.pw_gid}
+            for root, dirs, files in os.walk(self.dir):
+                for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                    os.chown(name, entry.pw_uid, entry.pw_gid)
+        else:
+            self._ids = {}
 
     def _components_text(self) -> str:
         if self.snippet_path:
@@ -75,7 +88,7 @@ class Prosody:
         return "\n".join(f'Component "{d}"\n  component_secret = "{s}"\n' for d, s in self.components.items())
 
     def _write_config(self) -> None:
-        text = CONFIG.format(dir=self.dir, level=self.level, c2s=self.c2s_port, component=self.component_port,
+        text = CONFIG.format(run_as_root="" if self.run_as else "run_as_root = true", dir=self.dir, level=self.level, c2s=self.c2s_port, component=self.component_port,
                              host=self.host, components=self._components_text(),
                              modules="".join(f' "{m}";' for m in self.modules),
                              extra_hosts="\n".join(f'VirtualHost "{h}"' for h in self.extra_hosts))
@@ -84,7 +97,7 @@ class Prosody:
 
     def start(self) -> "Prosody":
         self.server = Server("prosody", [prosody_binary(), "--config", self.config_path, "-F"],
-                             os.path.join(self.dir, "prosody.log"))
+                             os.path.join(self.dir, "prosody.log"), **self._ids)
         since = len(self.server.log())
         self.server.start()
         try:
@@ -118,5 +131,5 @@ class Prosody:
 
     def register(self, user: str, password: str, host: str | None = None) -> str:
         subprocess.run(["prosodyctl", "--config", self.config_path, "register", user, host or self.host, password],
-                       check=True, capture_output=True)
+                       check=True, capture_output=True, **self._ids)
         return f"{user}@{host or self.host}"
