@@ -41,7 +41,7 @@ def cmd_example_config(args) -> int:
 
 
 #: What ``example-config`` can print, by the name given on the command line.
-EXAMPLES = {"config": "gateway.toml", "systemd": "xmpp-gateway.service",
+EXAMPLES = {"config": "gateway.toml", "systemd": "xmpp-gateway.service", "systemd-port-25": "smtp-port-25.conf",
             "prosody": "prosody-component.cfg.lua", "ejabberd": "ejabberd-component.yml"}
 
 
@@ -61,22 +61,35 @@ def cmd_run(args) -> int:
     from gateway.logs import start_logging
     from gateway.service import GatewayService
 
+    from gateway.systemd import Notifier
+
     start_logging(config.log["format"], config.log["level"], config.secrets())
     gateway = GatewayService(config, reactor)
-    _reload_on_sighup(reactor, gateway, args.config)
+    notifier = Notifier.from_environ(reactor)
+    _reload_on_sighup(reactor, gateway, args.config, notifier)
     reactor.callWhenRunning(gateway.startService)
+    if notifier is not None:
+        reactor.callWhenRunning(notifier.start, gateway)
+        reactor.addSystemEventTrigger("before", "shutdown", notifier.stopping)
     reactor.addSystemEventTrigger("before", "shutdown", gateway.stopService)
     reactor.run()
     return gateway.exit_code
 
 
-def _reload_on_sighup(reactor, gateway, path: str) -> None:
+def _reload_on_sighup(reactor, gateway, path: str, notifier=None) -> None:
     """SIGHUP reloads the config (gateway/reload.py) instead of killing the process."""
     import signal
 
     from gateway.reload import reload
 
-    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(reload, gateway, path))
+    def on_reactor():
+        if notifier is not None:
+            notifier.reloading()
+        applied = reload(gateway, path)
+        if notifier is not None:
+            notifier.reloaded(gateway, applied)
+
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(on_reactor))
 
 
 def _with_registry(args, work):

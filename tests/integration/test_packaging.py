@@ -83,7 +83,7 @@ def in_venv(venv: str, *args: str, cwd: str, **kw) -> subprocess.CompletedProces
 def test_the_wheel_and_sdist_carry_everything(dist):
     wheel, sdist = dist
     names = set(zipfile.ZipFile(wheel).namelist())
-    for needed in ("twisted/plugins/xmpp_gateway_plugin.py", "gateway/data/gateway.toml",
+    for needed in ("twisted/plugins/xmpp_gateway_plugin.py", "gateway/data/gateway.toml", "gateway/data/smtp-port-25.conf",
                    "gateway/data/xmpp-gateway.service", "gateway/data/prosody-component.cfg.lua",
                    "gateway/data/ejabberd-component.yml", "gateway/py.typed", "gateway/cli.py"):
         assert needed in names, needed
