@@ -1,8 +1,28 @@
 """Prometheus metrics, in the process's own registry (served at /metrics)."""
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+                               ProcessCollector)
+
+from gateway import __version__
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# process_* (CPU, memory, open fds, start time) and python_info, as every Prometheus exporter has.
+ProcessCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
+
+BUILD_INFO = Gauge("xmpp_gateway_build_info", "Always 1; the labels say which gateway is running.",
+                   ["version", "python", "twisted"], registry=REGISTRY)
+
+
+def _twisted_version() -> str:
+    import twisted
+
+    return twisted.__version__
+
+
+BUILD_INFO.labels(__version__, platform.python_version(), _twisted_version()).set(1)
 
 STANZAS = Counter("xmpp_gateway_stanzas", "Stanzas through the component streams.",
                   ["component", "direction", "type"], registry=REGISTRY)
@@ -13,6 +33,9 @@ ERRORS = Counter("xmpp_gateway_errors", "Stanza errors sent to users, by conditi
 REGISTRATIONS = Gauge("xmpp_gateway_registrations", "Registered users.", ["component"], registry=REGISTRY)
 QUEUE_DEPTH = Gauge("xmpp_gateway_queue_depth", "Messages waiting (out: outbox, in: held for XMPP).",
                     ["component", "direction"], registry=REGISTRY)
+QUEUE_OLDEST = Gauge("xmpp_gateway_queue_oldest_seconds",
+                     "Age of the oldest row waiting (out: outbox, in: held for XMPP, parked); 0 when none.",
+                     ["component", "direction"], registry=REGISTRY)
 STREAM_UP = Gauge("xmpp_gateway_stream_up", "1 while the component stream is authenticated.",
                   ["component"], registry=REGISTRY)
 SEND_LATENCY = Histogram("xmpp_gateway_send_latency_seconds",
@@ -35,3 +58,11 @@ SECRETS_UNREADABLE = Counter("xmpp_gateway_secrets_undecryptable",
 UNADDRESSABLE = Counter("xmpp_gateway_unaddressable_senders",
                         "Inbound messages whose foreign sender no JID can name (nodeprep refuses it): delivered "
                         "from the component's own address instead.", ["component"], registry=REGISTRY)
+IRC_CONNECTIONS = Gauge("xmpp_gateway_irc_connections",
+                        "IRC connections signed on, by server (servers not in the config counted as other).",
+                        ["component", "server"], registry=REGISTRY)
+IRC_RECONNECTS = Counter("xmpp_gateway_irc_reconnects",
+                         "IRC connections signed on again after one was lost (a storm shows here).",
+                         ["component", "server"], registry=REGISTRY)
+IRC_DISCONNECTS = Counter("xmpp_gateway_irc_disconnects", "Signed-on IRC connections lost or closed.",
+                          ["component", "server"], registry=REGISTRY)

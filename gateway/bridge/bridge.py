@@ -453,5 +453,10 @@ class Bridge(service.MultiService):
         metrics.QUEUE_DEPTH.labels(self.component, "out").set(depth["out"])
         metrics.QUEUE_DEPTH.labels(self.component, "in").set(depth["in"])
         metrics.QUEUE_DEPTH.labels(self.component, "parked").set(depth["parked"])
+        oldest = yield self.registry.queue_oldest(self.component)
+        now = time.time()                      # the registry stamps rows with wall-clock time
+        for direction in ("out", "in", "parked"):
+            created = oldest.get(direction)
+            metrics.QUEUE_OLDEST.labels(self.component, direction).set(max(0.0, now - created) if created else 0)
         return {"registered users": users, "outbox": depth["out"], "held inbound": depth["in"],
                 "parked": depth["parked"], "stream up": bool(self.output.connected)}

@@ -760,6 +760,12 @@ class SQLRegistry:
                       "WHERE component = ? GROUP BY 1", (component,))
         return d.addCallback(lambda rows: {"out": 0, "in": 0, "parked": 0} | {r[0]: r[1] for r in rows})
 
+    def queue_oldest(self, component: str) -> defer.Deferred:
+        """Creation time of the oldest row per direction (and "parked"), for the age gauges."""
+        d = self._run("SELECT CASE WHEN parked_at IS NULL THEN direction ELSE 'parked' END, MIN(created_at) "
+                      "FROM queue WHERE component = ? GROUP BY 1", (component,))
+        return d.addCallback(lambda rows: {r[0]: r[1] for r in rows})
+
     # -- export / import --------------------------------------------------
 
     def export(self) -> defer.Deferred:

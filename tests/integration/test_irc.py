@@ -5,12 +5,13 @@ with slixmpp users on the other, and the gateway process between them.
 
 import asyncio
 import os
+import re
 
 import pytest
 
 from gateway.testing.ngircd import Ngircd
 from tests.integration.gateway_fixture import start_gateway
-from tests.integration.harness import Client, body, run
+from tests.integration.harness import Client, body, http_get, run
 from tests.integration.irc_support import RawIRC, ScriptedSASLServer
 from gateway.testing.process import free_port
 
@@ -37,7 +38,8 @@ def irc_gateway(prosody, ircd, workdir):
                     # the same ngircd over TLS: a self-signed certificate, verified (the default) or not
                     "tls.test": {"host": "127.0.0.1", "port": ircd.tls_port},
                     "tlsnoverify.test": {"host": "127.0.0.1", "port": ircd.tls_port, "verify": False}},
-        "throttle_rate": 0.0, "allowed_servers": ["localhost", "sasl.test", "tls.test", "tlsnoverify.test"]})
+        "throttle_rate": 0.0, "allowed_servers": ["localhost", "sasl.test", "tls.test", "tlsnoverify.test"]},
+        web=True)
     gateway.scripted_port = scripted_port
     yield gateway
     gateway.stop()
@@ -230,8 +232,19 @@ def test_two_resources_share_one_connection_and_leaving_all_disconnects(prosody,
     run(scenario(), timeout=60)
 
 
+def irc_metric(gateway, name: str) -> float:
+    """A sample of the gateway's /metrics for the server "localhost" (0 when not there yet)."""
+    status, text = http_get(f"http://127.0.0.1:{gateway.web_port}/metrics")
+    assert status == 200
+    found = re.search(rf'^{name}{{component="{DOMAIN}",server="localhost"}} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_irc_server_restart_reconnects_and_rejoins(prosody, ircd, irc_gateway):
+    """And the metrics the reconnect-storm alert and the dashboard read move with it."""
     user = prosody.register(f"irceve{os.getpid()}", "pw")
+    reconnects = irc_metric(irc_gateway, "xmpp_gateway_irc_reconnects_total")
+    disconnects = irc_metric(irc_gateway, "xmpp_gateway_irc_disconnects_total")
 
     async def scenario():
         eve = await Client(user, "pw").start(prosody.c2s_port)
@@ -246,6 +259,9 @@ def test_irc_server_restart_reconnects_and_rejoins(prosody, ircd, irc_gateway):
             frank.send("PRIVMSG #restart :welcome back")
             await eve.next_message(lambda m: body(m) == "welcome back")
             await frank.close()
+            assert irc_metric(irc_gateway, "xmpp_gateway_irc_connections") >= 1
+            assert irc_metric(irc_gateway, "xmpp_gateway_irc_reconnects_total") >= reconnects + 1
+            assert irc_metric(irc_gateway, "xmpp_gateway_irc_disconnects_total") >= disconnects + 1
         finally:
             await eve.stop()
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from twisted.internet import defer, protocol, ssl
 from twisted.logger import Logger
 
+from gateway import metrics
+
 from gateway.adapters.irc import policy, text
 from gateway.adapters.irc.client import IRCConnection, Outgoing, safe_msgid, server_time
 from gateway.model import (InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
@@ -268,6 +270,7 @@ class IRCSession:
                                   else "the server does not offer SASL")
             conn.transport.loseConnection()
             return
+        self._count_signed_on(old is None)
         self.conn = conn
         self.signed_once = True
         self.nick = conn.nickname
@@ -302,9 +305,27 @@ class IRCSession:
         conn.setNick(new)
         conn.nickname = new
 
+    def _metric_labels(self) -> tuple[str, str]:
+        """Servers the operator configured by name; any other (user-chosen, unbounded) as "other"."""
+        config = self.adapter.config
+        known = self.server in (config.get("servers") or {}) or self.server in (config.get("allowed_servers") or ()) \
+            or self.server == config.get("fixed_server")
+        return self.context.component, self.server if known else "other"
+
+    def _count_signed_on(self, new: bool) -> None:
+        labels = self._metric_labels()
+        if new:
+            metrics.IRC_CONNECTIONS.labels(*labels).inc()
+        if self.signed_once:
+            metrics.IRC_RECONNECTS.labels(*labels).inc()
+
     def connection_lost(self, conn: IRCConnection, reason) -> None:
         if self.conn is not None and self.conn is not conn:
             return                                   # a replaced connection: the rooms live on the new one
+        if self.conn is conn:
+            labels = self._metric_labels()
+            metrics.IRC_CONNECTIONS.labels(*labels).dec()
+            metrics.IRC_DISCONNECTS.labels(*labels).inc()
         self.conn = None
         for room in self.rooms.values():
             room.joined = room.ready = False
