@@ -120,8 +120,36 @@ def _with_registry(args, work):
         if e.code:
             raise
     if "error" in result:
+        from gateway.registry.backup import SchemaTooNew
+
+        if isinstance(result["error"], SchemaTooNew):
+            print(f"{args.config}: {result['error']}", file=sys.stderr)
+            sys.exit(2)
         raise result["error"]
     return result.get("value")
+
+
+def cmd_backup(args) -> int:
+    import sqlite3
+
+    from gateway.registry.backup import SchemaTooNew, backup_sqlite, sqlite_path
+
+    config = _load_or_exit(args.config)
+    path = sqlite_path(config.registry["url"])
+    if path is None:
+        print("registry.url is PostgreSQL: back it up with pg_dump, e.g. "
+              "pg_dump --format=custom --file=FILE DBNAME (docs/operations.md, Backups)", file=sys.stderr)
+        return 1
+    try:
+        pages = backup_sqlite(path, args.file)
+    except SchemaTooNew as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as e:
+        print(f"backup failed: {e}", file=sys.stderr)
+        return 1
+    print(f"{path} copied to {args.file} ({pages} pages, mode 0600)")
+    return 0
 
 
 def cmd_registry(args) -> int:
@@ -131,9 +159,15 @@ def cmd_registry(args) -> int:
 
     if args.action == "list":
         regs = _with_registry(args, lambda r: r.list_registrations())
+        unreadable = 0
         for reg in regs:
-            print(f"{reg.component}\t{reg.jid}\t{reg.foreign_id or '-'}")
-        print(f"{len(regs)} registration(s)", file=sys.stderr)
+            mark = ""
+            if reg.secrets_unreadable:
+                unreadable += 1
+                mark = "\tsecrets undecryptable with the configured keys"
+            print(f"{reg.component}\t{reg.jid}\t{reg.foreign_id or '-'}{mark}")
+        print(f"{len(regs)} registration(s)" + (f", {unreadable} with secrets no configured key opens "
+              "(see docs/operations.md, Secret key and rotation)" if unreadable else ""), file=sys.stderr)
     elif args.action == "export":
         exported = {}
 
@@ -321,6 +355,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--component", help="list: one component's rows only")
     p.set_defaults(func=cmd_queue)
 
+    p = sub.add_parser("backup", help="copy the SQLite registry (registrations and queue) while the gateway runs")
+    p.add_argument("file", nargs="?", help="where to write the copy (mode 0600)")
+    p.add_argument("--config", "-c", required=True)
+    p.set_defaults(func=cmd_backup)
+
     p = sub.add_parser("rotate-key", help="re-encrypt every user's stored secrets with registry.secret_key")
     p.add_argument("--config", "-c", required=True)
     p.add_argument("--batch", type=int, default=200, help="rows per transaction")
@@ -352,14 +391,16 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     # argparse fills optional positionals before it reads options: `registry export --config F
     # backup.json` (the order the docs use) leaves the file over. Take it; anything else is an error.
-    if args.command in ("registry", "queue") and extra and not extra[0].startswith("-"):
-        if args.command == "registry" and args.file is None:
+    if args.command in ("registry", "queue", "backup") and extra and not extra[0].startswith("-"):
+        if args.command in ("registry", "backup") and args.file is None:
             args.file, extra = extra[0], extra[1:]
         elif args.command == "queue":
             args.ids, extra = [*args.ids, *[e for e in extra if not e.startswith("-")]], [
                 e for e in extra if e.startswith("-")]
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "backup" and not args.file:
+        parser.error("backup needs a FILE to write")
     sys.exit(args.func(args) or 0)
 
 

@@ -27,6 +27,7 @@ from zope.interface import implementer
 from gateway.interfaces import IRegistry
 from gateway.model import Registration
 from gateway.registry.crypto import SecretBox, SecretsUnreadable, new_salt
+from gateway.registry.backup import check_schema
 from gateway.registry.migrations import MIGRATIONS
 
 
@@ -221,6 +222,7 @@ class SQLRegistry:
         # Each migration by its number, not "everything above the highest":
         # numbers are handed out to parallel work, which may land out of order.
         applied = {row[0] for row in txn.fetchall()}
+        check_schema(applied)
         for version, statements in MIGRATIONS:
             if version in applied:
                 continue
