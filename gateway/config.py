@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.adapters import UnknownAdapter, load_adapter
-from gateway.options import (Option, Problem, endpoint, lower, non_negative, port_number, port_or_zero, positive,
+from gateway.options import (Option, did_you_mean, Problem, endpoint, lower, non_negative, port_number, port_or_zero, positive,
                              resolve_secret, validate_table)
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
@@ -249,24 +249,30 @@ def _locate(lines: list[str], key: str) -> int | None:
 
 def parse(text: str, filename: str = "") -> Config:
     """Validate the whole file; raise ConfigError listing every problem found."""
-    problems: list[Problem] = []
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"line (\d+)", str(e))
         raise ConfigError([Problem("(syntax)", str(e), int(m.group(1)) if m else None)], filename)
+    return validate(data, text, filename)
 
+
+def validate(data: dict, text: str = "", filename: str = "") -> Config:
+    """Check parsed TOML; ``text`` only serves to find each problem's line."""
+    problems: list[Problem] = []
     allowed = set(SECTIONS) | {"components"}
     for key in data:
         if key not in allowed:
-            problems.append(Problem(key, "unknown section"))
+            problems.append(Problem(key, "unknown section" + did_you_mean(key, allowed)))
     sections = {name: validate_table(data.get(name, {}), opts, name + ".", problems)
                 for name, opts in SECTIONS.items()}
 
     comps: list[ComponentConfig] = []
     raw_comps = data.get("components", [])
     if not isinstance(raw_comps, list) or not raw_comps:
-        problems.append(Problem("components", "at least one [[components]] table is required"))
+        # A misspelt [[componets]] was reported above with its suggestion: not twice.
+        if not any(p.message.endswith("did you mean `components`?") for p in problems):
+            problems.append(Problem("components", "at least one [[components]] table is required"))
         raw_comps = []
     seen: set[str] = set()
     for i, raw in enumerate(raw_comps):
@@ -281,7 +287,10 @@ def parse(text: str, filename: str = "") -> Config:
         try:
             cls = load_adapter(values["adapter"])
         except UnknownAdapter as e:
-            problems.append(Problem(prefix + "adapter", str(e)))
+            from gateway.adapters import available
+
+            # Its options are not checked: every one would be "unknown" for want of the adapter.
+            problems.append(Problem(prefix + "adapter", str(e) + did_you_mean(values["adapter"], available())))
             continue
         opts = validate_table(raw.get("options", {}), list(getattr(cls, "options", [])),
                               prefix + "options.", problems)
@@ -329,6 +338,10 @@ def parse(text: str, filename: str = "") -> Config:
         for p in problems:
             if p.line is None:
                 p.line = _locate(lines, p.key)
+            if p.line is None and re.fullmatch(r"[A-Za-z0-9_\-]+", p.key):
+                # An unknown [[table]] header _locate does not walk into.
+                p.line = next((n for n, line in enumerate(lines, 1)
+                               if re.match(rf"^\s*\[\[?\s*{re.escape(p.key)}\s*\]", line)), None)
         raise ConfigError(problems, filename)
     return Config(components=comps, path=filename, **sections)
 

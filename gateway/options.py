@@ -85,6 +85,14 @@ def _type_ok(value: Any, typ: type) -> bool:
     return isinstance(value, typ)
 
 
+def did_you_mean(word: str, choices) -> str:
+    """"; did you mean `x`?" for the closest choice, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
 def validate_table(
     table: Any, options: list[Option], prefix: str, problems: list[Problem]
 ) -> dict[str, Any]:
@@ -94,13 +102,18 @@ def validate_table(
         return {}
     known = {o.key: o for o in options}
     result: dict[str, Any] = {}
+    suggested = set()
     for key in table:
         if key not in known:
-            problems.append(Problem(prefix + key, "unknown key"))
+            hint = did_you_mean(key, [k for k in known if k not in table])
+            if hint:
+                suggested.add(hint.split("`")[1])
+            problems.append(Problem(prefix + key, "unknown key" + hint))
     for opt in options:
         full = prefix + opt.key
         if opt.key not in table:
-            if opt.required:
+            # A misspelt required key is one mistake: its "unknown key, did you mean" says it all.
+            if opt.required and opt.key not in suggested:
                 problems.append(Problem(full, "is required"))
             else:
                 result[opt.key] = list(opt.default) if isinstance(opt.default, list) else opt.default

@@ -208,3 +208,25 @@ def test_the_shipped_example_only_lacks_its_placeholders():
     assert result.returncode != 0
     complaints = [line for line in result.stderr.splitlines() if line.strip()]
     assert complaints and all("placeholder" in line for line in complaints[1:] or complaints), result.stderr
+
+
+def test_unknown_names_get_the_closest_known_one():
+    found = problems(GOOD.replace("allowed_domains", "allowed_domain").replace("[registry]", "[registy]")
+                     .replace('adapter = "echo"', 'adapter = "ecko"'))
+    assert found["gateway.allowed_domain"] == (3, "unknown key; did you mean `allowed_domains`?")
+    assert found["registy"][1] == "unknown section; did you mean `registry`?" and found["registy"][0] == 6
+    assert found["components[0].adapter"][1].endswith("did you mean `echo`?")
+    assert problems(GOOD.replace("delay", "dleay"))["components[0].options.dleay"][1] == \
+        "unknown key; did you mean `delay`?"
+    assert problems(GOOD.replace("delay", "zzz"))["components[0].options.zzz"][1] == "unknown key"
+
+
+def test_one_mistake_is_reported_once():
+    """A misspelt key, section or adapter is the cause; what follows from it is not reported again."""
+    found = problems(GOOD.replace('domain = "echo', 'domian = "echo'))
+    assert set(found) == {"components[0].domian"}                    # not also "domain: is required"
+    found = problems(GOOD.replace("[[components]]", "[[componets]]").replace("[components.options]", "")
+                     .replace("delay = 0.5", ""))
+    assert set(found) == {"componets"} and found["componets"][0] == 10
+    found = problems(GOOD.replace('adapter = "echo"', 'adapter = "nosuch"') + "also_unknown = 1\n")
+    assert set(found) == {"components[0].adapter"}                    # its options are not judged
