@@ -81,6 +81,10 @@ class GatewayService(service.MultiService):
             keeper.setServiceParent(self)
         listen = self.config.web["listen"]
         if listen:
+            from gateway.web.status import LOGINS
+
+            # Read on every check: a reload that removes an admin ends their status-page sessions.
+            LOGINS.configure(self.config.files["public_url"], lambda: frozenset(self.config.gateway["admins"]))
             self._web = strports.service(listen, build_site(self))
             self._web.setServiceParent(self)
             log.info("web: /healthz and /metrics on {listen}", listen=listen)

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from gateway import metrics
+from gateway.web import status
 from gateway.interfaces import IHealthReport
 from gateway.web.files import FilesResource
 from gateway.web.limits import BodyLimits, LimitedSite
@@ -95,6 +96,7 @@ def build_site(gateway) -> server.Site:
     root.putChild(b"healthz", Health(gateway))
     root.putChild(b"metrics", Metrics(gateway))
     root.putChild(b"files", FilesResource(gateway.files))
+    root.putChild(b"", status.mount(root, gateway))
     hooks = resource.Resource()
     root.putChild(b"hooks", hooks)
     for bridge in gateway.bridges:

@@ -2,7 +2,8 @@
 XEP-0050 ad-hoc commands on the component domain.
 
 Users: ``settings`` (the adapter's per-user options) and ``unregister``.
-Admins (``gateway.admins``): ``list-users``, ``stats``, ``delete-user``.
+Admins (``gateway.admins``): ``list-users``, ``stats``, ``delete-user``,
+``status-page`` (a one-time link to the web status page).
 Each command is a small class with a first step (usually a form) and a
 completion step; sessions live in memory and expire.
 """
@@ -174,7 +175,25 @@ class ConfigureAddressCommand(Command):
         raise Done(f"Settings for {self.address} saved; they apply from the next connection.")
 
 
-COMMANDS = [SettingsCommand, UnregisterCommand, ListUsersCommand, StatsCommand, DeleteUserCommand]
+class StatusPageCommand(Command):
+    """A one-time link to the web status page: admins are proven by their XMPP server, no password."""
+
+    node = "status-page"
+    name = "Status page"
+    admin = True
+
+    def start(self, user):
+        from gateway.web.status import LOGINS, TOKEN_TTL
+
+        if not LOGINS.base_url:
+            raise Done("The status page is off: this gateway has no web listener (web.listen).")
+        link = LOGINS.link_for(user)
+        raise Done(f"Open this link within {int(TOKEN_TTL // 60)} minutes; it works once: {link}",
+                   result_form(None, "Status page", {"link": link}))
+
+
+COMMANDS = [SettingsCommand, UnregisterCommand, ListUsersCommand, StatsCommand, DeleteUserCommand,
+            StatusPageCommand]
 
 
 @implementer(IDisco)
