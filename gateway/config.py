@@ -49,7 +49,7 @@ SECTIONS: dict[str, list[Option]] = {
                doc="JID domains whose users may register and use the components; everyone else "
                    "is refused (`<forbidden/>` on registration, `<service-unavailable/>` otherwise)."),
         Option("admins", list, [], item_type=str, check=_bare_jids, normalize=lower,
-               doc="Bare JIDs allowed to run the admin ad-hoc commands (list-users, stats, delete-user)."),
+               doc="Bare JIDs allowed to run the admin ad-hoc commands (list-users, stats, delete-user, status-page)."),
         Option("instance_id", str, "",
                doc="Names this process in queue claims; stable across restarts so a restarted "
                    "process takes back its own claims at once, and unique: a second live process with "

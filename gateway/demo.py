@@ -170,7 +170,7 @@ xmpp-gateway demo is running.
   Then: register with the service {domain} (service discovery / "add transport"),
         and write to any contact at that domain, e.g. hello@{domain}: it echoes you.
         jabber:iq:gateway turns any name into a contact JID; ad-hoc commands on {domain}
-        change settings (alice is an admin: list-users, stats, delete-user).
+        change settings (alice is an admin: list-users, stats, delete-user, status-page).
   SMS: register with sms.localhost giving any valid number (e.g. +14155550100), then text
         +12025550143@sms.localhost. A Twilio simulator (no real carrier) takes the message,
         reports it delivered (a receipt if your client asked) and texts you back.
