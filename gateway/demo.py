@@ -181,6 +181,8 @@ xmpp-gateway demo is running.
   IRC: join the group chat #demo%localhost@irc.localhost with any nickname; a local ngircd
         is on 127.0.0.1 port {ircd.port} for an IRC client to join #demo too.
   Health and metrics: http://127.0.0.1:{web_port}/healthz  http://127.0.0.1:{web_port}/metrics
+  Status page: http://127.0.0.1:{web_port}/ (as alice, run the ad-hoc command "Status page" on
+        {domain} for a one-time login link)
   Files (config, registry, Prosody): {directory}
 
 Stop with Ctrl-C.
