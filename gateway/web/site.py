@@ -11,11 +11,12 @@ gateway.web.limits): an adapter's mount may declare its own as ``max_body``
 from __future__ import annotations
 
 import json
+import re
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from gateway import metrics
 from gateway.web import status
@@ -90,6 +91,15 @@ class Metrics(_Async):
         return generate_latest(metrics.REGISTRY)
 
 
+#: Query parameters that carry a credential (the status page's one-time login token).
+_SECRET_QUERY = re.compile(r"([?&]token=)[^&\s\"]*")
+
+
+def access_log_line(timestamp: str, request) -> str:
+    """Twisted's combined log line, minus any login token in the URL: logs are read by more people."""
+    return _SECRET_QUERY.sub(r"\1********", http.combinedLogFormatter(timestamp, request))
+
+
 def build_site(gateway) -> server.Site:
     limits = BodyLimits()
     root = resource.Resource()
@@ -110,7 +120,8 @@ def build_site(gateway) -> server.Site:
             if limit:
                 limits.set(f"/hooks/{bridge.component}/{name}/".encode(), int(limit))
         hooks.putChild(bridge.component.encode(), mount)
-    site = LimitedSite(root, limits, in_flight_limit=gateway.config.web["max_bodies_in_flight"])
+    site = LimitedSite(root, limits, in_flight_limit=gateway.config.web["max_bodies_in_flight"],
+                       logFormatter=access_log_line)
     site.noisy = False
     site.displayTracebacks = False
     return site
