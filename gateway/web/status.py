@@ -222,14 +222,17 @@ class _Static(resource.Resource):
         return self.body
 
 
-class StatusPage(resource.Resource):
-    """``/``: the page for a logged-in admin, else how to log in (401)."""
-
+class _BehindLogin(resource.Resource):
     isLeaf = True
 
-    def __init__(self, logins: StatusLogins):
+    def __init__(self, logins: StatusLogins, gateway=None):
         super().__init__()
         self.logins = logins
+        self.gateway = gateway
+
+
+class StatusPage(_BehindLogin):
+    """``/``: the page for a logged-in admin, else how to log in (401)."""
 
     def render_GET(self, request):
         _headers(request, b"text/html; charset=utf-8")
@@ -239,14 +242,7 @@ class StatusPage(resource.Resource):
         return PAGE.encode()
 
 
-class StatusJSON(resource.Resource):
-    isLeaf = True
-
-    def __init__(self, gateway, logins: StatusLogins):
-        super().__init__()
-        self.gateway = gateway
-        self.logins = logins
-
+class StatusJSON(_BehindLogin):
     def render_GET(self, request):
         _headers(request, b"application/json")
         admin = self.logins.who(request)
@@ -268,14 +264,8 @@ class StatusJSON(resource.Resource):
         return server.NOT_DONE_YET
 
 
-class Login(resource.Resource):
+class Login(_BehindLogin):
     """``/status/login``: GET shows a button (previews cannot log in); POST spends the token."""
-
-    isLeaf = True
-
-    def __init__(self, logins: StatusLogins):
-        super().__init__()
-        self.logins = logins
 
     def render_GET(self, request):
         _headers(request, b"text/html; charset=utf-8")
@@ -302,7 +292,7 @@ class Login(resource.Resource):
 
 def mount(root: resource.Resource, gateway, logins: StatusLogins = LOGINS) -> resource.Resource:
     """Put the status page on the web site; returns the resource to serve at ``/``."""
-    root.putChild(b"status.json", StatusJSON(gateway, logins))
+    root.putChild(b"status.json", StatusJSON(logins, gateway))
     root.putChild(b"status.js", _Static(SCRIPT, b"text/javascript; charset=utf-8"))
     root.putChild(b"status.css", _Static(CSS, b"text/css; charset=utf-8"))
     status = resource.Resource()
