@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -32,7 +31,7 @@ from gateway.registry.migrations import MIGRATIONS
 
 
 def new_token() -> str:
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class _WriteBatcher:

@@ -161,6 +161,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--latency", type=int, default=300)
     parser.add_argument("--contacts", type=int, default=20, help="conversations the load is spread over")
+    parser.add_argument("--profile", metavar="FILE",
+                        help="record the gateway with py-spy during the throughput phase (collapsed stacks)")
+    parser.add_argument("--only-gateway", action="store_true", help="skip the baseline (for profiling)")
     args = parser.parse_args()
 
     work = tempfile.mkdtemp(prefix="gwbench-", dir="/tmp")
@@ -193,10 +196,20 @@ adapter = "echo"
                                                          "<username>bench</username></query>", "reg")
             assert "type='result'" in reply or 'type="result"' in reply, reply
             results = {}
-            for name, domain, pid in (("baseline", "baseline.localhost", baseline.pid),
-                                      ("gateway", "gateway.localhost", gateway.pid)):
+            runs = [("baseline", "baseline.localhost", baseline.pid), ("gateway", "gateway.localhost", gateway.pid)]
+            for name, domain, pid in runs[args.only_gateway:]:
                 cpu0, pcpu0 = cpu_seconds(pid), cpu_seconds(prosody.server.proc.pid)
+                spy = None
+                if args.profile and name == "gateway":
+                    spy_bin = os.path.join(os.path.dirname(sys.executable), "py-spy")
+                    spy = subprocess.Popen([spy_bin, "record", "--gil", "-r", "250", "-f", "raw", "-o", args.profile,
+                                            "--pid", str(pid)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    await asyncio.sleep(1.0)
                 r = await measure(client, domain, args.messages, args.latency, args.contacts)
+                if spy is not None:
+                    spy.send_signal(2)
+                    spy.wait(30)
                 r["cpu_us"] = (cpu_seconds(pid) - cpu0) / (args.messages + args.latency + 20) * 1e6
                 r["prosody_cpu_us"] = (cpu_seconds(prosody.server.proc.pid) - pcpu0) / (
                     args.messages + args.latency + 20) * 1e6
@@ -216,8 +229,9 @@ adapter = "echo"
     for name, r in results.items():
         print(f"{name:<10} {r['rate']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['cpu_us']:>21.0f} "
               f"{r['prosody_cpu_us']:>19.0f}")
-    ratio = results["gateway"]["rate"] / results["baseline"]["rate"]
-    print(f"\ngateway throughput = {ratio:.0%} of the baseline")
+    if "baseline" in results:
+        ratio = results["gateway"]["rate"] / results["baseline"]["rate"]
+        print(f"\ngateway throughput = {ratio:.0%} of the baseline")
 
 
 if __name__ == "__main__":
