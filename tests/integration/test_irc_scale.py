@@ -124,6 +124,48 @@ def test_a_full_server_tells_the_extra_users_and_admits_them_as_places_free(pros
         ircd.stop()
 
 
+def test_the_gateways_own_cap_queues_users_and_tells_them_their_place(prosody, workdir, fresh_dir):
+    """
+    max_connections_per_server = 2 and 3 users: the third waits in line and is
+    told so with its place (resource-constraint); when one leaves, it is in.
+    """
+    ircd = Ngircd(os.path.join(workdir, "ngircd-cap")).start()
+    gateway = start_gateway(prosody, fresh_dir, "ircsched4", adapter="irc", options={
+        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False}},
+        "max_connections_per_server": 2, "throttle_rate": 0.0})
+    users = [prosody.register(f"irccap{i}x{os.getpid()}", "pw") for i in range(3)]
+    room = "#capped%localhost@ircsched4.localhost"
+
+    async def scenario():
+        clients = [await Client(u, "pw").start(prosody.c2s_port) for u in users]
+        try:
+            for n, client in enumerate(clients[:2]):
+                client.send_raw(f"<presence to='{room}/cap{n}'><x xmlns='{NS_MUC}'/></presence>")
+                await client.next_presence(lambda p: p.get("from") == f"{room}/cap{n}" and 110 in statuses(p),
+                                           timeout=20)
+            clients[2].send_raw(f"<presence to='{room}/cap2'><x xmlns='{NS_MUC}'/></presence>")
+            err = await clients[2].next_presence(lambda p: p.get("type") == "error", timeout=20)
+            condition, text = error_condition(err)
+            assert condition == "resource-constraint", (condition, text)
+            assert "limit of 2 connections" in text and "number 1 in the queue" in text, text
+            clients[0].send_raw(f"<presence to='{room}/cap0' type='unavailable'/>")
+            own = await clients[2].next_presence(lambda p: p.get("from") == f"{room}/cap2" and 110 in statuses(p)
+                                                 and p.get("type") is None, timeout=20)
+            assert own is not None
+            told = await clients[2].next_message(lambda m: m.get("from") == room and "connected" in (body(m) or ""),
+                                                 timeout=10)
+            assert "localhost" in body(told)
+        finally:
+            for client in clients:
+                await client.stop()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        gateway.stop()
+        ircd.stop()
+
+
 USERS = 60
 RATE = 10.0
 

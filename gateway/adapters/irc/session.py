@@ -312,6 +312,11 @@ class IRCSession:
             verb = "connection to" if was_on else "cannot connect to"
             why = ("remote-server-timeout", f"{verb} {self.server}: {reason.getErrorMessage()}")
         self._trouble = why
+        if not self.signed_once and not self.rooms and not any(not d.called for d in self._ready):
+            log.info("{user}: {why}; nobody waits for {server} any more", user=self.user, why=why[1],
+                     server=self.server)
+            self.close()                              # opened for a message or a list that gave up waiting
+            return
         if was_on:
             self.failures = 0
             self._wait_began()                        # the user hears if we are not back by notify_after
@@ -348,15 +353,17 @@ class IRCSession:
                                            f"{ticket.position()} of {ticket.queue_length()} in the queue")
         return "remote-server-timeout", f"still connecting to {self.server} (attempt {self.failures + 1})"
 
-    def _tell(self, condition: str, reason: str, everyone: bool = False, resources=None) -> None:
+    def _tell(self, condition: str, reason: str, everyone: bool = False, only: tuple[Room, str] | None = None) -> None:
         """
         Tell the rooms waiting for this connection why (once per outage): a
         join not yet completed gets a join error (the session keeps trying and
         completes the join later), a room already joined gets a message from
         the room (with ``everyone``: at ``notify_after``, a short blip says nothing).
+        ``only``: (room, resource), one more resource joining a room already told.
         """
-        for room in self.rooms.values():
-            if room.told and resources is None:
+        rooms, resources = ([only[0]], [only[1]]) if only else (list(self.rooms.values()), None)
+        for room in rooms:
+            if room.told and only is None:
                 continue
             if not room.was_ready:
                 self._event(room, "join-error", resources, nick=self.nick, condition=condition,
@@ -518,7 +525,7 @@ class IRCSession:
         self.connect()
         if self.conn is None:
             if room.told and self._trouble is not None:
-                self._tell(*self._trouble, resources=[resource])   # the same answer as the others got
+                self._tell(*self._trouble, only=(room, resource))   # the same answer as the others got
             return                                   # JOIN goes out when signed on
         if first or not room.joined:
             self.conn.send_lines([room.join_line()])
