@@ -164,6 +164,8 @@ class IRCSession:
         #: Why the attempt under way ended, when we know better than the socket does.
         self._attempt_why: tuple[str, str] | None = None
         self._server_error = ""
+        #: When the signed-on connection was lost (None while connected, or never connected).
+        self._lost_at: float | None = None
         self._ready: list[defer.Deferred] = []
         self.closed = False
         self.signed_once = False
@@ -319,6 +321,7 @@ class IRCSession:
             return
         if was_on:
             self.failures = 0
+            self._lost_at = self.context.clock.seconds()
             self._wait_began()                        # the user hears if we are not back by notify_after
         else:
             self._tell(*why)                          # a join waiting for this attempt: told at once
@@ -344,7 +347,11 @@ class IRCSession:
         self._notice = None
         if self.closed or self.conn is not None:
             return
-        self._tell(*(self._trouble or self._waiting_why()), everyone=True)
+        condition, why = self._trouble or self._waiting_why()
+        if self._lost_at is not None and not why.startswith(f"connection to {self.server} lost"):
+            ago = self.context.clock.seconds() - self._lost_at
+            why = f"connection to {self.server} lost {ago:.0f} s ago, not back yet: {why}"
+        self._tell(condition, why, everyone=True)
 
     def _waiting_why(self) -> tuple[str, str]:
         ticket = self.ticket
@@ -425,7 +432,7 @@ class IRCSession:
         self.conn = conn
         self.signed_once = True
         self.nick = conn.nickname
-        self.failures, self._trouble = 0, None
+        self.failures, self._trouble, self._lost_at = 0, None, None
         if self.ticket is not None:
             self.ticket.signed_on()
         if self._notice is not None and self._notice.active():
