@@ -23,7 +23,7 @@ class SchedulerCase(SynchronousTestCase):
 
     def ask(self, scheduler, user: str, online=True, host=HOST):
         tag = user
-        return scheduler.request(host, user, lambda: self.started.append((self.clock.seconds(), tag)),
+        return scheduler.request(host, user, lambda t: self.started.append((self.clock.seconds(), tag)),
                                  lambda: online)
 
     def test_rate_paces_a_storm(self):
@@ -92,7 +92,7 @@ class SchedulerCase(SynchronousTestCase):
     def test_a_start_that_fails_at_once_frees_its_place(self):
         s = self.scheduler(concurrent=1, rate=0)
 
-        def start():
+        def start(ticket):
             raise RuntimeError("boom")
         broken = s.request(HOST, "x", start)
         self.ask(s, "y")

@@ -56,7 +56,7 @@ class Ticket:
     ``release``. A session holds at most one ticket at a time.
     """
 
-    def __init__(self, host: "_Host", user: str, start: Callable[[], None], online: Callable[[], bool]):
+    def __init__(self, host: "_Host", user: str, start: Callable[["Ticket"], None], online: Callable[[], bool]):
         self._host = host
         self.user = user
         self._start = start
@@ -193,7 +193,7 @@ class _Host:
                 self.attempting.add(ticket)
                 s.attempts += 1
                 try:
-                    ticket._start()
+                    ticket._start(ticket)
                 except Exception:
                     log.failure("starting a connection attempt to {host} failed", host=self.key)
                     ticket.release()
@@ -229,9 +229,13 @@ class ConnectScheduler:
         #: Attempts started, all hosts together (for tests and logs).
         self.attempts = 0
 
-    def request(self, key: str, user: str, start: Callable[[], None],
+    def request(self, key: str, user: str, start: Callable[[Ticket], None],
                 online: Callable[[], bool] = lambda: True) -> Ticket:
-        """A ticket for one attempt at ``key`` (host:port); ``start`` may be called before this returns."""
+        """
+        A ticket for one attempt at ``key`` (host:port). ``start(ticket)`` is
+        called on its turn, which may be before this returns: it gets the
+        ticket, so whatever it does already knows its place.
+        """
         host = self.hosts.get(key)
         if host is None:
             host = self.hosts[key] = _Host(self, key)

@@ -200,18 +200,19 @@ class IRCSession:
             return
         host, port, _, _ = self._endpoint
         ticket = self.adapter.scheduler.request(f"{host}:{port}", self.user, self._attempt, self._online)
-        if ticket.state == "done":
-            return                                # started and already over (cannot happen with a real reactor)
-        self.ticket = ticket
+        if ticket.waiting:
+            self.ticket = ticket                  # (a ticket started at once was taken by _attempt)
         if ticket.capped():
             cap = self.adapter.config["max_connections_per_server"]
             self._tell("resource-constraint", f"the gateway's limit of {cap} connections to {self.server} is "
                                               f"reached: you are number {ticket.position()} in the queue")
 
-    def _attempt(self) -> None:
+    def _attempt(self, ticket) -> None:
         """Our turn: connect (the destination is checked once; later attempts reuse the checked address)."""
         if self.closed:
+            ticket.release()
             return
+        self.ticket = ticket
         self._attempt_why, self._server_error = None, ""
         metrics.IRC_CONNECT_ATTEMPTS.labels(*self._metric_labels()).inc()
         if self.connector is not None:
