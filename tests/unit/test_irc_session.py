@@ -397,6 +397,30 @@ class ConnectionTrouble(IRCSessionCase):
         self.join("laptop")                                # another resource asks: the same answer
         self.assertEqual([e.resources for e in self.context.events], [["phone"], ["laptop"]])
 
+    def test_a_bare_reset_says_nothing_until_a_reason_comes(self):
+        """An ERROR written at accept is lost to a reset when our lines came first: wait for a better answer."""
+        self.join()
+        self.accept()
+        self.end(ConnectionLost())
+        self.assertEqual(self.context.events, [])
+        self.clock.advance(1.0)
+        self.accept()
+        self.conn.lineReceived(b"ERROR :Connection refused, too many connections from your IP address")
+        self.end(ConnectionDone())
+        [event] = self.context.events
+        self.assertIn("too many connections from your IP address", event.reason)
+
+    def test_only_resets_are_told_at_notify_after(self):
+        self.join()
+        self.accept()
+        self.end(ConnectionLost())
+        self.clock.advance(9.0)
+        self.assertEqual(self.context.events, [])
+        self.clock.advance(1.0)                            # notify_after
+        [event] = self.context.events
+        self.assertEqual(event.kind, "join-error")
+        self.assertIn(f"cannot connect to {SERVER}", event.reason)
+
     def test_a_refused_first_connect_fails_the_join_at_once(self):
         self.join()
         self.clock.tcpClients[0][2].clientConnectionFailed(self.clock.connectors[0], Failure(ConnectionRefusedError()))

@@ -204,8 +204,9 @@ class IRCSession:
             self.ticket = ticket                  # (a ticket started at once was taken by _attempt)
         if ticket.capped():
             cap = self.adapter.config["max_connections_per_server"]
-            self._tell("resource-constraint", f"the gateway's limit of {cap} connections to {self.server} is "
-                                              f"reached: you are number {ticket.position()} in the queue")
+            self._trouble = ("resource-constraint", f"the gateway's limit of {cap} connections to {self.server} "
+                                                    f"is reached: you are number {ticket.position()} in the queue")
+            self._tell(*self._trouble)
 
     def _attempt(self, ticket) -> None:
         """Our turn: connect (the destination is checked once; later attempts reuse the checked address)."""
@@ -303,6 +304,7 @@ class IRCSession:
         if self.closed:
             return
         why = self._attempt_why
+        explained = why is not None or bool(self._server_error)
         if why is None and self._server_error:
             verb = "closed the connection" if was_on else "refused the connection"
             why = ("service-unavailable", f"{self.server} {verb}: {self._server_error}")
@@ -324,8 +326,11 @@ class IRCSession:
             self.failures = 0
             self._lost_at = self.context.clock.seconds()
             self._wait_began()                        # the user hears if we are not back by notify_after
-        else:
-            self._tell(*why)                          # a join waiting for this attempt: told at once
+        elif explained:
+            # A join waiting for this attempt is told at once why (no welcome, the server's ERROR). A bare
+            # reset or timeout waits for notify_after: by then a later attempt may have brought the server's
+            # reason (an ERROR written at accept is lost to a reset when our lines arrived first).
+            self._tell(*why)
         self.failures += 1
         delay = backoff(self.failures, 1.0, self.adapter.config["reconnect_max_delay"])
         log.info("{user}: {why}; attempt {n} in {delay:.1f} s", user=self.user, why=why[1], n=self.failures + 1,
@@ -530,9 +535,10 @@ class IRCSession:
             self.conn.send_lines([f"NICK {nick}"])
             return
         room.resources[resource] = nick
+        told = room.told
         self.connect()
         if self.conn is None:
-            if room.told and self._trouble is not None:
+            if told and self._trouble is not None:
                 self._tell(*self._trouble, only=(room, resource))   # the same answer as the others got
             return                                   # JOIN goes out when signed on
         if first or not room.joined:
