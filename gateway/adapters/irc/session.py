@@ -136,9 +136,10 @@ def _definite(reason) -> bool:
         return True
     try:
         from OpenSSL import SSL
-    except ImportError:                                # pragma: no cover (pyOpenSSL comes with twisted[tls])
+        from service_identity.exceptions import CertificateError, VerificationError
+    except ImportError:                                # pragma: no cover (both come with twisted[tls])
         return False
-    return reason.check(SSL.Error) is not None
+    return reason.check(SSL.Error, VerificationError, CertificateError) is not None
 
 
 class IRCSession:
@@ -164,6 +165,9 @@ class IRCSession:
         #: Why the attempt under way ended, when we know better than the socket does.
         self._attempt_why: tuple[str, str] | None = None
         self._server_error = ""
+        #: How the protocol saw its connection end: more telling than what the factory is told (a
+        #: certificate that does not verify reaches the factory as "aborted").
+        self._conn_reason = None
         #: When the signed-on connection was lost (None while connected, or never connected).
         self._lost_at: float | None = None
         self._ready: list[defer.Deferred] = []
@@ -214,7 +218,7 @@ class IRCSession:
             ticket.release()
             return
         self.ticket = ticket
-        self._attempt_why, self._server_error = None, ""
+        self._attempt_why, self._server_error, self._conn_reason = None, "", None
         metrics.IRC_CONNECT_ATTEMPTS.labels(*self._metric_labels()).inc()
         if self.connector is not None:
             self.connector.connect()
@@ -303,6 +307,8 @@ class IRCSession:
             ticket.release()
         if self.closed:
             return
+        if self._conn_reason is not None:
+            reason = self._conn_reason
         why = self._attempt_why
         explained = why is not None or bool(self._server_error)
         if why is None and self._server_error:
@@ -491,6 +497,7 @@ class IRCSession:
     def connection_lost(self, conn: IRCConnection, reason) -> None:
         if self.conn is not None and self.conn is not conn:
             return                                   # a replaced connection: the rooms live on the new one
+        self._conn_reason = reason
         if self.conn is conn:
             labels = self._metric_labels()
             metrics.IRC_CONNECTIONS.labels(*labels).dec()
