@@ -166,6 +166,61 @@ def test_the_gateways_own_cap_queues_users_and_tells_them_their_place(prosody, w
         ircd.stop()
 
 
+def test_a_user_kept_out_after_a_restart_is_told_and_told_again_when_back(prosody, workdir, fresh_dir):
+    """
+    Two users in a channel; ngircd comes back allowing one connection from our
+    address. The one kept out hears from the room why (ngircd's ERROR text)
+    after notify_after (3 s here); when the other leaves, the first is back,
+    and the room says so.
+    """
+    ircd = Ngircd(os.path.join(workdir, "ngircd-back")).start()
+    gateway = start_gateway(prosody, fresh_dir, "ircsched", adapter="irc", options={
+        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False}},
+        "notify_after": 3.0, "reconnect_max_delay": 2.0, "throttle_rate": 0.0})
+    users = [prosody.register(f"ircback{i}x{os.getpid()}", "pw") for i in range(2)]
+    room = "#back%localhost@ircsched.localhost"
+
+    async def scenario():
+        clients = [await Client(u, "pw").start(prosody.c2s_port) for u in users]
+        try:
+            for n, client in enumerate(clients):
+                client.send_raw(f"<presence to='{room}/back{n}'><x xmlns='{NS_MUC}'/></presence>")
+                await client.next_presence(lambda p: p.get("from") == f"{room}/back{n}" and 110 in statuses(p),
+                                           timeout=20)
+            with open(ircd.config_path) as f:
+                config = f.read()
+            with open(ircd.config_path, "w") as f:
+                f.write(config.replace("MaxConnectionsIP = 0", "MaxConnectionsIP = 1"))
+            await asyncio.to_thread(ircd.restart)
+            waits = {asyncio.ensure_future(c.next_message(
+                lambda m: m.get("from") == room and "too many connections" in (body(m) or ""), timeout=30)): n
+                for n, c in enumerate(clients)}
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            told = next(iter(done))
+            out = waits[told]
+            text = body(told.result())
+            assert "localhost closed the connection" in text or "localhost refused the connection" in text, text
+            assert "reconnecting" in text, text
+            inside = 1 - out
+            clients[inside].send_raw(f"<presence to='{room}/back{inside}' type='unavailable'/>")
+            await clients[out].next_presence(lambda p: p.get("from") == f"{room}/back{out}" and 110 in statuses(p)
+                                             and p.get("type") is None, timeout=30)
+            back = await clients[out].next_message(lambda m: m.get("from") == room and "connected to localhost"
+                                                   in (body(m) or ""), timeout=10)
+            assert back is not None
+        finally:
+            for client in clients:
+                await client.stop()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        gateway.stop()
+        ircd.stop()
+
+
 USERS = 60
 RATE = 10.0
 
