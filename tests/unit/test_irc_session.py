@@ -421,6 +421,15 @@ class ConnectionTrouble(IRCSessionCase):
         self.assertEqual(event.kind, "join-error")
         self.assertIn(f"cannot connect to {SERVER}", event.reason)
 
+    def test_a_connect_timeout_is_retried(self):
+        from twisted.internet.error import TimeoutError as ConnectTimeout
+        self.join()
+        self.assertEqual(self.clock.tcpClients[0][3], 15.0)          # connect_timeout
+        self.clock.tcpClients[0][2].clientConnectionFailed(self.clock.connectors[0], Failure(ConnectTimeout()))
+        self.assertEqual(self.context.events, [])                     # a reason may still come
+        self.clock.advance(1.0)
+        self.assertEqual(self.adapter.scheduler.attempts, 2)
+
     def test_a_refused_first_connect_fails_the_join_at_once(self):
         self.join()
         self.clock.tcpClients[0][2].clientConnectionFailed(self.clock.connectors[0], Failure(ConnectionRefusedError()))
