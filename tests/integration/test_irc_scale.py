@@ -12,7 +12,6 @@ import asyncio
 import os
 import time
 
-import pytest
 
 from gateway.testing.ngircd import Ngircd
 from gateway.testing.process import free_port

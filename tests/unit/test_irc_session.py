@@ -474,6 +474,8 @@ class ConnectionTrouble(IRCSessionCase):
 
 
 class TheGatewaysCap(ConnectionTrouble):
+    """With a cap of one connection: the cases above hold, and a second user waits in line."""
+
     extra = dict(ConnectionTrouble.extra, max_connections_per_server=1)
 
     def test_beyond_the_cap_users_wait_and_hear_their_place(self):

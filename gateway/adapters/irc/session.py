@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from twisted.internet import defer, error, protocol, ssl
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway import metrics
 
 from gateway.adapters.irc import policy, text
 from gateway.adapters.irc.client import IRCConnection, Outgoing, safe_msgid, server_time
-from gateway.adapters.irc.scheduler import CONNECTED, backoff
+from gateway.adapters.irc.scheduler import CONNECTED, Ticket, backoff
 from gateway.model import (InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
                            TemporaryFailure)
 
@@ -126,7 +127,7 @@ class _Factory(protocol.ClientFactory):
         self.session.attempt_ended(reason)
 
 
-def _definite(reason) -> bool:
+def _definite(reason: Failure) -> bool:
     """
     A failure that says the address is wrong (refused, no such host, a TLS
     certificate that does not verify), not that the server is busy: for a
@@ -155,7 +156,7 @@ class IRCSession:
         self.factory: _Factory | None = None
         self.connector = None
         #: Our place with the adapter's scheduler for the attempt under way (or waiting).
-        self.ticket = None
+        self.ticket: Ticket | None = None
         #: Attempts failed since the last sign-on (the backoff's exponent).
         self.failures = 0
         self._retry = None
@@ -167,7 +168,7 @@ class IRCSession:
         self._server_error = ""
         #: How the protocol saw its connection end: more telling than what the factory is told (a
         #: certificate that does not verify reaches the factory as "aborted").
-        self._conn_reason = None
+        self._conn_reason: Failure | None = None
         #: When the signed-on connection was lost (None while connected, or never connected).
         self._lost_at: float | None = None
         self._ready: list[defer.Deferred] = []
@@ -212,7 +213,7 @@ class IRCSession:
                                                     f"is reached: you are number {ticket.position()} in the queue")
             self._tell(*self._trouble)
 
-    def _attempt(self, ticket) -> None:
+    def _attempt(self, ticket: Ticket) -> None:
         """Our turn: connect (the destination is checked once; later attempts reuse the checked address)."""
         if self.closed:
             ticket.release()
@@ -293,7 +294,7 @@ class IRCSession:
             self.connector.disconnect()
         self.adapter.session_closed(self)
 
-    def attempt_ended(self, reason) -> None:
+    def attempt_ended(self, reason: Failure) -> None:
         """
         An attempt failed, or a connection ended. A server never reached that
         gives a definite answer (refused, no such host, bad certificate) fails
