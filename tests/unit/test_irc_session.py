@@ -494,3 +494,12 @@ class TheGatewaysCap(ConnectionTrouble):
         self.adapter.leave(USER, "phone", self.room)       # a place frees up
         self.assertEqual(self.adapter.scheduler.attempts, 2)
         self.assertEqual(len(self.clock.tcpClients), 2)
+
+    def test_stopping_the_gateway_starts_no_attempt_for_those_in_line(self):
+        self.join()
+        self.accept()
+        self.welcome_and_join()
+        self.join(registration=Registration(component=self.context.component, jid="bob@example.org"))
+        self.adapter.stopService()
+        self.assertEqual(self.adapter.scheduler.attempts, 1)
+        self.assertEqual(self.adapter.sessions, {})

@@ -157,6 +157,7 @@ class IRCAdapter(AdapterBase):
                                     text.clean_name(session.nick))
 
     def stopService(self):
+        self.scheduler.concurrent = 0          # a session closing frees a place: no other attempt may start now
         for session in list(self.sessions.values()):
             session.close("Gateway shutting down")
         return super().stopService()
