@@ -503,3 +503,11 @@ class TheGatewaysCap(ConnectionTrouble):
         self.adapter.stopService()
         self.assertEqual(self.adapter.scheduler.attempts, 1)
         self.assertEqual(self.adapter.sessions, {})
+
+    def test_the_line_and_the_attempts_under_way_are_metrics(self):
+        from gateway import metrics
+        self.join()
+        self.join(registration=Registration(component=self.context.component, jid="bob@example.org"))
+        labels = {"component": self.context.component}
+        self.assertEqual(metrics.REGISTRY.get_sample_value("xmpp_gateway_irc_connect_in_flight", labels), 1)
+        self.assertEqual(metrics.REGISTRY.get_sample_value("xmpp_gateway_irc_connect_waiting", labels), 1)

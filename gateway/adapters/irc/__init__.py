@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway import metrics
 from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import text
 from gateway.adapters.irc.scheduler import ConnectScheduler
@@ -146,6 +147,11 @@ class IRCAdapter(AdapterBase):
         self.scheduler = ConnectScheduler(context.clock, concurrent=options.get("connect_concurrency", 4),
                                           rate=options.get("connect_rate", 5.0),
                                           max_connections=options.get("max_connections_per_server", 0))
+        scheduler = self.scheduler
+        metrics.IRC_CONNECT_WAITING.labels(context.component).set_function(
+            lambda: sum(h.waiting for h in scheduler.hosts.values()))
+        metrics.IRC_CONNECT_IN_FLIGHT.labels(context.component).set_function(
+            lambda: sum(len(h.attempting) for h in scheduler.hosts.values()))
 
     def occupancy(self):
         for session in list(self.sessions.values()):
