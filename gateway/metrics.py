@@ -64,5 +64,14 @@ IRC_CONNECTIONS = Gauge("xmpp_gateway_irc_connections",
 IRC_RECONNECTS = Counter("xmpp_gateway_irc_reconnects",
                          "IRC connections signed on again after one was lost (a storm shows here).",
                          ["component", "server"], registry=REGISTRY)
+IRC_CONNECT_ATTEMPTS = Counter("xmpp_gateway_irc_connect_attempts",
+                               "IRC connection attempts started (first connects and reconnects), by server.",
+                               ["component", "server"], registry=REGISTRY)
+IRC_CONNECT_WAITING = Gauge("xmpp_gateway_irc_connect_waiting",
+                            "IRC sessions waiting in line for a turn to connect (all servers), read at each scrape.",
+                            ["component"], registry=REGISTRY)
+IRC_CONNECT_IN_FLIGHT = Gauge("xmpp_gateway_irc_connect_in_flight",
+                              "IRC connection attempts under way, before the welcome (all servers).",
+                              ["component"], registry=REGISTRY)
 IRC_DISCONNECTS = Counter("xmpp_gateway_irc_disconnects", "Signed-on IRC connections lost or closed.",
                           ["component", "server"], registry=REGISTRY)

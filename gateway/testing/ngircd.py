@@ -20,8 +20,8 @@ CONFIG = """# Written by xmpp-gateway's test harness. No trailing comments: ngir
 \tServerUID = nobody
 \tServerGID = nogroup
 [Limits]
-\tMaxConnections = 0
-\tMaxConnectionsIP = 0
+\tMaxConnections = {max_connections}
+\tMaxConnectionsIP = {max_connections_ip}
 \tMaxJoins = 0
 \tMaxNickLength = 30
 \tMaxPenaltyTime = 0
@@ -48,7 +48,8 @@ SSL = """[SSL]
 
 
 class Ngircd:
-    def __init__(self, workdir: str, tls: bool = False):
+    def __init__(self, workdir: str, tls: bool = False, max_connections: int = 0, max_connections_ip: int = 0):
+        """``max_connections*``: ngircd's own limits (0: none), for tests of a full server."""
         self.dir = make_dir(workdir)
         self.port = free_port()
         self.tls_port = free_port() if tls else None
@@ -69,7 +70,8 @@ class Ngircd:
                 os.chmod(path, 0o644)
             ssl_section = SSL.format(cert=cert, key=key, dh=dh, port=self.tls_port)
         with open(self.config_path, "w") as f:
-            f.write(CONFIG.format(port=self.port, dir=self.dir, ssl=ssl_section))
+            f.write(CONFIG.format(port=self.port, dir=self.dir, ssl=ssl_section, max_connections=max_connections,
+                                  max_connections_ip=max_connections_ip))
         self.server: Server | None = None
 
     def start(self) -> "Ngircd":

@@ -124,3 +124,176 @@ class ScriptedSASLServer:
 
     def close(self) -> None:
         self.server.close()
+
+
+class SilentIRC:
+    """
+    A server that accepts TCP and reads, but never welcomes (no ``001``) until
+    ``welcome`` is set: the half-accepted connection a full listen backlog leaves.
+    """
+
+    def __init__(self, port: int):
+        self.port = port
+        self.welcome = False
+        self.connections = 0
+        self.stamps: list[float] = []
+
+    async def start(self) -> "SilentIRC":
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
+        return self
+
+    async def _client(self, reader, writer):
+        self.connections += 1
+        self.stamps.append(time.monotonic())
+        welcoming = self.welcome
+        nick = "x"
+        try:
+            while True:
+                raw = await reader.readline()
+                if not raw:
+                    return
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if not welcoming:
+                    continue
+                if line.startswith("CAP LS"):
+                    writer.write(b":silent.test CAP * LS :\r\n")
+                elif line.startswith("NICK "):
+                    nick = line.split(" ", 1)[1]
+                elif line == "CAP END":
+                    writer.write(f":silent.test 001 {nick} :Welcome at last\r\n".encode())
+                elif line.startswith("JOIN "):
+                    channel = line.split(" ", 1)[1]
+                    writer.write(f":{nick}!u@h JOIN {channel}\r\n:silent.test 353 {nick} = {channel} :{nick}\r\n"
+                                 f":silent.test 366 {nick} {channel} :End of NAMES\r\n".encode())
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class CountingProxy:
+    """
+    A TCP proxy in front of an IRC server that notes when each connection is
+    accepted: the attempts as the server sees them, whatever the gateway thinks
+    it does. Upstream unreachable (the server restarting): the connection is closed.
+    """
+
+    def __init__(self, port: int, upstream: int):
+        self.port = port
+        self.upstream = upstream
+        self.stamps: list[float] = []
+        self.tasks: set = set()
+
+    async def start(self) -> "CountingProxy":
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", self.port, backlog=1024)
+        return self
+
+    async def _client(self, reader, writer):
+        self.stamps.append(time.monotonic())
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        except OSError:
+            writer.close()
+            return
+
+        async def pipe(src, dst):
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        for coro in (pipe(reader, up_writer), pipe(up_reader, writer)):
+            task = asyncio.ensure_future(coro)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def most_in_window(self, since: float, window: float = 1.0) -> int:
+        """The most connections accepted in any ``window`` seconds after ``since``."""
+        stamps = sorted(t for t in self.stamps if t >= since)
+        return max((sum(1 for u in stamps[i:] if u < t + window) for i, t in enumerate(stamps)), default=0)
+
+    def close(self) -> None:
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+
+
+class LoadComponent:
+    """
+    Many XMPP users for the price of one socket: an XEP-0114 component of the
+    test's Prosody whose users (``u1@load.localhost``...) join rooms of the
+    gateway. What the gateway sends them is parsed as it comes.
+    """
+
+    NS = "jabber:component:accept"
+
+    def __init__(self, port: int, domain: str, secret: str):
+        self.port, self.domain, self.secret = port, domain, secret
+        self.stanzas: list = []
+        self.changed = asyncio.Event()
+
+    async def start(self) -> "LoadComponent":
+        import hashlib
+        import xml.etree.ElementTree as ET
+
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(f"<stream:stream xmlns='{self.NS}' xmlns:stream='http://etherx.jabber.org/streams' "
+                          f"to='{self.domain}'>".encode())
+        self.parser = ET.XMLPullParser(("start", "end"))
+        self.depth = 0
+        stream_id = None
+        while stream_id is None:
+            self.parser.feed(await self.reader.read(4096))
+            for event, el in self.parser.read_events():
+                if event == "start" and el.tag.endswith("}stream"):
+                    stream_id = el.get("id")
+                    self.depth = 1
+                    break
+        digest = hashlib.sha1((stream_id + self.secret).encode()).hexdigest()
+        self.writer.write(f"<handshake>{digest}</handshake>".encode())
+        self._task = asyncio.ensure_future(self._read())
+        await self.wait(lambda: any(s.tag.endswith("handshake") for s in self.stanzas), 10, "handshake")
+        return self
+
+    async def _read(self):
+        while data := await self.reader.read(65536):
+            self.parser.feed(data)
+            for event, el in self.parser.read_events():
+                if event == "start":
+                    self.depth += 1
+                else:
+                    self.depth -= 1
+                    if self.depth == 1:
+                        self.stanzas.append(el)
+                        self.changed.set()
+
+    def send(self, xml: str) -> None:
+        self.writer.write(xml.encode())
+
+    async def wait(self, predicate, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{what}: not within {timeout} s")
+            self.changed.clear()
+            try:
+                await asyncio.wait_for(self.changed.wait(), min(left, 1.0))
+            except asyncio.TimeoutError:
+                pass
+
+    async def close(self) -> None:
+        try:
+            self.writer.write(b"</stream:stream>")
+            self.writer.close()
+        except Exception:
+            pass
+        self._task.cancel()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -56,13 +56,14 @@ class Recorder:
 class IRCSessionCase(SynchronousTestCase):
     rate = 1.0
     burst = 1
+    extra: dict = {}
 
     def setUp(self):
         self.context = Recorder()
         self.clock = self.context.clock
         options = {o.key: o.default for o in IRCAdapter.options}
         options.update(servers={SERVER: {"host": "127.0.0.1", "port": 6667, "tls": False}},
-                       throttle_rate=self.rate, throttle_burst=self.burst)
+                       throttle_rate=self.rate, throttle_burst=self.burst, **self.extra)
         self.adapter = IRCAdapter(options, self.context)
         self.registration = Registration(component=self.context.component, jid=USER)
         self.transports: list[StringTransport] = []
@@ -317,3 +318,196 @@ class TagsReachTheModelOnlyWhenSane(IRCSessionCase):
         self.conn.lineReceived(f"@time={HOSTILE_TIME};msgid=evil\x01id :bob!b@h PRIVMSG #room :hi".encode())
         event = self.context.events[-1]
         self.assertEqual((event.kind, event.body, event.timestamp, event.stanza_id), ("message", "hi", None, None))
+
+
+class ConnectionTrouble(IRCSessionCase):
+    """
+    Attempts drawn from the scheduler: no welcome in time, the server's ERROR,
+    a lost connection. The user is told why (a join error for a join not yet
+    done, a room message for a room already joined) and told again once in.
+    """
+
+    rate = 0.0
+    extra = {"registration_timeout": 3.0, "notify_after": 10.0, "reconnect_max_delay": 2.0, "connect_rate": 0.0}
+    room = f"#c%{SERVER}"
+
+    def join(self, resource: str = "phone", registration=None):
+        self.adapter.join(registration or self.registration, resource, self.room, "alice", None)
+
+    def accept(self, index: int = 0):
+        """The attempt under way reaches the server (TCP connected)."""
+        self.conn = self.clock.tcpClients[index][2].buildProtocol(None)
+        transport = StringTransport()
+        self.transports.append(transport)
+        self.conn.makeConnection(transport)
+        return self.conn
+
+    def end(self, reason, index: int = 0):
+        """The connection ends, as the reactor reports it: to the protocol, then to the factory."""
+        conn = self.conn
+        conn.transport.connected = False
+        conn.connectionLost(Failure(reason))
+        self.clock.tcpClients[index][2].clientConnectionLost(self.clock.connectors[index], Failure(reason))
+
+    def welcome_and_join(self, channel: str = "#c"):
+        self.conn.lineReceived(f":{SERVER} 001 alice :Welcome".encode())
+        self.conn.lineReceived(f":alice!u@h JOIN {channel}".encode())
+        self.conn.lineReceived(f":{SERVER} 366 alice {channel} :End of NAMES".encode())
+
+    def kinds(self) -> list[tuple[str, str | None]]:
+        return [(e.kind, e.condition) for e in self.context.events]
+
+    def test_registration_waits_a_moment_for_the_server_to_speak_first(self):
+        self.join()
+        self.accept()
+        self.assertEqual(self.written(), [])
+        self.clock.advance(0.3)
+        self.assertEqual(self.written()[:2], ["CAP LS 302", "NICK alice"])
+
+    def test_no_welcome_is_retried_and_the_join_told_then_completed(self):
+        self.join()
+        self.accept()
+        self.clock.advance(3.0)                           # registration deadline
+        self.assertTrue(self.conn.transport.disconnecting or self.conn.transport.disconnected)
+        self.end(ConnectionLost())
+        [event] = self.context.events
+        self.assertEqual((event.kind, event.condition), ("join-error", "remote-server-timeout"))
+        self.assertIn("did not complete registration (no welcome) within 3 s", event.reason)
+        self.assertIn("still trying", event.reason)
+        self.assertEqual(self.adapter.scheduler.attempts, 1)
+        self.clock.advance(2.0)                           # backoff (at most 1 s after one failure)
+        self.assertEqual(self.adapter.scheduler.attempts, 2)
+        self.accept()
+        self.welcome_and_join()
+        kinds = self.kinds()
+        self.assertIn(("presence", None), kinds)
+        self.assertEqual(self.context.events[-1].kind, "message")
+        self.assertIn(f"connected to {SERVER}", self.context.events[-1].body)
+
+    def test_the_servers_error_text_is_what_the_user_reads(self):
+        self.join()
+        self.accept()
+        self.conn.lineReceived(b"ERROR :Closing Link: 127.0.0.1 (Connection limit reached)\x07")
+        self.end(ConnectionDone())
+        [event] = self.context.events
+        self.assertEqual(event.condition, "service-unavailable")
+        self.assertIn(f"{SERVER} refused the connection: Closing Link: 127.0.0.1 (Connection limit reached)",
+                      event.reason)
+        self.assertNotIn("\x07", event.reason)            # through the cleaning path
+        self.join("laptop")                                # another resource asks: the same answer
+        self.assertEqual([e.resources for e in self.context.events], [["phone"], ["laptop"]])
+
+    def test_a_bare_reset_says_nothing_until_a_reason_comes(self):
+        """An ERROR written at accept is lost to a reset when our lines came first: wait for a better answer."""
+        self.join()
+        self.accept()
+        self.end(ConnectionLost())
+        self.assertEqual(self.context.events, [])
+        self.clock.advance(1.0)
+        self.accept()
+        self.conn.lineReceived(b"ERROR :Connection refused, too many connections from your IP address")
+        self.end(ConnectionDone())
+        [event] = self.context.events
+        self.assertIn("too many connections from your IP address", event.reason)
+
+    def test_only_resets_are_told_at_notify_after(self):
+        self.join()
+        self.accept()
+        self.end(ConnectionLost())
+        self.clock.advance(9.0)
+        self.assertEqual(self.context.events, [])
+        self.clock.advance(1.0)                            # notify_after
+        [event] = self.context.events
+        self.assertEqual(event.kind, "join-error")
+        self.assertIn(f"cannot connect to {SERVER}", event.reason)
+
+    def test_a_connect_timeout_is_retried(self):
+        from twisted.internet.error import TimeoutError as ConnectTimeout
+        self.join()
+        self.assertEqual(self.clock.tcpClients[0][3], 15.0)          # connect_timeout
+        self.clock.tcpClients[0][2].clientConnectionFailed(self.clock.connectors[0], Failure(ConnectTimeout()))
+        self.assertEqual(self.context.events, [])                     # a reason may still come
+        self.clock.advance(1.0)
+        self.assertEqual(self.adapter.scheduler.attempts, 2)
+
+    def test_a_refused_first_connect_fails_the_join_at_once(self):
+        self.join()
+        self.clock.tcpClients[0][2].clientConnectionFailed(self.clock.connectors[0], Failure(ConnectionRefusedError()))
+        self.assertEqual(self.kinds(), [("join-error", "remote-server-not-found")])
+        self.assertEqual(self.adapter.sessions, {})
+        self.clock.advance(60)
+        self.assertEqual(self.adapter.scheduler.attempts, 1)
+
+    def test_a_joined_room_is_told_after_notify_after_and_again_when_back(self):
+        self.join()
+        self.accept()
+        self.welcome_and_join()
+        self.context.events.clear()
+        self.end(ConnectionDone())                         # the server restarts
+        self.assertEqual(self.context.events, [])          # a blip says nothing
+        seen = self.adapter.scheduler.attempts
+        for _ in range(24):                                # refused while it is down: retried, not given up
+            self.clock.advance(0.5)
+            if self.adapter.scheduler.attempts > seen:
+                seen = self.adapter.scheduler.attempts
+                self.clock.tcpClients[0][2].clientConnectionFailed(self.clock.connectors[0],
+                                                                   Failure(ConnectionRefusedError()))
+        self.assertGreater(self.adapter.scheduler.attempts, 4)
+        self.clock.advance(2.0)                            # the next attempt under way
+        told = [e for e in self.context.events if e.kind == "message"]
+        self.assertEqual(len(told), 1)
+        self.assertIn("reconnecting", told[0].body)
+        self.assertIn(f"connection to {SERVER} lost", told[0].body)
+        self.accept()
+        self.welcome_and_join()
+        self.assertIn(f"connected to {SERVER}", self.context.events[-1].body)
+
+    def test_leaving_while_waiting_stops_the_attempts(self):
+        self.join()
+        self.accept()
+        self.clock.advance(3.0)
+        self.end(ConnectionLost())
+        self.adapter.leave(USER, "phone", self.room)
+        self.assertEqual(self.adapter.sessions, {})
+        self.clock.advance(60)
+        self.assertEqual(self.adapter.scheduler.attempts, 1)
+
+
+class TheGatewaysCap(ConnectionTrouble):
+    """With a cap of one connection: the cases above hold, and a second user waits in line."""
+
+    extra = dict(ConnectionTrouble.extra, max_connections_per_server=1)
+
+    def test_beyond_the_cap_users_wait_and_hear_their_place(self):
+        self.join()
+        self.accept()
+        self.welcome_and_join()
+        other = Registration(component=self.context.component, jid="bob@example.org")
+        self.context.events.clear()
+        self.join(registration=other)
+        [event] = self.context.events
+        self.assertEqual((event.user, event.kind, event.condition), ("bob@example.org", "join-error",
+                                                                     "resource-constraint"))
+        self.assertIn("limit of 1 connections", event.reason)
+        self.assertIn("number 1 in the queue", event.reason)
+        self.assertEqual(self.adapter.scheduler.attempts, 1)
+        self.adapter.leave(USER, "phone", self.room)       # a place frees up
+        self.assertEqual(self.adapter.scheduler.attempts, 2)
+        self.assertEqual(len(self.clock.tcpClients), 2)
+
+    def test_stopping_the_gateway_starts_no_attempt_for_those_in_line(self):
+        self.join()
+        self.accept()
+        self.welcome_and_join()
+        self.join(registration=Registration(component=self.context.component, jid="bob@example.org"))
+        self.adapter.stopService()
+        self.assertEqual(self.adapter.scheduler.attempts, 1)
+        self.assertEqual(self.adapter.sessions, {})
+
+    def test_the_line_and_the_attempts_under_way_are_metrics(self):
+        from gateway import metrics
+        self.join()
+        self.join(registration=Registration(component=self.context.component, jid="bob@example.org"))
+        labels = {"component": self.context.component}
+        self.assertEqual(metrics.REGISTRY.get_sample_value("xmpp_gateway_irc_connect_in_flight", labels), 1)
+        self.assertEqual(metrics.REGISTRY.get_sample_value("xmpp_gateway_irc_connect_waiting", labels), 1)

@@ -14,8 +14,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from gateway import metrics
 from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import text
+from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
 from gateway.interfaces import IHostsRooms
 from gateway.model import (AddressError, Field, Occupancy, OutboundMessage, PermanentFailure, PolicyViolation,
@@ -82,7 +84,24 @@ class IRCAdapter(AdapterBase):
         Option("default_role", str, "participant", choices=("participant", "visitor"),
                doc="XEP-0045 role of occupants without channel modes."),
         Option("persistent", bool, False, doc="Keep connections when users leave every room."),
-        Option("reconnect_max_delay", float, 60.0, check=positive, doc="Longest delay between reconnects."),
+        Option("reconnect_max_delay", float, 60.0, check=positive,
+               doc="Longest delay between attempts to connect; the delay doubles from 1 s after each failed "
+                   "attempt, with jitter, and every attempt still waits for its turn (`connect_rate`)."),
+        Option("connect_concurrency", int, 4, check=positive,
+               doc="Attempts to connect to one IRC server (host and port) in flight at once, from TCP connect to "
+                   "the welcome, over all users; the others wait in line (round robin between users, users with "
+                   "an XMPP client online first)."),
+        Option("connect_rate", float, 5.0, check=non_negative,
+               doc="Attempts to connect to one IRC server per second, over all users, at most (evenly spaced); "
+                   "0: no limit. A server restarting with thousands of users joined becomes a paced queue."),
+        Option("max_connections_per_server", int, 0, check=non_negative,
+               doc="Connections to one IRC server this gateway holds at most (signed on or connecting); 0: no "
+                   "cap. Beyond it users wait in line and are told (resource-constraint, their place in line)."),
+        Option("connect_timeout", float, 15.0, check=positive,
+               doc="Seconds a TCP (and TLS) connect may take; then the attempt is dropped and retried."),
+        Option("notify_after", float, 30.0, check=positive,
+               doc="Seconds users may wait for a connection (in line, or reconnecting after a loss) before the "
+                   "room tells them why; a join whose attempt fails is told at once. They are told again once in."),
         Option("allow_private", bool, False,
                doc="Let users reach IRC servers on loopback, private (RFC 1918, fc00::/7), link-local, multicast, "
                    "unspecified or reserved addresses. Off, a user-chosen host is resolved and refused if any of "
@@ -102,9 +121,10 @@ class IRCAdapter(AdapterBase):
                    "item saying so."),
         Option("list_timeout", float, 30.0, check=positive,
                doc="Seconds to wait for the end of a server's LIST before the room list request fails."),
-        Option("registration_timeout", float, 60.0, check=positive,
-               doc="Seconds a server may take to let us sign on (CAP, SASL, welcome); then the connection is "
-                   "dropped and the joins waiting on it fail with remote-server-timeout."),
+        Option("registration_timeout", float, 30.0, check=positive,
+               doc="Seconds a server may take to let us sign on (CAP, SASL, welcome) once connected; then the "
+                   "connection is dropped and the attempt retried, and joins waiting on it get "
+                   "remote-server-timeout (they complete when a later attempt is welcomed)."),
     ]
 
     @classmethod
@@ -123,6 +143,15 @@ class IRCAdapter(AdapterBase):
         self.sessions: dict[tuple[str, str], IRCSession] = {}
         #: Kept by the adapter, not the session: a session may be replaced while messages wait for retries.
         self.backlog = Backlog(context.clock)
+        #: Every connection attempt of every user, to every server, is drawn from this one scheduler.
+        self.scheduler = ConnectScheduler(context.clock, concurrent=options.get("connect_concurrency", 4),
+                                          rate=options.get("connect_rate", 5.0),
+                                          max_connections=options.get("max_connections_per_server", 0))
+        scheduler = self.scheduler
+        metrics.IRC_CONNECT_WAITING.labels(context.component).set_function(
+            lambda: sum(h.waiting for h in scheduler.hosts.values()))
+        metrics.IRC_CONNECT_IN_FLIGHT.labels(context.component).set_function(
+            lambda: sum(len(h.attempting) for h in scheduler.hosts.values()))
 
     def occupancy(self):
         for session in list(self.sessions.values()):
@@ -134,6 +163,7 @@ class IRCAdapter(AdapterBase):
                                     text.clean_name(session.nick))
 
     def stopService(self):
+        self.scheduler.concurrent = 0          # a session closing frees a place: no other attempt may start now
         for session in list(self.sessions.values()):
             session.close("Gateway shutting down")
         return super().stopService()

@@ -47,6 +47,13 @@ MAX_ISUPPORT_LINES = 30
 CTCP_ANSWERS = 5
 CTCP_WINDOW = 10.0
 
+#: Seconds we listen before sending CAP LS, NICK and USER, unless the server
+#: speaks first. A server refusing us at accept (connection limits, K-lines)
+#: writes ERROR and closes at once; had our lines arrived before its close, its
+#: kernel answers with a reset and discards that ERROR, and the user would learn
+#: only "connection reset" instead of the server's reason.
+GREETING_WAIT = 0.3
+
 #: Lines one connection may hold behind its throttle: at the default 2 lines/s,
 #: about 17 minutes of talk. Beyond it the outbox keeps the messages instead.
 MAX_PENDING_LINES = 2000
@@ -185,6 +192,7 @@ class IRCConnection(irc.IRCClient):
         self._offered: set[str] = set()
         self._isupport_lines = 0
         self._deadline = None
+        self._hello = None
         self._ctcp_window = [0.0, 0]
 
     # -- registration with CAP ---------------------------------------------------
@@ -196,6 +204,13 @@ class IRCConnection(irc.IRCClient):
         self._queue = []
         timeout = self.session.adapter.config["registration_timeout"]
         self._deadline = self._clock.callLater(timeout, self._registration_expired, timeout)
+        self._hello = self._clock.callLater(GREETING_WAIT, self._sign_on)
+
+    def _sign_on(self) -> None:
+        """CAP LS, then NICK and USER: after GREETING_WAIT, or as soon as the server says anything."""
+        if self._hello is not None and self._hello.active():
+            self._hello.cancel()
+        self._hello = None
         self.sendLine("CAP LS 302")
         self.register(self.nickname)
 
@@ -221,7 +236,9 @@ class IRCConnection(irc.IRCClient):
         """CAP, SASL or the welcome never came: a server holding us in registration holds the user's joins."""
         self._deadline = None
         self.session.registration_timed_out(self, timeout)
-        self.transport.loseConnection()
+        # Abort, not close: a connection the server never accepted (a full
+        # backlog) would wait for acknowledgements that never come.
+        self.transport.abortConnection()
 
     def _offer(self, names: set[str]) -> None:
         room = MAX_OFFERED_CAPS - len(self._offered)
@@ -279,6 +296,10 @@ class IRCConnection(irc.IRCClient):
         if command == "CAP":
             self.irc_CAP(prefix, params)
 
+    def irc_ERROR(self, prefix, params):
+        """The server's last word before it closes (``Closing Link: ... (Connection limit reached)``)."""
+        self.session.server_error(params[-1] if params else "")
+
     def irc_RPL_ISUPPORT(self, prefix, params):
         self._isupport_lines += 1
         if self._isupport_lines <= MAX_ISUPPORT_LINES:
@@ -316,6 +337,8 @@ class IRCConnection(irc.IRCClient):
         self._inbuf = rest
 
     def lineReceived(self, line):
+        if self._hello is not None:
+            self._sign_on()                            # the server spoke first: no need to wait
         if isinstance(line, bytes):
             line = text.decode(line, self.fallback)
         parsed = parse_line(line)
@@ -460,6 +483,9 @@ class IRCConnection(irc.IRCClient):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+        if self._hello is not None and self._hello.active():
+            self._hello.cancel()
+        self._hello = None
         if self.overlong:
             self.session.overlong_lines(self.overlong)
         if self._drain is not None and self._drain.active():

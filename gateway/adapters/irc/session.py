@@ -14,13 +14,15 @@ of a room event or private message passes text.clean / text.clean_name in
 
 from __future__ import annotations
 
-from twisted.internet import defer, protocol, ssl
+from twisted.internet import defer, error, protocol, ssl
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway import metrics
 
 from gateway.adapters.irc import policy, text
 from gateway.adapters.irc.client import IRCConnection, Outgoing, safe_msgid, server_time
+from gateway.adapters.irc.scheduler import CONNECTED, Ticket, backoff
 from gateway.model import (InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
                            TemporaryFailure)
 
@@ -92,20 +94,26 @@ class Room:
         self.names: dict[str, set[str]] = {}
         #: NAMES brought more than max_names: the rest was not collected.
         self.names_cut = False
+        #: The join completed once in this session: trouble is told as a room message, not a join error.
+        self.was_ready = False
+        #: Its resources were told the server cannot be reached: they hear when it can again.
+        self.told = False
 
     def join_line(self) -> str:
         return f"JOIN {self.channel} {self.key}" if self.key else f"JOIN {self.channel}"
 
 
-class _Factory(protocol.ReconnectingClientFactory):
+class _Factory(protocol.ClientFactory):
+    """
+    Builds the session's connections and reports how each attempt ended. No
+    retry of its own (as ReconnectingClientFactory would): every attempt,
+    reconnects too, is drawn from the adapter's scheduler.
+    """
+
+    noisy = False
+
     def __init__(self, session: "IRCSession"):
         self.session = session
-        self.clock = session.context.clock
-        self.maxDelay = session.adapter.config["reconnect_max_delay"]
-        self.initialDelay = 1.0
-        self.factor = 2.0
-        self.jitter = 0.2
-        self.noisy = False
 
     def buildProtocol(self, addr):
         p = IRCConnection(self.session)
@@ -113,12 +121,26 @@ class _Factory(protocol.ReconnectingClientFactory):
         return p
 
     def clientConnectionFailed(self, connector, reason):
-        if not self.session.give_up_if_never_connected(reason):
-            super().clientConnectionFailed(connector, reason)
+        self.session.attempt_ended(reason)
 
     def clientConnectionLost(self, connector, reason):
-        if not self.session.give_up_if_never_connected(reason):
-            super().clientConnectionLost(connector, reason)
+        self.session.attempt_ended(reason)
+
+
+def _definite(reason: Failure) -> bool:
+    """
+    A failure that says the address is wrong (refused, no such host, a TLS
+    certificate that does not verify), not that the server is busy: for a
+    server never reached yet, the join fails at once instead of retrying.
+    """
+    if reason.check(error.ConnectionRefusedError, error.DNSLookupError, policy.DestinationRefused):
+        return True
+    try:
+        from OpenSSL import SSL
+        from service_identity.exceptions import CertificateError, VerificationError
+    except ImportError:                                # pragma: no cover (both come with twisted[tls])
+        return False
+    return reason.check(SSL.Error, VerificationError, CertificateError) is not None
 
 
 class IRCSession:
@@ -133,6 +155,22 @@ class IRCSession:
         self.rooms: dict[str, Room] = {}
         self.factory: _Factory | None = None
         self.connector = None
+        #: Our place with the adapter's scheduler for the attempt under way (or waiting).
+        self.ticket: Ticket | None = None
+        #: Attempts failed since the last sign-on (the backoff's exponent).
+        self.failures = 0
+        self._retry = None
+        self._notice = None
+        #: (condition, text) of the last failed attempt: what the user is told.
+        self._trouble: tuple[str, str] | None = None
+        #: Why the attempt under way ended, when we know better than the socket does.
+        self._attempt_why: tuple[str, str] | None = None
+        self._server_error = ""
+        #: How the protocol saw its connection end: more telling than what the factory is told (a
+        #: certificate that does not verify reaches the factory as "aborted").
+        self._conn_reason: Failure | None = None
+        #: When the signed-on connection was lost (None while connected, or never connected).
+        self._lost_at: float | None = None
         self._ready: list[defer.Deferred] = []
         self.closed = False
         self.signed_once = False
@@ -148,10 +186,45 @@ class IRCSession:
     # -- connection ---------------------------------------------------------------
 
     def connect(self) -> None:
-        if self.factory is not None:
+        """Start connecting (if not already): the first attempt waits for its turn with the scheduler."""
+        if self.factory is not None or self.closed:
             return
-        host, port, tls, verify = self.adapter.endpoint(self.server, self.settings)
+        self._endpoint = self.adapter.endpoint(self.server, self.settings)
         self.factory = _Factory(self)            # only now: a failure above must not leave us half connected
+        self._wait_began()
+        self._queue()
+
+    def _online(self) -> bool:
+        """Whether the user has an XMPP client in one of our rooms (they are served first)."""
+        return any(room.resources for room in self.rooms.values())
+
+    def _queue(self) -> None:
+        """Ask the scheduler for a turn; when its cap on connections holds us back, the joins hear it now."""
+        self._retry = None
+        if self.closed:
+            return
+        host, port, _, _ = self._endpoint
+        ticket = self.adapter.scheduler.request(f"{host}:{port}", self.user, self._attempt, self._online)
+        if ticket.waiting:
+            self.ticket = ticket                  # (a ticket started at once was taken by _attempt)
+        if ticket.capped():
+            cap = self.adapter.config["max_connections_per_server"]
+            self._trouble = ("resource-constraint", f"the gateway's limit of {cap} connections to {self.server} "
+                                                    f"is reached: you are number {ticket.position()} in the queue")
+            self._tell(*self._trouble)
+
+    def _attempt(self, ticket: Ticket) -> None:
+        """Our turn: connect (the destination is checked once; later attempts reuse the checked address)."""
+        if self.closed:
+            ticket.release()
+            return
+        self.ticket = ticket
+        self._attempt_why, self._server_error, self._conn_reason = None, "", None
+        metrics.IRC_CONNECT_ATTEMPTS.labels(*self._metric_labels()).inc()
+        if self.connector is not None:
+            self.connector.connect()
+            return
+        host, port, tls, verify = self._endpoint
         if self.adapter.trusted_destination(self.server, port):
             self._connect_to(host, host, port, tls, verify)
             return
@@ -180,11 +253,12 @@ class IRCSession:
         if self.closed:
             return
         reactor = self.context.clock
+        timeout = self.adapter.config["connect_timeout"]
         if tls:
             options = ssl.optionsForClientTLS(host) if verify else ssl.CertificateOptions()
-            self.connector = reactor.connectSSL(address, port, self.factory, options, timeout=30)
+            self.connector = reactor.connectSSL(address, port, self.factory, options, timeout=timeout)
         else:
-            self.connector = reactor.connectTCP(address, port, self.factory, timeout=30)
+            self.connector = reactor.connectTCP(address, port, self.factory, timeout=timeout)
         log.info("{user}: connecting to {server} ({host}:{port}, tls={tls})", user=self.user, server=self.server,
                  host=host if host == address else f"{host} [{address}]", port=port, tls=tls)
 
@@ -204,8 +278,13 @@ class IRCSession:
 
     def close(self, reason: str = "Leaving") -> None:
         self.closed = True
-        if self.factory is not None:
-            self.factory.stopTrying()
+        for call in (self._retry, self._notice):
+            if call is not None and call.active():
+                call.cancel()
+        self._retry = self._notice = None
+        if self.ticket is not None:
+            self.ticket.release()
+            self.ticket = None
         if self.conn is not None:
             # Nothing may be written after QUIT: waiting messages go back to the outbox now.
             self.conn.abandon(TemporaryFailure(f"connection to {self.server} closed"))
@@ -215,18 +294,106 @@ class IRCSession:
             self.connector.disconnect()
         self.adapter.session_closed(self)
 
-    def give_up_if_never_connected(self, reason) -> bool:
+    def attempt_ended(self, reason: Failure) -> None:
         """
-        A server never reached (refused, TLS verification failed, closed before the
-        welcome) is an error for the resources waiting to join, not a silent retry loop.
+        An attempt failed, or a connection ended. A server never reached that
+        gives a definite answer (refused, no such host, bad certificate) fails
+        the joins at once; anything else (no welcome in time, the server's own
+        ERROR, a connect timeout, a lost connection) is retried after a
+        jittered backoff, through the scheduler, and the user is told why.
         """
-        if self.signed_once or self.closed:
-            return self.closed
-        why = reason.getErrorMessage()
-        log.warn("{user}: cannot connect to {server}: {why}", user=self.user, server=self.server, why=why)
-        text_ = f"cannot connect to {self.server}: {why}"
-        self.fail_all("remote-server-not-found", text_, TemporaryFailure(text_))
-        return True
+        ticket, self.ticket = self.ticket, None
+        was_on = ticket is not None and ticket.state == CONNECTED
+        if ticket is not None:
+            ticket.release()
+        if self.closed:
+            return
+        if self._conn_reason is not None:
+            reason = self._conn_reason
+        why = self._attempt_why
+        explained = why is not None or bool(self._server_error)
+        if why is None and self._server_error:
+            verb = "closed the connection" if was_on else "refused the connection"
+            why = ("service-unavailable", f"{self.server} {verb}: {self._server_error}")
+        if why is None:
+            if not self.signed_once and _definite(reason):
+                text_ = f"cannot connect to {self.server}: {reason.getErrorMessage()}"
+                log.warn("{user}: {why}", user=self.user, why=text_)
+                self.fail_all("remote-server-not-found", text_, TemporaryFailure(text_))
+                return
+            verb = "connection to" if was_on else "cannot connect to"
+            why = ("remote-server-timeout", f"{verb} {self.server}: {reason.getErrorMessage()}")
+        self._trouble = why
+        if not self.signed_once and not self.rooms and not any(not d.called for d in self._ready):
+            log.info("{user}: {why}; nobody waits for {server} any more", user=self.user, why=why[1],
+                     server=self.server)
+            self.close()                              # opened for a message or a list that gave up waiting
+            return
+        if was_on:
+            self.failures = 0
+            self._lost_at = self.context.clock.seconds()
+            self._wait_began()                        # the user hears if we are not back by notify_after
+        elif explained:
+            # A join waiting for this attempt is told at once why (no welcome, the server's ERROR). A bare
+            # reset or timeout waits for notify_after: by then a later attempt may have brought the server's
+            # reason (an ERROR written at accept is lost to a reset when our lines arrived first).
+            self._tell(*why)
+        self.failures += 1
+        delay = backoff(self.failures, 1.0, self.adapter.config["reconnect_max_delay"])
+        log.info("{user}: {why}; attempt {n} in {delay:.1f} s", user=self.user, why=why[1], n=self.failures + 1,
+                 delay=delay)
+        self._retry = self.context.clock.callLater(delay, self._queue)
+
+    def server_error(self, message: str) -> None:
+        """The server's ERROR line (``Closing Link: ... (Connection limit reached)``): the reason users see."""
+        self._server_error = text.clean(message, 300)
+
+    # -- telling the user -----------------------------------------------------------
+
+    def _wait_began(self) -> None:
+        """From now the user waits for a connection: past ``notify_after`` they are told why."""
+        if self._notice is not None and self._notice.active():
+            self._notice.cancel()
+        self._notice = self.context.clock.callLater(self.adapter.config["notify_after"], self._notify)
+
+    def _notify(self) -> None:
+        self._notice = None
+        if self.closed or self.conn is not None:
+            return
+        condition, why = self._trouble or self._waiting_why()
+        if self._lost_at is not None and not why.startswith(f"connection to {self.server} lost"):
+            ago = self.context.clock.seconds() - self._lost_at
+            why = f"connection to {self.server} lost {ago:.0f} s ago, not back yet: {why}"
+        self._tell(condition, why, everyone=True)
+
+    def _waiting_why(self) -> tuple[str, str]:
+        ticket = self.ticket
+        if ticket is not None and ticket.waiting:
+            return ("resource-constraint", f"waiting for a turn to connect to {self.server}: number "
+                                           f"{ticket.position()} of {ticket.queue_length()} in the queue")
+        return "remote-server-timeout", f"still connecting to {self.server} (attempt {self.failures + 1})"
+
+    def _tell(self, condition: str, reason: str, everyone: bool = False, only: tuple[Room, str] | None = None) -> None:
+        """
+        Tell the rooms waiting for this connection why (once per outage): a
+        join not yet completed gets a join error (the session keeps trying and
+        completes the join later), a room already joined gets a message from
+        the room (with ``everyone``: at ``notify_after``, a short blip says nothing).
+        ``only``: (room, resource), one more resource joining a room already told.
+        """
+        rooms, resources = ([only[0]], [only[1]]) if only else (list(self.rooms.values()), None)
+        for room in rooms:
+            if room.told and only is None:
+                continue
+            if not room.was_ready:
+                self._event(room, "join-error", resources, nick=self.nick, condition=condition,
+                            reason=f"{reason}; still trying: you will join when it lets you in")
+            elif everyone:
+                self._event(room, "message", resources, body=f"{reason}; reconnecting: you will be back in "
+                                                             f"{room.channel} when it lets you in")
+            else:
+                continue
+            room.told = True
 
     def fail_all(self, condition: str, reason: str, error: Exception) -> None:
         """Every room waiting here gets a join error, every waiter ``error``; the session ends."""
@@ -239,11 +406,15 @@ class IRCSession:
         self.close()
 
     def registration_timed_out(self, conn: IRCConnection, timeout: float) -> None:
-        """The server kept us from signing on (CAP or SASL never ending, no welcome) past the deadline."""
-        text_ = f"{self.server} did not complete registration within {timeout:g} s"
+        """
+        The server kept us from signing on (CAP or SASL never ending, no welcome)
+        past the deadline; the connection is dropped and the attempt retried. A
+        full listen backlog can leave us "connected" to a server that never
+        accepted: without this deadline such a session would wait forever.
+        """
+        text_ = f"{self.server} did not complete registration (no welcome) within {timeout:g} s"
         log.warn("{user}: {why}; disconnecting", user=self.user, why=text_)
-        if not self.signed_once:
-            self.fail_all("remote-server-timeout", text_, TemporaryFailure(text_))
+        self._attempt_why = ("remote-server-timeout", text_)
 
     def sasl_unavailable(self, conn: IRCConnection, why: str) -> None:
         """
@@ -274,7 +445,12 @@ class IRCSession:
         self.conn = conn
         self.signed_once = True
         self.nick = conn.nickname
-        self.factory.resetDelay()
+        self.failures, self._trouble, self._lost_at = 0, None, None
+        if self.ticket is not None:
+            self.ticket.signed_on()
+        if self._notice is not None and self._notice.active():
+            self._notice.cancel()
+        self._notice = None
         log.info("{user}: signed on to {server} as {nick}", user=self.user, server=self.server, nick=self.nick)
         for command in self.settings.get("commands", []):
             line = text.one_line(command)
@@ -322,6 +498,7 @@ class IRCSession:
     def connection_lost(self, conn: IRCConnection, reason) -> None:
         if self.conn is not None and self.conn is not conn:
             return                                   # a replaced connection: the rooms live on the new one
+        self._conn_reason = reason
         if self.conn is conn:
             labels = self._metric_labels()
             metrics.IRC_CONNECTIONS.labels(*labels).dec()
@@ -330,9 +507,9 @@ class IRCSession:
         for room in self.rooms.values():
             room.joined = room.ready = False
             room.occupants.clear()
-        if not self.closed:
-            log.warn("{user}: connection to {server} lost ({why}); reconnecting", user=self.user,
-                     server=self.server, why=reason.getErrorMessage())
+        if not self.closed and self.signed_once:
+            log.warn("{user}: connection to {server} lost ({why})", user=self.user, server=self.server,
+                     why=reason.getErrorMessage())
 
     # -- rooms from XMPP ------------------------------------------------------------
 
@@ -366,8 +543,11 @@ class IRCSession:
             self.conn.send_lines([f"NICK {nick}"])
             return
         room.resources[resource] = nick
+        told = room.told
         self.connect()
         if self.conn is None:
+            if told and self._trouble is not None:
+                self._tell(*self._trouble, only=(room, resource))   # the same answer as the others got
             return                                   # JOIN goes out when signed on
         if first or not room.joined:
             self.conn.send_lines([room.join_line()])
@@ -386,7 +566,7 @@ class IRCSession:
         del self.rooms[key]
         if self.conn is not None:
             self.conn.send_lines([f"PART {room.channel}"])
-        if not self.rooms and not self.adapter.config["persistent"]:
+        if not self.rooms and (not self.adapter.config["persistent"] or not self.signed_once):
             self.close("Left every room")
 
     def _role(self, modes: set[str]) -> tuple[str, str]:
@@ -445,8 +625,11 @@ class IRCSession:
             return
         room.occupants, room.names = room.names, {}
         room.occupants.setdefault(self.nick, set())
-        room.ready = True
+        room.ready = room.was_ready = True
         self._send_state(room, list(room.resources))
+        if room.told:
+            room.told = False
+            self._event(room, "message", body=f"connected to {self.server}: you are in {room.channel}")
         if room.names_cut:
             limit = self.adapter.config["max_names"]
             self._event(room, "message", body=f"{self.server} sent more than {limit} names for {room.channel}: "
