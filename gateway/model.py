@@ -21,20 +21,27 @@ def new_id() -> str:
     return os.urandom(16).hex()
 
 
-_DEFAULTS: dict[type, dict[str, Any]] = {}
+_FIELDS: dict[type, tuple[tuple[str, Any, bool], ...]] = {}
+_NO_DEFAULT = object()
 
 
-def _defaults(cls) -> dict[str, Any]:
-    """The values a field has when nobody set it: left out of stored payloads, put back by _from_dict."""
-    found = _DEFAULTS.get(cls)
+def _fields(cls) -> tuple[tuple[str, Any, bool], ...]:
+    """
+    Per field: its name, the value it has when nobody set it (left out of
+    stored payloads, put back by _from_dict) and whether it holds a list.
+    """
+    found = _FIELDS.get(cls)
     if found is None:
-        found = {}
+        rows = []
         for f in dataclasses.fields(cls):
             if f.default is not dataclasses.MISSING:
-                found[f.name] = f.default
+                default = f.default
             elif f.default_factory in (list, dict):
-                found[f.name] = f.default_factory()
-        _DEFAULTS[cls] = found
+                default = f.default_factory()
+            else:
+                default = _NO_DEFAULT
+            rows.append((f.name, default, f.default_factory is list))
+        found = _FIELDS[cls] = tuple(rows)
     return found
 
 
@@ -44,19 +51,14 @@ def _to_dict(obj) -> dict[str, Any]:
     scalars and lists of str. Fields still at their default are left out, so
     a stored message is small to encode and to write; _from_dict restores them.
     """
-    defaults = _defaults(type(obj))
-    missing = _MISSING
     values = obj.__dict__
     out = {}
-    for name in obj.__dataclass_fields__:
+    for name, default, is_list in _fields(type(obj)):
         value = values[name]
-        if defaults.get(name, missing) == value:
+        if value is default or value == default:
             continue
-        out[name] = list(value) if value.__class__ is list else value
+        out[name] = list(value) if is_list else value
     return out
-
-
-_MISSING = object()
 
 
 def _from_dict(cls, data: dict[str, Any]):

@@ -436,7 +436,12 @@ class ComponentStream(Component):
         counter = self._count_out.get(kind)
         if counter is not None:
             counter.inc()
-        self.send(xml)
+        xs = self.xmlstream
+        if self.authenticated and xs is not None and xs.transport is not None and not xs.rawDataOutFn:
+            # Straight to the transport: the layers in between only look for domish elements.
+            xs.transport.write(xml.encode("utf-8"))
+        else:
+            self.send(xml)          # queued by wokkel until the stream is up, or logged
 
     def refuse(self, element: domish.Element, condition: str, text: str | None = None,
                error_type: str | None = None) -> None:
