@@ -24,6 +24,9 @@ from gateway.registry import RegistrationConflict
 
 log = Logger(namespace="gateway.bridge")
 
+#: Bridge.known_registration's answer when the cache does not know.
+UNKNOWN = object()
+
 
 class _Disconnected:
     """Stand-in output until the XMPP side attaches: holds everything inbound."""
@@ -264,6 +267,20 @@ class Bridge(service.MultiService):
                                      xmpp_id=xmpp_id, resource=resource)
             self.output.send_error(failed, GatewayError(report.text or "delivery failed",
                                                         report.condition or "recipient-unavailable"))
+
+    def known_registration(self, jid: str) -> Registration | None | object:
+        """
+        The user's registration when the cache can answer at once, with no
+        Deferred (the hot path asks for every message); ``UNKNOWN`` when only
+        ensure_registration can tell.
+        """
+        cached = self._cache.get(jid)
+        if cached is None or (self.registry.shared and time.monotonic() - cached[0] >= self.CACHE_TTL):
+            return UNKNOWN
+        reg = cached[1]
+        if reg is None or reg.secrets_unreadable:
+            return UNKNOWN                 # ensure_registration creates it, or tells the user why not
+        return reg
 
     def registration(self, jid: str) -> defer.Deferred:
         cached = self._cache.get(jid)

@@ -12,11 +12,13 @@ import unicodedata
 from xml.sax.saxutils import escape as xml_escape
 from xml.sax.saxutils import quoteattr
 
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 from zope.interface import implementer
 
 from gateway import metrics
+from gateway.bridge.bridge import UNKNOWN
 from gateway.interfaces import IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, address_of, escape
@@ -71,8 +73,11 @@ class MessageHandler(ComponentHandler):
         if message is None:
             return
         message.group = group
-        d = self.bridge.ensure_registration(message.user)
-        d.addCallback(self._accept, stanza, message)
+        known = self.bridge.known_registration(message.user)
+        if known is not UNKNOWN:
+            d = defer.maybeDeferred(self._accept, known, stanza, message)
+        else:
+            d = self.bridge.ensure_registration(message.user).addCallback(self._accept, stanza, message)
         d.addErrback(self._failed, stanza)
 
     def _group(self, addresses: domish.Element) -> list[str]:

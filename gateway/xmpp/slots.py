@@ -174,7 +174,8 @@ class StreamGroup:
 
     @property
     def connected(self) -> bool:
-        return any(s.connected for s in self.members)
+        # Asked for every message: the usual answer (the primary is up) without building the member list.
+        return self.primary.connected or any(s.connected for s in self.spares)
 
     def current(self):
         for stream in self.members:
