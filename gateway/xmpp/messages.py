@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import datetime
 import unicodedata
-from xml.sax.saxutils import escape as xml_escape
-from xml.sax.saxutils import quoteattr
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -23,7 +21,7 @@ from gateway.interfaces import IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, address_of, escape
 from gateway.xmpp.muc import NS_SID, room_message_strings, room_stanzas
-from gateway.xmpp.stanzas import error_reply, parse_jid, text_of, xml_safe
+from gateway.xmpp.stanzas import error_reply, escape_text, parse_jid, quote_attr, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
 
 log = Logger(namespace="gateway.xmpp.messages")
@@ -190,31 +188,31 @@ class StanzaOutput:
         mtype = "chat" if sender == self.domain and message.type == "groupchat" else message.type
         # The hot path (every message from a network): written as a string, one
         # escape per field, not built as a domish tree and serialised again.
-        parts = [f"<message from={quoteattr(sender)} to={quoteattr(message.user)} type={quoteattr(mtype)} "
-                 f"id={quoteattr(xml_safe(message.id))}>"]
+        parts = [f"<message from={quote_attr(sender)} to={quote_attr(message.user)} type={quote_attr(mtype)} "
+                 f"id={quote_attr(xml_safe(message.id))}>"]
         urls_list = [xml_safe(u) for u in message.attachments]
         if urls_list:
             urls = "\n".join(urls_list)
             body = f"{body}\n{urls}" if body else urls
         if message.subject is not None:
-            parts.append(f"<subject>{xml_escape(xml_safe(message.subject))}</subject>")
+            parts.append(f"<subject>{escape_text(xml_safe(message.subject))}</subject>")
         if body is not None:
-            parts.append(f"<body>{xml_escape(body)}</body>")
+            parts.append(f"<body>{escape_text(body)}</body>")
         if message.thread:
-            parts.append(f"<thread>{xml_escape(xml_safe(message.thread))}</thread>")
+            parts.append(f"<thread>{escape_text(xml_safe(message.thread))}</thread>")
         for url in urls_list:
-            parts.append(f"<x xmlns='{NS_OOB}'><url>{xml_escape(url)}</url></x>")
+            parts.append(f"<x xmlns='{NS_OOB}'><url>{escape_text(url)}</url></x>")
         if message.chat_state in CHAT_STATES:
             parts.append(f"<{message.chat_state} xmlns='{NS_CHATSTATES}'/>")
         elif body is not None and message.type == "chat":
             parts.append(f"<active xmlns='{NS_CHATSTATES}'/>")
         # XEP-0359: the id is stable across every write of this message, so a
         # client deduplicates the repeat the inbound barrier may make after a crash.
-        parts.append(f"<origin-id xmlns='{NS_SID}' id={quoteattr(xml_safe(message.id))}/>")
+        parts.append(f"<origin-id xmlns='{NS_SID}' id={quote_attr(xml_safe(message.id))}/>")
         if message.timestamp:
             stamp = datetime.datetime.fromtimestamp(message.timestamp, datetime.timezone.utc)
             parts.append(f"<delay xmlns='{NS_DELAY}' stamp='{stamp.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}' "
-                         f"from={quoteattr(self.domain)}/>")
+                         f"from={quote_attr(self.domain)}/>")
         parts.append("</message>")
         self.stream.send_serialized("".join(parts), "message")
 

@@ -8,15 +8,13 @@ happens in the room comes back as RoomEvents, turned into stanzas here.
 from __future__ import annotations
 
 import datetime
-from xml.sax.saxutils import escape as xml_escape
-from xml.sax.saxutils import quoteattr
 
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from gateway.model import GatewayError, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, escape, unescape
-from gateway.xmpp.stanzas import error_reply, parse_jid, text_of, xml_safe
+from gateway.xmpp.stanzas import error_reply, escape_text, parse_jid, quote_attr, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
 
 log = Logger(namespace="gateway.xmpp.muc")
@@ -267,12 +265,12 @@ def room_message_strings(domain: str, event, localpart=lambda address: address) 
     except EscapingError:
         return []
     nick = xml_safe(event.nick)
-    sender = quoteattr(f"{room_jid}/{nick}" if nick else room_jid)
-    message_id = f" id={quoteattr(event.message_id)}" if event.message_id else ""
-    body = xml_escape(xml_safe(event.body) or "")
+    sender = quote_attr(f"{room_jid}/{nick}" if nick else room_jid)
+    message_id = f" id={quote_attr(event.message_id)}" if event.message_id else ""
+    body = escape_text(xml_safe(event.body) or "")
     head = f"<message type='groupchat' from={sender}{message_id} to="
     tail = f"><body>{body}</body></message>"
-    return [head + quoteattr(f"{event.user}/{r}" if r else event.user) + tail for r in event.resources]
+    return [head + quote_attr(f"{event.user}/{r}" if r else event.user) + tail for r in event.resources]
 
 
 def _fake_presence(to: str, sent_to: str) -> domish.Element:
