@@ -9,7 +9,8 @@ enter, so that only a sane timestamp and an id fit for an XML attribute ever
 reach the neutral model. So is everything else the server can make us hold:
 a line longer than IRCv3 allows is skipped (up to its newline) without being
 buffered, the capabilities and ISUPPORT tokens it offers are counted, and a
-registration that has not finished by the deadline ends the connection.
+registration that has not finished by the deadline ends the connection; the
+MOTD, which nothing shows, is not kept at all.
 """
 
 from __future__ import annotations
@@ -283,6 +284,20 @@ class IRCConnection(irc.IRCClient):
         self._isupport_lines += 1
         if self._isupport_lines <= MAX_ISUPPORT_LINES:
             super().irc_RPL_ISUPPORT(prefix, params)
+
+    # The MOTD is never shown to anyone, so none of it is kept: Twisted's
+    # IRCClient appends every 372 line to self.motd until 376, and a server that
+    # never sends 376 (after the welcome, when the registration deadline no
+    # longer applies) would grow that list for as long as the connection lasts.
+
+    def irc_RPL_MOTDSTART(self, prefix, params):
+        self.motd = None
+
+    def irc_RPL_MOTD(self, prefix, params):
+        pass
+
+    def irc_RPL_ENDOFMOTD(self, prefix, params):
+        self.motd = None
 
     # -- incoming lines ------------------------------------------------------------
 
