@@ -530,6 +530,51 @@ def test_cap_negotiation_that_never_ends_times_out(hostile_prosody, irc_gateway,
     check_rss(irc_gateway, baseline)
 
 
+async def configure(client, server_jid: str, fields: dict) -> None:
+    """Set a user's settings for one IRC server through the ``configure`` ad-hoc command."""
+    first = await client.plugin["xep_0050"].send_command(server_jid, "configure", timeout=10)
+    done = client.Iq(stype="set", sto=server_jid)
+    done["command"]["node"] = "configure"
+    done["command"]["sessionid"] = first["command"]["sessionid"]
+    done["command"]["action"] = "complete"
+    form = done["command"]["form"]
+    form["type"] = "submit"
+    for key, value in fields.items():
+        form.add_field(key, value=value, ftype="text-multi" if isinstance(value, list) else None)
+    completed = await done.send(timeout=10)
+    assert completed["command"]["status"] == "completed"
+
+
+def test_sasl_that_never_finishes_times_out(hostile_prosody, irc_gateway, ports, baseline):
+    """
+    A server that ACKs ``sasl`` and never answers AUTHENTICATE: the user (with
+    a SASL password for it) gets a readable error within the registration
+    deadline, nothing but AUTHENTICATE PLAIN was sent, and the stream stays up.
+    """
+    server_jid = f"saslstall.test@{irc_gateway.domain}"
+    room = f"#any%saslstall.test@{irc_gateway.domain}"
+    secret = "sasl-stall-secret"
+
+    async def attack(client, hostile, peers):
+        await configure(client, server_jid, {"sasl_password": secret})
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
+        err = await client.next_presence(lambda p: p.get("type") == "error", timeout=REGISTRATION_TIMEOUT + 20)
+        waited = loop.time() - began
+        condition, text = error_of(err)
+        assert condition == "remote-server-timeout", (condition, text)
+        assert "registration" in text and "saslstall.test" in text
+        # The deadline, not some later timer (slack for the user's own server and the connect).
+        assert waited < REGISTRATION_TIMEOUT + 5, waited
+        received = peers["saslstall"].received
+        assert "AUTHENTICATE PLAIN" in received, received
+        assert not any(secret in line for line in received), received
+
+    scenario(hostile_prosody, irc_gateway, ports, attack, "#after-saslstall")
+    check_rss(irc_gateway, baseline)
+
+
 def test_an_endless_motd_is_not_kept(hostile_prosody, irc_gateway, ports, baseline):
     """
     A server that sends MOTD lines (372, ~8 KB each) forever after the welcome:
@@ -620,19 +665,6 @@ def test_caps_sasl_without_fallback_and_sealed_connect_commands(hostile_prosody,
     user = hostile_prosody.register(user_name("hirccap"), "pw")
     d = gateway.domain
     secret = "hunter2-never-shown"
-
-    async def configure(client, server_jid: str, fields: dict) -> None:
-        first = await client.plugin["xep_0050"].send_command(server_jid, "configure", timeout=10)
-        done = client.Iq(stype="set", sto=server_jid)
-        done["command"]["node"] = "configure"
-        done["command"]["sessionid"] = first["command"]["sessionid"]
-        done["command"]["action"] = "complete"
-        form = done["command"]["form"]
-        form["type"] = "submit"
-        for key, value in fields.items():
-            form.add_field(key, value=value, ftype="text-multi" if isinstance(value, list) else None)
-        completed = await done.send(timeout=10)
-        assert completed["command"]["status"] == "completed"
 
     async def body_():
         good = await ScriptedSASLServer(good_port, account=None).start()

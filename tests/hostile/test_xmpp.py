@@ -124,6 +124,36 @@ def test_requests_nobody_handles_are_answered(hostile_prosody, echo_gw):
     run(scenario())
 
 
+#: IQ get/set without exactly one payload child (RFC 6120 §8.2.3): ``bad-request``,
+#: whoever would handle the first child (disco#info and ping are answered here).
+MALFORMED_IQS = [
+    (DOMAIN, "get", ""),
+    (f"bob@{DOMAIN}", "set", ""),
+    (DOMAIN, "get", "   "),
+    (DOMAIN, "get", "<query xmlns='http://jabber.org/protocol/disco#info'/><ping xmlns='urn:xmpp:ping'/>"),
+    (DOMAIN, "get", "<ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/>"),
+    (f"bob@{DOMAIN}", "set", "<vCard xmlns='vcard-temp'/><query xmlns='urn:example:nothing'/>"),
+]
+
+
+def test_requests_without_exactly_one_payload_are_bad_requests(hostile_prosody, echo_gw):
+    async def scenario():
+        client = await registered_client(hostile_prosody, DOMAIN, "hxshape", Client)
+        try:
+            for to, kind, payload in MALFORMED_IQS:
+                answer_type, answer = await raw_answer(client, to, kind, payload)
+                assert answer_type == "error", (to, kind, payload, ET.tostring(answer))
+                assert error_condition(answer)[0] == "bad-request", (to, kind, payload, ET.tostring(answer))
+            # A well-formed request to the same handler is still answered.
+            answer_type, _ = await raw_answer(client, DOMAIN, "get", "<ping xmlns='urn:xmpp:ping'/>")
+            assert answer_type == "result"
+            await still_echoes(client)
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
 # -- XEP-0059 paging with absurd values ---------------------------------------------
 
 def rsm(*children: str) -> str:
