@@ -8,7 +8,7 @@ from tests.integration.harness import GatewayProcess, free_port, write_config
 
 def start_gateway(server, fresh_dir, name: str, *, options=None, outbox=None, limits=None, xmpp=None,
                   web=False, log_format="text", secret=None, extra_args=(), wait=1, admins=(), adapter="echo",
-                  web_port=None, sections=None):
+                  web_port=None, sections=None, allowed_domains=("localhost",)):
     domain = f"{name}.localhost"
     config = os.path.join(fresh_dir, f"{name}.toml")
     web_port = web_port or (free_port() if web else None)
@@ -17,7 +17,7 @@ def start_gateway(server, fresh_dir, name: str, *, options=None, outbox=None, li
                            xmpp_port=server.component_port,
                            registry_url=f"sqlite:///{fresh_dir}/{name}.sqlite", outbox=outbox, limits=limits,
                            xmpp=xmpp, web_port=web_port, log_format=log_format, admins=admins,
-                           sections=sections)
+                           sections=sections, allowed_domains=allowed_domains)
     gateway = GatewayProcess(config, os.path.join(fresh_dir, f"{name}.log"), extra_args)
     gateway.domain = domain
     gateway.web_port = web_port

@@ -391,3 +391,25 @@ def test_every_request_gets_an_answer(wire):
     version = yield wire.iq("get", "<query xmlns='jabber:iq:version'/>", iq_id="ver1")
     assert version["type"] == "result"
     assert [el for el in (yield wire.quiet(0.2)) if el.name == "iq"] == []     # one answer each, no second one
+
+
+@pytest_twisted.inlineCallbacks
+def test_requests_without_exactly_one_payload_are_bad_requests(wire):
+    """
+    RFC 6120 §8.2.3: a get or set carries exactly one payload. None, or two,
+    is ``bad-request`` before any handler sees it: a handler matching the first
+    child (disco#info, ping) would otherwise answer as if the second were not
+    there. Prosody checks this for its own clients, not for stanzas from other
+    servers or components, so the gateway must.
+    """
+    cases = [("get", "", DOMAIN), ("set", "", f"bob@{DOMAIN}"), ("get", "  ", DOMAIN),
+             ("get", "<query xmlns='http://jabber.org/protocol/disco#info'/><ping xmlns='urn:xmpp:ping'/>", DOMAIN),
+             ("get", "<ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/>", f"bob@{DOMAIN}"),
+             ("set", "<query xmlns='jabber:iq:register'><remove/></query><x xmlns='urn:example'/>", DOMAIN),
+             ("set", "<vCard xmlns='vcard-temp'/><query xmlns='urn:example:nothing'/>", f"bob@{DOMAIN}")]
+    for n, (itype, payload, to) in enumerate(cases):
+        reply = yield wire.iq(itype, payload, to=to, iq_id=f"shape{n}")
+        assert (reply["type"], error_of(reply)[0]) == ("error", "bad-request"), (itype, payload, reply.toXml())
+    assert [el for el in (yield wire.quiet(0.2)) if el.name == "iq"] == []     # one answer each, no second one
+    pong = yield wire.iq("get", "<ping xmlns='urn:xmpp:ping'/>", iq_id="shape-ok")
+    assert pong["type"] == "result"
