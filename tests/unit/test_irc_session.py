@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.adapters.irc import IRCAdapter
-from gateway.adapters.irc.client import server_time
-from gateway.model import LostOwnership, OutboundMessage, Registration, SendResult, TemporaryFailure
+from gateway.adapters.irc.client import MAX_PENDING_LINES, QueueFull, server_time
+from gateway.model import LostOwnership, OutboundMessage, PermanentFailure, Registration, SendResult, TemporaryFailure
 
 SERVER = "irc.test"
 USER = "alice@example.org"
@@ -219,12 +219,14 @@ class PrivateMessagesAreConfirmedWhenWritten(IRCSessionCase):
 
     def test_the_send_queue_is_bounded(self):
         self.sign_on()
-        huge = self.send(self.message("\n".join(f"line {i}" for i in range(5000))))
-        failure = self.failureResultOf(huge, TemporaryFailure)
+        filled = self.send(self.message("\n".join(f"line {i}" for i in range(MAX_PENDING_LINES)), to="carol"))
+        self.addCleanup(filled.addErrback, lambda f: f.trap(TemporaryFailure))
+        more = self.send(self.message("one\ntwo"))
+        failure = self.failureResultOf(more, TemporaryFailure)
         self.assertIn("IRC send queue full", failure.value.text)
-        self.assertEqual(self.written(), [])
-        self.failureResultOf(self.send(self.message("short")), TemporaryFailure)     # not before the huge one
-        self.successResultOf(self.send(self.message("short", to="carol")))
+        self.assertEqual(self.written(), ["PRIVMSG carol :line 0"])
+        self.clock.pump([1.0] * 3)
+        self.failureResultOf(self.send(self.message("short")), TemporaryFailure)     # not before the one refused
 
     def test_room_messages_are_not_held_back_by_the_throttle(self):
         session = self.sign_on()
@@ -236,6 +238,67 @@ class PrivateMessagesAreConfirmedWhenWritten(IRCSessionCase):
                                   body="one\ntwo", kind="groupchat", xmpp_id="x1")
         self.assertEqual(self.successResultOf(self.send(message)), SendResult(parts=2))
         self.assertEqual([e.body for e in self.context.events if e.kind == "message"], ["one\ntwo"])
+
+
+class WhatTheUserSeesWhenTheSendQueueIsFull(IRCSessionCase):
+    """
+    MAX_PENDING_LINES lines wait behind the throttle. What a user sees when a
+    message meets a full queue: a room message is refused at once with a wait
+    error (muc.py sends the sender ``e.condition``, ``e.text``, ``e.error_type``);
+    a private message stays in the outbox and goes once the queue drains; one
+    longer than the queue itself can never go and is refused for good.
+    """
+
+    def fill(self) -> defer.Deferred:
+        """A private message of MAX_PENDING_LINES lines: one written, the rest waiting (1 line/s)."""
+        d = self.send(self.message("\n".join(f"line {i}" for i in range(MAX_PENDING_LINES)), to="carol"))
+        self.assertNoResult(d)
+        self.addCleanup(d.addErrback, lambda f: f.trap(TemporaryFailure))   # cut by tearDown's connection loss
+        return d
+
+    def room(self, session) -> None:
+        session.join("laptop", "#room", "alice")
+        self.conn.lineReceived(b":alice!a@h JOIN #room")
+        self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
+
+    def test_a_room_message_is_refused_at_once_with_a_wait_error(self):
+        session = self.sign_on()
+        self.room(session)
+        self.clock.advance(5.0)
+        self.fill()
+        message = OutboundMessage(component=self.context.component, user=USER, recipient=f"#room%{SERVER}",
+                                  body="one\ntwo", kind="groupchat", xmpp_id="x1")
+        error = self.failureResultOf(self.send(message), QueueFull).value
+        self.assertEqual((error.condition, error.error_type), ("resource-constraint", "wait"))
+        self.assertIn(SERVER, error.text)
+        self.assertIn(f"{MAX_PENDING_LINES} lines", error.text)
+        self.assertIn("try again", error.text)
+        self.assertEqual([e for e in self.context.events if e.kind == "message"], [])   # not reflected either
+
+    def test_a_private_message_waits_in_the_outbox_and_goes_once_the_queue_drains(self):
+        self.sign_on()
+        filled = self.fill()
+        message = self.message("hello\nworld")
+        first = self.failureResultOf(self.send(message), TemporaryFailure).value
+        self.assertIsInstance(first, QueueFull)                       # temporary: the outbox retries it
+        self.assertEqual(message.progress, {})
+        self.clock.pump([1.0] * MAX_PENDING_LINES)
+        self.successResultOf(filled)
+        retry = OutboundMessage.from_dict(message.to_dict())
+        d = self.send(retry)
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d), SendResult(parts=2))
+        self.assertEqual(self.written()[-2:], ["PRIVMSG bob :hello", "PRIVMSG bob :world"])
+
+    def test_a_message_longer_than_the_queue_is_refused_for_good(self):
+        """It could never fit: retrying it until the outbox deadline would only delay the error by an hour."""
+        self.sign_on()
+        d = self.send(self.message("\n".join(f"line {i}" for i in range(MAX_PENDING_LINES + 1))))
+        error = self.failureResultOf(d, PermanentFailure).value
+        self.assertEqual(error.condition, "policy-violation")
+        self.assertIn(f"{MAX_PENDING_LINES + 1} IRC lines", error.text)
+        self.assertEqual(self.written(), [])
+        self.successResultOf(self.send(self.message("short")))       # the conversation is not held up
 
 
 class UnthrottledPrivateMessages(IRCSessionCase):

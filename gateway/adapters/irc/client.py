@@ -30,7 +30,7 @@ from zope.interface import implementer
 
 from gateway import __version__
 from gateway.adapters.irc import text
-from gateway.model import TemporaryFailure
+from gateway.model import PermanentFailure, TemporaryFailure
 
 log = Logger(namespace="gateway.adapters.irc")
 
@@ -126,7 +126,13 @@ def safe_msgid(tags: dict[str, str]) -> str | None:
 
 
 class QueueFull(TemporaryFailure):
-    """The connection already holds as many lines as it may: the outbox keeps the message for later."""
+    """
+    The connection already holds as many lines as it may: the outbox keeps a
+    private message for later; a room message (not queued: room traffic is
+    about now) is refused to its sender with this wait error.
+    """
+
+    condition = "resource-constraint"
 
 
 class Outgoing:
@@ -501,12 +507,18 @@ class IRCConnection(irc.IRCClient):
         """
         Queue a message's lines behind the token bucket; its ``done`` tells when
         the last is written. Raises QueueFull rather than hold more than
-        MAX_PENDING_LINES: a flood must wait in the durable outbox, not in memory.
+        MAX_PENDING_LINES: a flood must wait in the durable outbox, not in memory;
+        PermanentFailure for a message that alone has more lines than that.
         """
         if self._lost:
             raise TemporaryFailure(f"connection to {self.session.server} lost")
+        if len(lines) > MAX_PENDING_LINES:
+            # It would never fit: retried, it would only fail at the outbox deadline, an hour on.
+            raise PermanentFailure(f"a message of {len(lines)} IRC lines is more than this gateway sends at once "
+                                   f"({MAX_PENDING_LINES}); send it in parts", "policy-violation", "modify")
         if len(self._pending) + len(lines) > MAX_PENDING_LINES:
-            raise QueueFull("IRC send queue full")
+            raise QueueFull(f"IRC send queue full: {MAX_PENDING_LINES} lines already wait to go to "
+                            f"{self.session.server} behind the send throttle; try again later")
         out = Outgoing(lines, on_progress)
         self._pending.extend((line, out) for line in lines)
         self._kick()
