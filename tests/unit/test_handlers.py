@@ -413,3 +413,32 @@ def test_requests_without_exactly_one_payload_are_bad_requests(wire):
     assert [el for el in (yield wire.quiet(0.2)) if el.name == "iq"] == []     # one answer each, no second one
     pong = yield wire.iq("get", "<ping xmlns='urn:xmpp:ping'/>", iq_id="shape-ok")
     assert pong["type"] == "result"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_user_holds_at_most_ten_command_sessions_and_the_oldest_ends(wire):
+    """
+    A client looping on execute cannot grow memory: the 11th session a user
+    opens ends their oldest (``bad-sessionid`` when it comes back); the other
+    ten, and another user's session, stay usable.
+    """
+    from gateway.xmpp.commands import MAX_SESSIONS_PER_USER
+
+    assert MAX_SESSIONS_PER_USER == 10                       # the number docs/security.md states
+    yield wire.register(user="alice@example.org/phone", username="alice")
+    yield wire.register(user="bob@example.org/b", username="bob")
+    bobs = yield wire.iq("set", command("settings"), sender="bob@example.org/b", iq_id="b0")
+    sessions = []
+    for n in range(MAX_SESSIONS_PER_USER + 1):
+        started = yield wire.iq("set", command("settings"), iq_id=f"open{n}")
+        sessions.append(find(started, "command")["sessionid"])
+    assert len(set(sessions)) == MAX_SESSIONS_PER_USER + 1
+    form = "<x xmlns='jabber:x:data' type='submit'><field var='prefix'><value>p</value></field></x>"
+    oldest = yield wire.iq("set", command("settings", sessions[0], "complete", form), iq_id="oldest")
+    assert error_of(oldest)[0] == "bad-request" and find(oldest, "error", "bad-sessionid") is not None
+    for n, session in enumerate(sessions[1:]):
+        done = yield wire.iq("set", command("settings", session, "complete", form), iq_id=f"done{n}")
+        assert find(done, "command")["status"] == "completed", done.toXml()
+    bob_done = yield wire.iq("set", command("settings", find(bobs, "command")["sessionid"], "complete", form),
+                             sender="bob@example.org/b", iq_id="b1")
+    assert find(bob_done, "command")["status"] == "completed"

@@ -20,7 +20,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.adapters.irc import IRCAdapter
-from gateway.adapters.irc.client import MAX_PENDING_LINES, QueueFull, server_time
+from gateway.adapters.irc.client import (CTCP_ANSWERS, CTCP_WINDOW, MAX_ISUPPORT_LINES, MAX_OFFERED_CAPS,
+                                         MAX_PENDING_LINES, QueueFull, server_time)
 from gateway.model import LostOwnership, OutboundMessage, PermanentFailure, Registration, SendResult, TemporaryFailure
 
 SERVER = "irc.test"
@@ -380,3 +381,72 @@ class TagsReachTheModelOnlyWhenSane(IRCSessionCase):
         self.conn.lineReceived(f"@time={HOSTILE_TIME};msgid=evil\x01id :bob!b@h PRIVMSG #room :hi".encode())
         event = self.context.events[-1]
         self.assertEqual((event.kind, event.body, event.timestamp, event.stanza_id), ("message", "hi", None, None))
+
+
+# -- what a server can make a connection hold or send --------------------------------
+
+
+class ServerOffersAreCapped(IRCSessionCase):
+    """
+    The caps docs/security.md states: CAP names kept from a multi-line CAP LS
+    (200), ISUPPORT lines taken (30), CTCP queries answered per window (5 per
+    10 s). A server sending more only wants our memory, or our output.
+    """
+
+    rate = 0.0
+
+    def connect(self):
+        """A connection in registration (CAP LS sent, no welcome yet)."""
+        session = self.adapter.session(self.registration, SERVER, "alice")
+        session.connect()
+        self.conn = self.clock.tcpClients[0][2].buildProtocol(None)
+        transport = StringTransport()
+        self.transports.append(transport)
+        self.conn.makeConnection(transport)
+        transport.clear()
+
+    def test_documented_numbers(self):
+        self.assertEqual((MAX_OFFERED_CAPS, MAX_ISUPPORT_LINES, CTCP_ANSWERS, CTCP_WINDOW), (200, 30, 5, 10.0))
+
+    def test_cap_names_past_200_are_not_kept_nor_requested(self):
+        self.connect()
+        for line in range(MAX_OFFERED_CAPS // 20 + 5):          # 300 names, 20 a line, "more follows"
+            names = " ".join(f"cap{line}-{i}" for i in range(20))
+            self.conn.lineReceived(f":{SERVER} CAP * LS * :{names}".encode())
+        self.conn.lineReceived(f":{SERVER} CAP * LS * :multi-prefix".encode())    # the 301st
+        self.assertEqual(len(self.conn._offered), MAX_OFFERED_CAPS)
+        self.conn.lineReceived(f":{SERVER} CAP * LS :server-time".encode())
+        self.assertEqual(self.written(), ["CAP REQ :server-time"])
+
+    def test_cap_names_within_the_cap_are_requested(self):
+        self.connect()
+        self.conn.lineReceived(f":{SERVER} CAP * LS * :multi-prefix cap-a cap-b".encode())
+        self.conn.lineReceived(f":{SERVER} CAP * LS :server-time".encode())
+        self.assertEqual(self.written(), ["CAP REQ :server-time multi-prefix"])
+
+    def test_isupport_lines_past_30_are_ignored(self):
+        self.sign_on()
+        for n in range(MAX_ISUPPORT_LINES + 10):
+            self.conn.lineReceived(f":{SERVER} 005 alice TOK{n}=v{n} :are supported by this server".encode())
+        supported = self.conn.supported
+        self.assertEqual(supported.getFeature(f"TOK{MAX_ISUPPORT_LINES - 1}"), (f"v{MAX_ISUPPORT_LINES - 1}",))
+        self.assertFalse(supported.hasFeature(f"TOK{MAX_ISUPPORT_LINES}"))
+        self.assertFalse(supported.hasFeature(f"TOK{MAX_ISUPPORT_LINES + 9}"))
+
+    def test_ctcp_answers_are_5_per_10_seconds(self):
+        self.sign_on()
+
+        def query(n: int) -> list[str]:
+            self.transports[-1].clear()
+            for _ in range(n):
+                self.conn.lineReceived(b":eve!e@h PRIVMSG alice :\x01VERSION\x01")
+            return [line for line in self.written() if line.startswith("NOTICE eve :\x01VERSION")]
+
+        self.assertEqual(len(query(CTCP_ANSWERS + 20)), CTCP_ANSWERS)
+        self.clock.advance(CTCP_WINDOW / 2)
+        self.assertEqual(query(3), [])                              # the same window
+        self.clock.advance(CTCP_WINDOW / 2 + 0.1)
+        self.assertEqual(len(query(CTCP_ANSWERS + 3)), CTCP_ANSWERS)  # a new window
+        self.transports[-1].clear()
+        self.conn.lineReceived(b":eve!e@h PRIVMSG alice :\x01ACTION waves\x01")   # actions are not answers
+        self.assertEqual(self.context.delivered[-1].body, "/me waves")
