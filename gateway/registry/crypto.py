@@ -26,7 +26,7 @@ from typing import Sequence
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-#: scrypt cost: 2**15 × 8 × 128 B = 32 MiB and ~0.1 s per derivation, done
+#: scrypt cost: 2**15 × 8 × 128 B = 32 MiB per derivation (slow on purpose), done
 #: once per key when the registry opens (in a thread, never on the reactor).
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2 ** 15, 8, 1
 SALT_BYTES = 16

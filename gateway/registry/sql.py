@@ -208,7 +208,7 @@ class SQLRegistry:
         # live gateway. Only a gateway process takes over claims (start_instance).
         salt = yield self._interaction(self._migrate)
         self.kdf_salt = salt
-        # scrypt takes ~0.1 s and 32 MiB per passphrase key: a thread, not the reactor.
+        # scrypt needs 32 MiB and is slow on purpose (per passphrase key): a thread, not the reactor.
         self.box = yield threads.deferToThread(SecretBox, self._keys[0], self._keys[1], salt)
 
     def _migrate(self, txn) -> bytes:

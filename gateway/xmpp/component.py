@@ -404,6 +404,13 @@ class ComponentStream(Component):
         sender = parse_jid(element.getAttribute("from"))
         if sender is None or not element.getAttribute("to"):
             return False
+        if element.name == "iq" and stype in ("get", "set") and sum(1 for _ in element.elements()) != 1:
+            # RFC 6120 §8.2.3: exactly one payload. Refused here, before any
+            # handler: wokkel's match on the first child, and would answer a
+            # two-payload request as if the second were not there. Prosody
+            # checks this only for its own clients, not for other servers'.
+            self.refuse(element, "bad-request", "an IQ get or set carries exactly one payload element", "modify")
+            return False
         if sender.host.lower() in self.allowed_domains:
             return True
         if element.name == "iq" and stype in ("result", "error"):
@@ -417,7 +424,8 @@ class ComponentStream(Component):
     def _unanswered(self, iq: domish.Element) -> None:
         """
         A get or set no handler took: the entity must answer with an error, or
-        the client waits for ever. Room administration and configuration we do
+        the client waits for ever. (One without exactly one payload never gets
+        here: ``_admit`` answers it ``bad-request`` before any handler.) Room administration and configuration we do
         not do is ``feature-not-implemented``; anything else (vCards, last
         activity, private storage...) ``service-unavailable``.
         """

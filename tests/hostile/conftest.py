@@ -24,7 +24,7 @@ from gateway.testing.prosody import Prosody
 #: may run while the other's gateway still lives.
 NAMES = ["hsmtp", "hsmtp2", "hsmtp3", "hsmtp4", "hirc", "hirc2", "hirc3", "hirc4", "hhook", "hhook2",
          "hxmpp", "hxmpp2", "hsecret", "hsecret2", "hretain", "hretain2", "hmuc", "hmuc2",
-         "hadv", "hadv2", "hadv3"]
+         "hadv", "hadv2", "hadv3", "hxmppc"]
 COMPONENTS = {f"{n}.localhost": f"{n}-hostile-secret" for n in NAMES}
 
 

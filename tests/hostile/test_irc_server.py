@@ -63,12 +63,23 @@ class HostileIRC:
     """
     An IRC server that registers clients like a real one, then attacks: what it
     does after a JOIN depends on the channel's name (``attacks``), LIST is
-    answered forever, and with ``stall`` the CAP negotiation never ends.
+    answered forever, and ``mode`` attacks every connection: ``"stall"`` never
+    ends the CAP negotiation, ``"sasl-stall"`` ACKs ``sasl`` and never answers
+    AUTHENTICATE, ``"motd"`` sends MOTD lines (372) forever after the welcome.
     """
 
-    def __init__(self, name: str, stall: bool = False):
+    #: Each MOTD line's text: about 8 KB, under the line limit (8,703 bytes), so
+    #: every one is parsed, and a client keeping them all holds ~8 KB a line.
+    MOTD_TEXT = "- " + "m" * 8000
+    #: MOTD lines sent before the line a ``#motd`` channel waits for (~96 MB).
+    MOTD_LINES_BEFORE_MARK = 12_000
+
+    def __init__(self, name: str, mode: str | None = None):
         self.name = name
-        self.stall = stall
+        self.mode = mode
+        #: The channel the MOTD flood marks with a message once it has sent MOTD_LINES_BEFORE_MARK.
+        self.motd_channel: asyncio.Future | None = None
+        self.motd_sent = 0
         self.attacks = {}
         self.connections = 0
         self.received: list[str] = []
@@ -106,16 +117,22 @@ class HostileIRC:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 self.received.append(line)
                 if line.startswith("CAP LS"):
-                    if self.stall:
+                    if self.mode == "stall":
                         self._spawn(self._stall(writer))
+                    elif self.mode == "sasl-stall":
+                        send(f":{self.name} CAP * LS :server-time sasl=PLAIN")
                     else:
                         send(f":{self.name} CAP * LS :server-time message-tags")
                 elif line.startswith("CAP REQ"):
                     send(f":{self.name} CAP * ACK :" + line.split(":", 1)[1])
+                elif line.startswith("AUTHENTICATE"):
+                    pass                                  # sasl-stall: never answered (nor by anyone else)
                 elif line.startswith("NICK "):
                     nick = line.split(" ", 1)[1]
                 elif line == "CAP END":
                     send(f":{self.name} 001 {nick} :Welcome")
+                    if self.mode == "motd":
+                        self._spawn(self._endless_motd(writer, send, nick))
                 elif line.startswith("PING"):
                     send(f":{self.name} PONG {self.name} {line[5:]}")
                 elif line.startswith("JOIN "):
@@ -141,6 +158,25 @@ class HostileIRC:
             n += 1
             await writer.drain()
             await asyncio.sleep(0.01)
+
+    async def _endless_motd(self, writer, send, nick) -> None:
+        """
+        MOTD lines (372, no 375 before them, no 376 ever) for as long as the
+        connection lasts. Once MOTD_LINES_BEFORE_MARK are out and a channel was
+        joined, one PRIVMSG there: when the user has it, the gateway has read
+        every line before it (one TCP stream, in order).
+        """
+        marked = False
+        while not writer.is_closing():
+            for _ in range(50):
+                send(f":{self.name} 372 {nick} :{self.MOTD_TEXT}")
+            self.motd_sent += 50
+            if (not marked and self.motd_sent >= self.MOTD_LINES_BEFORE_MARK
+                    and self.motd_channel is not None and self.motd_channel.done()):
+                send(f":op!o@h PRIVMSG {self.motd_channel.result()} :after {self.motd_sent} motd lines")
+                marked = True
+            await writer.drain()
+            await asyncio.sleep(0)
 
     async def _endless_list(self, writer, send, nick) -> None:
         send(f":{self.name} 321 {nick} Channel :Users  Name")
@@ -256,12 +292,22 @@ async def attack_ping_flood(writer, send, nick, channel, server) -> None:
     server.flooded = sent
 
 
+async def attack_motd_channel(writer, send, nick, channel, server) -> None:
+    """A complete join; the MOTD flood (mode ``motd``) then marks this channel once it has sent its lines."""
+    send(f":hostile.test 353 {nick} = {channel} :{nick} op")
+    send(f":hostile.test 366 {nick} {channel} :End of NAMES")
+    await writer.drain()
+    if not server.motd_channel.done():
+        server.motd_channel.set_result(channel)
+
+
 # -- fixtures --------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def ports():
-    return {"hostile": free_port(), "stall": free_port(), "good": free_port()}
+    return {"hostile": free_port(), "stall": free_port(), "motd": free_port(), "saslstall": free_port(),
+            "good": free_port()}
 
 
 @pytest.fixture(scope="module")
@@ -283,10 +329,14 @@ def servers(ports):
     hostile = HostileIRC("hostile.test").listen_on(ports["hostile"])
     hostile.attacks = {"#controls": attack_controls, "#names": attack_endless_names, "#flood": attack_no_newline,
                        "#pingflood": attack_ping_flood}
-    stall = HostileIRC("stall.test", stall=True).listen_on(ports["stall"])
+    stall = HostileIRC("stall.test", mode="stall").listen_on(ports["stall"])
+    motd = HostileIRC("motd.test", mode="motd").listen_on(ports["motd"])
+    motd.attacks = {"#motd": attack_motd_channel}
+    motd.motd_channel = asyncio.get_running_loop().create_future()
+    saslstall = HostileIRC("saslstall.test", mode="sasl-stall").listen_on(ports["saslstall"])
     good = ScriptedSASLServer(ports["good"], account=None,
                               after_join=(":op!o@h PRIVMSG {channel} :canary",))
-    return hostile, stall, good
+    return {"hostile": hostile, "stall": stall, "motd": motd, "saslstall": saslstall, "good": good}
 
 
 async def canary(prosody, gateway, channel: str) -> None:
@@ -306,7 +356,7 @@ async def canary(prosody, gateway, channel: str) -> None:
 def baseline(hostile_prosody, irc_gateway, ports):
     """The gateway's RSS once it has served one user on the good network."""
     async def warm():
-        _, _, good = servers(ports)
+        good = servers(ports)["good"]
         await good.start()
         try:
             await canary(hostile_prosody, irc_gateway, "#warm")
@@ -318,23 +368,24 @@ def baseline(hostile_prosody, irc_gateway, ports):
 
 
 def scenario(prosody, gateway, ports, attack, channel: str):
-    """Run ``attack(client, hostile, stall)`` for a new user, then the canary; RSS checked after both."""
+    """
+    Run ``attack(client, hostile, peers)`` for a new user (``peers``: every
+    server of ``servers`` by name), then the canary; RSS checked after both.
+    """
     user = prosody.register(user_name("hirc"), "pw")
 
     async def body_():
-        hostile, stall, good = servers(ports)
-        await hostile.start()
-        await stall.start()
-        await good.start()
+        peers = servers(ports)
+        for server in peers.values():
+            await server.start()
         client = await Client(user, "pw").start(prosody.c2s_port)
         try:
-            await attack(client, hostile, stall)
+            await attack(client, peers["hostile"], peers)
             await canary(prosody, gateway, channel)
         finally:
             await client.stop()
-            hostile.close()
-            stall.close()
-            good.close()
+            for server in peers.values():
+                server.close()
 
     run(body_(), timeout=120)
     assert gateway.proc.poll() is None, "the gateway process died"
@@ -357,7 +408,7 @@ def test_control_characters_and_invalid_utf8_in_every_field(hostile_prosody, irc
     domain = irc_gateway.domain
     room = f"#controls%hostile.test@{domain}"
 
-    async def attack(client, hostile, stall):
+    async def attack(client, hostile, peers):
         client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
         occupants = set()
         while True:
@@ -384,7 +435,7 @@ def test_names_without_end_are_cut_and_the_join_completes(hostile_prosody, irc_g
     """100,000 names and no end of NAMES: the join completes with the first names and a notice says the list was cut."""
     room = f"#names%hostile.test@{irc_gateway.domain}"
 
-    async def attack(client, hostile, stall):
+    async def attack(client, hostile, peers):
         client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
         occupants = 0
         while True:
@@ -408,7 +459,7 @@ def test_endless_list_is_answered_cut(hostile_prosody, irc_gateway, ports, basel
     """
     server_jid = f"hostile.test@{irc_gateway.domain}"
 
-    async def attack(client, hostile, stall):
+    async def attack(client, hostile, peers):
         items = await client.iq(server_jid, "get", f"<query xmlns='{NS_ITEMS}'/>")
         found = items.findall(f"{{{NS_ITEMS}}}query/{{{NS_ITEMS}}}item")
         rooms = [i for i in found if i.get("jid") != server_jid]
@@ -430,7 +481,7 @@ def test_ten_megabytes_without_a_newline_are_skipped(hostile_prosody, irc_gatewa
     """
     room = f"#flood%hostile.test@{irc_gateway.domain}"
 
-    async def attack(client, hostile, stall):
+    async def attack(client, hostile, peers):
         client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
         await client.next_presence(lambda p: p.get("from") == f"{room}/me" and 110 in statuses(p), timeout=20)
         await client.next_message(lambda m: body(m) == "after the flood", timeout=60)
@@ -448,7 +499,7 @@ def test_a_server_that_never_reads_cannot_grow_the_send_buffer(hostile_prosody, 
     """
     room = f"#pingflood%hostile.test@{irc_gateway.domain}"
 
-    async def attack(client, hostile, stall):
+    async def attack(client, hostile, peers):
         client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
         await client.next_presence(lambda p: p.get("from") == f"{room}/me" and 110 in statuses(p), timeout=20)
         deadline = asyncio.get_running_loop().time() + 90
@@ -468,7 +519,7 @@ def test_cap_negotiation_that_never_ends_times_out(hostile_prosody, irc_gateway,
     """
     room = f"#any%stall.test@{irc_gateway.domain}"
 
-    async def attack(client, hostile, stall):
+    async def attack(client, hostile, peers):
         client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
         err = await client.next_presence(lambda p: p.get("type") == "error", timeout=REGISTRATION_TIMEOUT + 20)
         condition, text = error_of(err)
@@ -476,6 +527,74 @@ def test_cap_negotiation_that_never_ends_times_out(hostile_prosody, irc_gateway,
         assert "registration" in text and "stall.test" in text
 
     scenario(hostile_prosody, irc_gateway, ports, attack, "#after-stall")
+    check_rss(irc_gateway, baseline)
+
+
+async def configure(client, server_jid: str, fields: dict) -> None:
+    """Set a user's settings for one IRC server through the ``configure`` ad-hoc command."""
+    first = await client.plugin["xep_0050"].send_command(server_jid, "configure", timeout=10)
+    done = client.Iq(stype="set", sto=server_jid)
+    done["command"]["node"] = "configure"
+    done["command"]["sessionid"] = first["command"]["sessionid"]
+    done["command"]["action"] = "complete"
+    form = done["command"]["form"]
+    form["type"] = "submit"
+    for key, value in fields.items():
+        form.add_field(key, value=value, ftype="text-multi" if isinstance(value, list) else None)
+    completed = await done.send(timeout=10)
+    assert completed["command"]["status"] == "completed"
+
+
+def test_sasl_that_never_finishes_times_out(hostile_prosody, irc_gateway, ports, baseline):
+    """
+    A server that ACKs ``sasl`` and never answers AUTHENTICATE: the user (with
+    a SASL password for it) gets a readable error within the registration
+    deadline, nothing but AUTHENTICATE PLAIN was sent, and the stream stays up.
+    """
+    server_jid = f"saslstall.test@{irc_gateway.domain}"
+    room = f"#any%saslstall.test@{irc_gateway.domain}"
+    secret = "sasl-stall-secret"
+
+    async def attack(client, hostile, peers):
+        await configure(client, server_jid, {"sasl_password": secret})
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
+        err = await client.next_presence(lambda p: p.get("type") == "error", timeout=REGISTRATION_TIMEOUT + 20)
+        waited = loop.time() - began
+        condition, text = error_of(err)
+        assert condition == "remote-server-timeout", (condition, text)
+        assert "registration" in text and "saslstall.test" in text
+        # The deadline, not some later timer (slack for the user's own server and the connect).
+        assert waited < REGISTRATION_TIMEOUT + 5, waited
+        received = peers["saslstall"].received
+        assert "AUTHENTICATE PLAIN" in received, received
+        assert not any(secret in line for line in received), received
+
+    scenario(hostile_prosody, irc_gateway, ports, attack, "#after-saslstall")
+    check_rss(irc_gateway, baseline)
+
+
+def test_an_endless_motd_is_not_kept(hostile_prosody, irc_gateway, ports, baseline):
+    """
+    A server that sends MOTD lines (372, ~8 KB each) forever after the welcome:
+    none is kept (the gateway never shows the MOTD; Twisted's IRCClient would
+    append every line to a list, and the registration deadline no longer
+    applies once signed on). ~96 MB of MOTD later the user's channel still
+    gets its message, and RSS stays within the bound.
+    """
+    room = f"#motd%motd.test@{irc_gateway.domain}"
+
+    async def attack(client, hostile, peers):
+        motd = peers["motd"]
+        client.send_raw(f"<presence to='{room}/me'><x xmlns='{NS_MUC}'/></presence>")
+        await client.next_presence(lambda p: p.get("from") == f"{room}/me" and 110 in statuses(p), timeout=30)
+        mark = await client.next_message(lambda m: (body(m) or "").endswith(" motd lines"), timeout=90)
+        assert mark.get("from") == f"{room}/op"
+        assert motd.motd_sent >= HostileIRC.MOTD_LINES_BEFORE_MARK and motd.connections == 1
+        check_rss(irc_gateway, baseline)
+
+    scenario(hostile_prosody, irc_gateway, ports, attack, "#after-motd")
     check_rss(irc_gateway, baseline)
 
 
@@ -546,19 +665,6 @@ def test_caps_sasl_without_fallback_and_sealed_connect_commands(hostile_prosody,
     user = hostile_prosody.register(user_name("hirccap"), "pw")
     d = gateway.domain
     secret = "hunter2-never-shown"
-
-    async def configure(client, server_jid: str, fields: dict) -> None:
-        first = await client.plugin["xep_0050"].send_command(server_jid, "configure", timeout=10)
-        done = client.Iq(stype="set", sto=server_jid)
-        done["command"]["node"] = "configure"
-        done["command"]["sessionid"] = first["command"]["sessionid"]
-        done["command"]["action"] = "complete"
-        form = done["command"]["form"]
-        form["type"] = "submit"
-        for key, value in fields.items():
-            form.add_field(key, value=value, ftype="text-multi" if isinstance(value, list) else None)
-        completed = await done.send(timeout=10)
-        assert completed["command"]["status"] == "completed"
 
     async def body_():
         good = await ScriptedSASLServer(good_port, account=None).start()

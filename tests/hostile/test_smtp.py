@@ -283,6 +283,53 @@ def test_sizes_over_the_limit_are_refused_and_the_connection_goes_on(hostile_pro
     run(scenario(), timeout=60)
 
 
+def test_a_line_over_16_kib_is_refused_and_the_connection_closed(hostile_prosody, gateway):
+    """
+    A command line of 17 KiB, a DATA line of 17 KiB, and 1 MiB with no newline
+    at all: ``500 5.5.2`` and the connection closed each time (a line is never
+    buffered past 16 KiB); nothing of the cut mail is delivered, and the next
+    connection delivers an ordinary mail.
+    """
+    async def scenario():
+        fay = await mail_user(hostile_prosody, gateway, "fay")
+        try:
+            def attack():
+                replies = []
+                raw = Raw(gateway.smtp_port)
+                raw.cmd("EHLO client.example.net")
+                replies.append(raw.cmd(f"MAIL FROM:<{'a' * 17 * 1024}@example.net>"))
+                replies.append(raw.reply())
+                raw.close()
+                raw = Raw(gateway.smtp_port)
+                raw.cmd("EHLO client.example.net")
+                assert raw.cmd(f"MAIL FROM:<{BOB}>")[0] == 250
+                assert raw.cmd(f"RCPT TO:<{fay.address}>")[0] == 250
+                assert raw.cmd("DATA")[0] == 354
+                raw.send(b"Subject: long line\r\n\r\nbefore\r\n" + b"y" * (17 * 1024) + b"\r\nafter\r\n.\r\n")
+                replies.append(raw.reply())
+                replies.append(raw.reply())
+                raw.close()
+                raw = Raw(gateway.smtp_port)
+                raw.send(b"EHLO " + b"z" * (1024 * 1024))
+                replies.append(raw.reply())
+                replies.append(raw.reply())
+                raw.close()
+                with smtp(gateway) as s:
+                    s.sendmail(BOB, [fay.address], b"Subject: fine\r\n\r\nafter the long lines\r\n")
+                return replies
+
+            replies = await asyncio.to_thread(attack)
+            for i in (0, 2, 4):
+                assert replies[i][0] == 500 and "5.5.2" in replies[i][1], replies
+                assert replies[i + 1] == (0, "closed"), replies
+            got = await fay.quiet(seconds=3.0, predicate=lambda m: body(m) is not None)
+            assert [body(m) for m in got] == ["after the long lines"]
+        finally:
+            await fay.stop()
+
+    run(scenario(), timeout=60)
+
+
 def test_outbound_mail_has_a_daily_cap(hostile_prosody, gateway, smarthost):
     async def scenario():
         erin = await mail_user(hostile_prosody, gateway, "erin")

@@ -9,6 +9,7 @@ the component stream up for everyone.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 import xml.etree.ElementTree as ET
@@ -16,7 +17,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from gateway.testing.ngircd import Ngircd
-from tests.hostile.conftest import start_gateway
+from tests.hostile.conftest import COMPONENTS, start_gateway
 from tests.integration.gateway_fixture import registered_client
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
@@ -24,6 +25,8 @@ from slixmpp.xmlstream.matcher import MatchXPath
 from tests.integration.harness import TIMEOUT, Client, _escape, body, error_condition, run
 
 DOMAIN = "hxmpp.localhost"
+#: Another component on the same Prosody (ComponentPeer), allowed to use the gateway.
+PEER = "hxmppc.localhost"
 IRC_DOMAIN = "hxmpp2.localhost"
 NS_XDATA = "jabber:x:data"
 NS_REG = "jabber:iq:register"
@@ -37,7 +40,8 @@ def echo_gw(hostile_prosody, workdir):
     path = os.path.join(workdir, "hxmpp")
     os.makedirs(path, exist_ok=True)
     admin = hostile_prosody.register(f"hxadmin{os.getpid()}", "pw")
-    gateway = start_gateway(hostile_prosody, path, "hxmpp", admins=[admin])
+    # PEER's stanzas are let in, so a handler would see its malformed requests (see below).
+    gateway = start_gateway(hostile_prosody, path, "hxmpp", admins=[admin], allowed_domains=("localhost", PEER))
     gateway.admin = admin
     yield gateway
     gateway.stop()
@@ -119,6 +123,121 @@ def test_requests_nobody_handles_are_answered(hostile_prosody, echo_gw):
                 assert condition == expected, (to, payload, condition)
             await still_echoes(client)
         finally:
+            await client.stop()
+
+    run(scenario())
+
+
+#: IQ get/set without exactly one payload child (RFC 6120 §8.2.3): ``bad-request``,
+#: whoever would handle the first child (disco#info and ping are answered here).
+MALFORMED_IQS = [
+    (DOMAIN, "get", ""),
+    (f"bob@{DOMAIN}", "set", ""),
+    (DOMAIN, "get", "   "),
+    (DOMAIN, "get", "<query xmlns='http://jabber.org/protocol/disco#info'/><ping xmlns='urn:xmpp:ping'/>"),
+    (DOMAIN, "get", "<ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/>"),
+    (f"bob@{DOMAIN}", "set", "<vCard xmlns='vcard-temp'/><query xmlns='urn:example:nothing'/>"),
+]
+
+
+def test_requests_without_exactly_one_payload_are_bad_requests(hostile_prosody, echo_gw):
+    """
+    End to end, what a client sees. Prosody itself answers these for its own
+    clients (``Incorrect number of children``), so this case passes whatever
+    the gateway does; the gateway's own check, for stanzas Prosody does not
+    check, is shown by the next case (from another component) and by
+    tests/unit/test_handlers.py::test_requests_without_exactly_one_payload_are_bad_requests.
+    """
+    async def scenario():
+        client = await registered_client(hostile_prosody, DOMAIN, "hxshape", Client)
+        try:
+            for to, kind, payload in MALFORMED_IQS:
+                answer_type, answer = await raw_answer(client, to, kind, payload)
+                assert answer_type == "error", (to, kind, payload, ET.tostring(answer))
+                assert error_condition(answer)[0] == "bad-request", (to, kind, payload, ET.tostring(answer))
+            # A well-formed request to the same handler is still answered.
+            answer_type, _ = await raw_answer(client, DOMAIN, "get", "<ping xmlns='urn:xmpp:ping'/>")
+            assert answer_type == "result"
+            await still_echoes(client)
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+class ComponentPeer:
+    """
+    Another XEP-0114 component on the session's Prosody, speaking raw XML:
+    Prosody checks IQ shape only for its own clients, so what this peer sends
+    reaches the gateway as written (as a remote server's stanzas would).
+    """
+
+    async def start(self, port: int, domain: str, secret: str) -> "ComponentPeer":
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+        self.parser = ET.XMLPullParser(events=("start", "end"))
+        self.depth, self.stanzas, self.stream_id = 0, [], None
+        self.writer.write(f"<stream:stream xmlns='jabber:component:accept' xmlns:stream="
+                          f"'http://etherx.jabber.org/streams' to='{domain}'>".encode())
+        while self.stream_id is None:
+            await self._read()
+        digest = hashlib.sha1((self.stream_id + secret).encode()).hexdigest()
+        self.writer.write(f"<handshake>{digest}</handshake>".encode())
+        await self.next(lambda el: el.tag.endswith("}handshake"))
+        return self
+
+    async def _read(self) -> None:
+        data = await asyncio.wait_for(self.reader.read(65536), TIMEOUT)
+        assert data, "Prosody closed the component stream"
+        self.parser.feed(data)
+        for event, el in self.parser.read_events():
+            if event == "start":
+                self.depth += 1
+                if self.depth == 1:
+                    self.stream_id = el.get("id")
+            else:
+                self.depth -= 1
+                if self.depth == 1:
+                    self.stanzas.append(el)
+
+    async def next(self, predicate) -> ET.Element:
+        while True:
+            for i, el in enumerate(self.stanzas):
+                if predicate(el):
+                    return self.stanzas.pop(i)
+            await self._read()
+
+    def send(self, xml: str) -> None:
+        self.writer.write(xml.encode())
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def test_requests_without_exactly_one_payload_from_a_peer_prosody_does_not_check(hostile_prosody, echo_gw):
+    """
+    The two-payload IQs from another component (Prosody passes them on
+    unchecked), a domain the gateway serves: it answers ``bad-request`` itself
+    (before the fix: the disco#info handler answered the first of two payloads
+    as if the second were not there); its stream stays up. No childless IQ here: Prosody
+    0.12's mod_iq fails on one from a component and drops that component's
+    stream before routing it (the unit test covers the gateway's answer).
+    """
+    async def scenario():
+        peer = await ComponentPeer().start(hostile_prosody.component_port, PEER, COMPONENTS[PEER])
+        client = await registered_client(hostile_prosody, DOMAIN, "hxpeer", Client)
+        try:
+            for n, (to, kind, payload) in enumerate(p for p in MALFORMED_IQS if p[2].strip()):
+                iq_id = f"peer{os.getpid()}-{n}"
+                peer.send(f"<iq xmlns='jabber:component:accept' type='{kind}' id='{iq_id}' from='{PEER}' "
+                          f"to='{_escape(to)}'>{payload}</iq>")
+                answer = await peer.next(lambda el: el.get("id") == iq_id)
+                assert answer.get("type") == "error" and answer.get("from") == to, ET.tostring(answer)
+                err = answer.find("{jabber:component:accept}error")
+                conditions = [c.tag.split("}")[1] for c in err if "xmpp-stanzas" in c.tag and "text" not in c.tag]
+                assert conditions == ["bad-request"], (payload, ET.tostring(answer))
+            await still_echoes(client)
+        finally:
+            peer.close()
             await client.stop()
 
     run(scenario())

@@ -93,6 +93,8 @@ def test_the_wheel_and_sdist_carry_everything(dist):
     from gateway import __version__
     assert f"Version: {__version__}" in meta
     assert "Classifier: Framework :: Twisted" in meta and "Project-URL:" in meta
+    assert "Classifier: License :: OSI Approved :: MIT License" in meta.splitlines(), meta[:3000]
+    assert "Project-URL: Source, https://pypi.org/project/xmpp-gateway/#files" in meta.splitlines(), meta[:3000]
     members = tarfile.open(sdist).getnames()
     top = members[0].split("/")[0]
     for needed in ("LICENSE", "constraints.txt", "tests/integration/test_packaging.py", "docs/install.md",

@@ -262,3 +262,20 @@ def test_cli_export_keeps_secrets_sealed_and_carries_the_salt(opened, fresh_dir)
     wrong = cli("registry", "import", "-", "--config", config("c", "another passphrase entirely"),
                 stdin=exported.stdout)
     assert wrong.returncode == 1 and "cannot be decrypted" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_a_passphrase_is_stretched_with_scrypt_n_2_15_r_8_p_1_needing_32_mib():
+    """
+    What docs/operations.md states of the passphrase key: scrypt with
+    n = 2^15, r = 8, p = 1 (the same key as the standard library's scrypt with
+    those parameters), which needs 128·n·r = 32 MiB: under that, it cannot run.
+    """
+    import hashlib
+
+    salt = b"0123456789abcdef"
+    passphrase = "correct horse battery staple"
+    reference = hashlib.scrypt(passphrase.encode(), salt=salt, n=2 ** 15, r=8, p=1, dklen=32,
+                               maxmem=33 * 1024 * 1024)
+    assert derive(passphrase, salt) == base64.urlsafe_b64encode(reference)
+    with pytest.raises(ValueError):
+        hashlib.scrypt(passphrase.encode(), salt=salt, n=2 ** 15, r=8, p=1, dklen=32, maxmem=32 * 1024 * 1024 - 1)

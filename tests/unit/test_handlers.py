@@ -391,3 +391,54 @@ def test_every_request_gets_an_answer(wire):
     version = yield wire.iq("get", "<query xmlns='jabber:iq:version'/>", iq_id="ver1")
     assert version["type"] == "result"
     assert [el for el in (yield wire.quiet(0.2)) if el.name == "iq"] == []     # one answer each, no second one
+
+
+@pytest_twisted.inlineCallbacks
+def test_requests_without_exactly_one_payload_are_bad_requests(wire):
+    """
+    RFC 6120 §8.2.3: a get or set carries exactly one payload. None, or two,
+    is ``bad-request`` before any handler sees it: a handler matching the first
+    child (disco#info, ping) would otherwise answer as if the second were not
+    there. Prosody checks this for its own clients, not for stanzas from other
+    servers or components, so the gateway must.
+    """
+    cases = [("get", "", DOMAIN), ("set", "", f"bob@{DOMAIN}"), ("get", "  ", DOMAIN),
+             ("get", "<query xmlns='http://jabber.org/protocol/disco#info'/><ping xmlns='urn:xmpp:ping'/>", DOMAIN),
+             ("get", "<ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/>", f"bob@{DOMAIN}"),
+             ("set", "<query xmlns='jabber:iq:register'><remove/></query><x xmlns='urn:example'/>", DOMAIN),
+             ("set", "<vCard xmlns='vcard-temp'/><query xmlns='urn:example:nothing'/>", f"bob@{DOMAIN}")]
+    for n, (itype, payload, to) in enumerate(cases):
+        reply = yield wire.iq(itype, payload, to=to, iq_id=f"shape{n}")
+        assert (reply["type"], error_of(reply)[0]) == ("error", "bad-request"), (itype, payload, reply.toXml())
+    assert [el for el in (yield wire.quiet(0.2)) if el.name == "iq"] == []     # one answer each, no second one
+    pong = yield wire.iq("get", "<ping xmlns='urn:xmpp:ping'/>", iq_id="shape-ok")
+    assert pong["type"] == "result"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_user_holds_at_most_ten_command_sessions_and_the_oldest_ends(wire):
+    """
+    A client looping on execute cannot grow memory: the 11th session a user
+    opens ends their oldest (``bad-sessionid`` when it comes back); the other
+    ten, and another user's session, stay usable.
+    """
+    from gateway.xmpp.commands import MAX_SESSIONS_PER_USER
+
+    assert MAX_SESSIONS_PER_USER == 10                       # the number docs/security.md states
+    yield wire.register(user="alice@example.org/phone", username="alice")
+    yield wire.register(user="bob@example.org/b", username="bob")
+    bobs = yield wire.iq("set", command("settings"), sender="bob@example.org/b", iq_id="b0")
+    sessions = []
+    for n in range(MAX_SESSIONS_PER_USER + 1):
+        started = yield wire.iq("set", command("settings"), iq_id=f"open{n}")
+        sessions.append(find(started, "command")["sessionid"])
+    assert len(set(sessions)) == MAX_SESSIONS_PER_USER + 1
+    form = "<x xmlns='jabber:x:data' type='submit'><field var='prefix'><value>p</value></field></x>"
+    oldest = yield wire.iq("set", command("settings", sessions[0], "complete", form), iq_id="oldest")
+    assert error_of(oldest)[0] == "bad-request" and find(oldest, "error", "bad-sessionid") is not None
+    for n, session in enumerate(sessions[1:]):
+        done = yield wire.iq("set", command("settings", session, "complete", form), iq_id=f"done{n}")
+        assert find(done, "command")["status"] == "completed", done.toXml()
+    bob_done = yield wire.iq("set", command("settings", find(bobs, "command")["sessionid"], "complete", form),
+                             sender="bob@example.org/b", iq_id="b1")
+    assert find(bob_done, "command")["status"] == "completed"

@@ -20,8 +20,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gateway.adapters.irc import IRCAdapter
-from gateway.adapters.irc.client import server_time
-from gateway.model import LostOwnership, OutboundMessage, Registration, SendResult, TemporaryFailure
+from gateway.adapters.irc.client import (CTCP_ANSWERS, CTCP_WINDOW, GREETING_WAIT, MAX_ISUPPORT_LINES,
+                                         MAX_OFFERED_CAPS, MAX_PENDING_LINES, QueueFull, server_time)
+from gateway.model import LostOwnership, OutboundMessage, PermanentFailure, Registration, SendResult, TemporaryFailure
 
 SERVER = "irc.test"
 USER = "alice@example.org"
@@ -220,12 +221,14 @@ class PrivateMessagesAreConfirmedWhenWritten(IRCSessionCase):
 
     def test_the_send_queue_is_bounded(self):
         self.sign_on()
-        huge = self.send(self.message("\n".join(f"line {i}" for i in range(5000))))
-        failure = self.failureResultOf(huge, TemporaryFailure)
+        filled = self.send(self.message("\n".join(f"line {i}" for i in range(MAX_PENDING_LINES)), to="carol"))
+        self.addCleanup(filled.addErrback, lambda f: f.trap(TemporaryFailure))
+        more = self.send(self.message("one\ntwo"))
+        failure = self.failureResultOf(more, TemporaryFailure)
         self.assertIn("IRC send queue full", failure.value.text)
-        self.assertEqual(self.written(), [])
-        self.failureResultOf(self.send(self.message("short")), TemporaryFailure)     # not before the huge one
-        self.successResultOf(self.send(self.message("short", to="carol")))
+        self.assertEqual(self.written(), ["PRIVMSG carol :line 0"])
+        self.clock.pump([1.0] * 3)
+        self.failureResultOf(self.send(self.message("short")), TemporaryFailure)     # not before the one refused
 
     def test_room_messages_are_not_held_back_by_the_throttle(self):
         session = self.sign_on()
@@ -237,6 +240,67 @@ class PrivateMessagesAreConfirmedWhenWritten(IRCSessionCase):
                                   body="one\ntwo", kind="groupchat", xmpp_id="x1")
         self.assertEqual(self.successResultOf(self.send(message)), SendResult(parts=2))
         self.assertEqual([e.body for e in self.context.events if e.kind == "message"], ["one\ntwo"])
+
+
+class WhatTheUserSeesWhenTheSendQueueIsFull(IRCSessionCase):
+    """
+    MAX_PENDING_LINES lines wait behind the throttle. What a user sees when a
+    message meets a full queue: a room message is refused at once with a wait
+    error (muc.py sends the sender ``e.condition``, ``e.text``, ``e.error_type``);
+    a private message stays in the outbox and goes once the queue drains; one
+    longer than the queue itself can never go and is refused for good.
+    """
+
+    def fill(self) -> defer.Deferred:
+        """A private message of MAX_PENDING_LINES lines: one written, the rest waiting (1 line/s)."""
+        d = self.send(self.message("\n".join(f"line {i}" for i in range(MAX_PENDING_LINES)), to="carol"))
+        self.assertNoResult(d)
+        self.addCleanup(d.addErrback, lambda f: f.trap(TemporaryFailure))   # cut by tearDown's connection loss
+        return d
+
+    def room(self, session) -> None:
+        session.join("laptop", "#room", "alice")
+        self.conn.lineReceived(b":alice!a@h JOIN #room")
+        self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
+
+    def test_a_room_message_is_refused_at_once_with_a_wait_error(self):
+        session = self.sign_on()
+        self.room(session)
+        self.clock.advance(5.0)
+        self.fill()
+        message = OutboundMessage(component=self.context.component, user=USER, recipient=f"#room%{SERVER}",
+                                  body="one\ntwo", kind="groupchat", xmpp_id="x1")
+        error = self.failureResultOf(self.send(message), QueueFull).value
+        self.assertEqual((error.condition, error.error_type), ("resource-constraint", "wait"))
+        self.assertIn(SERVER, error.text)
+        self.assertIn(f"{MAX_PENDING_LINES} lines", error.text)
+        self.assertIn("try again", error.text)
+        self.assertEqual([e for e in self.context.events if e.kind == "message"], [])   # not reflected either
+
+    def test_a_private_message_waits_in_the_outbox_and_goes_once_the_queue_drains(self):
+        self.sign_on()
+        filled = self.fill()
+        message = self.message("hello\nworld")
+        first = self.failureResultOf(self.send(message), TemporaryFailure).value
+        self.assertIsInstance(first, QueueFull)                       # temporary: the outbox retries it
+        self.assertEqual(message.progress, {})
+        self.clock.pump([1.0] * MAX_PENDING_LINES)
+        self.successResultOf(filled)
+        retry = OutboundMessage.from_dict(message.to_dict())
+        d = self.send(retry)
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d), SendResult(parts=2))
+        self.assertEqual(self.written()[-2:], ["PRIVMSG bob :hello", "PRIVMSG bob :world"])
+
+    def test_a_message_longer_than_the_queue_is_refused_for_good(self):
+        """It could never fit: retrying it until the outbox deadline would only delay the error by an hour."""
+        self.sign_on()
+        d = self.send(self.message("\n".join(f"line {i}" for i in range(MAX_PENDING_LINES + 1))))
+        error = self.failureResultOf(d, PermanentFailure).value
+        self.assertEqual(error.condition, "policy-violation")
+        self.assertIn(f"{MAX_PENDING_LINES + 1} IRC lines", error.text)
+        self.assertEqual(self.written(), [])
+        self.successResultOf(self.send(self.message("short")))       # the conversation is not held up
 
 
 class UnthrottledPrivateMessages(IRCSessionCase):
@@ -511,3 +575,73 @@ class TheGatewaysCap(ConnectionTrouble):
         labels = {"component": self.context.component}
         self.assertEqual(metrics.REGISTRY.get_sample_value("xmpp_gateway_irc_connect_in_flight", labels), 1)
         self.assertEqual(metrics.REGISTRY.get_sample_value("xmpp_gateway_irc_connect_waiting", labels), 1)
+
+
+# -- what a server can make a connection hold or send --------------------------------
+
+
+class ServerOffersAreCapped(IRCSessionCase):
+    """
+    The caps docs/security.md states: CAP names kept from a multi-line CAP LS
+    (200), ISUPPORT lines taken (30), CTCP queries answered per window (5 per
+    10 s). A server sending more only wants our memory, or our output.
+    """
+
+    rate = 0.0
+
+    def connect(self):
+        """A connection in registration (CAP LS sent, no welcome yet)."""
+        session = self.adapter.session(self.registration, SERVER, "alice")
+        session.connect()
+        self.conn = self.clock.tcpClients[0][2].buildProtocol(None)
+        transport = StringTransport()
+        self.transports.append(transport)
+        self.conn.makeConnection(transport)
+        self.clock.advance(GREETING_WAIT)       # the registration lines go out (the server said nothing first)
+        transport.clear()
+
+    def test_documented_numbers(self):
+        self.assertEqual((MAX_OFFERED_CAPS, MAX_ISUPPORT_LINES, CTCP_ANSWERS, CTCP_WINDOW), (200, 30, 5, 10.0))
+
+    def test_cap_names_past_200_are_not_kept_nor_requested(self):
+        self.connect()
+        for line in range(MAX_OFFERED_CAPS // 20 + 5):          # 300 names, 20 a line, "more follows"
+            names = " ".join(f"cap{line}-{i}" for i in range(20))
+            self.conn.lineReceived(f":{SERVER} CAP * LS * :{names}".encode())
+        self.conn.lineReceived(f":{SERVER} CAP * LS * :multi-prefix".encode())    # the 301st
+        self.assertEqual(len(self.conn._offered), MAX_OFFERED_CAPS)
+        self.conn.lineReceived(f":{SERVER} CAP * LS :server-time".encode())
+        self.assertEqual(self.written(), ["CAP REQ :server-time"])
+
+    def test_cap_names_within_the_cap_are_requested(self):
+        self.connect()
+        self.conn.lineReceived(f":{SERVER} CAP * LS * :multi-prefix cap-a cap-b".encode())
+        self.conn.lineReceived(f":{SERVER} CAP * LS :server-time".encode())
+        self.assertEqual(self.written(), ["CAP REQ :server-time multi-prefix"])
+
+    def test_isupport_lines_past_30_are_ignored(self):
+        self.sign_on()
+        for n in range(MAX_ISUPPORT_LINES + 10):
+            self.conn.lineReceived(f":{SERVER} 005 alice TOK{n}=v{n} :are supported by this server".encode())
+        supported = self.conn.supported
+        self.assertEqual(supported.getFeature(f"TOK{MAX_ISUPPORT_LINES - 1}"), (f"v{MAX_ISUPPORT_LINES - 1}",))
+        self.assertFalse(supported.hasFeature(f"TOK{MAX_ISUPPORT_LINES}"))
+        self.assertFalse(supported.hasFeature(f"TOK{MAX_ISUPPORT_LINES + 9}"))
+
+    def test_ctcp_answers_are_5_per_10_seconds(self):
+        self.sign_on()
+
+        def query(n: int) -> list[str]:
+            self.transports[-1].clear()
+            for _ in range(n):
+                self.conn.lineReceived(b":eve!e@h PRIVMSG alice :\x01VERSION\x01")
+            return [line for line in self.written() if line.startswith("NOTICE eve :\x01VERSION")]
+
+        self.assertEqual(len(query(CTCP_ANSWERS + 20)), CTCP_ANSWERS)
+        self.clock.advance(CTCP_WINDOW / 2)
+        self.assertEqual(query(3), [])                              # the same window
+        self.clock.advance(CTCP_WINDOW / 2 + 0.1)
+        self.assertEqual(len(query(CTCP_ANSWERS + 3)), CTCP_ANSWERS)  # a new window
+        self.transports[-1].clear()
+        self.conn.lineReceived(b":eve!e@h PRIVMSG alice :\x01ACTION waves\x01")   # actions are not answers
+        self.assertEqual(self.context.delivered[-1].body, "/me waves")

@@ -9,7 +9,8 @@ enter, so that only a sane timestamp and an id fit for an XML attribute ever
 reach the neutral model. So is everything else the server can make us hold:
 a line longer than IRCv3 allows is skipped (up to its newline) without being
 buffered, the capabilities and ISUPPORT tokens it offers are counted, and a
-registration that has not finished by the deadline ends the connection.
+registration that has not finished by the deadline ends the connection; the
+MOTD, which nothing shows, is not kept at all.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from zope.interface import implementer
 
 from gateway import __version__
 from gateway.adapters.irc import text
-from gateway.model import TemporaryFailure
+from gateway.model import PermanentFailure, TemporaryFailure
 
 log = Logger(namespace="gateway.adapters.irc")
 
@@ -132,7 +133,13 @@ def safe_msgid(tags: dict[str, str]) -> str | None:
 
 
 class QueueFull(TemporaryFailure):
-    """The connection already holds as many lines as it may: the outbox keeps the message for later."""
+    """
+    The connection already holds as many lines as it may: the outbox keeps a
+    private message for later; a room message (not queued: room traffic is
+    about now) is refused to its sender with this wait error.
+    """
+
+    condition = "resource-constraint"
 
 
 class Outgoing:
@@ -304,6 +311,20 @@ class IRCConnection(irc.IRCClient):
         self._isupport_lines += 1
         if self._isupport_lines <= MAX_ISUPPORT_LINES:
             super().irc_RPL_ISUPPORT(prefix, params)
+
+    # The MOTD is never shown to anyone, so none of it is kept: Twisted's
+    # IRCClient appends every 372 line to self.motd until 376, and a server that
+    # never sends 376 (after the welcome, when the registration deadline no
+    # longer applies) would grow that list for as long as the connection lasts.
+
+    def irc_RPL_MOTDSTART(self, prefix, params):
+        self.motd = None
+
+    def irc_RPL_MOTD(self, prefix, params):
+        pass
+
+    def irc_RPL_ENDOFMOTD(self, prefix, params):
+        self.motd = None
 
     # -- incoming lines ------------------------------------------------------------
 
@@ -512,12 +533,18 @@ class IRCConnection(irc.IRCClient):
         """
         Queue a message's lines behind the token bucket; its ``done`` tells when
         the last is written. Raises QueueFull rather than hold more than
-        MAX_PENDING_LINES: a flood must wait in the durable outbox, not in memory.
+        MAX_PENDING_LINES: a flood must wait in the durable outbox, not in memory;
+        PermanentFailure for a message that alone has more lines than that.
         """
         if self._lost:
             raise TemporaryFailure(f"connection to {self.session.server} lost")
+        if len(lines) > MAX_PENDING_LINES:
+            # It would never fit: retried, it would only fail at the outbox deadline, an hour on.
+            raise PermanentFailure(f"a message of {len(lines)} IRC lines is more than this gateway sends at once "
+                                   f"({MAX_PENDING_LINES}); send it in parts", "policy-violation", "modify")
         if len(self._pending) + len(lines) > MAX_PENDING_LINES:
-            raise QueueFull("IRC send queue full")
+            raise QueueFull(f"IRC send queue full: {MAX_PENDING_LINES} lines already wait to go to "
+                            f"{self.session.server} behind the send throttle; try again later")
         out = Outgoing(lines, on_progress)
         self._pending.extend((line, out) for line in lines)
         self._kick()

@@ -23,7 +23,7 @@ from gateway import metrics
 from gateway.adapters.irc import policy, text
 from gateway.adapters.irc.client import IRCConnection, Outgoing, safe_msgid, server_time
 from gateway.adapters.irc.scheduler import CONNECTED, Ticket, backoff
-from gateway.model import (InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
+from gateway.model import (GatewayError, InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
                            TemporaryFailure)
 
 log = Logger(namespace="gateway.adapters.irc")
@@ -807,7 +807,7 @@ class IRCSession:
         lines = text.message_lines("PRIVMSG", target, body, self.nick, ctcp)
         try:
             self.conn.send_message(lines).done.addErrback(lambda f: None)   # lost with the connection: as before
-        except TemporaryFailure as e:
+        except GatewayError as e:                     # queue full, or a message longer than the queue
             return defer.fail(e)
         if reflect_room is not None:
             # XEP-0045: the room reflects the sender's own message to every joined resource.
@@ -851,7 +851,7 @@ class IRCSession:
             return defer.succeed(len(lines))
         try:
             out = self.conn.send_message(lines[done:], lambda o: self._progressed(message, done, o))
-        except TemporaryFailure as e:
+        except GatewayError as e:                     # queue full, or a message longer than the queue
             return defer.fail(e)
         backlog.settle(key, message)                  # in line on the socket: later messages may follow it
         return out.done.addCallbacks(lambda _: len(lines), lambda f: self._interrupted(f, message, done, out))
