@@ -222,6 +222,8 @@ def test_a_user_kept_out_after_a_restart_is_told_and_told_again_when_back(prosod
 
 USERS = 60
 RATE = 10.0
+#: Seconds over which the attempt rate is counted, and the attempts it may be over by.
+WINDOW, SLACK = 3.0, 3
 
 
 def test_a_restart_with_many_users_is_a_paced_queue(prosody, workdir, fresh_dir):
@@ -258,7 +260,7 @@ def test_a_restart_with_many_users_is_a_paced_queue(prosody, workdir, fresh_dir)
                     break
                 await asyncio.sleep(0.1)
             assert len(joins(watcher.seen)) == USERS
-            assert proxy.most_in_window(0.0) <= RATE + 2, proxy.most_in_window(0.0)
+            assert proxy.most_in_window(0.0, WINDOW) <= RATE * WINDOW + SLACK, proxy.most_in_window(0.0, WINDOW)
 
             await watcher.close()
             await asyncio.to_thread(ircd.restart)
@@ -272,8 +274,10 @@ def test_a_restart_with_many_users_is_a_paced_queue(prosody, workdir, fresh_dir)
             assert len(joins(watcher.seen)) == USERS, USERS - len(joins(watcher.seen))
             attempts = sum(1 for t in proxy.stamps if t >= restarted)
             assert attempts >= USERS
-            # at most RATE per second (one token: 1/RATE apart), 2 of slack for a busy machine's accept queue
-            assert proxy.most_in_window(restarted) <= RATE + 2, proxy.most_in_window(restarted)
+            # at most RATE per second (one token: 1/RATE apart), over a few seconds: the proxy notes an accept
+            # when its event loop gets to it, and a busy machine bunches them (13 in one second was seen)
+            assert proxy.most_in_window(restarted, WINDOW) <= RATE * WINDOW + SLACK, \
+                proxy.most_in_window(restarted, WINDOW)
 
             def rejoined() -> dict:
                 per_user = {}
