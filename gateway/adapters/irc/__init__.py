@@ -10,19 +10,20 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway import metrics
 from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import text
+from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
-from gateway.interfaces import IHostsRooms
+from gateway.interfaces import IHealthReport, IHostsRooms
 from gateway.model import (AddressError, Field, Occupancy, OutboundMessage, PermanentFailure, PolicyViolation,
                            Registration, RegistrationError, SendResult)
-from gateway.options import Option, non_negative, positive
+from gateway.options import Option, endpoint, non_negative, positive
 
 
 def port_number(value) -> int | None:
@@ -58,7 +59,7 @@ def mask_command(command: str) -> str:
     return m.group(1) + MASK if m else command
 
 
-@implementer(IHostsRooms)
+@implementer(IHostsRooms, IHealthReport)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -125,6 +126,17 @@ class IRCAdapter(AdapterBase):
                doc="Seconds a server may take to let us sign on (CAP, SASL, welcome) once connected; then the "
                    "connection is dropped and the attempt retried, and joins waiting on it get "
                    "remote-server-timeout (they complete when a later attempt is welcomed)."),
+        Option("identd_listen", str, "", check=endpoint,
+               doc="Twisted endpoint of the built-in ident server (RFC 1413), e.g. `tcp:113:interface=0.0.0.0`; "
+                   "empty: none. It answers IRC servers' queries about the gateway's own connections with each "
+                   "user's token (also sent as the IRC user name), so servers show no `~`. Port 113 needs "
+                   "`CAP_NET_BIND_SERVICE` (drop-in `xmpp-gateway example-config systemd-port-113`) or a redirect."),
+        Option("identd_max_connections", int, 100, check=positive,
+               doc="Ident connections open at once (each gets 10 s for its one query, 16 at most per peer "
+                   "address); more are closed at once."),
+        Option("ident_salt", str, "", secret=True,
+               doc="Key of the per-user ident token instead of one derived from `registry.secret_key`: set it "
+                   "to keep the tokens (and the bans networks put on them) when that key changes."),
     ]
 
     @classmethod
@@ -148,6 +160,10 @@ class IRCAdapter(AdapterBase):
                                           rate=options.get("connect_rate", 5.0),
                                           max_connections=options.get("max_connections_per_server", 0))
         scheduler = self.scheduler
+        #: Open connections by port pair, for the identd; None when the identd is off.
+        self.ident_table: IdentTable | None = IdentTable() if options.get("identd_listen") else None
+        self._ident_port = None
+        self._problems: list[str] = []
         metrics.IRC_CONNECT_WAITING.labels(context.component).set_function(
             lambda: sum(h.waiting for h in scheduler.hosts.values()))
         metrics.IRC_CONNECT_IN_FLIGHT.labels(context.component).set_function(
@@ -162,11 +178,40 @@ class IRCAdapter(AdapterBase):
                     yield Occupancy(session.user, tuple(room.resources), session.room_address(room.channel),
                                     text.clean_name(session.nick))
 
+    @defer.inlineCallbacks
+    def startService(self):
+        super().startService()
+        listen = self.config.get("identd_listen")
+        if not listen:
+            return
+        factory = IdentFactory(self.ident_table, self.context.clock, self.config.get("identd_max_connections", 100))
+        try:
+            self._ident_port = yield endpoints.serverFromString(self.context.clock, listen).listen(factory)
+        except Exception as e:
+            # IRC still works (users show as ~token); /healthz says what does not (IHealthReport).
+            self._problems.append(f"identd listener {listen}: {e}")
+            log.error("identd: listener {listen} failed: {error}", listen=listen, error=e)
+            return
+        log.info("identd on {listen}", listen=listen)
+
+    def problems(self) -> list[str]:
+        return list(self._problems)
+
+    def ident_token(self, jid: str) -> str:
+        """The user's stable token: their ident answer and IRC user name while the identd is on."""
+        salt = self.config.get("ident_salt") or ""
+        key = salt.encode("utf-8") if salt else (getattr(self.context, "token_key", b"") or b"")
+        return ident_token(key, jid)
+
     def stopService(self):
         self.scheduler.concurrent = 0          # a session closing frees a place: no other attempt may start now
         for session in list(self.sessions.values()):
             session.close("Gateway shutting down")
-        return super().stopService()
+        super().stopService()
+        port, self._ident_port = self._ident_port, None
+        if port is not None:
+            return port.stopListening()
+        return None
 
     # -- addresses ----------------------------------------------------------------
 
@@ -296,6 +341,10 @@ class IRCAdapter(AdapterBase):
                 "realname": stored.get("realname") or node}
         prefix = server + ":"
         base.update({k[len(prefix):]: v for k, v in registration.secrets.items() if k.startswith(prefix)})
+        if self.ident_table is not None:
+            # The identd answers this token: one that differs from USER would show as ~. The user's own
+            # choice is not used, so nobody can take another user's token (and evade, or draw, their bans).
+            base["username"] = self.ident_token(registration.jid)
         base["commands"] = self._commands(registration, server)
         if base.get("sasl_password"):
             base["sasl_username"] = stored.get("sasl_username") or base["nick"]

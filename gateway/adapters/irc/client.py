@@ -194,6 +194,8 @@ class IRCConnection(irc.IRCClient):
         self._deadline = None
         self._hello = None
         self._ctcp_window = [0.0, 0]
+        #: (our address, the server's) while listed with the adapter's identd.
+        self._ident_ends = None
 
     # -- registration with CAP ---------------------------------------------------
 
@@ -205,6 +207,11 @@ class IRCConnection(irc.IRCClient):
         timeout = self.session.adapter.config["registration_timeout"]
         self._deadline = self._clock.callLater(timeout, self._registration_expired, timeout)
         self._hello = self._clock.callLater(GREETING_WAIT, self._sign_on)
+        table = getattr(self.session.adapter, "ident_table", None)
+        if table is not None:
+            # Now, not at the welcome: the server asks our identd as soon as it accepts.
+            self._ident_ends = (self.transport.getHost(), self.transport.getPeer())
+            table.add(self, *self._ident_ends, self.username)
 
     def _sign_on(self) -> None:
         """CAP LS, then NICK and USER: after GREETING_WAIT, or as soon as the server says anything."""
@@ -479,6 +486,10 @@ class IRCConnection(irc.IRCClient):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self._lost = True
+        table = getattr(self.session.adapter, "ident_table", None)
+        if table is not None and self._ident_ends is not None:
+            table.remove(self, *self._ident_ends)
+            self._ident_ends = None
         self._inbuf = b""
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
