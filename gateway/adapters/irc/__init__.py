@@ -17,7 +17,7 @@ from zope.interface import implementer
 from gateway import metrics
 from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import text
-from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token
+from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
 from gateway.interfaces import IHealthReport, IHostsRooms
@@ -51,6 +51,21 @@ _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
 _SECRET_COMMAND = re.compile(r"^(.*?\b(?:IDENTIFY|AUTH|AUTHENTICATE|LOGIN|PASS|OPER|REGISTER|GHOST|RECOVER|RELEASE)"
                              r"\b:?\s*)(\S.*)$", re.IGNORECASE)
 MASK = "********"
+#: What an operator may set per server in ``servers``.
+SERVER_KEYS = frozenset({"host", "port", "tls", "verify", "webirc_password", "webirc_gateway", "webirc_host",
+                         "webirc_ip"})
+_WEBIRC_WORD = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+_WEBIRC_PASSWORD = re.compile(r"^[!-~]{1,200}$")
+
+
+def _ip(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return not value.startswith(":")              # a leading ":" would start IRC's trailing parameter
 
 
 def mask_command(command: str) -> str:
@@ -75,9 +90,13 @@ class IRCAdapter(AdapterBase):
         Option("fixed_server", str, "",
                doc="Serve one IRC server only: rooms are `#chan@component`, people `nick@component` "
                    "(no %server). The server's own JID stays `server@component`."),
-        Option("servers", dict, {},
+        Option("servers", dict, {}, secret_fields=("webirc_password",),
                doc="Per-server connection settings: `{ \"irc.example.net\" = { host = \"...\", port = 6697, "
-                   "tls = true, verify = true } }`; default port 6697 with TLS verified."),
+                   "tls = true, verify = true } }`; default port 6697 with TLS verified. With the network's "
+                   "consent, WEBIRC: `webirc_password` (*secret*: inline, `{ env = \"NAME\" }` or "
+                   "`{ file = \"/path\" }`), `webirc_gateway` (the gateway name the network gave, default "
+                   "`xmpp-gateway`), `webirc_host` (suffix of each user's host, default the component's domain: "
+                   "`<token>.<suffix>`) and `webirc_ip` (default: a per-user address in `fd00::/8`; see docs/irc.md)."),
         Option("fallback_encoding", str, "latin-1", doc="Charset for incoming lines that are not UTF-8."),
         Option("throttle_rate", float, 2.0, check=non_negative,
                doc="Lines per second each connection may send after a burst; 0: no throttle."),
@@ -146,8 +165,17 @@ class IRCAdapter(AdapterBase):
         if fixed and allowed and fixed not in allowed:
             problems.append(("fixed_server", f"{fixed} is not in allowed_servers"))
         for name, conf in (opts.get("servers") or {}).items():
-            if not isinstance(conf, dict) or set(conf) - {"host", "port", "tls", "verify"}:
-                problems.append(("servers", f"{name}: only host, port, tls and verify may be set"))
+            if not isinstance(conf, dict) or set(conf) - SERVER_KEYS:
+                problems.append(("servers", f"{name}: only {', '.join(sorted(SERVER_KEYS))} may be set"))
+                continue
+            if conf.get("webirc_ip") and not _ip(conf["webirc_ip"]):
+                problems.append(("servers", f"{name}: webirc_ip {conf['webirc_ip']!r} is not an IP address"))
+            for key in ("webirc_gateway", "webirc_host"):
+                if key in conf and not (isinstance(conf[key], str) and _WEBIRC_WORD.match(conf[key])):
+                    problems.append(("servers", f"{name}: {key} must be letters, digits, dots, dashes or "
+                                                f"underscores (at most 63)"))
+            if "webirc_password" in conf and not _WEBIRC_PASSWORD.match(conf["webirc_password"]):
+                problems.append(("servers", f"{name}: webirc_password must be printable, without spaces"))
         return problems
 
     def __init__(self, options: dict[str, Any], context):
@@ -197,11 +225,33 @@ class IRCAdapter(AdapterBase):
     def problems(self) -> list[str]:
         return list(self._problems)
 
+    def _token_key(self) -> bytes:
+        salt = self.config.get("ident_salt") or ""
+        return salt.encode("utf-8") if salt else (getattr(self.context, "token_key", b"") or b"")
+
     def ident_token(self, jid: str) -> str:
         """The user's stable token: their ident answer and IRC user name while the identd is on."""
-        salt = self.config.get("ident_salt") or ""
-        key = salt.encode("utf-8") if salt else (getattr(self.context, "token_key", b"") or b"")
-        return ident_token(key, jid)
+        return ident_token(self._token_key(), jid)
+
+    def webirc_line(self, server: str, jid: str) -> str | None:
+        """
+        ``WEBIRC <password> <gateway> <host> <ip>`` for the server's operator settings, or None. We do
+        not know an XMPP user's address: the host is ``<token>.<webirc_host>`` (the user's ident token
+        under the component's domain by default) and the IP a per-user address in ``fd00::/8`` (unique
+        local, routed nowhere), so the network's per-host bans and per-IP limits apply to one user each,
+        without learning who they are (docs/irc.md).
+        """
+        conf = (self.config["servers"] or {}).get(server) or {}
+        password = conf.get("webirc_password")
+        if not password:
+            return None
+        token = self.ident_token(jid)
+        suffix = conf.get("webirc_host") or self.context.component
+        host = f"{token}.{suffix}"
+        if len(host) > 63:                            # HOSTLEN on most servers: a longer host is refused
+            host = f"{token}.xmpp"
+        ip = conf.get("webirc_ip") or webirc_address(self._token_key(), jid)
+        return f"WEBIRC {password} {conf.get('webirc_gateway') or 'xmpp-gateway'} {host} {ip}"
 
     def stopService(self):
         self.scheduler.concurrent = 0          # a session closing frees a place: no other attempt may start now
@@ -346,6 +396,7 @@ class IRCAdapter(AdapterBase):
             # choice is not used, so nobody can take another user's token (and evade, or draw, their bans).
             base["username"] = self.ident_token(registration.jid)
         base["commands"] = self._commands(registration, server)
+        base["webirc"] = self.webirc_line(server, registration.jid)
         if base.get("sasl_password"):
             base["sasl_username"] = stored.get("sasl_username") or base["nick"]
         return base

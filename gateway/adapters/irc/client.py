@@ -218,6 +218,11 @@ class IRCConnection(irc.IRCClient):
         if self._hello is not None and self._hello.active():
             self._hello.cancel()
         self._hello = None
+        webirc = self.session.settings.get("webirc")
+        if webirc:
+            # First of all (IRCv3 webirc): before CAP, PASS, NICK and USER. It carries the operator's
+            # password: it is written here and nowhere else, never logged.
+            self.sendLine(webirc)
         self.sendLine("CAP LS 302")
         self.register(self.nickname)
 

@@ -68,6 +68,17 @@ def ident_token(key: bytes, jid: str) -> str:
     return base64.b32encode(digest).decode("ascii").lower()[:TOKEN_LENGTH]
 
 
+def webirc_address(key: bytes, jid: str) -> str:
+    """
+    A per-user IPv6 address in ``fd00::/8`` (unique local: routed nowhere, never anyone's real
+    address) from the same keyed hash family as the token, for WEBIRC when the user's own
+    address is unknown (always, for XMPP users).
+    """
+    bare = jid.partition("/")[0].lower()
+    digest = hmac.new(key, b"irc-webirc-ip\0" + bare.encode("utf-8"), hashlib.sha256).digest()
+    return str(ipaddress.IPv6Address(b"\xfd" + digest[:15]))
+
+
 def _host(address: str) -> str:
     """An address in one spelling (an IPv4-mapped IPv6 address as IPv4), to compare two."""
     try:
