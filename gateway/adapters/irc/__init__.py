@@ -104,6 +104,10 @@ class IRCAdapter(AdapterBase):
         Option("default_role", str, "participant", choices=("participant", "visitor"),
                doc="XEP-0045 role of occupants without channel modes."),
         Option("persistent", bool, False, doc="Keep connections when users leave every room."),
+        Option("idle_timeout", float, 0.0, check=non_negative,
+               doc="Seconds a user's IRC connection may stay open with none of their XMPP clients in any of its "
+                   "rooms (after leaving, or going offline; `persistent` ones included, and ones opened for "
+                   "private messages); then it is closed (QUIT). 0: never."),
         Option("reconnect_max_delay", float, 60.0, check=positive,
                doc="Longest delay between attempts to connect; the delay doubles from 1 s after each failed "
                    "attempt, with jitter, and every attempt still waits for its turn (`connect_rate`)."),
