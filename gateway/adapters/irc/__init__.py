@@ -7,6 +7,7 @@ server, shared by all their XMPP resources.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -340,7 +341,13 @@ class IRCAdapter(AdapterBase):
     ]
 
     def address_fields(self, address: str) -> list[Field]:
-        return self.SERVER_FIELDS if "%" not in address else []
+        if "%" in address:
+            return []
+        if self.ident_table is not None:
+            # The identd answers the user's token, which is also the user name sent: say so in the form.
+            return [dataclasses.replace(f, label="User name (not used: this gateway's identd gives your token)")
+                    if f.var == "username" else f for f in self.SERVER_FIELDS]
+        return self.SERVER_FIELDS
 
     def address_values(self, registration: Registration, address: str) -> dict[str, Any]:
         stored = dict((registration.settings.get("servers") or {}).get(address, {}))
