@@ -23,7 +23,8 @@ from gateway.adapters.irc.identd import ident_token
 from gateway.service import token_key
 from gateway.testing.ngircd import Ngircd
 from tests.integration.gateway_fixture import start_gateway
-from tests.integration.harness import Client, run
+from gateway.testing.process import wait_for
+from tests.integration.harness import Client, http_get, run
 from tests.integration.irc_support import RawIRC
 
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -41,8 +42,8 @@ def _port_113_free() -> bool:
             return False
 
 
-pytestmark = pytest.mark.skipif(not _port_113_free(), reason="127.0.0.1:113 is taken (or not ours to bind): "
-                                                             "ngircd asks ident there and nowhere else")
+needs_port_113 = pytest.mark.skipif(not _port_113_free(), reason="127.0.0.1:113 is taken (or not ours to bind): "
+                                                                 "ngircd asks ident there and nowhere else")
 
 
 def statuses(p) -> set[int]:
@@ -75,6 +76,7 @@ def ident_ircd(workdir):
     server.stop()
 
 
+@needs_port_113
 def test_identd_answers_for_the_users_connection_and_ngircd_shows_no_tilde(prosody, ident_ircd, fresh_dir):
     gateway = start_gateway(prosody, fresh_dir, "ircident", adapter="irc", options={
         "servers": {"localhost": {"host": "127.0.0.1", "port": ident_ircd.port, "tls": False}},
@@ -139,3 +141,31 @@ def test_identd_answers_for_the_users_connection_and_ngircd_shows_no_tilde(proso
     finally:
         gateway.stop()
     assert "Traceback" not in gateway.log()
+
+
+def test_an_identd_that_cannot_bind_is_a_health_problem_and_irc_still_works(prosody, fresh_dir):
+    """The port taken: /healthz says 503 naming the identd listener; the gateway still starts and serves."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        gateway = start_gateway(prosody, fresh_dir, "ircident", adapter="irc", web=True, options={
+            "identd_listen": f"tcp:{port}:interface=127.0.0.1"})
+        try:
+            url = f"http://127.0.0.1:{gateway.web_port}/healthz"
+
+            def answered():
+                try:
+                    return http_get(url)
+                except OSError:
+                    return None
+
+            wait_for(lambda: answered() is not None, 20, "the web port")
+            status, text = answered()
+            assert status == 503 and "identd listener" in text and str(port) in text, (status, text)
+        finally:
+            gateway.stop()
+    finally:
+        taken.close()
+    assert "identd: listener" in gateway.log()
