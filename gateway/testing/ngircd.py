@@ -34,7 +34,7 @@ CONFIG = """# Written by xmpp-gateway's test harness. No trailing comments: ngir
 \tPAM = no
 \tOperCanUseMode = yes
 \tRequireAuthPing = no
-[Operator]
+{webirc}[Operator]
 \tName = bench
 \tPassword = benchpw
 {ssl}"""
@@ -49,12 +49,13 @@ SSL = """[SSL]
 
 class Ngircd:
     def __init__(self, workdir: str, tls: bool = False, max_connections: int = 0, max_connections_ip: int = 0,
-                 ident: bool = False):
+                 ident: bool = False, webirc_password: str = ""):
         """
         ``max_connections*``: ngircd's own limits (0: none), for tests of a full server. ``ident``:
         ngircd asks each client's port 113 (RFC 1413) who it is. ngircd 26 does so only with ``DNS``
         on too (its resolver child does both), so that turns on reverse DNS (127.0.0.1 is "localhost"
-        from /etc/hosts); the port cannot be changed.
+        from /etc/hosts); the port cannot be changed. ``webirc_password``: ngircd accepts WEBIRC
+        with it (from any address).
         """
         self.dir = make_dir(workdir)
         self.port = free_port()
@@ -78,7 +79,8 @@ class Ngircd:
         with open(self.config_path, "w") as f:
             f.write(CONFIG.format(port=self.port, dir=self.dir, ssl=ssl_section, max_connections=max_connections,
                                   max_connections_ip=max_connections_ip,
-                                  dns="yes" if ident else "no", ident="yes" if ident else "no"))
+                                  dns="yes" if ident else "no", ident="yes" if ident else "no",
+                                  webirc=f"\tWebIRCPassword = {webirc_password}\n" if webirc_password else ""))
         self.server: Server | None = None
 
     def start(self) -> "Ngircd":

@@ -60,3 +60,47 @@ def test_webirc_is_the_first_line_with_the_configured_password_and_never_logged(
     log = gateway.log()
     assert "webirc.test" in log                                     # the connection was logged ...
     assert PASSWORD not in log                                      # ... its password never
+
+
+def test_ngircd_takes_the_per_user_address(prosody, workdir, fresh_dir):
+    """
+    A real server: ngircd with WebIRCPassword shows the user at their per-user
+    fd00::/8 address (JOIN prefix, WHOIS 311). ngircd reads WEBIRC as ``password username host
+    ip`` (the CGI:IRC form), so the gateway field becomes the user name there:
+    asserted, because docs/irc.md tells operators so.
+    """
+    import ipaddress
+
+    from gateway.testing.ngircd import Ngircd
+    from tests.integration.irc_support import RawIRC
+
+    ircd = Ngircd(os.path.join(workdir, "ngircd-webirc"), webirc_password=PASSWORD).start()
+    gateway = start_gateway(prosody, fresh_dir, "ircwebirc", adapter="irc", options={
+        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False,
+                                  "webirc_password": PASSWORD, "webirc_gateway": "xmppgw"}},
+        "throttle_rate": 0.0})
+    user = prosody.register(f"webircng{os.getpid()}", "pw")
+    address = webirc_address(token_key(gateway.key), user)
+    assert ipaddress.IPv6Address(address) in ipaddress.IPv6Network("fd00::/8")
+
+    async def scenario():
+        watcher = await RawIRC(ircd.port, "webwatch").connect()
+        watcher.send("JOIN #web")
+        client = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            client.send_raw(f"<presence to='#web%localhost@{DOMAIN}/webng'><x xmlns='{NS_MUC}'/></presence>")
+            joined = await watcher.expect(lambda l: l.startswith(":webng!") and " JOIN " in l, timeout=30)
+            assert joined.startswith(f":webng!xmppgw@{address} "), joined
+            watcher.send("WHOIS webng")
+            whois = await watcher.expect(lambda l: " 311 webwatch webng " in l)
+            assert whois.split()[4:6] == ["xmppgw", address], whois
+        finally:
+            await client.stop()
+            await watcher.close()
+
+    try:
+        run(scenario(), timeout=60)
+    finally:
+        gateway.stop()
+        ircd.stop()
+    assert PASSWORD not in gateway.log()
