@@ -46,9 +46,9 @@ def test_the_password_is_a_secret_read_from_the_environment(monkeypatch):
 def test_bad_webirc_settings_are_refused():
     with pytest.raises(ConfigError) as e:
         parse(config('{ "a.example" = { webirc_password = "has space" }, "b.example" = { webirc_ip = "nope" }, '
-                     '"c.example" = { webirc_gateway = "x y" }, "d.example" = { webirc_password = { env = "GW_UNSET_X" } } }'))
+                     '"c.example" = { webirc_gateway = "x y" }, "e.example" = { webirc_host = "a_b.example" }, "d.example" = { webirc_password = { env = "GW_UNSET_X" } } }'))
     text = str(e.value)
-    for bad in ("a.example: webirc_password", "b.example: webirc_ip", "c.example: webirc_gateway", "GW_UNSET_X"):
+    for bad in ("a.example: webirc_password", "b.example: webirc_ip", "c.example: webirc_gateway", "e.example: webirc_host", "GW_UNSET_X"):
         assert bad in text, text
 
 

@@ -56,6 +56,7 @@ MASK = "********"
 SERVER_KEYS = frozenset({"host", "port", "tls", "verify", "webirc_password", "webirc_gateway", "webirc_host",
                          "webirc_ip"})
 _WEBIRC_WORD = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+_WEBIRC_HOST = re.compile(r"^(?=.{1,52}$)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 _WEBIRC_PASSWORD = re.compile(r"^[!-~]{1,200}$")
 
 
@@ -175,10 +176,14 @@ class IRCAdapter(AdapterBase):
                 continue
             if conf.get("webirc_ip") and not _ip(conf["webirc_ip"]):
                 problems.append(("servers", f"{name}: webirc_ip {conf['webirc_ip']!r} is not an IP address"))
-            for key in ("webirc_gateway", "webirc_host"):
-                if key in conf and not (isinstance(conf[key], str) and _WEBIRC_WORD.match(conf[key])):
-                    problems.append(("servers", f"{name}: {key} must be letters, digits, dots, dashes or "
-                                                f"underscores (at most 63)"))
+            if "webirc_gateway" in conf and not (isinstance(conf["webirc_gateway"], str)
+                                                 and _WEBIRC_WORD.match(conf["webirc_gateway"])):
+                problems.append(("servers", f"{name}: webirc_gateway must be letters, digits, dots, dashes or "
+                                            f"underscores (at most 63)"))
+            if "webirc_host" in conf and not (isinstance(conf["webirc_host"], str)
+                                              and _WEBIRC_HOST.match(conf["webirc_host"])):
+                problems.append(("servers", f"{name}: webirc_host must be a host name (letters, digits, dots, "
+                                            f"dashes; at most 52 characters, for <token>.<host> to fit in 63)"))
             if "webirc_password" in conf and not _WEBIRC_PASSWORD.match(conf["webirc_password"]):
                 problems.append(("servers", f"{name}: webirc_password must be printable, without spaces"))
         return problems
