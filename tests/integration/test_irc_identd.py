@@ -63,7 +63,7 @@ async def query(line: bytes, timeout: float = 15.0) -> bytes:
 
 
 def gateway_ports(pid: int, server_port: int) -> list[int]:
-    """Local ports of the gateway process's TCP connections to the IRC server (from ss -tnp)."""
+    """Local ports of the gateway process's TCP connections to the IRC server (ss, from iproute2: scripts/install.sh)."""
     out = subprocess.run(["ss", "-tnpH", "state", "established", f"( dport = :{server_port} )"],
                          capture_output=True, text=True, check=True).stdout
     return [int(line.split()[2].rsplit(":", 1)[1]) for line in out.splitlines() if f"pid={pid}," in line]
