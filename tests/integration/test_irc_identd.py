@@ -132,6 +132,19 @@ def test_identd_answers_for_the_users_connection_and_ngircd_shows_no_tilde(proso
             started = asyncio.get_running_loop().time()
             answer = await query(b"", timeout=30)
             assert answer == b"" and asyncio.get_running_loop().time() - started < 25
+            # the cap per address: 16 held open, the 17th closed at once, then places free again
+            held = [await asyncio.open_connection("127.0.0.1", 113) for _ in range(16)]
+            started = asyncio.get_running_loop().time()
+            answer = await query(f"{ours} , {ident_ircd.port}\r\n".encode())
+            assert answer == b"" and asyncio.get_running_loop().time() - started < 5, answer
+            for _, writer in held:
+                writer.close()
+            for _ in range(100):                                   # until the identd has seen them go
+                answer = await query(f"{ours} , {ident_ircd.port}\r\n".encode())
+                if answer:
+                    break
+                await asyncio.sleep(0.1)
+            assert answer.endswith(f": USERID : UNIX : {token}\r\n".encode()), answer
         finally:
             await client.stop()
             await watcher.close()
