@@ -42,6 +42,7 @@ def cmd_example_config(args) -> int:
 
 #: What ``example-config`` can print, by the name given on the command line.
 EXAMPLES = {"config": "gateway.toml", "systemd": "xmpp-gateway.service", "systemd-port-25": "smtp-port-25.conf",
+            "systemd-port-113": "identd-port-113.conf",
             "prosody": "prosody-component.cfg.lua", "ejabberd": "ejabberd-component.yml"}
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.adapters import UnknownAdapter, load_adapter
-from gateway.options import (Option, did_you_mean, Problem, endpoint, lower, non_negative, port_number, port_or_zero, positive,
+from gateway.options import (Option, did_you_mean, Problem, endpoint, inner_secrets, lower, non_negative, port_number,
+                             port_or_zero, positive,
                              resolve_secret, validate_table)
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
@@ -192,6 +193,7 @@ class Config:
             for opt in getattr(comp.adapter_class, "options", []):
                 if opt.secret and comp.options.get(opt.key):
                     values.append(comp.options[opt.key])
+                values += inner_secrets(opt, comp.options.get(opt.key))
         return [v for v in values if v]
 
 

@@ -98,6 +98,8 @@ class IAdapterContext(Interface):
     component = Attribute("The component domain the adapter serves.")
     clock = Attribute("IReactorTime to schedule with (the reactor in production).")
     files = Attribute("gateway.web.files.FileStore: put(data, name, type) -> Deferred[URL] for links.")
+    token_key = Attribute("bytes: a key for the adapter's keyed hashes (stable per-user tokens), derived from the "
+                          "registry's secret_key; empty in tests that give none.")
 
     def deliver(message):
         """

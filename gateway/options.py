@@ -30,6 +30,9 @@ class Option:
     item_type: type | None = None
     #: Applied to a well-typed value before ``check`` (e.g. lower-casing domains).
     normalize: Callable[[Any], Any] | None = None
+    #: For a table of tables (the IRC adapter's ``servers``): inner keys that hold secrets. Each may be
+    #: given as {env = "NAME"} or {file = "/path"} too, and like ``secret`` values they are never logged.
+    secret_fields: tuple[str, ...] = ()
 
     @property
     def required(self) -> bool:
@@ -126,6 +129,8 @@ def validate_table(
         if not _type_ok(value, opt.type):
             problems.append(Problem(full, f"must be a {opt.type_name()}, not {type(value).__name__}"))
             continue
+        if opt.secret_fields:
+            value = _resolve_inner_secrets(value, opt.secret_fields, full, problems)
         if opt.type is float:
             value = float(value)
         if opt.type is list and opt.item_type:
@@ -148,6 +153,31 @@ def validate_table(
                 continue
         result[opt.key] = value
     return result
+
+
+def _resolve_inner_secrets(table: dict, fields: tuple[str, ...], key: str, problems: list[Problem]) -> dict:
+    """A copy of a table of tables with each secret field read (inline, env or file)."""
+    resolved = {}
+    for name, inner in table.items():
+        if isinstance(inner, dict):
+            inner = dict(inner)
+            for field_ in fields:
+                if field_ in inner:
+                    secret = resolve_secret(inner[field_], f"{key}.{name}.{field_}", problems)
+                    if secret is None:
+                        del inner[field_]
+                    else:
+                        inner[field_] = secret
+        resolved[name] = inner
+    return resolved
+
+
+def inner_secrets(opt: Option, value: Any) -> list[str]:
+    """The secret values inside an option's table of tables (see ``Option.secret_fields``)."""
+    if not opt.secret_fields or not isinstance(value, dict):
+        return []
+    return [inner[f] for inner in value.values() if isinstance(inner, dict)
+            for f in opt.secret_fields if isinstance(inner.get(f), str) and inner[f]]
 
 
 def _placeholder(value: Any) -> bool:

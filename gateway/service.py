@@ -11,6 +11,7 @@ a non-zero status: an operator would rather see it fail than limp.
 from __future__ import annotations
 
 import gc
+import hashlib
 
 from twisted.application import service, strports
 from twisted.internet import defer
@@ -37,6 +38,15 @@ EXIT_FATAL = 2
 #: (tests/benchmarks/core_path.py, docs/performance.md). Garbage in cycles
 #: still goes, a few thousand allocations later.
 GC_THRESHOLDS = (10_000, 20, 100)
+
+
+def token_key(secret_key: str) -> bytes:
+    """
+    The key adapters' keyed hashes use (the IRC ident token): derived from the
+    registry's secret_key, so it is as stable as that key and as secret, while
+    the key that seals users' secrets never reaches an adapter.
+    """
+    return hashlib.sha256(b"xmpp-gateway adapter tokens\0" + secret_key.encode("utf-8")).digest()
 
 
 def tune_gc() -> None:
@@ -76,7 +86,8 @@ class GatewayService(service.MultiService):
         self._web = None
         for comp in config.components:
             bridge = Bridge(comp.domain, comp.adapter_class, comp.options, self.registry, reactor,
-                            config.outbox, config.limits, files=self.files)
+                            config.outbox, config.limits, files=self.files,
+                            token_key=token_key(config.registry["secret_key"]))
             self.bridges.append(bridge)
             stream = build_component(comp, config.xmpp, config.gateway, bridge, self.fail, reactor)
             self.components.append(stream)

@@ -65,9 +65,12 @@ class Bridge(service.MultiService):
     ROOM_EVENT_HOLD = 50000
 
     def __init__(self, component: str, adapter_class: type, adapter_options: dict, registry, clock,
-                 outbox_settings: dict, limits: dict, files=None):
+                 outbox_settings: dict, limits: dict, files=None, token_key: bytes = b""):
         super().__init__()
         self.component = component
+        #: A key for adapters' keyed hashes (the IRC ident token), derived from the registry's
+        #: secret_key, so no adapter needs the key that seals secrets (IAdapterContext).
+        self.token_key = token_key
         self.registry = registry
         self.clock = clock
         #: Where adapters store files they offer users as links (gateway.web.files.FileStore).

@@ -29,12 +29,12 @@ CONFIG = """# Written by xmpp-gateway's test harness. No trailing comments: ngir
 \tPingTimeout = 300
 \tPongTimeout = 60
 [Options]
-\tDNS = no
-\tIdent = no
+\tDNS = {dns}
+\tIdent = {ident}
 \tPAM = no
 \tOperCanUseMode = yes
 \tRequireAuthPing = no
-[Operator]
+{webirc}[Operator]
 \tName = bench
 \tPassword = benchpw
 {ssl}"""
@@ -48,8 +48,15 @@ SSL = """[SSL]
 
 
 class Ngircd:
-    def __init__(self, workdir: str, tls: bool = False, max_connections: int = 0, max_connections_ip: int = 0):
-        """``max_connections*``: ngircd's own limits (0: none), for tests of a full server."""
+    def __init__(self, workdir: str, tls: bool = False, max_connections: int = 0, max_connections_ip: int = 0,
+                 ident: bool = False, webirc_password: str = ""):
+        """
+        ``max_connections*``: ngircd's own limits (0: none), for tests of a full server. ``ident``:
+        ngircd asks each client's port 113 (RFC 1413) who it is. ngircd 26 does so only with ``DNS``
+        on too (its resolver child does both), so that turns on reverse DNS (127.0.0.1 is "localhost"
+        from /etc/hosts); the port cannot be changed. ``webirc_password``: ngircd accepts WEBIRC
+        with it (from any address).
+        """
         self.dir = make_dir(workdir)
         self.port = free_port()
         self.tls_port = free_port() if tls else None
@@ -71,7 +78,9 @@ class Ngircd:
             ssl_section = SSL.format(cert=cert, key=key, dh=dh, port=self.tls_port)
         with open(self.config_path, "w") as f:
             f.write(CONFIG.format(port=self.port, dir=self.dir, ssl=ssl_section, max_connections=max_connections,
-                                  max_connections_ip=max_connections_ip))
+                                  max_connections_ip=max_connections_ip,
+                                  dns="yes" if ident else "no", ident="yes" if ident else "no",
+                                  webirc=f"\tWebIRCPassword = {webirc_password}\n" if webirc_password else ""))
         self.server: Server | None = None
 
     def start(self) -> "Ngircd":

@@ -7,22 +7,24 @@ server, shared by all their XMPP resources.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway import metrics
 from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import text
+from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
-from gateway.interfaces import IHostsRooms
+from gateway.interfaces import IHealthReport, IHostsRooms
 from gateway.model import (AddressError, Field, Occupancy, OutboundMessage, PermanentFailure, PolicyViolation,
                            Registration, RegistrationError, SendResult)
-from gateway.options import Option, non_negative, positive
+from gateway.options import Option, endpoint, non_negative, positive
 
 
 def port_number(value) -> int | None:
@@ -50,6 +52,22 @@ _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
 _SECRET_COMMAND = re.compile(r"^(.*?\b(?:IDENTIFY|AUTH|AUTHENTICATE|LOGIN|PASS|OPER|REGISTER|GHOST|RECOVER|RELEASE)"
                              r"\b:?\s*)(\S.*)$", re.IGNORECASE)
 MASK = "********"
+#: What an operator may set per server in ``servers``.
+SERVER_KEYS = frozenset({"host", "port", "tls", "verify", "webirc_password", "webirc_gateway", "webirc_host",
+                         "webirc_ip"})
+_WEBIRC_WORD = re.compile(r"^[A-Za-z0-9._-]{1,63}$")
+_WEBIRC_HOST = re.compile(r"^(?=.{1,52}$)[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+_WEBIRC_PASSWORD = re.compile(r"^[!-~]{1,200}$")
+
+
+def _ip(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return not value.startswith(":")              # a leading ":" would start IRC's trailing parameter
 
 
 def mask_command(command: str) -> str:
@@ -58,7 +76,7 @@ def mask_command(command: str) -> str:
     return m.group(1) + MASK if m else command
 
 
-@implementer(IHostsRooms)
+@implementer(IHostsRooms, IHealthReport)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -74,9 +92,13 @@ class IRCAdapter(AdapterBase):
         Option("fixed_server", str, "",
                doc="Serve one IRC server only: rooms are `#chan@component`, people `nick@component` "
                    "(no %server). The server's own JID stays `server@component`."),
-        Option("servers", dict, {},
+        Option("servers", dict, {}, secret_fields=("webirc_password",),
                doc="Per-server connection settings: `{ \"irc.example.net\" = { host = \"...\", port = 6697, "
-                   "tls = true, verify = true } }`; default port 6697 with TLS verified."),
+                   "tls = true, verify = true } }`; default port 6697 with TLS verified. With the network's "
+                   "consent, WEBIRC: `webirc_password` (*secret*: inline, `{ env = \"NAME\" }` or "
+                   "`{ file = \"/path\" }`), `webirc_gateway` (the gateway name the network gave, default "
+                   "`xmpp-gateway`), `webirc_host` (suffix of each user's host, default the component's domain: "
+                   "`<token>.<suffix>`) and `webirc_ip` (default: a per-user address in `fd00::/8`; see docs/irc.md)."),
         Option("fallback_encoding", str, "latin-1", doc="Charset for incoming lines that are not UTF-8."),
         Option("throttle_rate", float, 2.0, check=non_negative,
                doc="Lines per second each connection may send after a burst; 0: no throttle."),
@@ -84,6 +106,10 @@ class IRCAdapter(AdapterBase):
         Option("default_role", str, "participant", choices=("participant", "visitor"),
                doc="XEP-0045 role of occupants without channel modes."),
         Option("persistent", bool, False, doc="Keep connections when users leave every room."),
+        Option("idle_timeout", float, 0.0, check=non_negative,
+               doc="Seconds a user's IRC connection may stay open with none of their XMPP clients in any of its "
+                   "rooms (after leaving, or going offline; `persistent` ones included, and ones opened for "
+                   "private messages); then it is closed (QUIT). 0: never."),
         Option("reconnect_max_delay", float, 60.0, check=positive,
                doc="Longest delay between attempts to connect; the delay doubles from 1 s after each failed "
                    "attempt, with jitter, and every attempt still waits for its turn (`connect_rate`)."),
@@ -125,6 +151,17 @@ class IRCAdapter(AdapterBase):
                doc="Seconds a server may take to let us sign on (CAP, SASL, welcome) once connected; then the "
                    "connection is dropped and the attempt retried, and joins waiting on it get "
                    "remote-server-timeout (they complete when a later attempt is welcomed)."),
+        Option("identd_listen", str, "", check=endpoint,
+               doc="Twisted endpoint of the built-in ident server (RFC 1413), e.g. `tcp:113:interface=0.0.0.0`; "
+                   "empty: none. It answers IRC servers' queries about the gateway's own connections with each "
+                   "user's token (also sent as the IRC user name), so servers show no `~`. Port 113 needs "
+                   "`CAP_NET_BIND_SERVICE` (drop-in `xmpp-gateway example-config systemd-port-113`) or a redirect."),
+        Option("identd_max_connections", int, 100, check=positive,
+               doc="Ident connections open at once (each gets 10 s for its one query, 16 at most per peer "
+                   "address); more are closed at once."),
+        Option("ident_salt", str, "", secret=True,
+               doc="Key of the per-user ident token instead of one derived from `registry.secret_key`: set it "
+                   "to keep the tokens (and the bans networks put on them) when that key changes."),
     ]
 
     @classmethod
@@ -134,8 +171,21 @@ class IRCAdapter(AdapterBase):
         if fixed and allowed and fixed not in allowed:
             problems.append(("fixed_server", f"{fixed} is not in allowed_servers"))
         for name, conf in (opts.get("servers") or {}).items():
-            if not isinstance(conf, dict) or set(conf) - {"host", "port", "tls", "verify"}:
-                problems.append(("servers", f"{name}: only host, port, tls and verify may be set"))
+            if not isinstance(conf, dict) or set(conf) - SERVER_KEYS:
+                problems.append(("servers", f"{name}: only {', '.join(sorted(SERVER_KEYS))} may be set"))
+                continue
+            if conf.get("webirc_ip") and not _ip(conf["webirc_ip"]):
+                problems.append(("servers", f"{name}: webirc_ip {conf['webirc_ip']!r} is not an IP address"))
+            if "webirc_gateway" in conf and not (isinstance(conf["webirc_gateway"], str)
+                                                 and _WEBIRC_WORD.match(conf["webirc_gateway"])):
+                problems.append(("servers", f"{name}: webirc_gateway must be letters, digits, dots, dashes or "
+                                            f"underscores (at most 63)"))
+            if "webirc_host" in conf and not (isinstance(conf["webirc_host"], str)
+                                              and _WEBIRC_HOST.match(conf["webirc_host"])):
+                problems.append(("servers", f"{name}: webirc_host must be a host name (letters, digits, dots, "
+                                            f"dashes; at most 52 characters, for <token>.<host> to fit in 63)"))
+            if "webirc_password" in conf and not _WEBIRC_PASSWORD.match(conf["webirc_password"]):
+                problems.append(("servers", f"{name}: webirc_password must be printable, without spaces"))
         return problems
 
     def __init__(self, options: dict[str, Any], context):
@@ -148,6 +198,10 @@ class IRCAdapter(AdapterBase):
                                           rate=options.get("connect_rate", 5.0),
                                           max_connections=options.get("max_connections_per_server", 0))
         scheduler = self.scheduler
+        #: Open connections by port pair, for the identd; None when the identd is off.
+        self.ident_table: IdentTable | None = IdentTable() if options.get("identd_listen") else None
+        self._ident_port = None
+        self._problems: list[str] = []
         metrics.IRC_CONNECT_WAITING.labels(context.component).set_function(
             lambda: sum(h.waiting for h in scheduler.hosts.values()))
         metrics.IRC_CONNECT_IN_FLIGHT.labels(context.component).set_function(
@@ -162,11 +216,62 @@ class IRCAdapter(AdapterBase):
                     yield Occupancy(session.user, tuple(room.resources), session.room_address(room.channel),
                                     text.clean_name(session.nick))
 
+    @defer.inlineCallbacks
+    def startService(self):
+        super().startService()
+        listen = self.config.get("identd_listen")
+        if not listen:
+            return
+        factory = IdentFactory(self.ident_table, self.context.clock, self.config.get("identd_max_connections", 100))
+        try:
+            self._ident_port = yield endpoints.serverFromString(self.context.clock, listen).listen(factory)
+        except Exception as e:
+            # IRC still works (users show as ~token); /healthz says what does not (IHealthReport).
+            self._problems.append(f"identd listener {listen}: {e}")
+            log.error("identd: listener {listen} failed: {error}", listen=listen, error=e)
+            return
+        log.info("identd on {listen}", listen=listen)
+
+    def problems(self) -> list[str]:
+        return list(self._problems)
+
+    def _token_key(self) -> bytes:
+        salt = self.config.get("ident_salt") or ""
+        return salt.encode("utf-8") if salt else (getattr(self.context, "token_key", b"") or b"")
+
+    def ident_token(self, jid: str) -> str:
+        """The user's stable token: their ident answer and IRC user name while the identd is on."""
+        return ident_token(self._token_key(), jid)
+
+    def webirc_line(self, server: str, jid: str) -> str | None:
+        """
+        ``WEBIRC <password> <gateway> <host> <ip>`` for the server's operator settings, or None. We do
+        not know an XMPP user's address: the host is ``<token>.<webirc_host>`` (the user's ident token
+        under the component's domain by default) and the IP a per-user address in ``fd00::/8`` (unique
+        local, routed nowhere), so the network's per-host bans and per-IP limits apply to one user each,
+        without learning who they are (docs/irc.md).
+        """
+        conf = (self.config["servers"] or {}).get(server) or {}
+        password = conf.get("webirc_password")
+        if not password:
+            return None
+        token = self.ident_token(jid)
+        suffix = conf.get("webirc_host") or self.context.component
+        host = f"{token}.{suffix}"
+        if len(host) > 63:                            # HOSTLEN on most servers: a longer host is refused
+            host = f"{token}.xmpp"
+        ip = conf.get("webirc_ip") or webirc_address(self._token_key(), jid)
+        return f"WEBIRC {password} {conf.get('webirc_gateway') or 'xmpp-gateway'} {host} {ip}"
+
     def stopService(self):
         self.scheduler.concurrent = 0          # a session closing frees a place: no other attempt may start now
         for session in list(self.sessions.values()):
             session.close("Gateway shutting down")
-        return super().stopService()
+        super().stopService()
+        port, self._ident_port = self._ident_port, None
+        if port is not None:
+            return port.stopListening()
+        return None
 
     # -- addresses ----------------------------------------------------------------
 
@@ -241,7 +346,13 @@ class IRCAdapter(AdapterBase):
     ]
 
     def address_fields(self, address: str) -> list[Field]:
-        return self.SERVER_FIELDS if "%" not in address else []
+        if "%" in address:
+            return []
+        if self.ident_table is not None:
+            # The identd answers the user's token, which is also the user name sent: say so in the form.
+            return [dataclasses.replace(f, label="User name (not used: this gateway's identd gives your token)")
+                    if f.var == "username" else f for f in self.SERVER_FIELDS]
+        return self.SERVER_FIELDS
 
     def address_values(self, registration: Registration, address: str) -> dict[str, Any]:
         stored = dict((registration.settings.get("servers") or {}).get(address, {}))
@@ -296,7 +407,12 @@ class IRCAdapter(AdapterBase):
                 "realname": stored.get("realname") or node}
         prefix = server + ":"
         base.update({k[len(prefix):]: v for k, v in registration.secrets.items() if k.startswith(prefix)})
+        if self.ident_table is not None:
+            # The identd answers this token: one that differs from USER would show as ~. The user's own
+            # choice is not used, so nobody can take another user's token (and evade, or draw, their bans).
+            base["username"] = self.ident_token(registration.jid)
         base["commands"] = self._commands(registration, server)
+        base["webirc"] = self.webirc_line(server, registration.jid)
         if base.get("sasl_password"):
             base["sasl_username"] = stored.get("sasl_username") or base["nick"]
         return base

@@ -201,6 +201,8 @@ class IRCConnection(irc.IRCClient):
         self._deadline = None
         self._hello = None
         self._ctcp_window = [0.0, 0]
+        #: (our address, the server's) while listed with the adapter's identd.
+        self._ident_ends = None
 
     # -- registration with CAP ---------------------------------------------------
 
@@ -212,12 +214,22 @@ class IRCConnection(irc.IRCClient):
         timeout = self.session.adapter.config["registration_timeout"]
         self._deadline = self._clock.callLater(timeout, self._registration_expired, timeout)
         self._hello = self._clock.callLater(GREETING_WAIT, self._sign_on)
+        table = getattr(self.session.adapter, "ident_table", None)
+        if table is not None:
+            # Now, not at the welcome: the server asks our identd as soon as it accepts.
+            self._ident_ends = (self.transport.getHost(), self.transport.getPeer())
+            table.add(self, *self._ident_ends, self.username)
 
     def _sign_on(self) -> None:
         """CAP LS, then NICK and USER: after GREETING_WAIT, or as soon as the server says anything."""
         if self._hello is not None and self._hello.active():
             self._hello.cancel()
         self._hello = None
+        webirc = self.session.settings.get("webirc")
+        if webirc:
+            # First of all (IRCv3 webirc): before CAP, PASS, NICK and USER. It carries the operator's
+            # password: it is written here and nowhere else, never logged.
+            self.sendLine(webirc)
         self.sendLine("CAP LS 302")
         self.register(self.nickname)
 
@@ -500,6 +512,10 @@ class IRCConnection(irc.IRCClient):
     def connectionLost(self, reason):
         super().connectionLost(reason)
         self._lost = True
+        table = getattr(self.session.adapter, "ident_table", None)
+        if table is not None and self._ident_ends is not None:
+            table.remove(self, *self._ident_ends)
+            self._ident_ends = None
         self._inbuf = b""
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()

@@ -161,6 +161,8 @@ class IRCSession:
         self.failures = 0
         self._retry = None
         self._notice = None
+        #: Fires ``idle_timeout`` after the last XMPP client left our rooms (None while one is in).
+        self._idle = None
         #: (condition, text) of the last failed attempt: what the user is told.
         self._trouble: tuple[str, str] | None = None
         #: Why the attempt under way ended, when we know better than the socket does.
@@ -278,10 +280,10 @@ class IRCSession:
 
     def close(self, reason: str = "Leaving") -> None:
         self.closed = True
-        for call in (self._retry, self._notice):
+        for call in (self._retry, self._notice, self._idle):
             if call is not None and call.active():
                 call.cancel()
-        self._retry = self._notice = None
+        self._retry = self._notice = self._idle = None
         if self.ticket is not None:
             self.ticket.release()
             self.ticket = None
@@ -343,6 +345,37 @@ class IRCSession:
         log.info("{user}: {why}; attempt {n} in {delay:.1f} s", user=self.user, why=why[1], n=self.failures + 1,
                  delay=delay)
         self._retry = self.context.clock.callLater(delay, self._queue)
+
+    def _watch_idle(self) -> None:
+        """
+        The idle policy: a connection none of the user's XMPP clients is using
+        (no resource in any of its rooms) is closed ``idle_timeout`` seconds
+        later unless one comes back. Without it a ``persistent`` connection,
+        or one opened for a private message, would stay on the network for
+        ever after the user's last client went offline: a ghost in the
+        network's user list, holding a place under its per-address limits.
+        """
+        timeout = self.adapter.config.get("idle_timeout") or 0
+        if self._online() or self.closed or not timeout:
+            if self._idle is not None and self._idle.active():
+                self._idle.cancel()
+            self._idle = None
+            return
+        if self._idle is None or not self._idle.active():
+            self._idle = self.context.clock.callLater(timeout, self._reap)
+
+    def _reap(self) -> None:
+        self._idle = None
+        if self.closed or self._online():
+            return
+        timeout = self.adapter.config.get("idle_timeout") or 0
+        log.info("{user}: no XMPP client in a room on {server} for {timeout:g} s: disconnecting", user=self.user,
+                 server=self.server, timeout=timeout)
+        if self.conn is not None:
+            for room in list(self.rooms.values()):
+                if room.joined:
+                    self.conn.sendLine(f"PART {room.channel}")
+        self.close("No client online")
 
     def server_error(self, message: str) -> None:
         """The server's ERROR line (``Closing Link: ... (Connection limit reached)``): the reason users see."""
@@ -461,6 +494,7 @@ class IRCSession:
         ready, self._ready = self._ready, []
         for d in ready:
             d.callback(conn)
+        self._watch_idle()
 
     def sasl_result(self, ok: bool, message: str) -> None:
         self.sasl_ok = ok
@@ -544,6 +578,7 @@ class IRCSession:
             return
         room.resources[resource] = nick
         told = room.told
+        self._watch_idle()                           # a client is in: the idle clock stops
         self.connect()
         if self.conn is None:
             if told and self._trouble is not None:
@@ -568,6 +603,8 @@ class IRCSession:
             self.conn.send_lines([f"PART {room.channel}"])
         if not self.rooms and (not self.adapter.config["persistent"] or not self.signed_once):
             self.close("Left every room")
+            return
+        self._watch_idle()
 
     def _role(self, modes: set[str]) -> tuple[str, str]:
         for p in PREFIXES:
