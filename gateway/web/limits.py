@@ -115,18 +115,23 @@ class LimitedRequest(server.Request):
         self._held += len(data)
         self.content.write(data)
 
-    #: Twisted's form parsing runs every POST's Content-Type through
-    #: ``email.message.EmailMessage`` (header registry, policy objects) just to
-    #: compare it with two strings: about 5 % of the reactor's time under a
-    #: webhook load. Off here; ``process`` parses the same forms more cheaply.
-    _parsePOSTFormSubmission = False
+    #: Whether POST forms become ``request.args`` (the site's setting, as Twisted has it).
+    _parse_forms = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Twisted's form parsing runs every POST's Content-Type through
+        # ``email.message.EmailMessage`` (header registry, policy objects) just
+        # to compare it with two strings: about 9 % of the reactor's time under
+        # a webhook load. Off here; ``process`` parses the same forms cheaply.
+        self._parse_forms, self._parsePOSTFormSubmission = self._parsePOSTFormSubmission, False
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
             return          # answered already; the connection is closing
         ctype = self.requestHeaders.getRawHeaders(b"content-type")
         if command == b"POST" and ctype and _media_type(ctype[0]) == b"multipart/form-data":
-            self._parsePOSTFormSubmission = True        # rare here: Twisted's own parser, as before
+            self._parsePOSTFormSubmission = self._parse_forms   # rare here: Twisted's own parser, as before
         super().requestReceived(command, path, version)
 
     def process(self):
@@ -135,7 +140,7 @@ class LimitedRequest(server.Request):
         urlencoded POST body's), but the Content-Type compared without the email
         package: the media type before any parameter, without case or spaces.
         """
-        if self.method == b"POST" and not self._parsePOSTFormSubmission:
+        if self.method == b"POST" and self._parse_forms and not self._parsePOSTFormSubmission:
             ctype = self.requestHeaders.getRawHeaders(b"content-type")
             if ctype and _media_type(ctype[0]) == b"application/x-www-form-urlencoded":
                 body = self.content.read()
