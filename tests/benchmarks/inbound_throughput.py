@@ -289,6 +289,7 @@ def main() -> None:
             results["webhook baseline"] = {"rate": args.sms / el, "p50": statistics.median(lat),
                                            "p99": pct(lat, 0.99), "cpu": None, "lost": "", "dup": ""}
 
+            print(f"phase webhook gateway pid {gateway.pid}", flush=True)
             await asyncio.sleep(args.pause)
             client.sms.clear()
             cpu0 = cpu_seconds(gateway.pid)
@@ -296,6 +297,7 @@ def main() -> None:
             lat = await post_all(web_port, hook, public, args.sms, args.inflight, "G")
             complete = await client.wait(lambda: len(client.sms) >= args.sms, 60)
             el = time.perf_counter() - t0
+            print("phase webhook done", flush=True)
             await asyncio.sleep(0.5)            # late duplicates
             cpu = cpu_seconds(gateway.pid) - cpu0
             want = {f"bench {webhook_body(i, 'G')[1]['MessageSid'][0]}" for i in range(args.sms)}
@@ -310,6 +312,7 @@ def main() -> None:
                                  "lost": "", "dup": ""}
             await asyncio.to_thread(smtp_source, smtp_port, 20, 2)          # warm-up
             await client.wait(lambda: client.mails >= 20, 30)
+            print(f"phase smtp gateway pid {gateway.pid}", flush=True)
             await asyncio.sleep(args.pause)
             client.mails, client.mail_ids = 0, set()
             cpu0 = cpu_seconds(gateway.pid)
