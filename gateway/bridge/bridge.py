@@ -83,6 +83,8 @@ class Bridge(service.MultiService):
         self.outbox = Outbox(registry, component, self.adapter, lambda: self.output, self._sending_registration,
                              clock, outbox_settings, on_sent=self._sent)
         self._cache: dict[str, tuple[float, Registration | None]] = {}
+        #: Registrations by foreign id (webhooks, SMTP recipients): see registration_by_foreign_id.
+        self._by_foreign: dict[str, tuple[float, Registration]] = {}
         self._verdicts: task.LoopingCall | None = None
         self._held_room_events: deque[RoomEvent] = deque(maxlen=self.ROOM_EVENT_HOLD)
         #: Set at an orderly stop once occupants were told the rooms are going away.
@@ -198,7 +200,7 @@ class Bridge(service.MultiService):
             if reg is not None or not getattr(self.adapter, "auto_register", False):
                 return reg
             reg = Registration(self.component, jid, subscribed=False)
-            self._cache.pop(jid, None)
+            self._forget(jid)
             return self.registry.put_registration(reg).addCallback(lambda _: reg)
 
         return self.registration(jid).addCallback(create_if_needed)
@@ -299,7 +301,34 @@ class Bridge(service.MultiService):
         return self.registry.get_registration(self.component, jid).addCallback(remember)
 
     def registration_by_foreign_id(self, foreign_id: str) -> defer.Deferred:
-        return self.registry.registration_by_foreign_id(self.component, foreign_id)
+        """
+        The registration holding ``foreign_id``, cached like ``registration``:
+        every inbound webhook and SMTP recipient asks, and an uncached query
+        waits in the registry's one SQLite thread behind the group commit (an
+        fsync) of the messages before it, so each webhook or mail paid one
+        more commit's time before its own. Only registrations found are kept
+        (an unknown address is asked again: a registration made by another
+        process is seen at once), every registration change in this process
+        empties the cache, and entries older than CACHE_TTL are asked again
+        (the registry file may be changed by another process, e.g. the CLI).
+        """
+        cached = self._by_foreign.get(foreign_id)
+        if cached is not None and time.monotonic() - cached[0] < self.CACHE_TTL:
+            return defer.succeed(cached[1])
+
+        def remember(reg):
+            if reg is not None:
+                if len(self._by_foreign) > 50000:
+                    self._by_foreign.clear()
+                self._by_foreign[foreign_id] = (time.monotonic(), reg)
+            return reg
+
+        return self.registry.registration_by_foreign_id(self.component, foreign_id).addCallback(remember)
+
+    def _forget(self, jid: str) -> None:
+        """After a change to ``jid``'s registration: neither cache may answer with the old one."""
+        self._cache.pop(jid, None)
+        self._by_foreign.clear()     # rare (a registration change), and the old foreign id is not known here
 
     def _sending_registration(self, jid: str) -> defer.Deferred:
         """For the outbox: a registration whose secrets no key opens fails the send with SecretsUndecryptable."""
@@ -368,7 +397,7 @@ class Bridge(service.MultiService):
             yield self.registry.put_registration(reg)
         except RegistrationConflict:
             raise RegistrationError(f"{foreign_id} is already registered to another user", "conflict")
-        self._cache.pop(jid, None)
+        self._forget(jid)
         yield defer.maybeDeferred(self.adapter.user_registered, reg)
         log.info("{jid} registered with {component}", jid=jid, component=self.component)
         return reg, current is None
@@ -377,7 +406,7 @@ class Bridge(service.MultiService):
     def unregister(self, jid: str):
         reg = yield self.registration(jid)
         found = yield self.registry.delete_registration(self.component, jid)
-        self._cache.pop(jid, None)
+        self._forget(jid)
         if reg is not None:
             yield defer.maybeDeferred(self.adapter.user_unregistered, reg)
             log.info("{jid} unregistered from {component}", jid=jid, component=self.component)
@@ -392,7 +421,7 @@ class Bridge(service.MultiService):
         settings = yield defer.maybeDeferred(self.adapter.validate_settings, reg, values)
         reg.settings = {**reg.settings, **settings}
         yield self.registry.put_registration(reg)
-        self._cache.pop(jid, None)
+        self._forget(jid)
         yield defer.maybeDeferred(self.adapter.user_registered, reg)
         return reg
 
@@ -406,13 +435,13 @@ class Bridge(service.MultiService):
         settings, secrets = yield defer.maybeDeferred(self.adapter.update_address, reg, address, values)
         reg.settings, reg.secrets = settings, secrets
         yield self.registry.put_registration(reg)
-        self._cache.pop(jid, None)
+        self._forget(jid)
         return reg
 
     @defer.inlineCallbacks
     def set_subscribed(self, jid: str, subscribed: bool):
         yield self.registry.set_subscribed(self.component, jid, subscribed)
-        self._cache.pop(jid, None)
+        self._forget(jid)
 
     # -- messages ---------------------------------------------------------
 

@@ -113,8 +113,11 @@ def _bounce(mail: EmailMessage) -> Bounce | None:
 
 def parse(raw: bytes) -> ParsedMail:
     mail: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)
+    # Fetched once: with policy.default every mail["From"] parses the header
+    # again (the address grammar), the largest cost of a small mail.
+    from_header = mail["From"]
     try:
-        addresses = mail["From"].addresses if mail["From"] else ()
+        addresses = from_header.addresses if from_header else ()
     except (AttributeError, IndexError, TypeError):
         addresses = ()
     sender = addresses[0].addr_spec if addresses else ""

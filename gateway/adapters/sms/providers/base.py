@@ -71,7 +71,11 @@ class WebhookRequest:
     body: bytes
 
     def form(self) -> dict[str, list[str]]:
-        return parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+        """The form body, parsed once: the per-user secret lookup and the signature check both read it."""
+        form = self.__dict__.get("_form")
+        if form is None:
+            form = self.__dict__["_form"] = parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+        return form
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
