@@ -171,13 +171,15 @@ class Outbox:
         started = self._send_at_once(item)
         if started is None:
             d = self._attempt_once(None, item)
+        elif started[1] is None:
+            d = self._attempt_once(None, item, started[0], started[2])
         else:
-            message, sending = started
+            message, sending, _ = started
             d = sending.addCallbacks(self._sent_at_once, self._attempt_once, callbackArgs=(item, message),
                                      errbackArgs=(item, message))
         return d.addErrback(self._attempt_failed, item)
 
-    def _send_at_once(self, item: QueueItem) -> tuple[OutboundMessage, defer.Deferred] | None:
+    def _send_at_once(self, item: QueueItem) -> tuple[OutboundMessage, defer.Deferred | None, defer.Deferred] | None:
         """
         The common case without a generator (its set-up and context switches
         were a tenth of the hot path): the row is ours far from its lease's
@@ -194,9 +196,10 @@ class Outbox:
             return None
         found = self._registration(message.user)
         if not found.called or isinstance(found.result, Failure) or found.result is None:
-            found.addErrback(lambda f: None)       # _attempt_once asks again and handles what it gets
-            return None
-        return message, defer.maybeDeferred(self.adapter.send, message, found.result)
+            # Handed to _attempt_once as it is: asking again would repeat the
+            # getter's side effects (an unreadable user's metric and warning).
+            return message, None, found
+        return message, defer.maybeDeferred(self.adapter.send, message, found.result), found
 
     def _sent_at_once(self, result, item: QueueItem, message: OutboundMessage) -> defer.Deferred:
         if not isinstance(result, SendResult):
@@ -221,7 +224,8 @@ class Outbox:
                                          "internal error").addErrback(lambda f: None)
 
     @defer.inlineCallbacks
-    def _attempt_once(self, failed: Failure | None, item: QueueItem, message: OutboundMessage | None = None):
+    def _attempt_once(self, failed: Failure | None, item: QueueItem, message: OutboundMessage | None = None,
+                      found: defer.Deferred | None = None):
         """
         Every attempt on ``item`` until it is sent, given up or handed back.
         ``failed``: how a send already started (by _send_at_once) of
@@ -237,7 +241,8 @@ class Outbox:
         while True:
             if failed is None:
                 try:
-                    registration = yield self._registration(message.user)
+                    asked, found = found or self._registration(message.user), None
+                    registration = yield asked
                 except GatewayError as e:      # e.g. the user's secrets cannot be decrypted: they are told
                     yield self._give_up(item, message, e)
                     return
