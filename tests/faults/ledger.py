@@ -115,6 +115,33 @@ async def steady(clients, ledger: Ledger, contact_jids: list[str], seconds: floa
         await pump(clients, ledger, interval)
 
 
+async def server_knows_it_is_gone(client, domain: str, collect, timeout: float = 15.0) -> None:
+    """
+    After the gateway was killed: wait until the XMPP server answers a
+    message to the component with an error, that is until it has seen the
+    stream close. Until then the server may still write users' messages into
+    the dead socket and drop them without an error (docs/reliability.md, "What
+    the XMPP server loses"): no component can know of those, so the ledger
+    must not count them. Probes are sent from ``client`` to an address at
+    ``domain``; everything else it receives meanwhile goes to ``collect``.
+    """
+    deadline = time.monotonic() + timeout
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        probe = client.send_chat(f"down-probe@{domain}", f"down-probe-{n}")
+        answer_by = time.monotonic() + 0.5
+        while time.monotonic() < answer_by:
+            try:
+                stanza = await asyncio.wait_for(client.messages.get(), 0.05)
+            except asyncio.TimeoutError:
+                continue
+            if stanza.get("id") == probe and stanza.get("type") == "error":
+                return
+            collect.note(stanza)
+    raise AssertionError(f"the XMPP server did not notice within {timeout:g} s that {domain} is gone")
+
+
 def summary(ledger: Ledger) -> str:
     r = ledger.report()
     extra = ""

@@ -19,7 +19,7 @@ import time
 import uuid
 
 from tests.faults.conftest import COMPONENTS, LONG, start_gateway
-from tests.faults.ledger import Ledger, drain, pump, steady, summary
+from tests.faults.ledger import Ledger, drain, pump, server_knows_it_is_gone, steady, summary
 from tests.integration.gateway_fixture import registered_client
 from tests.integration.harness import Client, http_get, run, run_then_stop
 
@@ -85,6 +85,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(prosody, fresh_d
             for k in range(kills):
                 await steady(clients, ledger, contacts, rng.uniform(0.5, 2.0), rate=20, prefix=f"k{k}")
                 gateway.kill()
+                for c in clients:
+                    await server_knows_it_is_gone(c, gateway.domain, ledger)
                 await steady(clients, ledger, contacts, rng.uniform(0.0, 0.5), rate=20, prefix=f"d{k}")
                 since = len(gateway.log())
                 gateway.start(wait_authenticated=0)

@@ -20,7 +20,7 @@ from gateway.testing.certs import self_signed
 from gateway.testing.prosody import Prosody
 from gateway.xmpp.escaping import escape
 from tests.faults.conftest import LONG
-from tests.faults.ledger import Ledger, pump
+from tests.faults.ledger import Ledger, pump, server_knows_it_is_gone
 from tests.integration.gateway_fixture import register_form
 from tests.integration.harness import Client, GatewayProcess, body, free_port, run_then_stop, write_config
 from tests.integration.mail_support import SMARTHOST_PASSWORD, SMARTHOST_USER, Smarthost
@@ -128,6 +128,8 @@ def test_sigkill_across_networks_loses_nothing(servers, fresh_dir):
             for _ in range(kills):
                 await traffic(rng.uniform(1.0, 3.0))
                 gateway.kill()
+                for domain in (ECHO, SMS, MAIL):
+                    await server_knows_it_is_gone(client, domain, collect)
                 await traffic(rng.uniform(0.0, 0.5))
                 since = len(gateway.log())
                 gateway.start(wait_authenticated=0)
