@@ -78,6 +78,9 @@ general {{
 pbkdf2v2 {{
 	rounds = 10000;
 }};
+
+/* every command services received, with who sent it: tests read what reached NickServ */
+logfile "{dir}/commands.log" {{ commands; register; }};
 """
 
 
@@ -91,7 +94,7 @@ class Atheme:
         self.config_path = os.path.join(self.dir, "atheme.conf")
         with open(self.config_path, "w") as f:
             f.write(CONFIG.format(services=ircd.services, uplink=ircd.name, port=ircd.link_port,
-                                  password=ircd.link_password))
+                                  password=ircd.link_password, dir=self.dir))
         self.server: Server | None = None
 
     def start(self) -> "Atheme":
@@ -109,6 +112,14 @@ class Atheme:
             self.server.stop()
             raise
         return self
+
+    def commands(self) -> str:
+        """The command log: one line per command a user sent to services (passwords are not logged)."""
+        try:
+            with open(os.path.join(self.dir, "commands.log"), encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         if self.server:
