@@ -164,7 +164,7 @@ def test_sasl_plain_against_inspircd_and_atheme(prosody, sasl_net, services_gate
 
     run(scenario(), timeout=60)
     assert password not in services_gateway.log()
-    assert f"SASL on services.test: ok" in services_gateway.log()
+    assert "SASL on services.test: ok" in services_gateway.log()
 
 
 def test_wrong_sasl_password_is_a_join_error_and_nickserv_gets_nothing(prosody, sasl_net, services_gateway):
