@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 what="${1:-all}"
 packages=(prosody lua5.4-unbound lua5.4-event ngircd swaks)
 if [ "$what" = all ]; then
-    packages+=(ejabberd postgresql libnet-ssleay-perl openssl chromium chromium-driver prometheus systemd iproute2)
+    packages+=(ejabberd postgresql libnet-ssleay-perl openssl chromium chromium-driver prometheus systemd iproute2
+               inspircd atheme-services)
 fi
 
 missing=()

@@ -269,7 +269,7 @@ def test_irc_server_restart_reconnects_and_rejoins(prosody, ircd, irc_gateway):
 
 
 def test_sasl_plain_through_cap_with_server_time_and_msgid(prosody, irc_gateway):
-    """Against a scripted peer: no SASL-capable IRC server can run here without IRC services."""
+    """Against a scripted peer (the order of CAP and AUTHENTICATE); real InspIRCd + atheme: test_irc_services.py."""
     user = prosody.register(f"ircsasl{os.getpid()}", "pw")
 
     async def scenario():
