@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from gateway.testing.process import Server, make_dir
+from gateway.testing.process import Server, make_dir, read_text
 
 CONFIG = """/* Written by xmpp-gateway's test harness. */
 loadmodule "modules/protocol/inspircd";
@@ -115,11 +115,7 @@ class Atheme:
 
     def commands(self) -> str:
         """The command log: one line per command a user sent to services (passwords are not logged)."""
-        try:
-            with open(os.path.join(self.dir, "commands.log"), encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_text(os.path.join(self.dir, "commands.log"))
 
     def stop(self) -> None:
         if self.server:

@@ -7,7 +7,7 @@ import resource
 import shutil
 import signal
 
-from gateway.testing.process import Server, free_port, make_dir, port_open, wait_for
+from gateway.testing.process import Server, free_port, make_dir, port_open, read_text, wait_for
 
 CONFIG = """# Written by xmpp-gateway's test harness.
 <server name="{name}" description="test ircd" network="TestNet" id="001">
@@ -111,11 +111,7 @@ class InspIRCd:
         return self
 
     def log(self) -> str:
-        try:
-            with open(os.path.join(self.dir, "ircd.log"), encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_text(os.path.join(self.dir, "ircd.log"))
 
     def stop(self) -> None:
         if self.server:

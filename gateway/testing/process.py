@@ -10,6 +10,15 @@ import time
 from typing import Callable
 
 
+def read_text(path: str) -> str:
+    """A server's log or state file as text so far; empty while it does not exist."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -64,11 +73,7 @@ class Server:
         return self
 
     def log(self) -> str:
-        try:
-            with open(self.logfile, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_text(self.logfile)
 
     def wait_log(self, text: str, timeout: float = 15.0, fail: str | None = None, since: int = 0,
                  count: int = 1) -> None:
