@@ -185,7 +185,9 @@ class Outbox:
         were a tenth of the hot path): the row is ours far from its lease's
         end and the user's registration is at hand. Then the send starts here
         and its outcome goes to _sent_at_once, or, if it failed, to
-        _attempt_once, which takes over from there. Anything else: None, and
+        _attempt_once, which takes over from there. A registration not at
+        hand (pending, failed, none): no send, and its Deferred goes to
+        _attempt_once with the message. Anything else: None, and
         _attempt_once does all of it.
         """
         if self._active.get(item.id) is not item or not self.registry.owns(item, margin=self.registry.lease / 2):
