@@ -103,8 +103,9 @@ class RawClient:
         return got
 
 
-def bench_config(work: str, component_port: int, components: str, log_level: str = "info") -> str:
-    """A gateway config for a benchmark: no limits, no web site, files and registry in ``work``."""
+def bench_config(work: str, component_port: int, components: str, log_level: str = "info",
+                 web_listen: str = "") -> str:
+    """A gateway config for a benchmark: no limits, no web site unless asked, files and registry in ``work``."""
     config = os.path.join(work, "gateway.toml")
     with open(config, "w") as f:
         f.write(f"""[gateway]
@@ -118,7 +119,7 @@ secret_key = "{SecretBox.generate()}"
 rate = 1000000.0
 burst = 1000000
 [web]
-listen = ""
+listen = "{web_listen}"
 [files]
 directory = "{work}/files"
 [log]

@@ -41,10 +41,9 @@ import urllib.parse
 import urllib.request
 
 from gateway.adapters.sms.providers.twilio import signature
-from gateway.registry.crypto import SecretBox
 from gateway.testing.process import free_port, port_open, wait_for
 from gateway.testing.prosody import Prosody
-from tests.benchmarks.echo_throughput import RawClient, cpu_seconds
+from tests.benchmarks.echo_throughput import RawClient, bench_config, cpu_seconds
 
 ACCOUNT_SID = "AC" + "0" * 32
 AUTH_TOKEN = "bench-auth-token"
@@ -173,25 +172,7 @@ def smtp_source(port: int, mails: int, sessions: int) -> float:
 
 
 def gateway_config(work: str, component_port: int, web_port: int, smtp_port: int) -> str:
-    config = os.path.join(work, "gateway.toml")
-    with open(config, "w") as f:
-        f.write(f"""[gateway]
-allowed_domains = ["localhost"]
-[xmpp]
-port = {component_port}
-[registry]
-url = "sqlite:///{work}/registry.sqlite"
-secret_key = "{SecretBox.generate()}"
-[limits]
-rate = 1000000.0
-burst = 1000000
-[web]
-listen = "tcp:{web_port}:interface=127.0.0.1"
-[files]
-directory = "{work}/files"
-[log]
-level = "warn"
-[[components]]
+    return bench_config(work, component_port, f"""[[components]]
 domain = "{SMS_DOMAIN}"
 secret = "sms-secret"
 adapter = "sms"
@@ -212,8 +193,7 @@ smtp_listen = "tcp:{smtp_port}:interface=127.0.0.1"
 sender_auth = "off"
 max_connections_per_ip = 100
 max_messages_per_minute = 1000000
-""")
-    return config
+""", log_level="warn", web_listen=f"tcp:{web_port}:interface=127.0.0.1")
 
 
 def healthy(port: int) -> bool:
