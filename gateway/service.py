@@ -102,8 +102,12 @@ class GatewayService(service.MultiService):
         d = self.registry.open()
         d.addCallback(lambda _: self.leases.start())
         d.addCallback(self._start_children)
-        d.addCallback(lambda result: (freeze_startup_objects(), result)[1])
+        d.addCallback(self._started)
         d.addCallbacks(self.ready.callback, self._start_failed)
+
+    def _started(self, result):
+        freeze_startup_objects()
+        return result
 
     def _start_children(self, _):
         self.files.start()

@@ -280,16 +280,20 @@ class Bridge(service.MultiService):
         ensure_registration can tell.
         """
         cached = self._cache.get(jid)
-        if cached is None or (self.registry.shared and time.monotonic() - cached[0] >= self.CACHE_TTL):
+        if not self._fresh(cached, self.registry.shared):
             return UNKNOWN
         reg = cached[1]
         if reg is None or reg.secrets_unreadable:
             return UNKNOWN                 # ensure_registration creates it, or tells the user why not
         return reg
 
+    def _fresh(self, cached: tuple[float, Any] | None, expires: bool) -> bool:
+        """Whether a cache entry (when stored, value) may answer: ``expires``, only for CACHE_TTL."""
+        return cached is not None and (not expires or time.monotonic() - cached[0] < self.CACHE_TTL)
+
     def registration(self, jid: str) -> defer.Deferred:
         cached = self._cache.get(jid)
-        if cached is not None and (not self.registry.shared or time.monotonic() - cached[0] < self.CACHE_TTL):
+        if self._fresh(cached, self.registry.shared):
             return defer.succeed(cached[1])
 
         def remember(reg):
@@ -313,7 +317,7 @@ class Bridge(service.MultiService):
         (the registry file may be changed by another process, e.g. the CLI).
         """
         cached = self._by_foreign.get(foreign_id)
-        if cached is not None and time.monotonic() - cached[0] < self.CACHE_TTL:
+        if self._fresh(cached, True):
             return defer.succeed(cached[1])
 
         def remember(reg):

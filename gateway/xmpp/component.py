@@ -425,9 +425,10 @@ class ComponentStream(Component):
         """
         A get or set no handler took: the entity must answer with an error, or
         the client waits for ever. (One without exactly one payload never gets
-        here: ``_admit`` answers it ``bad-request`` before any handler.) Room administration and configuration we do
-        not do is ``feature-not-implemented``; anything else (vCards, last
-        activity, private storage...) ``service-unavailable``.
+        here: ``_admit`` answers it ``bad-request`` before any handler.) Room
+        administration and configuration we do not do is
+        ``feature-not-implemented``; anything else (vCards, last activity,
+        private storage...) ``service-unavailable``.
         """
         if getattr(iq, "handled", False) or iq.getAttribute("type") not in ("get", "set"):
             return
