@@ -63,12 +63,76 @@ class IAdapter(Interface):
     def user_unregistered(registration):
         """A user left: drop any per-user state and connections."""
 
-    # Networks with group chats (features contain 'muc') also provide:
-    #   join(registration, resource, room, nick, password) -> Deferred, firing once the
-    #       join was sent; occupants, the user's own presence and the subject
-    #       follow as RoomEvents through IAdapterContext.room_event.
-    #   leave(user, resource, room) -> Deferred
-    #   is_room(address) -> bool: whether an address names a room.
+    pipelining = Attribute(
+        "True when send() calls reach the network in the order they are made (one socket, one ordered "
+        "queue): the outbox then starts the next message of a conversation without waiting for the "
+        "previous one. False keeps one message of a conversation in flight at a time.")
+    auto_register = Attribute(
+        "True when users need not register (XEP-0077) first: a bare registration is made on first use.")
+
+    def jid_localpart(address):
+        """The address as users see it in JIDs, before XEP-0106 escaping (often the address itself)."""
+
+
+class IGroupChat(Interface):
+    """
+    A network with group chats. The XMPP side gives it XEP-0045 (joins, room
+    messages, private messages to occupants, disco of rooms); what happens in a
+    room comes back as neutral RoomEvents through IAdapterContext.room_event.
+    """
+
+    room_identity_type = Attribute(
+        "The disco 'conference' identity type of its rooms: 'irc' for IRC channels, else 'text'.")
+    occupants_visible = Attribute(
+        "True when every occupant can see who the others really are (IRC: nick!user@host), so rooms "
+        "are announced as non-anonymous.")
+
+    def is_room(address):
+        """Whether a normalized address names a room, by its shape."""
+
+    def occupant_address(room, nick):
+        """The foreign address to write to an occupant privately."""
+
+    def join(registration, resource, room, nick, password):
+        """A Deferred firing once the join was sent; occupants, the user's own presence and the
+        subject follow as RoomEvents."""
+
+    def leave(user, resource, room):
+        """A Deferred firing once the part was sent."""
+
+
+class IRoomDirectory(Interface):
+    """A group-chat network whose servers list their rooms (disco#items of a server's JID)."""
+
+    def is_server(address):
+        """Whether a normalized address names a server (which lists rooms and has settings)."""
+
+    def list_rooms(registration, server):
+        """A Deferred firing with [(room address, readable name)]."""
+
+
+class IAddressSettings(Interface):
+    """
+    A network with settings per foreign address (an IRC server's nick, password
+    and SASL account), offered as the XEP-0050 'configure' command on that
+    address's JID.
+    """
+
+    def address_fields(address):
+        """The gateway.model.Field list for ``address``; empty when it has no settings."""
+
+    def address_values(registration, address):
+        """The current values of those fields."""
+
+    def update_address(registration, address, values):
+        """Merge new values: return (or fire a Deferred with) the new (settings, secrets)."""
+
+
+class IWebHooks(Interface):
+    """A network that is told things by HTTP (SMS providers' webhooks), mounted under /hooks/<component>/."""
+
+    def web_resources():
+        """{name: twisted.web.resource.IResource}; a resource's ``max_body`` caps its request bodies."""
 
 
 class IHostsRooms(Interface):

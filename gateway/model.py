@@ -166,8 +166,19 @@ class RoomEvent:
     unavailable: bool = False
     role: str = "participant"
     affiliation: str = "none"
-    #: XEP-0045 status codes: 110 self, 210 nick changed by the service, 303 nick change, 307 kicked...
-    statuses: list[int] = field(default_factory=list)
+    #: The presence is the user's own (the XMPP side marks it so).
+    own: bool = False
+    #: The user's own presence that completes a join: the room is now in their view.
+    joined: bool = False
+    #: The network gave the user another nick than the one asked for.
+    nick_assigned: bool = False
+    #: The occupant was removed by someone (``actor``), not by leaving.
+    kicked: bool = False
+    #: The user is removed because the gateway is stopping (the room is gone with it).
+    service_stopping: bool = False
+    #: Who did it (a kick, a mode change), when the network says.
+    actor: str | None = None
+    #: Set on the unavailable presence of an occupant changing nick: their new one.
     new_nick: str | None = None
     reason: str | None = None
     body: str | None = None

@@ -137,7 +137,7 @@ class Bridge(service.MultiService):
     def rooms_closing(self) -> int:
         """
         Every occupant of every room this process hosts hears it was removed
-        because the service is shutting down (XEP-0045 status 332). Said
+        because the service is shutting down. Said
         whether or not other gateway processes live: a room's IRC connection
         belongs to this process, so the room ends with it. Room events after
         this are dropped: the user was told they left. Returns how many
@@ -150,7 +150,7 @@ class Bridge(service.MultiService):
             self._send_room_event(RoomEvent(component=self.component, user=occupancy.user,
                                             resources=list(occupancy.resources), room=occupancy.room,
                                             kind="presence", nick=occupancy.nick, unavailable=True,
-                                            role="none", statuses=[110, 332]))
+                                            role="none", own=True, service_stopping=True))
             sent += len(occupancy.resources)
         self._rooms_closed = True
         return sent
@@ -197,7 +197,7 @@ class Bridge(service.MultiService):
         def create_if_needed(reg):
             if reg is not None and reg.secrets_unreadable:
                 self._unreadable(reg)
-            if reg is not None or not getattr(self.adapter, "auto_register", False):
+            if reg is not None or not self.adapter.auto_register:
                 return reg
             reg = Registration(self.component, jid, subscribed=False)
             self._forget(jid)

@@ -124,7 +124,7 @@ class Outbox:
 
         def send_now(_):
             self._active[item.id] = item
-            if getattr(self.adapter, "pipelining", False):
+            if self.adapter.pipelining:
                 # Stored rows commit in arrival order, so calling send now keeps order.
                 d = self._attempt(item)
             else:
@@ -311,7 +311,7 @@ class Outbox:
                  id=message.id, recipient=message.recipient, error=error.text or error.condition,
                  attempts=attempts, delay=next_attempt - now)
         item.payload = message.to_dict()     # keeps the adapter's progress for the next attempt
-        if not getattr(self.adapter, "pipelining", False):
+        if not self.adapter.pipelining:
             item.attempts = attempts
             yield task.deferLater(self.clock, next_attempt - now, lambda: None)
             return self._active.get(item.id) is item

@@ -20,7 +20,7 @@ from twisted.web import http, resource, server
 
 from gateway import metrics
 from gateway.web import status
-from gateway.interfaces import IHealthReport
+from gateway.interfaces import IHealthReport, IWebHooks
 from gateway.web.files import FilesResource
 from gateway.web.limits import BodyLimits, LimitedSite
 
@@ -110,11 +110,10 @@ def build_site(gateway) -> server.Site:
     hooks = resource.Resource()
     root.putChild(b"hooks", hooks)
     for bridge in gateway.bridges:
-        getter = getattr(bridge.adapter, "web_resources", None)
-        if getter is None:
+        if not IWebHooks.providedBy(bridge.adapter):
             continue
         mount = resource.Resource()
-        for name, res in getter().items():
+        for name, res in bridge.adapter.web_resources().items():
             mount.putChild(name.encode(), res)
             limit = getattr(res, "max_body", None)
             if limit:

@@ -19,6 +19,7 @@ from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from zope.interface import implementer
 
+from gateway.interfaces import IAddressSettings
 from gateway.model import Field, GatewayError
 from gateway.xmpp.forms import FormError, build_form, checked_submission, result_form, submitted_form
 from gateway.xmpp.register import stanza_error
@@ -223,7 +224,7 @@ class CommandsHandler(ComponentHandler, IQHandlerMixin):
     def _configurable(self, target: JID) -> str | None:
         """The foreign address behind ``target`` if it has per-address settings."""
         adapter = self.bridge.adapter
-        if not target.user or not hasattr(adapter, "address_fields"):
+        if not target.user or not IAddressSettings.providedBy(adapter):
             return None
         try:
             address = adapter.normalize_address(unescape(target.user))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from twisted.words.protocols.jabber.jid import JID
 from zope.interface import implementer
 
+from gateway.interfaces import IGroupChat
 from gateway.xmpp.caps import CAPS_NODE, verification_string
 from gateway.xmpp.escaping import FEATURE as NS_JID_ESCAPING
 from gateway.xmpp.escaping import unescape
@@ -58,8 +59,7 @@ class GatewayDisco(XMPPHandler):
 
     def getDiscoInfo(self, requestor: JID, target: JID, nodeIdentifier: str = ""):
         if target.user and self._is_room(target.user) and not nodeIdentifier:
-            return [disco.DiscoIdentity("conference", "irc" if self.adapter.gateway_type == "irc" else "text",
-                                        unescape(target.user)),
+            return [disco.DiscoIdentity("conference", self.adapter.room_identity_type, unescape(target.user)),
                     disco.DiscoFeature(NS_MUC), disco.DiscoFeature(disco.NS_DISCO_INFO),
                     disco.DiscoFeature("muc_persistent"), disco.DiscoFeature("muc_open"),
                     disco.DiscoFeature("muc_nonanonymous"), disco.DiscoFeature("muc_unsecured")]
@@ -74,7 +74,7 @@ class GatewayDisco(XMPPHandler):
         return []
 
     def _is_room(self, localpart: str) -> bool:
-        if "muc" not in self.adapter.features:
+        if not IGroupChat.providedBy(self.adapter):
             return False
         try:
             return self.adapter.is_room(self.adapter.normalize_address(unescape(localpart)))

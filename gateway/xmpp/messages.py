@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from gateway import metrics
 from gateway.bridge.bridge import UNKNOWN
-from gateway.interfaces import IStanzaOutput
+from gateway.interfaces import IGroupChat, IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, address_of, escape
 from gateway.xmpp.muc import NS_SID, room_message_strings, room_stanzas
@@ -159,7 +159,8 @@ class StanzaOutput:
     def __init__(self, stream, adapter=None):
         self.stream = stream
         self.domain = stream.domain
-        self.localpart = getattr(adapter, "jid_localpart", lambda address: address)
+        self.localpart = adapter.jid_localpart if adapter is not None else (lambda address: address)
+        self.non_anonymous = IGroupChat.providedBy(adapter) and bool(adapter.occupants_visible)
 
     @property
     def connected(self) -> bool:
@@ -237,7 +238,7 @@ class StanzaOutput:
             for xml in room_message_strings(self.domain, event, self.localpart):
                 self.stream.send_serialized(xml, "message")
             return
-        for el in room_stanzas(self.domain, event, self.localpart):
+        for el in room_stanzas(self.domain, event, self.localpart, self.non_anonymous):
             self.stream.send(el)
 
     def barrier(self):

@@ -12,6 +12,7 @@ import datetime
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from gateway.interfaces import IGroupChat, IRoomDirectory
 from gateway.model import GatewayError, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.stanzas import error_reply, escape_text, parse_jid, quote_attr, text_of, xml_safe
@@ -28,7 +29,7 @@ NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 
 def is_muc_stanza(adapter, stanza: domish.Element) -> bool:
     """Whether a stanza is for the MUC handler: to a room, for a network with rooms."""
-    if "muc" not in adapter.features:
+    if not IGroupChat.providedBy(adapter):
         return False
     to = parse_jid(stanza.getAttribute("to"))
     if to is None or not to.user:
@@ -39,7 +40,7 @@ def is_muc_stanza(adapter, stanza: domish.Element) -> bool:
 class MUCHandler(ComponentHandler):
 
     def connectionInitialized(self):
-        if "muc" in self.bridge.adapter.features:
+        if IGroupChat.providedBy(self.bridge.adapter):
             self.xmlstream.addObserver("/presence", self.on_presence, priority=10)
             self.xmlstream.addObserver("/message", self.on_message, priority=10)
 
@@ -141,7 +142,7 @@ class RoomListHandler(ComponentHandler):
     """
 
     def connectionInitialized(self):
-        if hasattr(self.bridge.adapter, "list_rooms"):
+        if IRoomDirectory.providedBy(self.bridge.adapter):
             self.xmlstream.addObserver(f"/iq[@type='get']/query[@xmlns='{NS_DISCO_ITEMS}']", self.on_items,
                                        priority=10)
 
@@ -205,7 +206,27 @@ class RoomListHandler(ComponentHandler):
         self.send(reply)
 
 
-def room_stanzas(domain: str, event, localpart=lambda address: address) -> list[domish.Element]:
+def status_codes(event, non_anonymous: bool) -> list[int]:
+    """The XEP-0045 status codes that say what a neutral occupant presence means."""
+    codes = []
+    if event.unavailable and event.new_nick:
+        codes.append(303)
+    if event.kicked:
+        codes.append(307)
+    if event.own:
+        codes.append(110)
+    if event.service_stopping:
+        codes.append(332)
+    if event.joined:
+        if non_anonymous:
+            codes.append(100)
+        if event.nick_assigned:
+            codes.append(210)
+    return codes
+
+
+def room_stanzas(domain: str, event, localpart=lambda address: address,
+                 non_anonymous: bool = False) -> list[domish.Element]:
     """The stanzas a RoomEvent becomes, one per joined resource."""
     try:
         room_jid = f"{escape(xml_safe(localpart(event.room)))}@{domain}"
@@ -226,9 +247,11 @@ def room_stanzas(domain: str, event, localpart=lambda address: address) -> list[
             item["role"] = "none" if event.unavailable else event.role
             if event.new_nick:
                 item["nick"] = xml_safe(event.new_nick)
+            if event.actor:
+                item.addElement("actor")["nick"] = xml_safe(event.actor)
             if event.reason:
                 item.addElement("reason", content=xml_safe(event.reason))
-            for code in event.statuses:
+            for code in status_codes(event, non_anonymous):
                 x.addElement("status")["code"] = str(code)
         elif event.kind == "join-error":
             el = error_reply(_fake_presence(to, f"{room_jid}/{nick}"), event.condition or "not-allowed",
@@ -280,4 +303,4 @@ def _fake_presence(to: str, sent_to: str) -> domish.Element:
     return p
 
 
-__all__ = ["MUCHandler", "RoomListHandler", "room_stanzas", "room_message_strings", "is_muc_stanza"]
+__all__ = ["MUCHandler", "RoomListHandler", "room_stanzas", "room_message_strings", "is_muc_stanza", "status_codes"]

@@ -370,7 +370,7 @@ def test_room_events_made_while_the_stream_is_down_are_sent_after_it_is_back(wir
 
     wire.stream.authenticated = False
     wire.bridge.room_event(RoomEvent(DOMAIN, "alice@example.org", ["phone"], "#chan%irc.example.org", "presence",
-                                     nick="alice", statuses=[110]))
+                                     nick="alice", own=True))
     assert [el for el in (yield wire.quiet(0.1)) if el.name == "presence"] == []
     wire.stream.authenticated = True
     yield wire.bridge.stream_up()

@@ -21,7 +21,7 @@ from gateway.adapters.irc import text
 from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
-from gateway.interfaces import IHealthReport, IHostsRooms
+from gateway.interfaces import IAddressSettings, IGroupChat, IHealthReport, IHostsRooms, IRoomDirectory
 from gateway.model import (AddressError, Field, Occupancy, OutboundMessage, PermanentFailure, PolicyViolation,
                            Registration, RegistrationError, SendResult)
 from gateway.options import Option, endpoint, non_negative, positive
@@ -76,12 +76,14 @@ def mask_command(command: str) -> str:
     return m.group(1) + MASK if m else command
 
 
-@implementer(IHostsRooms, IHealthReport)
+@implementer(IGroupChat, IRoomDirectory, IAddressSettings, IHostsRooms, IHealthReport)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
     display_name = "IRC gateway"
-    features = frozenset({"muc"})
+    features: frozenset[str] = frozenset()
+    room_identity_type = "irc"
+    occupants_visible = True    # nick!user@host is there for anyone to see (WHO, WHOIS)
     pipelining = True           # one socket: lines leave in the order they were queued
     auto_register = True        # like biboumi: join a channel, no registration form
     address_prompt = "IRC address: #channel%server, nick%server or server"

@@ -595,7 +595,7 @@ class IRCSession:
         if room is None or resource not in room.resources:
             return
         del room.resources[resource]
-        self._event(room, "presence", [resource], nick=self.nick, unavailable=True, statuses=[110])
+        self._event(room, "presence", [resource], nick=self.nick, unavailable=True, own=True)
         if room.resources:
             return
         del self.rooms[key]
@@ -613,15 +613,15 @@ class IRCSession:
         return self.adapter.config["default_role"], "none"
 
     def _send_state(self, room: Room, resources: list[str]) -> None:
-        """XEP-0045 join: every occupant, then the user's own presence (110, 210), then the subject."""
+        """A join as XMPP clients expect it: every occupant, then the user's own presence, then the subject."""
         for nick, modes in sorted(room.occupants.items()):
             if nick != self.nick:
                 role, aff = self._role(modes)
                 self._event(room, "presence", resources, nick=nick, role=role, affiliation=aff)
         role, aff = self._role(room.occupants.get(self.nick, set()))
         for resource in resources:
-            statuses = [110, 100] + ([210] if room.resources.get(resource) != self.nick else [])
-            self._event(room, "presence", [resource], nick=self.nick, role=role, affiliation=aff, statuses=statuses)
+            self._event(room, "presence", [resource], nick=self.nick, role=role, affiliation=aff, own=True,
+                        joined=True, nick_assigned=room.resources.get(resource) != self.nick)
         self._event(room, "subject", resources, nick=room.topic_by or None, subject=room.topic)
 
     # -- IRC events ---------------------------------------------------------------------
@@ -708,9 +708,8 @@ class IRCSession:
         if room is None:
             return
         room.occupants.pop(kickee, None)
-        statuses = [307] + ([110] if kickee == self.nick else [])
-        self._event(room, "presence", nick=kickee, unavailable=True, statuses=statuses,
-                    reason=f"{reason} (by {kicker})" if reason else f"kicked by {kicker}")
+        self._event(room, "presence", nick=kickee, unavailable=True, kicked=True, own=kickee == self.nick,
+                    actor=kicker, reason=f"{reason} (by {kicker})" if reason else f"kicked by {kicker}")
         if kickee == self.nick:
             del self.rooms[channel.lower()]
 
@@ -726,13 +725,12 @@ class IRCSession:
                 modes = room.occupants.pop(old)
                 room.occupants[new] = modes
                 role, aff = self._role(modes)
-                extra = [110] if mine else []
-                self._event(room, "presence", nick=old, unavailable=True, new_nick=new, statuses=[303] + extra,
+                self._event(room, "presence", nick=old, unavailable=True, new_nick=new, own=mine,
                             role=role, affiliation=aff)
-                self._event(room, "presence", nick=new, role=role, affiliation=aff, statuses=extra)
+                self._event(room, "presence", nick=new, role=role, affiliation=aff, own=mine)
 
     def own_nick_changed(self, nick: str) -> None:
-        """The server confirmed a new nick for us (asked for, or forced): every room hears 303 with 110."""
+        """The server confirmed a new nick for us (asked for, or forced): every room hears our nick change."""
         self._nick_request = None
         if nick != self.nick:
             self.on_nick(self.nick, nick)
@@ -745,8 +743,7 @@ class IRCSession:
         modes = room.occupants[nick]
         (modes.add if added else modes.discard)(prefix)
         role, aff = self._role(modes)
-        self._event(room, "presence", nick=nick, role=role, affiliation=aff,
-                    statuses=[110] if nick == self.nick else [])
+        self._event(room, "presence", nick=nick, role=role, affiliation=aff, own=nick == self.nick)
 
     def on_message(self, nick: str, target: str, body: str, tags: dict, notice: bool = False) -> None:
         body = text.clean(body)

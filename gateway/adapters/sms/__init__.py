@@ -16,6 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource
+from zope.interface import implementer
 
 from gateway import metrics
 from gateway.adapters.base import AdapterBase, check_daily_limit, utc_day
@@ -24,6 +25,7 @@ from gateway.adapters.sms.providers import (PROVIDERS, OutboundSMS, SendUnconfir
                                             WebhookRequest)
 from gateway.adapters.sms.providers.base import clean
 from gateway.adapters.sms.webhooks import MAX_BODY, WebhookResource
+from gateway.interfaces import IWebHooks
 from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, PermanentFailure,
                            Registration, RegistrationError, SendResult)
 from gateway.options import Option, non_negative, positive
@@ -77,6 +79,7 @@ def sender_address(raw: str, region: str | None) -> str:
         return clean(raw, 64).strip()
 
 
+@implementer(IWebHooks)
 class SMSAdapter(AdapterBase):
     name = "sms"
     gateway_type = "sms"

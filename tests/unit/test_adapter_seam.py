@@ -1,0 +1,97 @@
+"""
+The adapter seam: optional abilities are declared interfaces, and a third-party
+adapter that declares one gets the XMPP feature without the XMPP side knowing it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer
+from zope.interface import implementedBy, implementer
+from zope.interface.verify import verifyClass
+
+from gateway.adapters.echo import EchoAdapter
+from gateway.adapters.email import EmailAdapter
+from gateway.adapters.irc import IRCAdapter
+from gateway.adapters.sms import SMSAdapter
+from gateway.interfaces import IAdapter, IGroupChat
+from gateway.model import RoomEvent
+from tests.unit.wire import DOMAIN, Wire, children, find
+
+NS_MUC_USER = "http://jabber.org/protocol/muc#user"
+
+
+@pytest.mark.parametrize("adapter", [EchoAdapter, EmailAdapter, IRCAdapter, SMSAdapter])
+def test_built_in_adapters_implement_what_they_declare(adapter):
+    """An interface declared but not implemented would fail only when a user reaches that feature."""
+    declared = list(implementedBy(adapter))
+    assert IAdapter in declared
+    for interface in declared:
+        assert verifyClass(interface, adapter)
+
+
+@implementer(IGroupChat)
+class PanelAdapter(EchoAdapter):
+    """A third-party network with rooms, knowing nothing of XEP-0045."""
+
+    room_identity_type = "text"
+    occupants_visible = False
+
+    def is_room(self, address: str) -> bool:
+        return address.startswith("panel-")
+
+    def occupant_address(self, room: str, nick: str) -> str:
+        return f"{nick}.{room}"
+
+    def join(self, registration, resource, room, nick, password):
+        self.context.room_event(RoomEvent(self.context.component, registration.jid, [resource], room, "presence",
+                                          nick="host", role="moderator", affiliation="owner"))
+        self.context.room_event(RoomEvent(self.context.component, registration.jid, [resource], room, "presence",
+                                          nick=nick, own=True, joined=True, nick_assigned=nick != "asked"))
+        return defer.succeed(None)
+
+    def leave(self, user, resource, room):
+        return defer.succeed(None)
+
+
+@pytest.fixture
+def panel(tmp_path):
+    w = pytest_twisted.blockon(Wire(os.path.join(tmp_path, "reg.sqlite"), adapter=PanelAdapter).start())
+    yield w
+    w.stop()
+
+
+def codes(presence) -> set[str]:
+    x = find(presence, "x")
+    return {s["code"] for s in children(x, "status")} if x is not None else set()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_third_party_group_chat_adapter_gets_xep_0045(panel):
+    yield panel.register()
+    panel.feed(f"<presence from='alice@example.org/phone' to='panel-a@{DOMAIN}/alice'>"
+               "<x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    host = yield panel.wait(lambda el: el.name == "presence" and el["from"].endswith("/host"))
+    item = find(host, "x", "item")
+    assert (item["role"], item["affiliation"]) == ("moderator", "owner") and codes(host) == set()
+    own = yield panel.wait(lambda el: el.name == "presence" and el["from"] == f"panel-a@{DOMAIN}/alice")
+    # Its own presence, a nick it did not ask for (210), and no 100: its occupants are not visible.
+    assert codes(own) == {"110", "210"}
+    info = yield panel.iq("get", "<query xmlns='http://jabber.org/protocol/disco#info'/>", to=f"panel-a@{DOMAIN}")
+    identity = find(info, "query", "identity")
+    assert (identity["category"], identity["type"]) == ("conference", "text")
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_adapter_without_group_chats_gets_no_muc_handling(tmp_path):
+    w = yield Wire(os.path.join(tmp_path, "reg.sqlite")).start()
+    try:
+        yield w.register()
+        w.feed(f"<presence from='alice@example.org/phone' to='panel-a@{DOMAIN}/alice'>"
+               "<x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        assert not [el for el in (yield w.quiet(0.2)) if el.name == "presence" and el["from"].endswith("/alice")]
+    finally:
+        w.stop()
