@@ -100,6 +100,10 @@ class IGroupChat(Interface):
     def leave(user, resource, room):
         """A Deferred firing once the part was sent."""
 
+    def joined_nick(user, resource, room):
+        """The nick the user's resource is in (or joining) the room under now, or None.
+        Clients ask after a gateway restart (XEP-0410 self-ping) whether they are still in."""
+
 
 class IRoomDirectory(Interface):
     """A group-chat network whose servers list their rooms (disco#items of a server's JID)."""

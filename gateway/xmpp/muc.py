@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 
 from twisted.logger import Logger
+from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 
 from gateway.interfaces import IGroupChat, IRoomDirectory
@@ -25,6 +26,7 @@ NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 NS_DELAY = "urn:xmpp:delay"
 NS_SID = "urn:xmpp:sid:0"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
+NS_PING = "urn:xmpp:ping"
 
 
 def is_muc_stanza(adapter, stanza: domish.Element) -> bool:
@@ -43,6 +45,7 @@ class MUCHandler(ComponentHandler):
         if IGroupChat.providedBy(self.bridge.adapter):
             self.xmlstream.addObserver("/presence", self.on_presence, priority=10)
             self.xmlstream.addObserver("/message", self.on_message, priority=10)
+            self.xmlstream.addObserver(f"/iq[@type='get']/ping[@xmlns='{NS_PING}']", self.on_ping, priority=10)
 
     def _room(self, stanza):
         to = parse_jid(stanza.getAttribute("to"))
@@ -90,6 +93,31 @@ class MUCHandler(ComponentHandler):
         reply = error_reply(stanza, condition, text, error_type)
         reply.addElement((NS_MUC, "x"))
         self.send(reply)
+
+    # -- XEP-0410 self-ping ----------------------------------------------------------
+
+    def on_ping(self, iq: domish.Element) -> None:
+        """
+        A ping to an occupant's JID says whether the sender is still in the room
+        (after a gateway restart the client would otherwise believe it is):
+        answered by the room, result when the sender's resource is joined,
+        not-acceptable when not. Pings to the room's bare JID stay the
+        component's (answered with a result).
+        """
+        to = parse_jid(iq.getAttribute("to"))
+        if to is None or not to.resource or not is_muc_stanza(self.bridge.adapter, iq):
+            return
+        iq.handled = True
+        sender = parse_jid(iq.getAttribute("from"))
+        try:
+            room = self.bridge.adapter.normalize_address(unescape(to.user))
+        except GatewayError as e:
+            self.stream.refuse(iq, e.condition, e.text, e.error_type)
+            return
+        if self.bridge.adapter.joined_nick(sender.userhost(), sender.resource or "", room) is None:
+            self.stream.refuse(iq, "not-acceptable", "you are not in this room", "cancel")
+            return
+        self.send(toResponse(iq, "result"))
 
     # -- messages ---------------------------------------------------------------
 

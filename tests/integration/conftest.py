@@ -16,7 +16,8 @@ EJABBERD_SNIPPET = os.path.join(ROOT, "deploy", "ejabberd-component.yml")
 NAMES = ["flow", "stranger", "restart", "kill", "deadline", "limits", "size", "web", "secret", "logs", "twistd",
          "cli", "sms", "smscap", "smsdown", "smsown", "mail", "maildown", "mailmx", "irc", "ircslow",
          "ircfixed", "health", "reload", "wheel", "systemd", "monitor", "monitorsms", "backup", "backupkey", "status",
-         "ircsched", "ircsched2", "ircsched3", "ircsched4", "load", "ircident", "ircwebirc", "ircidle"]
+         "ircsched", "ircsched2", "ircsched3", "ircsched4", "load", "ircident", "ircwebirc", "ircidle",
+         "parity"]
 COMPONENTS = {f"{n}.localhost": f"{n}-component-secret" for n in NAMES}
 
 

@@ -56,6 +56,9 @@ class PanelAdapter(EchoAdapter):
     def leave(self, user, resource, room):
         return defer.succeed(None)
 
+    def joined_nick(self, user, resource, room):
+        return None
+
 
 @pytest.fixture
 def panel(tmp_path):

@@ -437,6 +437,14 @@ class IRCAdapter(AdapterBase):
             found = self.sessions[key] = IRCSession(self, registration, server, nick)
         return found
 
+    def joined_nick(self, user: str, resource: str, room: str) -> str | None:
+        channel, _, server = room.rpartition("%")
+        session = self.sessions.get((user, server))
+        if session is None or session.closed:
+            return None
+        joined = session.rooms.get(channel.lower())
+        return text.clean_name(session.nick) if joined is not None and resource in joined.resources else None
+
     def session_closed(self, session: IRCSession) -> None:
         if self.sessions.get((session.user, session.server)) is session:
             del self.sessions[(session.user, session.server)]
