@@ -93,6 +93,9 @@ class IGroupChat(Interface):
     def occupant_address(room, nick):
         """The foreign address to write to an occupant privately."""
 
+    def room_name(room):
+        """A room's name as people say it ("#chan on irc.example.org"), for disco."""
+
     def join(registration, resource, room, nick, password):
         """A Deferred firing once the join was sent; occupants, the user's own presence and the
         subject follow as RoomEvents."""

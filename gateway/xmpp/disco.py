@@ -59,7 +59,8 @@ class GatewayDisco(XMPPHandler):
 
     def getDiscoInfo(self, requestor: JID, target: JID, nodeIdentifier: str = ""):
         if target.user and self._is_room(target.user) and not nodeIdentifier:
-            return [disco.DiscoIdentity("conference", self.adapter.room_identity_type, unescape(target.user)),
+            return [disco.DiscoIdentity("conference", self.adapter.room_identity_type,
+                                        self.adapter.room_name(self.adapter.normalize_address(unescape(target.user)))),
                     disco.DiscoFeature(NS_MUC), disco.DiscoFeature(disco.NS_DISCO_INFO),
                     disco.DiscoFeature("muc_persistent"), disco.DiscoFeature("muc_open"),
                     disco.DiscoFeature("muc_nonanonymous"), disco.DiscoFeature("muc_unsecured")]

@@ -27,6 +27,8 @@ NS_DELAY = "urn:xmpp:delay"
 NS_SID = "urn:xmpp:sid:0"
 NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_PING = "urn:xmpp:ping"
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_MUC_TRAFFIC = "http://jabber.org/protocol/muc#traffic"
 
 
 def is_muc_stanza(adapter, stanza: domish.Element) -> bool:
@@ -46,6 +48,8 @@ class MUCHandler(ComponentHandler):
             self.xmlstream.addObserver("/presence", self.on_presence, priority=10)
             self.xmlstream.addObserver("/message", self.on_message, priority=10)
             self.xmlstream.addObserver(f"/iq[@type='get']/ping[@xmlns='{NS_PING}']", self.on_ping, priority=10)
+            self.xmlstream.addObserver(f"/iq[@type='get']/query[@xmlns='{NS_DISCO_INFO}'][@node='{NS_MUC_TRAFFIC}']",
+                                       self.on_traffic, priority=10)
 
     def _room(self, stanza):
         to = parse_jid(stanza.getAttribute("to"))
@@ -118,6 +122,15 @@ class MUCHandler(ComponentHandler):
             self.stream.refuse(iq, "not-acceptable", "you are not in this room", "cancel")
             return
         self.send(toResponse(iq, "result"))
+
+    def on_traffic(self, iq: domish.Element) -> None:
+        """XEP-0045 §6.5: the traffic a room carries besides messages — none (wokkel would say item-not-found)."""
+        if not is_muc_stanza(self.bridge.adapter, iq):
+            return
+        iq.handled = True
+        reply = toResponse(iq, "result")
+        reply.addElement((NS_DISCO_INFO, "query"))["node"] = NS_MUC_TRAFFIC
+        self.send(reply)
 
     # -- messages ---------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from gateway.testing.inspircd import InspIRCd
 from gateway.testing.ngircd import Ngircd
 from tests.integration.gateway_fixture import start_gateway
 from tests.integration.harness import Client, run
@@ -16,6 +17,7 @@ DOMAIN = "parity.localhost"
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 PING = "<ping xmlns='urn:xmpp:ping'/>"
+NS_TRAFFIC = "http://jabber.org/protocol/muc#traffic"
 
 
 @pytest.fixture(scope="module")
@@ -26,28 +28,37 @@ def ircd(workdir):
 
 
 @pytest.fixture(scope="module")
-def gateway(prosody, ircd, workdir):
+def inspircd(workdir):
+    """For what ngircd refuses: channel names with ':' (RFC 2812 keeps it for masks; InspIRCd allows it)."""
+    server = InspIRCd(os.path.join(workdir, "inspircd-parity"), sasl=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(prosody, ircd, inspircd, workdir):
     path = os.path.join(workdir, "parity-gw")
     os.makedirs(path, exist_ok=True)
     gw = start_gateway(prosody, path, "parity", adapter="irc", options={
-        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False}},
-        "throttle_rate": 0.0, "allowed_servers": ["localhost"]})
+        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False},
+                    "insp.test": {"host": "127.0.0.1", "port": inspircd.port, "tls": False}},
+        "throttle_rate": 0.0, "allowed_servers": ["localhost", "insp.test"]})
     yield gw
     gw.stop()
 
 
-def room(channel: str) -> str:
-    return f"{channel}%localhost@{DOMAIN}"
+def room(channel: str, server: str = "localhost") -> str:
+    return f"{channel}%{server}@{DOMAIN}"
 
 
 def codes(p) -> set[int]:
     return {int(s.get("code")) for s in p.findall(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}status")}
 
 
-async def join(client: Client, channel: str, nick: str):
-    client.send_raw(f"<presence to='{room(channel)}/{nick}'><x xmlns='{NS_MUC}'/></presence>")
-    return await client.next_presence(lambda p: p.get("from") == f"{room(channel)}/{nick}" and 110 in codes(p),
-                                      timeout=30)
+async def join(client: Client, channel: str, nick: str, server: str = "localhost"):
+    jid = room(channel, server)
+    client.send_raw(f"<presence to='{jid}/{nick}'><x xmlns='{NS_MUC}'/></presence>")
+    return await client.next_presence(lambda p: p.get("from") == f"{jid}/{nick}" and 110 in codes(p), timeout=30)
 
 
 def test_self_ping_joined_not_joined_and_after_a_gateway_restart(prosody, ircd, gateway):
@@ -88,3 +99,38 @@ def test_self_ping_joined_not_joined_and_after_a_gateway_restart(prosody, ircd, 
             await alice.stop()
 
     run(after_restart(), 90)
+
+
+def test_room_disco_names_traffic_and_a_channel_named_with_at_and_colon(prosody, inspircd, gateway):
+    """A readable room name, the muc#traffic node, and '#a@b:c' joined through XEP-0106 escaping."""
+    user = prosody.register(f"odd{os.getpid()}", "pw")
+    odd = "#a\\40b\\3ac"                 # XEP-0106 for #a@b:c
+
+    async def scenario():
+        carol = await RawIRC(inspircd.port, "oddcarol").connect()
+        carol.send("JOIN #a@b:c")
+        await carol.expect(lambda l: " JOIN " in l and "#a@b:c" in l, timeout=20)
+        alice = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            own = await join(alice, odd, "oddalice", "insp.test")
+            assert own.get("type") is None
+            await carol.expect(lambda l: l.startswith(":oddalice!") and " JOIN " in l and "#a@b:c" in l, timeout=20)
+            alice.send_chat(room(odd, "insp.test"), "hello odd", mtype="groupchat")
+            await carol.expect(lambda l: l.endswith("PRIVMSG #a@b:c :hello odd"), timeout=20)
+            carol.send("PRIVMSG #a@b:c :back at you")
+            got = await alice.next_message(lambda m: m.findtext("{jabber:client}body") == "back at you", timeout=20)
+            assert got.get("from") == f"{room(odd, 'insp.test')}/oddcarol"
+
+            info = await alice.iq(room(odd, "insp.test"), "get", "<query xmlns='http://jabber.org/protocol/disco#info'/>")
+            identity = info.find("{http://jabber.org/protocol/disco#info}query/"
+                                 "{http://jabber.org/protocol/disco#info}identity")
+            assert identity.get("name") == "#a@b:c on insp.test" and identity.get("type") == "irc"
+            traffic = await alice.iq(room(odd, "insp.test"), "get",
+                                     f"<query xmlns='http://jabber.org/protocol/disco#info' node='{NS_TRAFFIC}'/>")
+            query = traffic.find("{http://jabber.org/protocol/disco#info}query")
+            assert traffic.get("type") == "result" and query.get("node") == NS_TRAFFIC and len(query) == 0
+        finally:
+            await alice.stop()
+            await carol.close()
+
+    run(scenario(), 90)

@@ -46,6 +46,9 @@ class PanelAdapter(EchoAdapter):
     def occupant_address(self, room: str, nick: str) -> str:
         return f"{nick}.{room}"
 
+    def room_name(self, room: str) -> str:
+        return f"Panel {room[6:]}"
+
     def join(self, registration, resource, room, nick, password):
         self.context.room_event(RoomEvent(self.context.component, registration.jid, [resource], room, "presence",
                                           nick="host", role="moderator", affiliation="owner"))
@@ -85,7 +88,7 @@ def test_a_third_party_group_chat_adapter_gets_xep_0045(panel):
     assert codes(own) == {"110", "210"}
     info = yield panel.iq("get", "<query xmlns='http://jabber.org/protocol/disco#info'/>", to=f"panel-a@{DOMAIN}")
     identity = find(info, "query", "identity")
-    assert (identity["category"], identity["type"]) == ("conference", "text")
+    assert (identity["category"], identity["type"], identity["name"]) == ("conference", "text", "Panel a")
 
 
 @pytest_twisted.inlineCallbacks

@@ -45,7 +45,10 @@ def _ports(value) -> str | None:
 
 log = Logger(namespace="gateway.adapters.irc")
 
-_CHANNEL = re.compile(r"^[#&+!][^\s,\x07:%]{1,199}$")
+#: Any name a server may allow: no space, comma or BEL (the IRC grammar's own
+#: limits), no % (our server separator). ':' and '@' are allowed (InspIRCd has
+#: them; XEP-0106 escapes them in the room's JID).
+_CHANNEL = re.compile(r"^[#&+!][^\s,\x07%]{1,199}$")
 _NICK = re.compile(r"^[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}$")
 _HOST = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
 #: A connect command that carries a password: what follows the keyword is masked in forms.
@@ -315,6 +318,10 @@ class IRCAdapter(AdapterBase):
     def list_rooms(self, registration: Registration, server: str) -> defer.Deferred:
         """[(room address, "#chan (12): topic")] from the server's LIST."""
         return self.session(registration, server).list_channels()
+
+    def room_name(self, room: str) -> str:
+        channel, _, server = room.rpartition("%")
+        return f"{channel} on {server}"
 
     def occupant_address(self, room: str, nick: str) -> str:
         return self.normalize_address(f"{nick}%{room.rpartition('%')[2]}")
