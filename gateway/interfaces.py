@@ -135,6 +135,21 @@ class IAddressSettings(Interface):
         """Merge new values: return (or fire a Deferred with) the new (settings, secrets)."""
 
 
+class IRawCommands(Interface):
+    """
+    A network whose servers take commands typed by the user (IRC): a message to
+    such an address is a list of commands, not a message to someone. What the
+    server answers comes back from that address as ordinary inbound messages.
+    """
+
+    def takes_commands(address):
+        """Whether messages to a normalized address are commands for it."""
+
+    def raw_command(registration, address, body):
+        """Send the commands in ``body``; a Deferred firing once they are queued.
+        Fails with a GatewayError saying what was wrong with them."""
+
+
 class IWebHooks(Interface):
     """A network that is told things by HTTP (SMS providers' webhooks), mounted under /hooks/<component>/."""
 

@@ -17,6 +17,7 @@ from gateway.xmpp.messages import MessageHandler, StanzaOutput
 from gateway.xmpp.muc import MUCHandler, RoomListHandler
 from gateway.xmpp.ping import PingHandler
 from gateway.xmpp.presence import PresenceHandler
+from gateway.xmpp.raw import RawCommandHandler
 from gateway.xmpp.register import RegisterHandler
 from gateway.xmpp.slots import SpareKeeper, StreamGroup
 from gateway.xmpp.version import VersionHandler
@@ -87,6 +88,7 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
         CommandsHandler(stream, bridge, presence, gateway_settings["admins"], reactor),
         MUCHandler(stream, bridge),
         RoomListHandler(stream, bridge),
+        RawCommandHandler(stream, bridge),
         MessageHandler(stream, bridge),
         BridgeLink(group, stream),
     ):

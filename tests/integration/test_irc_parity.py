@@ -10,7 +10,7 @@ import pytest
 from gateway.testing.inspircd import InspIRCd
 from gateway.testing.ngircd import Ngircd
 from tests.integration.gateway_fixture import start_gateway
-from tests.integration.harness import Client, run
+from tests.integration.harness import Client, error_condition, run
 from tests.integration.irc_support import RawIRC
 
 DOMAIN = "parity.localhost"
@@ -132,5 +132,39 @@ def test_room_disco_names_traffic_and_a_channel_named_with_at_and_colon(prosody,
         finally:
             await alice.stop()
             await carol.close()
+
+    run(scenario(), 90)
+
+
+def test_raw_commands_to_the_server_jid_and_its_replies(prosody, ircd, gateway):
+    """biboumi's raw IRC: a message to the server's JID is sent as commands; the server answers from that JID."""
+    user = prosody.register(f"raw{os.getpid()}", "pw")
+    server_jid = f"localhost@{DOMAIN}"
+
+    async def scenario():
+        bob = await RawIRC(ircd.port, "rawbob").connect()
+        alice = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            alice.send_chat(server_jid, "WHOIS rawbob")
+            # The replies, not the welcome burst of the connection the command opened, as one message.
+            reply = await alice.next_message(lambda m: m.get("from") == server_jid, timeout=30)
+            lines = reply.findtext("{jabber:client}body").splitlines()
+            assert lines[0].startswith("311 rawbob ~rawbob ") and lines[-1].startswith("318 rawbob"), lines
+            alice.send_chat(server_jid, "PRIVMSG rawbob :typed by hand")
+            await bob.expect(lambda l: l.endswith("PRIVMSG rawbob :typed by hand"), timeout=20)
+            # An unknown command: the server's own answer (421) comes back.
+            alice.send_chat(server_jid, "FROBNICATE now")
+            await alice.next_message(lambda m: m.get("from") == server_jid
+                                     and m.findtext("{jabber:client}body").startswith("421 "), timeout=20)
+            alice.send_chat(server_jid, "\n".join(f"PRIVMSG rawbob :{i}" for i in range(9)))
+            error = await alice.next_message(lambda m: m.get("type") == "error" and m.get("from") == server_jid,
+                                             timeout=20)
+            assert error_condition(error) == ("policy-violation", "at most 8 commands in one message")
+            alice.send_chat(server_jid, "PRIVMSG rawbob :sentinel")
+            await bob.expect(lambda l: l.endswith("PRIVMSG rawbob :sentinel"), timeout=20)
+            assert not [l for l in bob.seen if l.endswith("PRIVMSG rawbob :0")]     # none of the nine went
+        finally:
+            await alice.stop()
+            await bob.close()
 
     run(scenario(), 90)

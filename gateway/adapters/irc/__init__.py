@@ -17,13 +17,14 @@ from zope.interface import implementer
 
 from gateway import metrics
 from gateway.adapters.base import AdapterBase
-from gateway.adapters.irc import text
+from gateway.adapters.irc import raw, text
 from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
-from gateway.interfaces import IAddressSettings, IGroupChat, IHealthReport, IHostsRooms, IRoomDirectory
-from gateway.model import (AddressError, Field, Occupancy, OutboundMessage, PermanentFailure, PolicyViolation,
-                           Registration, RegistrationError, SendResult)
+from gateway.interfaces import (IAddressSettings, IGroupChat, IHealthReport, IHostsRooms, IRawCommands,
+                                IRoomDirectory)
+from gateway.model import (AddressError, Field, GatewayError, Occupancy, OutboundMessage, PermanentFailure,
+                           PolicyViolation, Registration, RegistrationError, SendResult)
 from gateway.options import Option, endpoint, non_negative, positive
 
 
@@ -79,7 +80,7 @@ def mask_command(command: str) -> str:
     return m.group(1) + MASK if m else command
 
 
-@implementer(IGroupChat, IRoomDirectory, IAddressSettings, IHostsRooms, IHealthReport)
+@implementer(IGroupChat, IRoomDirectory, IAddressSettings, IRawCommands, IHostsRooms, IHealthReport)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -499,6 +500,17 @@ class IRCAdapter(AdapterBase):
         if room is None:
             return defer.fail(PermanentFailure(f"join {target} before writing to it", "not-acceptable"))
         return session.send(target, body, room, message.xmpp_id).addCallback(lambda parts: SendResult(parts=parts))
+
+    def takes_commands(self, address: str) -> bool:
+        return "%" not in address              # a server's JID, like biboumi's
+
+    def raw_command(self, registration: Registration, address: str, body: str) -> defer.Deferred:
+        try:
+            lines = raw.commands(body)
+            session = self.session(registration, address)
+        except GatewayError as e:
+            return defer.fail(e)
+        return session.raw_command(lines)
 
     def user_unregistered(self, registration: Registration) -> None:
         for (user, _), session in list(self.sessions.items()):

@@ -201,6 +201,8 @@ class IRCConnection(irc.IRCClient):
         self._deadline = None
         self._hello = None
         self._ctcp_window = [0.0, 0]
+        #: The welcome burst is over (end of MOTD): replies from now on answer commands.
+        self.greeted = False
         #: (our address, the server's) while listed with the adapter's identd.
         self._ident_ends = None
 
@@ -337,6 +339,12 @@ class IRCConnection(irc.IRCClient):
 
     def irc_RPL_ENDOFMOTD(self, prefix, params):
         self.motd = None
+        self.greeted = True
+        self.session.greeting_over()
+
+    def irc_ERR_NOMOTD(self, prefix, params):
+        self.greeted = True
+        self.session.greeting_over()
 
     # -- incoming lines ------------------------------------------------------------
 
@@ -384,6 +392,9 @@ class IRCConnection(irc.IRCClient):
         """Twisted's, but a handler failing on a malformed line costs that line and one log entry, no traceback flood."""
         method = getattr(self, f"irc_{command}", None)
         try:
+            numeric = irc.symbolic_to_numeric.get(command, command)
+            if numeric.isdigit():
+                self.session.server_reply(numeric, params)     # shown to the user only after a raw command
             if method is not None:
                 method(prefix, params)
             else:
@@ -491,6 +502,8 @@ class IRCConnection(irc.IRCClient):
     def noticed(self, user, channel, message):
         if "!" in (user or ""):
             self.session.on_message(user.split("!", 1)[0], channel, message, self.tags, notice=True)
+        elif self.session.conn is self and not channel.startswith(("#", "&", "+", "!")):
+            self.session.server_notice(message)        # the server's own, once signed on (not its greeting)
 
     def irc_RPL_LIST(self, prefix, params):
         if len(params) < 2:

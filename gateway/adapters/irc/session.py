@@ -22,6 +22,7 @@ from gateway import metrics
 
 from gateway.adapters.irc import policy, text
 from gateway.adapters.irc.client import IRCConnection, Outgoing, safe_msgid, server_time
+from gateway.adapters.irc.raw import ServerReplies
 from gateway.adapters.irc.scheduler import CONNECTED, Ticket, backoff
 from gateway.model import (GatewayError, InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
                            TemporaryFailure)
@@ -184,6 +185,8 @@ class IRCSession:
         self._list_cut = False
         self._list_waiters: list[defer.Deferred] = []
         self._list_cache: tuple[float, list] | None = None
+        #: What the server answers the user's raw commands (made at the first one).
+        self.replies: ServerReplies | None = None
 
     # -- connection ---------------------------------------------------------------
 
@@ -821,6 +824,32 @@ class IRCSession:
             self._event(room, "join-error", nick=self.nick, condition=condition, reason=f"{self.server}: {why}")
 
     # -- sending --------------------------------------------------------------------------
+
+    def raw_command(self, lines: list[str]) -> defer.Deferred:
+        """The user's own commands (a message to the server's JID); the answers come back from it."""
+        if self.replies is None:
+            self.replies = ServerReplies(self)
+        d = self.send_raw(lines)
+        d.addCallback(lambda _: self.replies.command_sent())
+        return d
+
+    @property
+    def greeted(self) -> bool:
+        return self.conn is not None and self.conn.greeted
+
+    def greeting_over(self) -> None:
+        """The server's welcome burst (up to the end of its MOTD) is over: what follows answers commands."""
+        if self.replies is not None:
+            self.replies.greeting_over()
+
+    def server_reply(self, command: str, params: list[str]) -> None:
+        if self.replies is not None:
+            self.replies.reply(command, params)
+
+    def server_notice(self, body: str) -> None:
+        if self.replies is None:
+            self.replies = ServerReplies(self)
+        self.replies.notice(body)
 
     def send_raw(self, lines: list[str]) -> defer.Deferred:
         if self.conn is not None:

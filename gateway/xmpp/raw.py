@@ -1,0 +1,65 @@
+"""
+Messages to an address that takes commands (an IRC server's JID, as in
+biboumi): the body goes to the network as commands, and what the server
+answers comes back from that JID as chat messages (see IRawCommands).
+"""
+
+from __future__ import annotations
+
+from twisted.logger import Logger
+from twisted.words.xish import domish
+
+from gateway.interfaces import IRawCommands
+from gateway.model import GatewayError, RegistrationError
+from gateway.xmpp.escaping import EscapingError, address_of
+from gateway.xmpp.handler import ComponentHandler
+from gateway.xmpp.stanzas import parse_jid, text_of
+
+log = Logger(namespace="gateway.xmpp.raw")
+
+
+class RawCommandHandler(ComponentHandler):
+
+    def connectionInitialized(self):
+        if IRawCommands.providedBy(self.bridge.adapter):
+            self.xmlstream.addObserver("/message", self.on_message, priority=5)
+
+    def on_message(self, stanza: domish.Element) -> None:
+        if stanza.getAttribute("type") == "error" or getattr(stanza, "handled", False):
+            return
+        to = parse_jid(stanza.getAttribute("to"))
+        sender = parse_jid(stanza.getAttribute("from"))
+        if to is None or sender is None or not to.user or to.resource:
+            return
+        adapter = self.bridge.adapter
+        try:
+            address = adapter.normalize_address(address_of(to.user))
+        except (GatewayError, EscapingError):
+            return                                     # the message handler answers bad addresses
+        if not adapter.takes_commands(address):
+            return
+        stanza.handled = True
+        body = text_of(stanza, None, "body")
+        if body is None:
+            return                                     # chat states and receipts: nothing to run
+        # Commands are about now, like room messages: sent at once, not queued.
+        d = self.bridge.ensure_registration(sender.userhost())
+        d.addCallback(self._run, address, body)
+
+        def failed(failure):
+            if failure.check(GatewayError):
+                e = failure.value
+                self.stream.refuse(stanza, e.condition, e.text, e.error_type)
+            else:
+                log.failure("raw command to {address} failed", failure, address=address)
+                self.stream.refuse(stanza, "internal-server-error", None, "wait")
+
+        d.addErrback(failed)
+
+    def _run(self, registration, address: str, body: str):
+        if registration is None:
+            raise RegistrationError(f"register with {self.domain} first (XEP-0077)", "registration-required")
+        return self.bridge.adapter.raw_command(registration, address, body)
+
+
+__all__ = ["RawCommandHandler"]
