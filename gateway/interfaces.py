@@ -135,6 +135,18 @@ class IAddressSettings(Interface):
         """Merge new values: return (or fire a Deferred with) the new (settings, secrets)."""
 
 
+class IConnectionStatus(Interface):
+    """
+    A network where some addresses are the user's connections (an IRC server):
+    their contact JIDs show whether the user is connected there, as presence,
+    to users who subscribe to them. Changes are told through
+    IAdapterContext.contact_status.
+    """
+
+    def connection_status(user, address):
+        """(connected, readable status) of the user's connection to ``address``, or None if it is no connection."""
+
+
 class IRawCommands(Interface):
     """
     A network whose servers take commands typed by the user (IRC): a message to
@@ -212,6 +224,9 @@ class IAdapterContext(Interface):
     def room_event(event):
         """Pass a RoomEvent to the user's joined resources now (not queued)."""
 
+    def contact_status(user, address, available, status):
+        """A contact's presence changed (a connection up or down): shown to the user now, not queued."""
+
     def report(report):
         """A DeliveryReport for an earlier message (receipts, late failures)."""
 
@@ -257,6 +272,9 @@ class IStanzaOutput(Interface):
 
     def send_receipt(user, resource, contact, xmpp_id):
         """Send an XEP-0184 receipt for ``xmpp_id`` from ``contact`` to ``user``."""
+
+    def send_presence(user, contact, available, status):
+        """Presence of a contact's JID (available or not, with a status text) to the user's bare JID."""
 
     def send_room_event(event):
         """Send a RoomEvent (XEP-0045 presence, message, subject, join error) to the resources it names."""

@@ -172,6 +172,10 @@ class Bridge(service.MultiService):
     def checkpoint(self, message: OutboundMessage) -> defer.Deferred:
         return self.outbox.checkpoint(message)
 
+    def contact_status(self, user: str, address: str, available: bool, status: str) -> None:
+        if self.output.connected:
+            self.output.send_presence(user, address, available, status)
+
     def room_event(self, event: RoomEvent) -> None:
         if not event.resources or self._rooms_closed:
             return

@@ -232,6 +232,15 @@ class StanzaOutput:
         self.stream.count_error(error.condition)
         self.stream.send(reply)
 
+    def send_presence(self, user: str, contact: str, available: bool, status: str) -> None:
+        try:
+            sender = self.contact_jid(contact)
+        except EscapingError:
+            return
+        unavailable = "" if available else " type='unavailable'"
+        self.stream.send_serialized(f"<presence from={quote_attr(sender)} to={quote_attr(user)}{unavailable}>"
+                                    f"<status>{escape_text(xml_safe(status) or '')}</status></presence>", "presence")
+
     def send_room_event(self, event) -> None:
         if event.kind == "message" and not event.timestamp and not event.stanza_id:
             # The hot path (every channel line): the stanza written as a string, not a domish tree.

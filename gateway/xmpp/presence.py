@@ -11,8 +11,11 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.words.xish import domish
 
+from gateway.interfaces import IConnectionStatus
+from gateway.model import GatewayError
 from gateway.xmpp.caps import caps_element
-from gateway.xmpp.stanzas import parse_jid
+from gateway.xmpp.escaping import EscapingError, address_of
+from gateway.xmpp.stanzas import parse_jid, xml_safe
 from gateway.xmpp.handler import ComponentHandler
 
 log = Logger(namespace="gateway.xmpp.presence")
@@ -29,12 +32,14 @@ class PresenceHandler(ComponentHandler):
 
     # -- sending ----------------------------------------------------------
 
-    def presence(self, to: str, ptype: str | None = None, sender: str | None = None) -> None:
+    def presence(self, to: str, ptype: str | None = None, sender: str | None = None, status: str | None = None) -> None:
         el = domish.Element((None, "presence"))
         el["to"] = to
         el["from"] = sender or self.domain
         if ptype and ptype != "available":
             el["type"] = ptype
+        if status:
+            el.addElement("status", content=xml_safe(status))
         if ptype in (None, "available"):
             el.addChild(caps_element(self.disco.contact_ver if sender else self.disco.ver))
         self.send(el)
@@ -70,7 +75,10 @@ class PresenceHandler(ComponentHandler):
         ptype = stanza.getAttribute("type", "available")
         if ptype == "error":
             return
-        d = self.bridge.registration(sender.userhost())
+        if ptype == "subscribe" and self.bridge.adapter.auto_register:
+            d = self.bridge.ensure_registration(sender.userhost())    # as joining a room would
+        else:
+            d = self.bridge.registration(sender.userhost())
         if to.user:
             d.addCallback(self._to_contact, sender, to, ptype)
         else:
@@ -105,6 +113,14 @@ class PresenceHandler(ComponentHandler):
                 self.presence(sender.userhost(), "unsubscribed", to.userhost())
             return
         contact = to.userhost()
+        status = self._connection_status(sender.userhost(), to.user)
+        if status is not None:
+            if ptype in ("subscribe", "probe"):
+                if ptype == "subscribe":
+                    self.presence(sender.userhost(), "subscribed", contact)
+                available, text = status
+                self.presence(sender.userhost(), "available" if available else "unavailable", contact, text)
+            return
         online = self.bridge.adapter.contact_presence == "available"
         if ptype == "subscribe":
             self.presence(sender.userhost(), "subscribed", contact)
@@ -114,3 +130,14 @@ class PresenceHandler(ComponentHandler):
             self.presence(sender.userhost(), "available", contact)
         elif ptype == "available" and online:
             self.presence(sender.full(), "available", contact)
+
+    def _connection_status(self, user: str, localpart: str):
+        """(connected, text) when the contact is one of the user's connections (an IRC server), else None."""
+        adapter = self.bridge.adapter
+        if not IConnectionStatus.providedBy(adapter):
+            return None
+        try:
+            address = adapter.normalize_address(address_of(localpart))
+        except (GatewayError, EscapingError):
+            return None
+        return adapter.connection_status(user, address)

@@ -168,3 +168,39 @@ def test_raw_commands_to_the_server_jid_and_its_replies(prosody, ircd, gateway):
             await bob.close()
 
     run(scenario(), 90)
+
+
+def test_subscriptions_to_the_gateway_and_server_jids_show_the_connection(prosody, ircd, gateway):
+    """As in biboumi: both subscriptions are accepted, and the server's JID is online while connected."""
+    user = prosody.register(f"sub{os.getpid()}", "pw")
+    server_jid = f"localhost@{DOMAIN}"
+
+    def status(p):
+        return p.findtext("{jabber:client}status") or ""
+
+    async def scenario():
+        alice = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            alice.send_raw(f"<presence to='{DOMAIN}' type='subscribe'/>")
+            await alice.next_presence(lambda p: p.get("from") == DOMAIN and p.get("type") == "subscribed", timeout=20)
+            alice.send_raw(f"<presence to='{server_jid}' type='subscribe'/>")
+            await alice.next_presence(lambda p: p.get("from") == server_jid and p.get("type") == "subscribed",
+                                      timeout=20)
+            down = await alice.next_presence(lambda p: p.get("from") == server_jid and p.get("type") is not None
+                                             and p.get("type") != "subscribed", timeout=20)
+            assert down.get("type") == "unavailable" and status(down) == "not connected to localhost"
+            # Joining connects: the server's JID comes online (signed on, before the channel's JOIN).
+            alice.send_raw(f"<presence to='{room('#subs')}/subalice'><x xmlns='{NS_MUC}'/></presence>")
+            up = await alice.next_presence(lambda p: p.get("from") == server_jid and p.get("type") is None,
+                                           timeout=20)
+            assert status(up) == "connected to localhost as subalice"
+            await alice.next_presence(lambda p: p.get("from") == f"{room('#subs')}/subalice" and 110 in codes(p),
+                                      timeout=20)
+            alice.send_raw(f"<presence to='{room('#subs')}/subalice' type='unavailable'/>")
+            gone = await alice.next_presence(lambda p: p.get("from") == server_jid
+                                             and p.get("type") == "unavailable", timeout=20)
+            assert status(gone).startswith("disconnected from localhost")
+        finally:
+            await alice.stop()
+
+    run(scenario(), 90)

@@ -37,6 +37,7 @@ class Recorder:
         self.clock = MemoryReactorClock()
         self.delivered = []
         self.events = []
+        self.statuses = []
         self.checkpoints: list[dict] = []
         self.checkpoint_result = None
 
@@ -46,6 +47,9 @@ class Recorder:
 
     def room_event(self, event):
         self.events.append(event)
+
+    def contact_status(self, user, address, available, status):
+        self.statuses.append((user, address, available, status))
 
     def checkpoint(self, message):
         self.checkpoints.append(dict(message.progress))

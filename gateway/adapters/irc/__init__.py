@@ -21,8 +21,8 @@ from gateway.adapters.irc import raw, text
 from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
-from gateway.interfaces import (IAddressSettings, IGroupChat, IHealthReport, IHostsRooms, IRawCommands,
-                                IRoomDirectory)
+from gateway.interfaces import (IAddressSettings, IConnectionStatus, IGroupChat, IHealthReport, IHostsRooms,
+                                IRawCommands, IRoomDirectory)
 from gateway.model import (AddressError, Field, GatewayError, Occupancy, OutboundMessage, PermanentFailure,
                            PolicyViolation, Registration, RegistrationError, SendResult)
 from gateway.options import Option, endpoint, non_negative, positive
@@ -80,7 +80,8 @@ def mask_command(command: str) -> str:
     return m.group(1) + MASK if m else command
 
 
-@implementer(IGroupChat, IRoomDirectory, IAddressSettings, IRawCommands, IHostsRooms, IHealthReport)
+@implementer(IGroupChat, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus, IHostsRooms,
+             IHealthReport)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -500,6 +501,14 @@ class IRCAdapter(AdapterBase):
         if room is None:
             return defer.fail(PermanentFailure(f"join {target} before writing to it", "not-acceptable"))
         return session.send(target, body, room, message.xmpp_id).addCallback(lambda parts: SendResult(parts=parts))
+
+    def connection_status(self, user: str, address: str) -> tuple[bool, str] | None:
+        if "%" in address:
+            return None                        # a channel or a nick: not a connection
+        session = self.sessions.get((user, address))
+        if session is None or session.closed:
+            return False, f"not connected to {address}"
+        return session.status()
 
     def takes_commands(self, address: str) -> bool:
         return "%" not in address              # a server's JID, like biboumi's

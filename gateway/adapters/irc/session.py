@@ -282,6 +282,8 @@ class IRCSession:
         return d.addTimeout(timeout, self.context.clock).addErrback(late)
 
     def close(self, reason: str = "Leaving") -> None:
+        if self.conn is not None and not self.closed:
+            self.context.contact_status(self.user, self.server, False, f"disconnected from {self.server}: {reason}")
         self.closed = True
         for call in (self._retry, self._notice, self._idle):
             if call is not None and call.active():
@@ -488,6 +490,7 @@ class IRCSession:
             self._notice.cancel()
         self._notice = None
         log.info("{user}: signed on to {server} as {nick}", user=self.user, server=self.server, nick=self.nick)
+        self._tell_status()
         for command in self.settings.get("commands", []):
             line = text.one_line(command)
             if line:
@@ -547,6 +550,8 @@ class IRCSession:
         if not self.closed and self.signed_once:
             log.warn("{user}: connection to {server} lost ({why})", user=self.user, server=self.server,
                      why=reason.getErrorMessage())
+            self.context.contact_status(self.user, self.server, False,
+                                        f"connection to {self.server} lost: {text.clean(reason.getErrorMessage())}")
 
     # -- rooms from XMPP ------------------------------------------------------------
 
@@ -832,6 +837,17 @@ class IRCSession:
         d = self.send_raw(lines)
         d.addCallback(lambda _: self.replies.command_sent())
         return d
+
+    def status(self) -> tuple[bool, str]:
+        """(connected, text) of this connection, for the presence of the server's JID."""
+        if self.conn is not None:
+            return True, f"connected to {self.server} as {text.clean_name(self.nick)}"
+        if self._trouble is not None:
+            return False, f"not connected to {self.server}: {self._trouble[1]}"
+        return False, f"connecting to {self.server}"
+
+    def _tell_status(self) -> None:
+        self.context.contact_status(self.user, self.server, *self.status())
 
     @property
     def greeted(self) -> bool:
