@@ -81,7 +81,7 @@ def _reload_on_sighup(reactor, gateway, path: str, notifier=None) -> None:
     """SIGHUP reloads the config (gateway/reload.py) instead of killing the process."""
     import signal
 
-    from gateway.reload import reload
+    from gateway.reload import HOOKS, reload
 
     def on_reactor():
         if notifier is not None:
@@ -89,7 +89,9 @@ def _reload_on_sighup(reactor, gateway, path: str, notifier=None) -> None:
         applied = reload(gateway, path)
         if notifier is not None:
             notifier.reloaded(gateway, applied)
+        return applied
 
+    HOOKS["reload"] = on_reactor
     signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(on_reactor))
 
 

@@ -147,6 +147,25 @@ class IConnectionStatus(Interface):
         """(connected, readable status) of the user's connection to ``address``, or None if it is no connection."""
 
 
+class IConnections(Interface):
+    """
+    A network that keeps connections per user and server (IRC): users can see
+    and close theirs, admins anyone's (biboumi's ad-hoc commands).
+    """
+
+    def is_server(address):
+        """Whether a normalized address names a server one connects to."""
+
+    def connections(user):
+        """The user's connections now: a list of gateway.model.ConnectionInfo."""
+
+    def users_connected():
+        """The users with at least one connection now."""
+
+    def disconnect(user, address, reason):
+        """Close the user's connection to ``address`` (every one of theirs when None); returns how many."""
+
+
 class IRawCommands(Interface):
     """
     A network whose servers take commands typed by the user (IRC): a message to

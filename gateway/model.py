@@ -191,6 +191,20 @@ class RoomEvent:
     condition: str | None = None
 
 
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """One of a user's connections to a foreign server, as the user may see it."""
+
+    address: str
+    host: str
+    port: int
+    tls: bool
+    nick: str
+    connected: bool
+    #: When it signed on (epoch seconds), None while not connected.
+    since: float | None = None
+
+
 @dataclass
 class SendResult:
     """What an adapter says after handing a message to its network."""

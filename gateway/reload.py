@@ -22,6 +22,11 @@ log = Logger(namespace="gateway.reload")
 
 RESTART_SECTIONS = ("xmpp", "registry", "outbox", "web", "files", "retention")
 
+#: ``"reload"``: the running process's reload, as SIGHUP does it (set where SIGHUP is
+#: wired, by ``xmpp-gateway run``); the admins' ad-hoc command calls it. Returns
+#: whether the file was applied.
+HOOKS: dict = {}
+
 
 def _component_view(config) -> list[tuple]:
     return [(c.domain, c.secret, c.adapter, c.host, c.port, sorted(c.options.items(), key=lambda kv: kv[0]).__repr__())

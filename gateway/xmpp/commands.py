@@ -1,9 +1,11 @@
 """
 XEP-0050 ad-hoc commands on the component domain.
 
-Users: ``settings`` (the adapter's per-user options) and ``unregister``.
-Admins (``gateway.admins``): ``list-users``, ``stats``, ``delete-user``,
-``status-page`` (a one-time link to the web status page).
+Users: ``settings`` (the adapter's per-user options; ``configure`` is biboumi's
+name for it), ``unregister``, ``hello`` and ``ping``. Admins
+(``gateway.admins``): ``list-users``, ``stats``, ``delete-user``, ``reload``,
+``status-page`` (a one-time link to the web status page). Networks with
+connections (IConnections) add gateway/xmpp/connections.py's commands.
 Each command is a small class with a first step (usually a form) and a
 completion step; sessions live in memory and expire.
 """
@@ -22,6 +24,8 @@ from zope.interface import implementer
 from gateway.interfaces import IAddressSettings
 from gateway.model import Field, GatewayError
 from gateway.xmpp.forms import FormError, build_form, checked_submission, result_form, submitted_form
+from gateway.xmpp.command_base import NS_COMMANDS, Command, Done
+from gateway.xmpp.connections import CONNECTION_COMMANDS, ConnectionInfoCommand
 from gateway.xmpp.register import stanza_error
 from gateway.xmpp.escaping import unescape
 from gateway.xmpp.stanzas import parse_jid
@@ -30,37 +34,9 @@ from wokkel.iwokkel import IDisco
 from gateway.xmpp.handler import ComponentHandler
 from wokkel.subprotocols import IQHandlerMixin
 
-NS_COMMANDS = "http://jabber.org/protocol/commands"
 SESSION_TTL = 600.0
 #: Open command sessions one user may hold; starting another ends their oldest.
 MAX_SESSIONS_PER_USER = 10
-
-
-class Done(Exception):
-    """Raised by a command step to complete the command with a note."""
-
-    def __init__(self, note: str, form=None):
-        super().__init__(note)
-        self.note = note
-        self.form = form
-
-
-class Command:
-    node = ""
-    name = ""
-    admin = False
-    needs_registration = False
-
-    def __init__(self, handler):
-        self.handler = handler
-        self.bridge = handler.bridge
-
-    def start(self, user: str):
-        """First step: return a form to fill in, or raise Done."""
-        raise NotImplementedError
-
-    def complete(self, user: str, values: dict):
-        raise NotImplementedError
 
 
 class SettingsCommand(Command):
@@ -161,6 +137,10 @@ class ConfigureAddressCommand(Command):
         self.address = address
         self.adapter = handler.bridge.adapter
 
+    @staticmethod
+    def applies(adapter, address: str, user: str) -> bool:
+        return IAddressSettings.providedBy(adapter) and bool(adapter.address_fields(address))
+
     @defer.inlineCallbacks
     def start(self, user):
         reg = yield self.bridge.ensure_registration(user)
@@ -193,8 +173,56 @@ class StatusPageCommand(Command):
                    result_form(None, "Status page", {"link": link}))
 
 
-COMMANDS = [SettingsCommand, UnregisterCommand, ListUsersCommand, StatsCommand, DeleteUserCommand,
-            StatusPageCommand]
+class HelloCommand(Command):
+    """biboumi's: a two-step command that greets, for trying a client's ad-hoc support."""
+
+    node = "hello"
+    name = "Say hello"
+
+    def start(self, user):
+        return build_form([Field("name", "Your name", required=True)], {}, NS_COMMANDS, title="Hello")
+
+    def complete(self, user, values):
+        raise Done(f"Hello {str(values.get('name', '')).strip()[:100]}!")
+
+
+class PingCommand(Command):
+    node = "ping"
+    name = "Ping"
+
+    def start(self, user):
+        raise Done("Pong")
+
+
+class ConfigureCommand(SettingsCommand):
+    """biboumi's name for the user's settings on the gateway JID."""
+
+    node = "configure"
+    name = "Configure"
+
+
+class ReloadCommand(Command):
+    """What SIGHUP does (gateway/reload.py), for admins without a shell on the gateway's machine."""
+
+    node = "reload"
+    name = "Reload the configuration"
+    admin = True
+
+    def start(self, user):
+        from gateway.reload import HOOKS
+
+        hook = HOOKS.get("reload")
+        if hook is None:
+            raise Done("This gateway was not started with `xmpp-gateway run`: reload it with SIGHUP.")
+        if hook():
+            raise Done("Configuration reloaded (what needs a restart is named in the log).")
+        raise Done("The configuration was refused and nothing changed: the log says which lines are wrong.")
+
+
+COMMANDS = [SettingsCommand, ConfigureCommand, UnregisterCommand, HelloCommand, PingCommand, ListUsersCommand,
+            StatsCommand, DeleteUserCommand, StatusPageCommand, ReloadCommand, *CONNECTION_COMMANDS]
+#: Commands on a foreign address's JID, each offered where it ``applies``.
+ADDRESS_COMMANDS = [ConfigureAddressCommand, ConnectionInfoCommand]
 
 
 @implementer(IDisco)
@@ -206,7 +234,7 @@ class CommandsHandler(ComponentHandler, IQHandlerMixin):
         self.presence = presence
         self.set_admins(admins)
         self.clock = clock
-        self.commands = {c.node: c(self) for c in COMMANDS}
+        self.commands = {c.node: c(self) for c in COMMANDS if c.offered(bridge.adapter)}
         #: session id -> (user, node, started, the form offered (checked against what comes back) or None)
         self.sessions: dict[str, tuple[str, str, float, object]] = {}
 
@@ -221,20 +249,23 @@ class CommandsHandler(ComponentHandler, IQHandlerMixin):
 
     # -- disco ------------------------------------------------------------
 
-    def _configurable(self, target: JID) -> str | None:
-        """The foreign address behind ``target`` if it has per-address settings."""
+    def _address_commands(self, target: JID, user: str) -> tuple[str | None, dict[str, type]]:
+        """The foreign address behind ``target`` and the commands its JID offers ``user``."""
         adapter = self.bridge.adapter
-        if not target.user or not IAddressSettings.providedBy(adapter):
-            return None
+        if not target.user:
+            return None, {}
         try:
             address = adapter.normalize_address(unescape(target.user))
         except Exception:
-            return None
-        return address if adapter.address_fields(address) else None
+            return None, {}
+        return address, {c.node: c for c in ADDRESS_COMMANDS if c.applies(adapter, address, user)}
 
     def getDiscoInfo(self, requestor: JID, target: JID, nodeIdentifier: str = ""):
-        if target.user and nodeIdentifier == ConfigureAddressCommand.node and self._configurable(target):
-            return [disco.DiscoIdentity("automation", "command-node", ConfigureAddressCommand.name),
+        if target.user:
+            found = self._address_commands(target, requestor.userhost())[1].get(nodeIdentifier)
+            if found is None:
+                return []
+            return [disco.DiscoIdentity("automation", "command-node", found.name),
                     disco.DiscoFeature(NS_COMMANDS), disco.DiscoFeature("jabber:x:data")]
         command = self.commands.get(nodeIdentifier)
         if target.user or command is None or not self._allowed(requestor.userhost(), command):
@@ -246,9 +277,8 @@ class CommandsHandler(ComponentHandler, IQHandlerMixin):
         if nodeIdentifier != NS_COMMANDS:
             return []
         if target.user:
-            if self._configurable(target):
-                return [disco.DiscoItem(target, ConfigureAddressCommand.node, ConfigureAddressCommand.name)]
-            return []
+            return [disco.DiscoItem(target, c.node, c.name)
+                    for c in self._address_commands(target, requestor.userhost())[1].values()]
         user = requestor.userhost()
         return [disco.DiscoItem(JID(self.domain), c.node, c.name)
                 for c in self.commands.values() if self._allowed(user, c)]
@@ -281,8 +311,8 @@ class CommandsHandler(ComponentHandler, IQHandlerMixin):
         user = parse_jid(iq["from"]).userhost()
         target = parse_jid(iq.getAttribute("to"))
         if target is not None and target.user:
-            address = self._configurable(target) if node == ConfigureAddressCommand.node else None
-            command = ConfigureAddressCommand(self, address) if address else None
+            address, offered = self._address_commands(target, user)
+            command = offered[node](self, address) if node in offered else None
             node_key = f"{node}@{address}"
         else:
             command = self.commands.get(node)

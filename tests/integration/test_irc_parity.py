@@ -204,3 +204,104 @@ def test_subscriptions_to_the_gateway_and_server_jids_show_the_connection(prosod
             await alice.stop()
 
     run(scenario(), 90)
+
+
+NS_COMMANDS = "http://jabber.org/protocol/commands"
+
+
+async def command(client: Client, to: str, node: str, fields: dict | None = None):
+    """Run an ad-hoc command: execute, and complete its form with ``fields``; the last <command/>."""
+    reply = await client.iq(to, "set", f"<command xmlns='{NS_COMMANDS}' node='{node}' action='execute'/>")
+    cmd = reply.find(f"{{{NS_COMMANDS}}}command")
+    if cmd.get("status") == "completed":
+        return cmd
+    values = "".join(f"<field var='{k}'>" + "".join(f"<value>{v}</value>" for v in (vs if isinstance(vs, list)
+                     else [vs])) + "</field>" for k, vs in (fields or {}).items())
+    reply = await client.iq(to, "set", f"<command xmlns='{NS_COMMANDS}' node='{node}' sessionid='{cmd.get('sessionid')}'"
+                                       f" action='complete'><x xmlns='jabber:x:data' type='submit'>{values}</x>"
+                                       "</command>")
+    return reply.find(f"{{{NS_COMMANDS}}}command")
+
+
+def note(cmd) -> str:
+    return cmd.findtext(f"{{{NS_COMMANDS}}}note") or ""
+
+
+def test_ad_hoc_commands_of_the_gateway_and_server_jids(prosody, ircd, gateway):
+    """biboumi's commands: hello, ping, connection info, disconnecting; admin ones refused to users."""
+    user = prosody.register(f"cmd{os.getpid()}", "pw")
+    server_jid = f"localhost@{DOMAIN}"
+
+    async def scenario():
+        watcher = await RawIRC(ircd.port, "cmdwatch").connect()
+        watcher.send("JOIN #cmds")
+        await watcher.expect(lambda l: " JOIN " in l and "#cmds" in l)
+        alice = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            items = await alice.iq(DOMAIN, "get", f"<query xmlns='http://jabber.org/protocol/disco#items' "
+                                                  f"node='{NS_COMMANDS}'/>")
+            nodes = {i.get("node") for i in items.iter("{http://jabber.org/protocol/disco#items}item")}
+            assert {"hello", "ping", "configure", "disconnect-from-irc-servers"} <= nodes
+            assert not {"disconnect-user", "reload"} & nodes            # admins' only
+            assert note(await command(alice, DOMAIN, "hello", {"name": "Alice"})) == "Hello Alice!"
+            assert note(await command(alice, DOMAIN, "ping")) == "Pong"
+            for admin_only in ("disconnect-user", "reload"):
+                condition, _ = await alice.iq_error(DOMAIN, "set", f"<command xmlns='{NS_COMMANDS}' "
+                                                                   f"node='{admin_only}' action='execute'/>")
+                assert condition == "forbidden"
+
+            assert note(await command(alice, server_jid, "get-irc-connection-info")) == \
+                "You are not connected to localhost."
+            await join(alice, "#cmds", "cmdalice")
+            info = note(await command(alice, server_jid, "get-irc-connection-info"))
+            assert info.startswith("localhost: connected since ") and "as cmdalice" in info \
+                and f"port {ircd.port} without TLS" in info
+
+            done = await command(alice, DOMAIN, "disconnect-from-irc-servers",
+                                 {"servers": ["localhost"], "reason": "off for lunch"})
+            assert note(done) == "1 connection(s) closed."
+            out = await alice.next_presence(lambda p: p.get("from") == f"{room('#cmds')}/cmdalice"
+                                            and p.get("type") == "unavailable", timeout=20)
+            assert 110 in codes(out)
+            await watcher.expect(lambda l: l.startswith(":cmdalice!") and " QUIT " in l and "off for lunch" in l)
+        finally:
+            await alice.stop()
+            await watcher.close()
+
+    run(scenario(), 90)
+
+
+def test_admins_disconnect_a_user_and_reload(prosody, ircd, workdir):
+    """The admins' commands, on a gateway of its own (started with `run`, so reload has its hook)."""
+    user = prosody.register(f"victim{os.getpid()}", "pw")
+    admin = prosody.register(f"boss{os.getpid()}", "pw")
+    path = os.path.join(workdir, "parity-admin")
+    os.makedirs(path, exist_ok=True)
+    gw = start_gateway(prosody, path, "parityadmin", adapter="irc", admins=[admin], options={
+        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False}},
+        "throttle_rate": 0.0, "allowed_servers": ["localhost"]})
+    domain = gw.domain
+
+    async def scenario():
+        watcher = await RawIRC(ircd.port, "adminwatch").connect()
+        watcher.send("JOIN #admins")
+        await watcher.expect(lambda l: " JOIN " in l and "#admins" in l)
+        victim = await Client(user, "pw").start(prosody.c2s_port)
+        boss = await Client(admin, "pw").start(prosody.c2s_port)
+        try:
+            victim.send_raw(f"<presence to='#admins%localhost@{domain}/victim'><x xmlns='{NS_MUC}'/></presence>")
+            await watcher.expect(lambda l: l.startswith(":victim!") and " JOIN " in l)
+            done = await command(boss, domain, "disconnect-user", {"jid": user, "reason": "maintenance"})
+            assert note(done) == f"{user}: 1 connection(s) closed."
+            await watcher.expect(lambda l: l.startswith(":victim!") and " QUIT " in l and "maintenance" in l)
+            assert note(await command(boss, domain, "reload")).startswith("Configuration reloaded")
+        finally:
+            await victim.stop()
+            await boss.stop()
+            await watcher.close()
+
+    try:
+        run(scenario(), 90)
+        gw.wait_log("config reloaded", timeout=10)
+    finally:
+        gw.stop()

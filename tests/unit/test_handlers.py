@@ -287,7 +287,8 @@ def test_admin_commands(wire):
     items = yield wire.iq("get", "<query xmlns='http://jabber.org/protocol/disco#items' "
                                  "node='http://jabber.org/protocol/commands'/>", sender="boss@example.org/desk", iq_id="i")
     assert {i["node"] for i in children(find(items, "query"), "item")} == \
-        {"settings", "unregister", "list-users", "stats", "delete-user", "status-page"}
+        {"settings", "configure", "unregister", "hello", "ping", "list-users", "stats", "delete-user", "status-page",
+         "reload"}
     listing = yield wire.iq("set", command("list-users"), sender="boss@example.org/desk", iq_id="l")
     assert values_of(find(listing, "command", "x"))["registered-users"] == ["alice@example.org", "bob@example.org"]
     stats = yield wire.iq("set", command("stats"), sender="boss@example.org/desk", iq_id="st")

@@ -21,9 +21,9 @@ from gateway.adapters.irc import raw, text
 from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
-from gateway.interfaces import (IAddressSettings, IConnectionStatus, IGroupChat, IHealthReport, IHostsRooms,
-                                IRawCommands, IRoomDirectory)
-from gateway.model import (AddressError, Field, GatewayError, Occupancy, OutboundMessage, PermanentFailure,
+from gateway.interfaces import (IAddressSettings, IConnections, IConnectionStatus, IGroupChat, IHealthReport,
+                                IHostsRooms, IRawCommands, IRoomDirectory)
+from gateway.model import (AddressError, ConnectionInfo, Field, GatewayError, Occupancy, OutboundMessage, PermanentFailure,
                            PolicyViolation, Registration, RegistrationError, SendResult)
 from gateway.options import Option, endpoint, non_negative, positive
 
@@ -80,8 +80,8 @@ def mask_command(command: str) -> str:
     return m.group(1) + MASK if m else command
 
 
-@implementer(IGroupChat, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus, IHostsRooms,
-             IHealthReport)
+@implementer(IGroupChat, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus, IConnections,
+             IHostsRooms, IHealthReport)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -509,6 +509,27 @@ class IRCAdapter(AdapterBase):
         if session is None or session.closed:
             return False, f"not connected to {address}"
         return session.status()
+
+    def connections(self, user: str) -> list[ConnectionInfo]:
+        found = []
+        for (owner, server), session in sorted(self.sessions.items()):
+            if owner != user or session.closed:
+                continue
+            host, port, tls, _ = self.endpoint(server, session.settings)
+            conn = session.conn
+            found.append(ConnectionInfo(server, host, port, tls, text.clean_name(session.nick), conn is not None,
+                                        conn.signed_on_at if conn is not None else None))
+        return found
+
+    def users_connected(self) -> list[str]:
+        return sorted({user for (user, _), session in self.sessions.items() if not session.closed})
+
+    def disconnect(self, user: str, address: str | None, reason: str) -> int:
+        closing = [s for (owner, server), s in list(self.sessions.items())
+                   if owner == user and not s.closed and address in (None, server)]
+        for session in closing:
+            session.disconnect(text.one_line(reason)[:200] or "Disconnected")
+        return len(closing)
 
     def takes_commands(self, address: str) -> bool:
         return "%" not in address              # a server's JID, like biboumi's

@@ -203,6 +203,7 @@ class IRCConnection(irc.IRCClient):
         self._ctcp_window = [0.0, 0]
         #: The welcome burst is over (end of MOTD): replies from now on answer commands.
         self.greeted = False
+        self.signed_on_at: float | None = None
         #: (our address, the server's) while listed with the adapter's identd.
         self._ident_ends = None
 
@@ -430,6 +431,7 @@ class IRCConnection(irc.IRCClient):
         return heartbeat
 
     def signedOn(self):
+        self.signed_on_at = self._clock.seconds()
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None

@@ -281,6 +281,14 @@ class IRCSession:
 
         return d.addTimeout(timeout, self.context.clock).addErrback(late)
 
+    def disconnect(self, reason: str) -> None:
+        """Closed on request (a command): the user's clients hear they are out of every room first."""
+        for room in self.rooms.values():
+            if room.resources:
+                self._event(room, "presence", nick=self.nick, unavailable=True, own=True,
+                            reason=f"disconnected from {self.server}: {reason}")
+        self.close(reason)
+
     def close(self, reason: str = "Leaving") -> None:
         if self.conn is not None and not self.closed:
             self.context.contact_status(self.user, self.server, False, f"disconnected from {self.server}: {reason}")
