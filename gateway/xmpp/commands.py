@@ -153,7 +153,7 @@ class ConfigureAddressCommand(Command):
     @defer.inlineCallbacks
     def complete(self, user, values):
         yield self.bridge.update_address_settings(user, self.address, values)
-        raise Done(f"Settings for {self.address} saved; they apply from the next connection.")
+        raise Done(f"Settings for {self.address} saved.")
 
 
 class StatusPageCommand(Command):

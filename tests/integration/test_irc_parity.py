@@ -305,3 +305,60 @@ def test_admins_disconnect_a_user_and_reload(prosody, ircd, workdir):
         gw.wait_log("config reloaded", timeout=10)
     finally:
         gw.stop()
+
+
+NS_OWNER = "http://jabber.org/protocol/muc#owner"
+
+
+def form_values(x) -> dict:
+    return {f.get("var"): [v.text for v in f.findall("{jabber:x:data}value")] for f in x.findall("{jabber:x:data}field")}
+
+
+def test_channel_settings_by_command_and_muc_owner_encoding_and_persistence(prosody, ircd, gateway):
+    """A channel's own settings (biboumi's channel `configure`): encoding and persistence really apply."""
+    user = prosody.register(f"chset{os.getpid()}", "pw")
+    chan = room("#latin")
+
+    async def scenario():
+        carol = await RawIRC(ircd.port, "latincarol").connect()
+        carol.send("JOIN #latin")
+        await carol.expect(lambda l: " JOIN " in l and "#latin" in l)
+        alice = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            await join(alice, "#latin", "chalice")
+            done = await command(alice, chan, "configure", {"encoding": "cp1252", "persistent": "true"})
+            assert note(done) == "Settings for #latin%localhost saved."
+            # A line in cp1252 (not UTF-8): the euro sign and é decoded with the channel's encoding.
+            carol.writer.write("PRIVMSG #latin :caf\xe9 \x80 5".encode("latin-1") + b"\r\n")
+            got = await alice.next_message(lambda m: m.get("type") == "groupchat" and
+                                           (m.findtext("{jabber:client}body") or "").startswith("caf"), timeout=20)
+            assert got.findtext("{jabber:client}body") == "café € 5"
+
+            # muc#owner shows the same settings and changes them.
+            owner = await alice.iq(chan, "get", f"<query xmlns='{NS_OWNER}'/>")
+            x = owner.find(f"{{{NS_OWNER}}}query/{{jabber:x:data}}x")
+            values = form_values(x)
+            assert values["encoding"] == ["cp1252"] and values["persistent"] in (["1"], ["true"])
+            await alice.iq(chan, "set", f"<query xmlns='{NS_OWNER}'><x xmlns='jabber:x:data' type='submit'>"
+                                        "<field var='max_history'><value>50</value></field></x></query>")
+            values = form_values((await alice.iq(chan, "get", f"<query xmlns='{NS_OWNER}'/>"))
+                                 .find(f"{{{NS_OWNER}}}query/{{jabber:x:data}}x"))
+            assert values["max_history"] == ["50"]
+            condition, _ = await alice.iq_error(chan, "set", f"<query xmlns='{NS_OWNER}'><x xmlns='jabber:x:data' "
+                                                             "type='submit'><field var='encoding'><value>klingon"
+                                                             "</value></field></x></query>")
+            assert condition == "bad-request"
+
+            # Persistent: leaving from XMPP keeps the nick in the channel (no PART), and coming back is instant.
+            alice.send_raw(f"<presence to='{chan}/chalice' type='unavailable'/>")
+            await alice.next_presence(lambda p: p.get("from") == f"{chan}/chalice" and p.get("type") == "unavailable",
+                                      timeout=20)
+            carol.send("NAMES #latin")
+            await carol.expect(lambda l: " 353 " in l and "#latin" in l and "chalice" in l.split(":")[-1].split())
+            assert not [l for l in carol.seen if l.startswith(":chalice!") and " PART " in l]
+            await join(alice, "#latin", "chalice")
+        finally:
+            await alice.stop()
+            await carol.close()
+
+    run(scenario(), 90)

@@ -7,6 +7,7 @@ server, shared by all their XMPP resources.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import re
 from typing import Any
@@ -356,9 +357,16 @@ class IRCAdapter(AdapterBase):
         Field("port", "Port (empty: the operator's default)"),
     ]
 
+    CHANNEL_FIELDS = [
+        Field("encoding", "Encoding of this channel's lines that are not UTF-8 (empty: the gateway's)"),
+        Field("persistent", "Stay in the channel when all your clients have left it", type="boolean",
+              default=False),
+        Field("max_history", "Messages of history sent when you join (empty: the gateway's default)"),
+    ]
+
     def address_fields(self, address: str) -> list[Field]:
         if "%" in address:
-            return []
+            return self.CHANNEL_FIELDS if self.is_room(address) else []
         if self.ident_table is not None:
             # The identd answers the user's token, which is also the user name sent: say so in the form.
             return [dataclasses.replace(f, label="User name (not used: this gateway's identd gives your token)")
@@ -366,6 +374,8 @@ class IRCAdapter(AdapterBase):
         return self.SERVER_FIELDS
 
     def address_values(self, registration: Registration, address: str) -> dict[str, Any]:
+        if "%" in address:
+            return dict((registration.settings.get("channels") or {}).get(address, {}))
         stored = dict((registration.settings.get("servers") or {}).get(address, {}))
         stored.pop("commands", None)
         return {**stored, "after_connect": [mask_command(c) for c in self._commands(registration, address)]}
@@ -382,6 +392,8 @@ class IRCAdapter(AdapterBase):
         return list(((registration.settings.get("servers") or {}).get(address, {})).get("commands", []))
 
     def update_address(self, registration: Registration, address: str, values: dict[str, Any]):
+        if "%" in address:
+            return self._update_channel(registration, address, values)
         servers = dict(registration.settings.get("servers") or {})
         current = dict(servers.get(address, {}))
         if values.get("port") not in (None, "") and port_number(values["port"]) is None:
@@ -410,6 +422,38 @@ class IRCAdapter(AdapterBase):
                 secrets[f"{address}:{key}"] = values[key]
         return {**registration.settings, "servers": servers}, secrets
 
+    def _update_channel(self, registration: Registration, address: str, values: dict[str, Any]):
+        channels = dict(registration.settings.get("channels") or {})
+        current = dict(channels.get(address, {}))
+        if "encoding" in values:
+            encoding = text.one_line(values["encoding"] or "")[:40]
+            if encoding:
+                try:
+                    encoding = codecs.lookup(encoding).name
+                except LookupError:
+                    raise RegistrationError(f"{encoding!r} is not an encoding this gateway knows", "bad-request")
+            current["encoding"] = encoding
+        if "persistent" in values:
+            current["persistent"] = str(values["persistent"]).lower() in ("1", "true")
+        if "max_history" in values:
+            raw = str(values["max_history"] or "").strip()
+            if raw and not (raw.isdigit() and int(raw) <= 1000):
+                raise RegistrationError("the history length must be a number from 0 to 1000", "bad-request")
+            current["max_history"] = raw
+        channels[address] = current
+        settings = {**registration.settings, "channels": channels}
+        channel, _, server = address.rpartition("%")
+        session = self.sessions.get((registration.jid, server))
+        if session is not None:
+            session.settings["channels"] = self._channels_of(settings, server)     # applies now
+        return settings, dict(registration.secrets)
+
+    @staticmethod
+    def _channels_of(settings: dict, server: str) -> dict[str, dict]:
+        suffix = "%" + server
+        return {address[: -len(suffix)]: conf for address, conf in (settings.get("channels") or {}).items()
+                if address.endswith(suffix)}
+
     def server_settings(self, registration: Registration, server: str, nick: str) -> dict[str, Any]:
         node = registration.jid.partition("@")[0]
         stored = {k: v for k, v in ((registration.settings.get("servers") or {}).get(server, {})).items() if v}
@@ -423,6 +467,7 @@ class IRCAdapter(AdapterBase):
             # choice is not used, so nobody can take another user's token (and evade, or draw, their bans).
             base["username"] = self.ident_token(registration.jid)
         base["commands"] = self._commands(registration, server)
+        base["channels"] = self._channels_of(registration.settings, server)
         base["webirc"] = self.webirc_line(server, registration.jid)
         if base.get("sasl_password"):
             base["sasl_username"] = stored.get("sasl_username") or base["nick"]

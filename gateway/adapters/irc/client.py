@@ -382,12 +382,27 @@ class IRCConnection(irc.IRCClient):
         if self._hello is not None:
             self._sign_on()                            # the server spoke first: no need to wait
         if isinstance(line, bytes):
-            line = text.decode(line, self.fallback)
+            line = self._decode(line)
         parsed = parse_line(line)
         if parsed is None:
             return
         self.tags, prefix, command, params = parsed
         self.handleCommand(command, prefix, params)
+
+    def _decode(self, raw: bytes) -> str:
+        """UTF-8, else the channel's own encoding (the user's setting), else the operator's fallback."""
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        channels = self.session.settings.get("channels")
+        if channels:
+            parsed = parse_line(raw.decode("latin-1"))       # only to find the channel the line is about
+            if parsed is not None and parsed[3]:
+                encoding = (channels.get(parsed[3][0].lower()) or {}).get("encoding")
+                if encoding:
+                    return raw.decode(encoding, "replace")
+        return raw.decode(self.fallback, "replace")
 
     def handleCommand(self, command, prefix, params):
         """Twisted's, but a handler failing on a malformed line costs that line and one log entry, no traceback flood."""

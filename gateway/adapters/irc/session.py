@@ -281,6 +281,10 @@ class IRCSession:
 
         return d.addTimeout(timeout, self.context.clock).addErrback(late)
 
+    def channel_setting(self, channel: str, key: str):
+        """The user's own setting for a channel (``configure`` on its JID, or muc#owner), or None."""
+        return ((self.settings.get("channels") or {}).get(channel.lower()) or {}).get(key)
+
     def disconnect(self, reason: str) -> None:
         """Closed on request (a command): the user's clients hear they are out of every room first."""
         for room in self.rooms.values():
@@ -613,6 +617,9 @@ class IRCSession:
         del room.resources[resource]
         self._event(room, "presence", [resource], nick=self.nick, unavailable=True, own=True)
         if room.resources:
+            return
+        if self.channel_setting(room.channel, "persistent"):
+            self._watch_idle()                       # the user's choice: stay in the channel, seen from IRC
             return
         del self.rooms[key]
         if self.conn is not None:
