@@ -1,6 +1,11 @@
 """The base of the handlers that serve one component: its stream and its bridge."""
 
+from twisted.logger import Logger
 from wokkel.subprotocols import XMPPHandler
+
+from gateway.model import GatewayError
+
+log = Logger(namespace="gateway.xmpp.handler")
 
 
 class ComponentHandler(XMPPHandler):
@@ -9,3 +14,18 @@ class ComponentHandler(XMPPHandler):
         self.stream = stream
         self.bridge = bridge
         self.domain = stream.domain
+
+    def refuse_failure(self, stanza, what: str):
+        """
+        An errback answering ``stanza``: a GatewayError is the sender's to read
+        (its condition and text); anything else is our bug, logged, and the
+        sender is told to try later rather than left waiting.
+        """
+        def failed(failure):
+            if failure.check(GatewayError):
+                e = failure.value
+                self.stream.refuse(stanza, e.condition, e.text, e.error_type)
+            else:
+                log.failure("{what} failed", failure, what=what)
+                self.stream.refuse(stanza, "internal-server-error", None, "wait")
+        return failed

@@ -160,16 +160,7 @@ class MUCHandler(ComponentHandler):
         else:
             d = self.bridge.ensure_registration(message.user)
             d.addCallback(lambda reg: self.bridge.submit(message))
-
-        def failed(failure):
-            if failure.check(GatewayError):
-                e = failure.value
-                self.stream.refuse(stanza, e.condition, e.text, e.error_type)
-            else:
-                log.failure("room message not accepted", failure)
-                self.stream.refuse(stanza, "internal-server-error", None, "wait")
-
-        d.addErrback(failed)
+        d.addErrback(self.refuse_failure(stanza, "accepting a room message"))
 
 
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
@@ -214,16 +205,7 @@ class RoomListHandler(ComponentHandler):
         d = self.bridge.ensure_registration(sender.userhost())
         d.addCallback(lambda reg: adapter.list_rooms(reg, server))
         d.addCallback(self._answer, iq, limit, after)
-
-        def failed(failure):
-            if failure.check(GatewayError):
-                e = failure.value
-                self.stream.refuse(iq, e.condition, e.text, e.error_type)
-            else:
-                log.failure("listing rooms of {server} failed", failure, server=server)
-                self.stream.refuse(iq, "internal-server-error", None, "wait")
-
-        d.addErrback(failed)
+        d.addErrback(self.refuse_failure(iq, f"listing rooms of {server}"))
 
     def _answer(self, rooms: list[tuple[str, str]], iq, limit: int | None, after: str | None) -> None:
         rooms = sorted(rooms)

@@ -7,7 +7,6 @@ On IRC these are the user's settings for the channel, not the channel's modes.
 
 from __future__ import annotations
 
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 
@@ -17,8 +16,6 @@ from gateway.xmpp.escaping import unescape
 from gateway.xmpp.forms import FormError, build_form, checked_submission, submitted_form
 from gateway.xmpp.handler import ComponentHandler
 from gateway.xmpp.stanzas import parse_jid
-
-log = Logger(namespace="gateway.xmpp.muc_owner")
 
 NS_MUC_OWNER = "http://jabber.org/protocol/muc#owner"
 NS_ROOMCONFIG = "http://jabber.org/protocol/muc#roomconfig"
@@ -61,17 +58,7 @@ class RoomConfigHandler(ComponentHandler):
         else:
             d.addCallback(lambda reg: self._submit(iq, user, room, fields))
 
-        def failed(failure):
-            if failure.check(GatewayError):
-                e = failure.value
-                self.stream.refuse(iq, e.condition, e.text, e.error_type)
-            elif failure.check(FormError):
-                self.stream.refuse(iq, failure.value.condition, failure.value.text, "modify")
-            else:
-                log.failure("room configuration of {room} failed", failure, room=room)
-                self.stream.refuse(iq, "internal-server-error", None, "wait")
-
-        d.addErrback(failed)
+        d.addErrback(self.refuse_failure(iq, f"room configuration of {room}"))
 
     def _offered(self, fields, values, room: str):
         return build_form(fields, values, NS_ROOMCONFIG, title=f"Your settings for {self.bridge.adapter.room_name(room)}")
@@ -91,7 +78,10 @@ class RoomConfigHandler(ComponentHandler):
         if x is None or x.getAttribute("type") == "cancel":
             self.send(toResponse(iq, "result"))
             return None
-        values = checked_submission(x, self._offered(fields, {}, room))
+        try:
+            values = checked_submission(x, self._offered(fields, {}, room))
+        except FormError as e:
+            raise GatewayError(e.text, e.condition, "modify")
         d = self.bridge.update_address_settings(user, room, values)
         d.addCallback(lambda _: self.send(toResponse(iq, "result")))
         return d

@@ -6,7 +6,6 @@ answers comes back from that JID as chat messages (see IRawCommands).
 
 from __future__ import annotations
 
-from twisted.logger import Logger
 from twisted.words.xish import domish
 
 from gateway.interfaces import IRawCommands
@@ -14,9 +13,6 @@ from gateway.model import GatewayError, RegistrationError
 from gateway.xmpp.escaping import EscapingError, address_of
 from gateway.xmpp.handler import ComponentHandler
 from gateway.xmpp.stanzas import parse_jid, text_of
-
-log = Logger(namespace="gateway.xmpp.raw")
-
 
 class RawCommandHandler(ComponentHandler):
 
@@ -45,16 +41,7 @@ class RawCommandHandler(ComponentHandler):
         # Commands are about now, like room messages: sent at once, not queued.
         d = self.bridge.ensure_registration(sender.userhost())
         d.addCallback(self._run, address, body)
-
-        def failed(failure):
-            if failure.check(GatewayError):
-                e = failure.value
-                self.stream.refuse(stanza, e.condition, e.text, e.error_type)
-            else:
-                log.failure("raw command to {address} failed", failure, address=address)
-                self.stream.refuse(stanza, "internal-server-error", None, "wait")
-
-        d.addErrback(failed)
+        d.addErrback(self.refuse_failure(stanza, f"raw command to {address}"))
 
     def _run(self, registration, address: str, body: str):
         if registration is None:
