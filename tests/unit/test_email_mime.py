@@ -120,3 +120,10 @@ def test_addresses(typed, normal):
 def test_bad_addresses(bad):
     with pytest.raises(AddressError):
         addresses.normalize(bad)
+
+
+@pytest.mark.parametrize("raw", [b"From: =??B??=\r\n\r\nhi", b"From: \"\r\n\r\nhi"])
+def test_a_from_header_the_address_grammar_cannot_parse_leaves_the_sender_empty(raw):
+    """Found by the MIME fuzz test: reading mail["From"] itself raised (IndexError, HeaderParseError)."""
+    mail = parse(raw)
+    assert mail.sender == "" and mail.text == "hi"

@@ -8,6 +8,7 @@ charset decoded), attachments, threading ids, and delivery status notifications
 from __future__ import annotations
 
 import email
+import email.errors
 import email.policy
 import re
 from dataclasses import dataclass, field
@@ -115,13 +116,13 @@ def parse(raw: bytes) -> ParsedMail:
     mail: EmailMessage = email.message_from_bytes(raw, policy=email.policy.default)
     # Fetched once: with policy.default every mail["From"] parses the header
     # again (the address grammar), the largest cost of a small mail.
-    from_header = mail["From"]
     try:
+        from_header = mail["From"]          # parsing it can raise too (an empty encoded word: '=??B??=')
         addresses = from_header.addresses if from_header else ()
-    except (AttributeError, IndexError, TypeError):
-        addresses = ()
-    sender = addresses[0].addr_spec if addresses else ""
-    name = addresses[0].display_name if addresses else ""
+        sender = addresses[0].addr_spec if addresses else ""
+        name = addresses[0].display_name if addresses else ""
+    except (AttributeError, IndexError, TypeError, ValueError, email.errors.HeaderParseError):
+        sender = name = ""
     subject = re.sub(r"\s+", " ", str(mail.get("Subject", ""))).strip()
     bounce = _bounce(mail)
     body = mail.get_body(preferencelist=("plain", "html"))
