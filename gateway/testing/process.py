@@ -19,11 +19,13 @@ def read_text(path: str) -> str:
         return ""
 
 
-#: Under pytest-xdist each worker (PYTEST_XDIST_WORKER=gwN, inherited by what it starts) takes its
-#: ports from its own block below the kernel's ephemeral range (32768-60999 on Linux): a port one
-#: worker picked but has not bound yet cannot be picked by another worker, nor be the source port of
-#: someone's outgoing connection.
-_BLOCK_BASE, _BLOCK_SIZE, _BLOCKS = 10000, 2000, 11
+#: Under pytest-xdist each worker (PYTEST_XDIST_WORKER=gwN of PYTEST_XDIST_WORKER_COUNT, inherited by
+#: what it starts) takes its ports from its own share of 10000-32767, below the kernel's ephemeral
+#: range (32768-60999 on Linux): a port one worker picked but has not bound yet cannot be picked by
+#: another worker, nor be the source port of someone's outgoing connection. The shares are as large
+#: as the workers allow (11384 ports each for two), so another suite running beside this one rarely
+#: meets the same port, as with the kernel's own choice.
+_PORTS_LOW, _PORTS_HIGH = 10000, 32768
 _next_port: list[int] = []
 
 
@@ -31,8 +33,11 @@ def _worker_block() -> range | None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker.startswith("gw") or not worker[2:].isdigit():
         return None
-    start = _BLOCK_BASE + (int(worker[2:]) % _BLOCKS) * _BLOCK_SIZE
-    return range(start, start + _BLOCK_SIZE)
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    count = max(int(count) if count.isdigit() else 1, int(worker[2:]) + 1)
+    size = (_PORTS_HIGH - _PORTS_LOW) // count
+    start = _PORTS_LOW + int(worker[2:]) * size
+    return range(start, start + size)
 
 
 def free_port() -> int:
