@@ -49,3 +49,20 @@ def fresh_dir(workdir):
     os.makedirs(path)
     os.chmod(path, 0o755)
     return path
+
+
+#: Under pytest-xdist (README's command: ``--dist loadscope --no-loadscope-reorder``) modules are
+#: handed to the workers in collection order, so the long ones go first and the many quick unit
+#: modules fill the end, and no worker is left with a long fault module while the other idles.
+_XDIST_ORDER = ("tests/faults/", "tests/integration/", "tests/hostile/", "tests/unit/")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return                                  # one process: the order of pytest.ini's testpaths
+
+    def rank(item):
+        path = item.nodeid
+        return next((i for i, prefix in enumerate(_XDIST_ORDER) if path.startswith(prefix)), len(_XDIST_ORDER))
+
+    items.sort(key=rank)                        # stable: within a directory, the order is unchanged

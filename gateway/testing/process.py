@@ -19,10 +19,47 @@ def read_text(path: str) -> str:
         return ""
 
 
+#: Under pytest-xdist each worker (PYTEST_XDIST_WORKER=gwN of PYTEST_XDIST_WORKER_COUNT, inherited by
+#: what it starts) takes its ports from its own share of 10000-32767, below the kernel's ephemeral
+#: range (32768-60999 on Linux): a port one worker picked but has not bound yet cannot be picked by
+#: another worker, nor be the source port of someone's outgoing connection. The shares are as large
+#: as the workers allow (11384 ports each for two), so another suite running beside this one rarely
+#: meets the same port, as with the kernel's own choice.
+_PORTS_LOW, _PORTS_HIGH = 10000, 32768
+_next_port: list[int] = []
+
+
+def _worker_block() -> range | None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not worker[2:].isdigit():
+        return None
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    count = max(int(count) if count.isdigit() else 1, int(worker[2:]) + 1)
+    size = (_PORTS_HIGH - _PORTS_LOW) // count
+    start = _PORTS_LOW + int(worker[2:]) * size
+    return range(start, start + size)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nothing listens on now (and, in one process, not handed out recently)."""
+    block = _worker_block()
+    if block is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    if not _next_port:
+        # A random start: processes a worker starts (the demo...) begin elsewhere in the block.
+        _next_port.append(block.start + int.from_bytes(os.urandom(2), "big") % len(block))
+    for _ in range(len(block)):
+        port = _next_port[0]
+        _next_port[0] = block.start + (port + 1 - block.start) % len(block)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))        # no SO_REUSEADDR: a port in TIME_WAIT is skipped too
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {block}")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

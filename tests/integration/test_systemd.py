@@ -165,7 +165,17 @@ TLS_CHILD = textwrap.dedent("""
         assert libc.prctl(38, 1, 0, 0, 0) == 0, "PR_SET_NO_NEW_PRIVS"
     from twisted.internet import defer, protocol, reactor, ssl, task
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    waiting = []
+
+    def stop_on_memory_error(event):
+        # Under MemoryDenyWriteExecute pyOpenSSL's callbacks cannot be made: the failure is logged
+        # at once, and the connection would only end at the timeout below. End it now.
+        failure = event.get("log_failure") or event.get("failure")        # new and legacy (log.err) events
+        if failure is not None and failure.check(MemoryError) and waiting and not waiting[0].called:
+            reactor.callLater(0, lambda: waiting[0].called or waiting[0].errback(failure))
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr), stop_on_memory_error],
+                                     redirectStandardIO=False)
     port = int(sys.argv[2])
     ca = ssl.Certificate.loadPEM(open(sys.argv[3]).read())
     result = {}
@@ -180,6 +190,7 @@ TLS_CHILD = textwrap.dedent("""
     @defer.inlineCallbacks
     def main(reactor):
         done = defer.Deferred()
+        waiting.append(done)
         factory = protocol.ClientFactory.forProtocol(Client)
         factory.clientConnectionLost = lambda c, r: done.callback(None)
         factory.clientConnectionFailed = lambda c, r: done.errback(r)
