@@ -292,6 +292,10 @@ class IStanzaOutput(Interface):
     def send_receipt(user, resource, contact, xmpp_id):
         """Send an XEP-0184 receipt for ``xmpp_id`` from ``contact`` to ``user``."""
 
+    def send_notice(user, resource, about, text, room):
+        """The gateway's own words about ``about`` (a contact or room): from the room's JID in the room, else a
+        chat message from the gateway's JID."""
+
     def send_presence(user, contact, available, status):
         """Presence of a contact's JID (available or not, with a status text) to the user's bare JID."""
 

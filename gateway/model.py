@@ -219,6 +219,9 @@ class SendResult:
     #: lost): if no DeliveryReport, or IAdapterContext.confirmed, comes within
     #: this many seconds, the sender is told it could not be confirmed.
     confirm_within: float | None = None
+    #: Plain words for the sender when the network split or cut the message
+    #: ("sent as 3 SMS: ..."); the gateway tells them once per conversation.
+    split_notice: str | None = None
 
 
 @dataclass

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway import metrics
+from gateway.bridge.notices import CORE_SETTINGS, SplitNotices
 from gateway.bridge.outbox import Outbox
 from gateway.bridge.ratelimit import TokenBuckets
 from gateway.interfaces import IAdapterContext, IHostsRooms
@@ -93,6 +94,7 @@ class Bridge(service.MultiService):
         self._room_events_dropped = metrics.ROOM_EVENTS_DROPPED.labels(component)
         self._sent_direct = metrics.MESSAGES.labels(component, "out")
         self._secrets_unreadable = metrics.SECRETS_UNREADABLE.labels(component)
+        self.split_notices = SplitNotices(self)
 
     def startService(self):
         super().startService()
@@ -420,14 +422,20 @@ class Bridge(service.MultiService):
             log.info("{jid} unregistered from {component}", jid=jid, component=self.component)
         return found
 
+    @property
+    def settings_fields(self) -> list[Field]:
+        """The ``settings`` form: the adapter's fields, then the gateway's own."""
+        return [*self.adapter.settings_fields, *CORE_SETTINGS]
+
     @defer.inlineCallbacks
     def update_settings(self, jid: str, values: dict[str, Any]):
         reg = yield self.registration(jid)
         if reg is None:
             raise RegistrationError("you are not registered", "registration-required")
-        values = self._coerce(list(self.adapter.settings_fields), values)
-        settings = yield defer.maybeDeferred(self.adapter.validate_settings, reg, values)
-        reg.settings = {**reg.settings, **settings}
+        values = self._coerce(self.settings_fields, values)
+        core = {f.var: values.pop(f.var) for f in CORE_SETTINGS if f.var in values}
+        settings = yield defer.maybeDeferred(self.adapter.validate_settings, reg, values) if values else {}
+        reg.settings = {**reg.settings, **settings, **core}
         yield self.registry.put_registration(reg)
         self._forget(jid)
         yield defer.maybeDeferred(self.adapter.user_registered, reg)
@@ -476,6 +484,8 @@ class Bridge(service.MultiService):
 
         def sent(result):
             self._sent_direct.inc()
+            if isinstance(result, SendResult):
+                self.split_notices.sent(message, result)
             return result
 
         return self.ensure_registration(message.user).addCallback(send).addCallback(sent)
@@ -492,6 +502,7 @@ class Bridge(service.MultiService):
         return self.adapter.normalize_address(text)
 
     def _sent(self, message: OutboundMessage, result: SendResult):
+        self.split_notices.sent(message, result)
         if message.xmpp_id and message.receipt_requested and result.delivered:
             self.output.send_receipt(message.user, message.resource, message.recipient, message.xmpp_id)
         elif message.xmpp_id and result.foreign_id and not result.delivered:

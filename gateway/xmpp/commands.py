@@ -47,15 +47,14 @@ class SettingsCommand(Command):
     @defer.inlineCallbacks
     def start(self, user):
         reg = yield self.bridge.registration(user)
-        fields = list(self.bridge.adapter.settings_fields)
-        if not fields:
-            raise Done("This gateway has no settings to change.")
-        return build_form(fields, reg.settings, NS_COMMANDS, title=f"Settings on {self.handler.domain}")
+        fields = self.bridge.settings_fields
+        values = {f.var: f.default for f in fields if f.default is not None}
+        return build_form(fields, {**values, **reg.settings}, NS_COMMANDS, title=f"Settings on {self.handler.domain}")
 
     @defer.inlineCallbacks
     def complete(self, user, values):
         reg = yield self.bridge.update_settings(user, values)
-        labels = {f.var: f.label for f in self.bridge.adapter.settings_fields}
+        labels = {f.var: f.label for f in self.bridge.settings_fields}
         rows = {labels.get(k, k): v for k, v in reg.settings.items() if k in labels}
         raise Done("Settings saved.", result_form(None, "Settings", rows))
 

@@ -232,6 +232,16 @@ class StanzaOutput:
         self.stream.count_error(error.condition)
         self.stream.send(reply)
 
+    def send_notice(self, user: str, resource: str | None, about: str, text: str, room: bool) -> None:
+        """The gateway's own words to a user: in the room (from the room's JID), or a chat from the gateway."""
+        to = f"{user}/{resource}" if resource else user
+        try:
+            sender, mtype = (self.contact_jid(about), "groupchat") if room else (self.domain, "chat")
+        except EscapingError:
+            sender, mtype = self.domain, "chat"
+        self.stream.send_serialized(f"<message from={quote_attr(sender)} to={quote_attr(to)} type='{mtype}'>"
+                                    f"<body>{escape_text(xml_safe(text) or '')}</body></message>", "message")
+
     def send_presence(self, user: str, contact: str, available: bool, status: str) -> None:
         try:
             sender = self.contact_jid(contact)

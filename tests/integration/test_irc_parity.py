@@ -362,3 +362,29 @@ def test_channel_settings_by_command_and_muc_owner_encoding_and_persistence(pros
             await carol.close()
 
     run(scenario(), 90)
+
+
+def test_a_message_split_into_irc_lines_is_said_once_in_the_room(prosody, ircd, gateway):
+    user = prosody.register(f"split{os.getpid()}", "pw")
+    chan = room("#splits")
+
+    async def scenario():
+        dave = await RawIRC(ircd.port, "splitdave").connect()
+        dave.send("JOIN #splits")
+        await dave.expect(lambda l: " JOIN " in l and "#splits" in l)
+        alice = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            await join(alice, "#splits", "splitter")
+            alice.send_chat(chan, "first line\nsecond line", mtype="groupchat")
+            told = await alice.next_message(lambda m: m.get("from") == chan and m.get("type") == "groupchat"
+                                            and (m.findtext("{jabber:client}body") or "").startswith("Your message"))
+            assert told.findtext("{jabber:client}body").startswith("Your message was sent as 2 IRC lines: ")
+            await dave.expect(lambda l: l.endswith("PRIVMSG #splits :second line"))
+            alice.send_chat(chan, "third\nfourth", mtype="groupchat")
+            await dave.expect(lambda l: l.endswith("PRIVMSG #splits :fourth"))
+            assert not await alice.quiet("messages", 1.0, lambda m: m.get("from") == chan)
+        finally:
+            await alice.stop()
+            await dave.close()
+
+    run(scenario(), 90)

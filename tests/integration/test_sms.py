@@ -233,6 +233,39 @@ def test_bad_numbers_limits_segments_and_groups(prosody, simulator, sms_gateway)
     run(scenario())
 
 
+def test_a_split_text_is_said_once_per_conversation_unless_turned_off(prosody, simulator, sms_gateway):
+    """Several SMS cost several times: the sender hears it once per contact, and can turn it off."""
+    number = new_number()
+    notice = re.compile(r"^Your message to \+12025550145 was sent as 2 SMS: .* each part may be charged")
+
+    async def scenario():
+        client = await sms_user(prosody, "smssplit", number)
+        try:
+            client.send_chat(f"+12025550145@{DOMAIN}", "x" * 200)                     # GSM: 200 > 160 → 2 parts
+            await client.next_message(lambda m: m.get("from") == DOMAIN and notice.match(body(m) or ""))
+            client.send_chat(f"+12025550145@{DOMAIN}", "z" * 200)                     # the same conversation
+            await asyncio.to_thread(sent_to_simulator, simulator, "z" * 200)
+            assert not await client.quiet("messages", 1.0, lambda m: m.get("from") == DOMAIN)
+            client.send_chat(f"+12025550146@{DOMAIN}", "one part, nothing said")
+            await asyncio.to_thread(sent_to_simulator, simulator, "one part, nothing said")
+            assert not await client.quiet("messages", 0.5, lambda m: m.get("from") == DOMAIN)
+            reply = await client.iq(DOMAIN, "set", "<command xmlns='http://jabber.org/protocol/commands' "
+                                                   "node='settings' action='execute'/>")
+            session = reply.find("{http://jabber.org/protocol/commands}command").get("sessionid")
+            await client.iq(DOMAIN, "set", "<command xmlns='http://jabber.org/protocol/commands' node='settings' "
+                                           f"sessionid='{session}' action='complete'><x xmlns='jabber:x:data' "
+                                           "type='submit'><field var='split_notices'><value>0</value></field></x>"
+                                           "</command>")
+            client.send_chat(f"+12025550147@{DOMAIN}", "y" * 200)
+            await asyncio.to_thread(sent_to_simulator, simulator, "y" * 200)
+            said = await client.quiet("messages", 1.0, lambda m: m.get("from") == DOMAIN)
+            assert not said
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
 def test_daily_cap(prosody, simulator, fresh_dir):
     web_port = free_port()
     gateway = start_gateway(prosody, fresh_dir, "smscap", adapter="sms", web_port=web_port,

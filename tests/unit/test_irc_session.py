@@ -118,7 +118,7 @@ class PrivateMessagesAreConfirmedWhenWritten(IRCSessionCase):
         self.assertNoResult(d)
         self.clock.advance(1.0)
         self.assertEqual(self.written(), ["PRIVMSG bob :one", "PRIVMSG bob :two", "PRIVMSG bob :three"])
-        self.assertEqual(self.successResultOf(d), SendResult(parts=3))
+        self.assertEqual(self.successResultOf(d).parts, 3)
 
     def test_lines_still_waiting_when_the_connection_is_lost_are_a_temporary_failure(self):
         self.sign_on()
@@ -144,7 +144,7 @@ class PrivateMessagesAreConfirmedWhenWritten(IRCSessionCase):
         d = self.send(retry)
         self.clock.advance(1.0)
         self.assertEqual(self.written(), ["PRIVMSG bob :two", "PRIVMSG bob :three"])
-        self.assertEqual(self.successResultOf(d), SendResult(parts=3))
+        self.assertEqual(self.successResultOf(d).parts, 3)
 
     def test_a_replaced_connection_hands_its_waiting_lines_back(self):
         session = self.sign_on()
@@ -242,7 +242,7 @@ class PrivateMessagesAreConfirmedWhenWritten(IRCSessionCase):
         self.clock.advance(5.0)
         message = OutboundMessage(component=self.context.component, user=USER, recipient=f"#room%{SERVER}",
                                   body="one\ntwo", kind="groupchat", xmpp_id="x1")
-        self.assertEqual(self.successResultOf(self.send(message)), SendResult(parts=2))
+        self.assertEqual(self.successResultOf(self.send(message)).parts, 2)
         self.assertEqual([e.body for e in self.context.events if e.kind == "message"], ["one\ntwo"])
 
 
@@ -293,7 +293,7 @@ class WhatTheUserSeesWhenTheSendQueueIsFull(IRCSessionCase):
         retry = OutboundMessage.from_dict(message.to_dict())
         d = self.send(retry)
         self.clock.advance(1.0)
-        self.assertEqual(self.successResultOf(d), SendResult(parts=2))
+        self.assertEqual(self.successResultOf(d).parts, 2)
         self.assertEqual(self.written()[-2:], ["PRIVMSG bob :hello", "PRIVMSG bob :world"])
 
     def test_a_message_longer_than_the_queue_is_refused_for_good(self):
@@ -314,7 +314,7 @@ class UnthrottledPrivateMessages(IRCSessionCase):
         self.sign_on()
         d = self.send(self.message("one\ntwo"))
         self.assertEqual(self.written(), ["PRIVMSG bob :one", "PRIVMSG bob :two"])
-        self.assertEqual(self.successResultOf(d), SendResult(parts=2))
+        self.assertEqual(self.successResultOf(d).parts, 2)
 
 
 # -- tags from the IRC server ---------------------------------------------------------

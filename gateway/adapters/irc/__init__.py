@@ -81,6 +81,14 @@ def mask_command(command: str) -> str:
     return m.group(1) + MASK if m else command
 
 
+def _lines_sent(lines: int) -> SendResult:
+    notice = None
+    if lines > 1:
+        notice = (f"sent as {lines} IRC lines: IRC carries a few hundred bytes per line, and each line of your "
+                  "message is a line of its own")
+    return SendResult(parts=lines, split_notice=notice)
+
+
 @implementer(IGroupChat, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus, IConnections,
              IHostsRooms, IHealthReport)
 class IRCAdapter(AdapterBase):
@@ -541,11 +549,11 @@ class IRCAdapter(AdapterBase):
             return defer.fail(PermanentFailure("write to a channel or a nickname on that server", "not-acceptable"))
         session = self.session(registration, server)
         if message.kind != "groupchat":
-            return session.send_private(message, target).addCallback(lambda parts: SendResult(parts=parts))
+            return session.send_private(message, target).addCallback(_lines_sent)
         room = session._room(target)
         if room is None:
             return defer.fail(PermanentFailure(f"join {target} before writing to it", "not-acceptable"))
-        return session.send(target, body, room, message.xmpp_id).addCallback(lambda parts: SendResult(parts=parts))
+        return session.send(target, body, room, message.xmpp_id).addCallback(_lines_sent)
 
     def connection_status(self, user: str, address: str) -> tuple[bool, str] | None:
         if "%" in address:

@@ -280,7 +280,8 @@ class SMSAdapter(AdapterBase):
         # An unconfirmed part is not sent again; if no status comes for it, the sender is told (never silence).
         return SendResult(foreign_id=message.id if named else (ids[-1] if ids else None), delivered=False,
                           parts=len(parts) if body else 1,
-                          confirm_within=self.config["unconfirmed_timeout"] if unconfirmed else None)
+                          confirm_within=self.config["unconfirmed_timeout"] if unconfirmed else None,
+                          split_notice=segments.split_notice(len(parts)) if body else None)
 
     # -- webhooks -----------------------------------------------------------
 

@@ -49,3 +49,11 @@ def split(text: str) -> list[str]:
 
 def count(text: str) -> int:
     return len(split(text)) if text else 0
+
+
+def split_notice(count: int) -> str | None:
+    """What a sender should know when a text went as several SMS: each may be charged."""
+    if count <= 1:
+        return None
+    return (f"sent as {count} SMS: a text over 160 characters (70 with emoji or other characters outside "
+            "the GSM alphabet) is split, and each part may be charged")
