@@ -31,7 +31,6 @@ import collections
 import email.utils
 import hashlib
 import re
-import socket
 
 from twisted.internet import defer, protocol, ssl
 from twisted.logger import Logger
@@ -302,7 +301,9 @@ class SMTPServerFactory(protocol.ServerFactory):
         elif host is not None:
             self._open[host] += 1
             p._peer_ip = host
-        p.host = self.adapter.mail_domain.encode() if self.adapter.mail_domain else socket.getfqdn().encode()
+        # smtp.DNSNAME is the fqdn Twisted looked up once at import; socket.getfqdn() here would
+        # be a blocking DNS lookup on the reactor for every connection.
+        p.host = self.adapter.mail_domain.encode() if self.adapter.mail_domain else smtp.DNSNAME
         p.delivery = self.delivery
         p.max_size = self.adapter.config["max_size"]
         p.noisy = False      # its per-DATA line would name only the first recipient; the intake logs each mail
