@@ -75,6 +75,7 @@ class PingHandler(XMPPHandler):
         self._written = 0
         self._taken = 0
         self._watch = None
+        self._due = 0.0
         self._keepalive = None
 
     # -- stream life ------------------------------------------------------
@@ -141,8 +142,12 @@ class PingHandler(XMPPHandler):
         if self._watch is None or not self._watch.active():
             self._taken = self._consumed()
             self._progress = self.clock.seconds()
-            self._watch = self.clock.callLater(self.timeout, self._check)
+            self._watch_at(self.timeout)
         return ping_id
+
+    def _watch_at(self, delay: float) -> None:
+        self._due = self.clock.seconds() + delay
+        self._watch = self.clock.callLater(delay, self._check)
 
     def _answered(self, iq):
         """Our ping back (or an error for it) proves the server read the stream up to it."""
@@ -174,12 +179,15 @@ class PingHandler(XMPPHandler):
             return
         now = self.clock.seconds()
         taken = self._consumed()
-        if taken > self._taken:
-            self._progress = now               # the server is taking our backlog
+        if taken > self._taken or now - self._due > self.timeout / 2:
+            # The server is taking our backlog; or this check ran late because our own process
+            # was not scheduled (a busy machine, a long reactor turn), and a stall of ours says
+            # nothing about the server: measure a fresh interval from here.
+            self._progress = now
         self._taken = taken
         progress = max(self._progress, self._heard)
         if now - progress < self.timeout:
-            self._watch = self.clock.callLater(progress + self.timeout - now, self._check)
+            self._watch_at(progress + self.timeout - now)
             return
         log.warn("component {domain}: no answer and no progress on the stream for {t} s; dropping it "
                  "(what it did not confirm is written again after the reconnect)", domain=self.domain,
