@@ -277,11 +277,16 @@ def test_irc_side_kick_mode_and_invite_are_seen_on_xmpp(prosody, ircd, gateway):
 
 
 def test_invite_from_xmpp_reaches_the_irc_nick(prosody, ircd, gateway):
-    """A mediated invitation to an IRC user's JID becomes INVITE; to nobody, an item-not-found error."""
+    """
+    A mediated invitation to an IRC user's JID becomes INVITE; to nobody, an
+    item-not-found error; to a JID elsewhere, the room passes it on.
+    """
     user = prosody.register(f"modinv{os.getpid()}", "pw")
+    friend = prosody.register(f"modfriend{os.getpid()}", "pw")
 
     async def scenario():
         alice = await Client(user, "pw").start(prosody.c2s_port)
+        carl = await Client(friend, "pw").start(prosody.c2s_port)
         dan = await RawIRC(ircd.port, "moddan").connect()
         try:
             await join(alice, "#invited", "modhost")
@@ -296,8 +301,16 @@ def test_invite_from_xmpp_reaches_the_irc_nick(prosody, ircd, gateway):
                                              timeout=20)
             cond = error.find("{jabber:client}error")
             assert cond.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None
+
+            alice.send_raw(f"<message xmlns='jabber:client' to='{room('#invited')}' id='inv3'>"
+                           f"<x xmlns='{NS_MUC_USER}'><invite to='{friend}'><reason>see you</reason></invite></x>"
+                           "</message>")
+            passed = await carl.next_message(lambda m: m.get("from") == room("#invited"), timeout=20)
+            invite = passed.find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite")
+            assert invite.get("from") == user and invite.findtext(f"{{{NS_MUC_USER}}}reason") == "see you"
         finally:
             await alice.stop()
+            await carl.stop()
             await dan.close()
 
     run(scenario(), 90)

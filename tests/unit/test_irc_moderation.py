@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.adapters.irc import moderation, text
-from gateway.adapters.irc.session import WHO_LIMIT
+from gateway.adapters.irc.session import INVITES_PER_MINUTE, WHO_LIMIT
 from gateway.model import GatewayError, RoomEvent
 from gateway.xmpp.muc import room_stanzas
 from tests.unit.test_irc_session import SERVER, IRCSessionCase
@@ -206,6 +206,17 @@ class Moderation(IRCSessionCase):
         invite = self.context.events[-1]
         self.assertEqual((invite.kind, invite.room, invite.actor, invite.resources),
                          ("invite", f"#elsewhere%{SERVER}", "dave", [""]))
+
+    def test_invitations_from_irc_are_bounded(self):
+        self.joined()
+        for i in range(INVITES_PER_MINUTE + 3):
+            self.conn.lineReceived(f":spam{i}!~s@h INVITE alice #c{i}".encode())
+        self.assertEqual(len([e for e in self.context.events if e.kind == "invite"]), INVITES_PER_MINUTE)
+        self.clock.advance(61)
+        self.conn.lineReceived(b":dave!~d@h INVITE alice #later")
+        self.assertEqual(self.context.events[-1].room, f"#later%{SERVER}")
+        self.conn.lineReceived(b":dave!~d@h INVITE alice #bad\x07name")
+        self.assertEqual(self.context.events[-1].room, f"#later%{SERVER}")
 
     # modes
 

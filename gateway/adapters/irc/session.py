@@ -44,6 +44,8 @@ ORDER_HOLD = 600.0
 #: userhost-in-names): the answer would be one line per occupant, and their
 #: hosts (shown in their real JIDs) are learnt as they join, part and talk.
 WHO_LIMIT = 1000
+#: Invitations from IRC passed on to the user per connection and minute.
+INVITES_PER_MINUTE = 5
 
 
 class Backlog:
@@ -201,6 +203,8 @@ class IRCSession:
         self.replies: ServerReplies | None = None
         #: Kicks, mode changes and invitations asked for from XMPP, awaiting the server's verdict.
         self.verdicts = moderation.Verdicts(self.context.clock, server)
+        #: [start, count] of the minute of invitations from IRC being passed on.
+        self._invite_window = [0.0, 0]
 
     # -- connection ---------------------------------------------------------------
 
@@ -850,10 +854,19 @@ class IRCSession:
                                               f"{text.clean_name(setter)}")
 
     def on_invite(self, inviter: str, channel: str) -> None:
-        """Someone on IRC invites the user into a channel: told from the room, to the user's bare JID."""
+        """
+        Someone on IRC invites the user into a channel: told from the room, to
+        the user's bare JID; at most INVITES_PER_MINUTE (anyone may INVITE anyone).
+        """
         name = text.clean_name(channel)
         if name != channel or not channel.startswith(("#", "&", "+", "!")) or len(channel) > 200:
             return                                    # no JID can name that room
+        now = self.context.clock.seconds()
+        if now - self._invite_window[0] > 60:
+            self._invite_window = [now, 0]
+        self._invite_window[1] += 1
+        if self._invite_window[1] > INVITES_PER_MINUTE:
+            return
         self.context.room_event(RoomEvent(component=self.context.component, user=self.user, resources=[""],
                                           room=self.room_address(channel), kind="invite",
                                           actor=text.clean_name(inviter),
