@@ -13,7 +13,6 @@ answered feature-not-implemented.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 
@@ -22,8 +21,6 @@ from gateway.model import GatewayError
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.handler import ComponentHandler
 from gateway.xmpp.stanzas import parse_jid, text_of, xml_safe
-
-log = Logger(namespace="gateway.xmpp.muc_admin")
 
 NS_MUC_ADMIN = "http://jabber.org/protocol/muc#admin"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"

@@ -159,6 +159,11 @@ def test_a_third_party_moderated_adapter_gets_muc_admin_and_invitations(tmp_path
         w.feed(f"<message from='alice@example.org/phone' to='panel-a@{DOMAIN}'><x xmlns='{NS_MUC_USER}'>"
                f"<invite to='dave.panel-a@{DOMAIN}'><reason>come</reason></invite></x><body>join us</body></message>")
         yield w.quiet(0.2)
+        # To a JID elsewhere the room passes it on, but only from someone in the room (nobody is, here).
+        w.feed(f"<message id='ext1' from='alice@example.org/phone' to='panel-a@{DOMAIN}'><x xmlns='{NS_MUC_USER}'>"
+               "<invite to='zoe@elsewhere.example'/></x></message>")
+        refused = yield w.wait(lambda el: el.name == "message" and el.getAttribute("id") == "ext1")
+        assert refused["type"] == "error" and find(refused, "error", "not-acceptable") is not None
         assert ModeratedPanel.calls == [("role", "panel-a", "bob", "none", "spam"), ("role", "panel-a", "boss", "none", None),
                                         ("affiliation", "panel-a", "carol", "outcast", None),
                                         ("invite", "panel-a", "dave.panel-a", "come")]

@@ -105,6 +105,11 @@ def affiliation_commands(channel: str, nick: str, affiliation: str, present: boo
     raise GatewayError(f"no such affiliation: {affiliation!r}", "bad-request", "modify")
 
 
+def _param(params: list[str], index: int | None) -> str | None:
+    """A numeric's parameter at ``index``, lower case (IRC names are case-insensitive), or None."""
+    return params[index].lower() if index is not None and len(params) > index else None
+
+
 @dataclass
 class Change:
     """One change awaiting the server's verdict."""
@@ -173,13 +178,13 @@ class Verdicts:
         condition = CONDITIONS.get(numeric)
         if condition is None or not self.pending:
             return False
-        channel = params[_CHANNEL_AT[numeric]].lower() if numeric in _CHANNEL_AT and len(params) > _CHANNEL_AT[numeric] else None
-        nick = params[_NICK_AT[numeric]].lower() if numeric in _NICK_AT and len(params) > _NICK_AT[numeric] else None
+        channel, nick = _param(params, _CHANNEL_AT.get(numeric)), _param(params, _NICK_AT.get(numeric))
         for change in self.pending:
             if change.error is None and (channel is None or channel == change.channel) and (
                     nick is None or nick == change.nick):
                 words = text.clean(params[-1] if params else "", 200)
-                change.error = GatewayError(f"{self.server}: {words}" if words else f"{self.server} refused ({numeric})",
+                change.error = GatewayError(f"{self.server}: {words}" if words else
+                                            f"{self.server} refused ({numeric})",
                                             condition, "auth" if condition == "forbidden" else "cancel")
                 return True
         return False
