@@ -79,7 +79,7 @@ def test_occupants_carry_their_real_jid(prosody, ircd, gateway):
     async def scenario():
         bob = await RawIRC(ircd.port, "jidbob").connect()
         bob.send("JOIN #jids")
-        await bob.expect(lambda l: " 366 " in l)
+        await bob.expect(lambda l: " 366 " in l, timeout=30)
         alice = await Client(user, "pw").start(prosody.c2s_port)
         try:
             own = await join(alice, "#jids", "jidalice")
@@ -95,7 +95,7 @@ def test_occupants_carry_their_real_jid(prosody, ircd, gateway):
             assert item(came).get("jid") == f"jidcarol%localhost@{DOMAIN}/~jidcarol@127.0.0.1"
             # The bare part is where private messages go.
             alice.send_chat(f"jidcarol%localhost@{DOMAIN}", "psst")
-            await carol.expect(lambda l: l.endswith("PRIVMSG jidcarol :psst"), timeout=20)
+            await carol.expect(lambda l: l.endswith("PRIVMSG jidcarol :psst"), timeout=30)
             await carol.close()
         finally:
             await alice.stop()
@@ -115,7 +115,7 @@ def test_userhost_in_names_gives_real_jids_without_who(prosody, inspircd, gatewa
     async def scenario():
         dora = await RawIRC(inspircd.port, "uhdora").connect()
         dora.send("JOIN #uh")
-        await dora.expect(lambda l: " 366 " in l, timeout=20)
+        await dora.expect(lambda l: " 366 " in l, timeout=30)
         alice = await Client(user, "pw").start(prosody.c2s_port)
         try:
             presences = []
@@ -152,31 +152,31 @@ def test_kick_voice_op_and_ban_from_xmpp_are_done_on_irc_and_answered(prosody, i
 
             reply = await alice.iq(room("#modded"), "set", admin("modbob", role="participant"))
             assert reply.get("type") == "result"
-            await bob.expect(lambda l: l.startswith(":modalice!") and l.endswith("MODE #modded +v modbob"))
+            await bob.expect(lambda l: l.startswith(":modalice!") and l.endswith("MODE #modded +v modbob"), timeout=30)
             voiced = await alice.next_presence(lambda p: p.get("from") == f"{room('#modded')}/modbob"
-                                               and item(p).get("affiliation") == "member", timeout=20)
+                                               and item(p).get("affiliation") == "member", timeout=30)
             assert item(voiced).get("role") == "participant"
 
             reply = await alice.iq(room("#modded"), "set", admin("modbob", role="moderator"))
             assert reply.get("type") == "result"
-            await bob.expect(lambda l: l.endswith("MODE #modded +o modbob"))
+            await bob.expect(lambda l: l.endswith("MODE #modded +o modbob"), timeout=30)
             op = await alice.next_presence(lambda p: p.get("from") == f"{room('#modded')}/modbob"
-                                           and item(p).get("role") == "moderator", timeout=20)
+                                           and item(p).get("role") == "moderator", timeout=30)
             assert item(op).get("affiliation") == "admin"
             # The mode change is told by the room itself, not as a line from a nick.
             notice = await alice.next_message(lambda m: m.get("from") == room("#modded")
-                                              and "+o modbob" in (m.findtext("{jabber:client}body") or ""))
+                                              and "+o modbob" in (m.findtext("{jabber:client}body") or ""), timeout=30)
             assert notice.findtext("{jabber:client}body") == "Mode #modded [+o modbob] by modalice"
 
             reply = await alice.iq(room("#modded"), "set", admin("modbob", role="visitor"))
             assert reply.get("type") == "result"
-            await bob.expect(lambda l: "MODE #modded -ov modbob modbob" in l)
+            await bob.expect(lambda l: "MODE #modded -ov modbob modbob" in l, timeout=30)
 
             reply = await alice.iq(room("#modded"), "set", admin("modbob", role="none", reason="enough"))
             assert reply.get("type") == "result"
-            await bob.expect(lambda l: l.startswith(":modalice!") and "KICK #modded modbob :enough" in l)
+            await bob.expect(lambda l: l.startswith(":modalice!") and "KICK #modded modbob :enough" in l, timeout=30)
             gone = await alice.next_presence(lambda p: p.get("from") == f"{room('#modded')}/modbob"
-                                             and p.get("type") == "unavailable", timeout=20)
+                                             and p.get("type") == "unavailable", timeout=30)
             assert 307 in codes(gone)
             assert item(gone).find(f"{{{NS_MUC_USER}}}actor").get("nick") == "modalice"
             assert "enough" in item(gone).findtext(f"{{{NS_MUC_USER}}}reason")
@@ -188,15 +188,15 @@ def test_kick_voice_op_and_ban_from_xmpp_are_done_on_irc_and_answered(prosody, i
                    "<reason>banned</reason></item></query>")
             reply = await alice.iq(room("#modded"), "set", ban)
             assert reply.get("type") == "result"
-            await bob.expect(lambda l: l.endswith("MODE #modded +b modbob!*@*"))
-            await bob.expect(lambda l: "KICK #modded modbob :banned" in l)
+            await bob.expect(lambda l: l.endswith("MODE #modded +b modbob!*@*"), timeout=30)
+            await bob.expect(lambda l: "KICK #modded modbob :banned" in l, timeout=30)
             bob.send("JOIN #modded")
-            await bob.expect(lambda l: " 474 " in l)          # ERR_BANNEDFROMCHAN
+            await bob.expect(lambda l: " 474 " in l, timeout=30)          # ERR_BANNEDFROMCHAN
             reply = await alice.iq(room("#modded"), "set",
                                    f"<query xmlns='{NS_ADMIN}'><item affiliation='none' nick='modbob'/></query>")
             assert reply.get("type") == "result"
             bob.send("JOIN #modded")                       # the ban is lifted: bob is let in
-            await bob.expect(lambda l: l.startswith(":modbob!") and " JOIN " in l and "#modded" in l)
+            await bob.expect(lambda l: l.startswith(":modbob!") and " JOIN " in l and "#modded" in l, timeout=30)
 
             # Nobody by that name: item-not-found; a list: not implemented.
             condition, _ = await alice.iq_error(room("#modded"), "set", admin("nosuchnick", role="moderator"))
@@ -218,7 +218,7 @@ def test_a_kick_refused_when_not_operator_is_forbidden(prosody, ircd, gateway):
     async def scenario():
         owner = await RawIRC(ircd.port, "modowner").connect()
         owner.send("JOIN #notmine")
-        await owner.expect(lambda l: " 366 " in l)
+        await owner.expect(lambda l: " 366 " in l, timeout=30)
         alice = await Client(user, "pw").start(prosody.c2s_port)
         try:
             own = await join(alice, "#notmine", "modpeon")
@@ -227,7 +227,7 @@ def test_a_kick_refused_when_not_operator_is_forbidden(prosody, ircd, gateway):
             assert condition == "forbidden"
             assert text and text.startswith("localhost: ")
             owner.send("PRIVMSG #notmine :still here")
-            got = await alice.next_message(lambda m: m.findtext("{jabber:client}body") == "still here", timeout=20)
+            got = await alice.next_message(lambda m: m.findtext("{jabber:client}body") == "still here", timeout=30)
             assert got.get("from") == f"{room('#notmine')}/modowner"
             assert not [line for line in owner.seen if " KICK " in line]
         finally:
@@ -250,23 +250,23 @@ def test_irc_side_kick_mode_and_invite_are_seen_on_xmpp(prosody, ircd, gateway):
             await join(alice, "#ruled", "modvic")
             op.send("MODE #ruled +v modvic")
             notice = await alice.next_message(lambda m: m.get("from") == room("#ruled")
-                                              and "+v" in (m.findtext("{jabber:client}body") or ""), timeout=20)
+                                              and "+v" in (m.findtext("{jabber:client}body") or ""), timeout=30)
             assert notice.get("type") == "groupchat"
             assert notice.findtext("{jabber:client}body") == "Mode #ruled [+v modvic] by modchief"
             mine = await alice.next_presence(lambda p: p.get("from") == f"{room('#ruled')}/modvic"
-                                             and item(p).get("affiliation") == "member", timeout=20)
+                                             and item(p).get("affiliation") == "member", timeout=30)
             assert 110 in codes(mine)
 
             op.send("INVITE modvic #other")
             invitation = await alice.next_message(
-                lambda m: m.find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite") is not None, timeout=20)
+                lambda m: m.find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite") is not None, timeout=30)
             assert invitation.get("from") == room("#other")
             invite = invitation.find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite")
             assert invite.get("from") == f"modchief%localhost@{DOMAIN}"
 
             op.send("KICK #ruled modvic :out")
             kicked = await alice.next_presence(lambda p: p.get("from") == f"{room('#ruled')}/modvic"
-                                               and p.get("type") == "unavailable", timeout=20)
+                                               and p.get("type") == "unavailable", timeout=30)
             assert {307, 110} <= codes(kicked)
             assert item(kicked).find(f"{{{NS_MUC_USER}}}actor").get("nick") == "modchief"
         finally:
@@ -294,18 +294,18 @@ def test_invite_from_xmpp_reaches_the_irc_nick(prosody, ircd, gateway):
                            f"<x xmlns='{NS_MUC_USER}'><invite to='moddan%localhost@{DOMAIN}'>"
                            "<reason>come</reason></invite></x></message>")
             await dan.expect(lambda l: l.startswith(":modhost!") and " INVITE moddan " in l and "#invited" in l,
-                             timeout=20)
+                             timeout=30)
             alice.send_raw(f"<message xmlns='jabber:client' to='{room('#invited')}' id='inv2'>"
                            f"<x xmlns='{NS_MUC_USER}'><invite to='nobodyhere%localhost@{DOMAIN}'/></x></message>")
             error = await alice.next_message(lambda m: m.get("id") == "inv2" and m.get("type") == "error",
-                                             timeout=20)
+                                             timeout=30)
             cond = error.find("{jabber:client}error")
             assert cond.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None
 
             alice.send_raw(f"<message xmlns='jabber:client' to='{room('#invited')}' id='inv3'>"
                            f"<x xmlns='{NS_MUC_USER}'><invite to='{friend}'><reason>see you</reason></invite></x>"
                            "</message>")
-            passed = await carl.next_message(lambda m: m.get("from") == room("#invited"), timeout=20)
+            passed = await carl.next_message(lambda m: m.get("from") == room("#invited"), timeout=30)
             invite = passed.find(f"{{{NS_MUC_USER}}}x/{{{NS_MUC_USER}}}invite")
             assert invite.get("from") == user and invite.findtext(f"{{{NS_MUC_USER}}}reason") == "see you"
         finally:
