@@ -98,6 +98,38 @@ class Moderation(IRCSessionCase):
         self.assertEqual(len(self.presences("carol")), 1)        # an unfit host: no update, no host
         self.assertIsNone(self.presences("carol")[0].occupant_host)
 
+    def test_a_second_user_in_the_channel_borrows_the_hosts_instead_of_a_who(self):
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        from gateway.model import Registration
+
+        self.joined()
+        self.conn.lineReceived(f":{SERVER} 352 alice #room ~bob 10.0.0.2 {SERVER} bob H :0 Bob".encode())
+        self.conn.lineReceived(f":{SERVER} 352 alice #room c c.example {SERVER} carol H@ :0 C".encode())
+        self.conn.lineReceived(f":{SERVER} 315 alice #room :End of WHO".encode())
+        other = Registration(component=self.context.component, jid="zed@example.org")
+        session = self.adapter.session(other, SERVER, "zed")
+        session.connect()
+        self.clock.advance(1)                                   # its turn with the connect scheduler
+        self.assertEqual(len(self.clock.tcpClients), 2)
+        conn = self.clock.tcpClients[-1][2].buildProtocol(None)
+        transport = StringTransport()
+        conn.makeConnection(transport)
+        conn.lineReceived(f":{SERVER} 001 zed :Welcome".encode())
+        session.join("laptop", "#room", "zed")
+        transport.clear()
+        conn.lineReceived(b":zed!~zed@z.example JOIN #room")
+        conn.lineReceived(f":{SERVER} 353 zed = #room :zed alice @carol bob".encode())
+        conn.lineReceived(f":{SERVER} 366 zed #room :End of NAMES".encode())
+        self.assertNotIn("WHO #room", transport.value().decode())
+        zeds = [e for e in self.context.events if e.user == "zed@example.org" and e.nick == "bob"]
+        self.assertEqual(zeds[0].occupant_host, "10.0.0.2")
+        self.assertIn(session, self.adapter.sessions_on(SERVER))
+        session.closed = True
+        conn.connectionLost(Failure(ConnectionDone()))
+
     def test_with_userhost_in_names_no_who(self):
         self.joined("alice!~alice@gw @carol!c@c.example bob!~bob@10.0.0.2")
         self.assertNotIn("WHO #room", self.lines())

@@ -207,6 +207,8 @@ class IRCAdapter(AdapterBase):
     def __init__(self, options: dict[str, Any], context):
         super().__init__(options, context)
         self.sessions: dict[tuple[str, str], IRCSession] = {}
+        #: The same sessions by server, then user.
+        self._by_server: dict[str, dict[str, IRCSession]] = {}
         #: Kept by the adapter, not the session: a session may be replaced while messages wait for retries.
         self.backlog = Backlog(context.clock)
         #: Every connection attempt of every user, to every server, is drawn from this one scheduler.
@@ -497,6 +499,7 @@ class IRCAdapter(AdapterBase):
                 raise PolicyViolation(f"you are connected to {limit} IRC servers, the most this gateway allows; "
                                       "leave every room of one of them first")
             found = self.sessions[key] = IRCSession(self, registration, server, nick)
+            self._by_server.setdefault(server, {})[registration.jid] = found
         return found
 
     def joined_nick(self, user: str, resource: str, room: str) -> str | None:
@@ -507,9 +510,18 @@ class IRCAdapter(AdapterBase):
         joined = session.rooms.get(channel.lower())
         return text.clean_name(session.nick) if joined is not None and resource in joined.resources else None
 
+    def sessions_on(self, server: str):
+        """Every user's session with ``server`` (an index: a big gateway has thousands of sessions)."""
+        return list(self._by_server.get(server, {}).values())
+
     def session_closed(self, session: IRCSession) -> None:
         if self.sessions.get((session.user, session.server)) is session:
             del self.sessions[(session.user, session.server)]
+        on_server = self._by_server.get(session.server)
+        if on_server is not None and on_server.get(session.user) is session:
+            del on_server[session.user]
+            if not on_server:
+                del self._by_server[session.server]
 
     # -- rooms ----------------------------------------------------------------------
 

@@ -44,6 +44,8 @@ ORDER_HOLD = 600.0
 #: userhost-in-names): the answer would be one line per occupant, and their
 #: hosts (shown in their real JIDs) are learnt as they join, part and talk.
 WHO_LIMIT = 1000
+#: Other users' sessions in the same channel asked for the hosts they know, at one join.
+BORROW_FROM = 3
 #: Invitations from IRC passed on to the user per connection and minute.
 INVITES_PER_MINUTE = 5
 
@@ -695,10 +697,29 @@ class IRCSession:
         """
         if self.conn is None or room.who_pending or len(room.occupants) > WHO_LIMIT:
             return
+        self._borrow_hosts(room)
         if all(nick in room.hosts for nick in room.occupants if nick != self.nick):
             return
         room.who_pending, room.who_seen = True, {}
         self.conn.send_lines([f"WHO {room.channel}"])
+
+    def _borrow_hosts(self, room: Room) -> None:
+        """
+        Hosts another of our users in the same channel of the same server knows
+        already (kept up to date by their own session's JOINs, nick changes and
+        parts): with many users in one channel, only the first one's join needs
+        a WHO, not every one's (which would cost the server occupants × users lines).
+        """
+        missing = [nick for nick in room.occupants if nick not in room.hosts and nick != self.nick]
+        key, asked = room.channel.lower(), 0
+        for other in self.adapter.sessions_on(self.server):
+            if not missing or asked >= BORROW_FROM:
+                return
+            theirs = other.rooms.get(key) if other is not self and not other.closed else None
+            if theirs is None or not theirs.ready:
+                continue
+            asked += 1
+            missing = [nick for nick in missing if not _borrow(room, theirs, nick)]
 
     def on_who_reply(self, channel: str, user: str, host: str, nick: str) -> None:
         room = self._room(channel)
@@ -1124,6 +1145,13 @@ class IRCSession:
                 log.failure("progress of {id} not stored; a retry may repeat {n} line(s)", id=message.id,
                             n=done + out.written)
         failure.raiseException()
+
+
+def _borrow(room: Room, theirs: Room, nick: str) -> bool:
+    found = theirs.hosts.get(nick)
+    if found is not None:
+        room.hosts[nick] = found
+    return found is not None
 
 
 def _keepable(nick: str) -> bool:
