@@ -108,6 +108,35 @@ class IGroupChat(Interface):
         Clients ask after a gateway restart (XEP-0410 self-ping) whether they are still in."""
 
 
+class IModeration(IGroupChat):
+    """
+    A group-chat network where occupants with the rights may remove others,
+    give or take their voice and operator rights, ban them, and invite people
+    (IRC channel operators). The XMPP side offers it as XEP-0045 room
+    administration (muc#admin) and mediated invitations; roles and
+    affiliations are the neutral model's words ("none", "visitor",
+    "participant", "moderator"; "outcast", "none"), as in RoomEvent.
+
+    Each method returns a Deferred that fires once the network confirmed the
+    change (the occupant's new state then also comes as RoomEvents), or fails
+    with a GatewayError whose condition says why (forbidden: no rights;
+    item-not-found: nobody by that name; remote-server-timeout: no answer).
+    """
+
+    def set_role(registration, room, nick, role, reason):
+        """Make occupant ``nick`` of ``room`` a ``role`` ("none" removes them, with ``reason`` or None)."""
+
+    def set_affiliation(registration, room, nick, affiliation, reason):
+        """Give ``nick`` an ``affiliation`` in ``room``: "outcast" bans (and removes) them, "none" lifts that."""
+
+    def invite(registration, room, address, reason):
+        """Invite the person at foreign ``address`` (see occupant_address) into ``room``."""
+
+    def occupant_nick(room, address):
+        """The nick in ``room`` of the person at foreign ``address`` (their occupant_address), or None
+        when ``address`` names nobody who could be in that room."""
+
+
 class IRoomDirectory(Interface):
     """A group-chat network whose servers list their rooms (disco#items of a server's JID)."""
 

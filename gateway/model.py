@@ -160,7 +160,9 @@ class RoomEvent:
     resources: list[str]
     #: The foreign room address, e.g. "#chan%irc.example.org".
     room: str
-    #: "presence" (an occupant, or the user), "message", "subject" or "join-error".
+    #: "presence" (an occupant, or the user), "message", "subject", "join-error", or "invite" (someone
+    #: on the network invites the user into the room: ``actor`` who, ``reason`` why; ``resources``
+    #: ``[""]`` for the user's bare JID).
     kind: str
     nick: str | None = None
     unavailable: bool = False
@@ -189,6 +191,10 @@ class RoomEvent:
     #: The XMPP id of the user's own message when the room reflects it back.
     message_id: str | None = None
     condition: str | None = None
+    #: Where the occupant is connected from, as the network shows everyone (IRC: the user and host
+    #: of ``nick!user@host``), when known; checked by the adapter, bounded, no spaces.
+    occupant_user: str | None = None
+    occupant_host: str | None = None
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,7 @@ class StanzaOutput:
         self.domain = stream.domain
         self.localpart = adapter.jid_localpart if adapter is not None else (lambda address: address)
         self.non_anonymous = IGroupChat.providedBy(adapter) and bool(adapter.occupants_visible)
+        self.occupant = adapter.occupant_address if IGroupChat.providedBy(adapter) else None
 
     @property
     def connected(self) -> bool:
@@ -257,7 +258,7 @@ class StanzaOutput:
             for xml in room_message_strings(self.domain, event, self.localpart):
                 self.stream.send_serialized(xml, "message")
             return
-        for el in room_stanzas(self.domain, event, self.localpart, self.non_anonymous):
+        for el in room_stanzas(self.domain, event, self.localpart, self.non_anonymous, self.occupant):
             self.stream.send(el)
 
     def barrier(self):

@@ -8,6 +8,7 @@ happens in the room comes back as RoomEvents, turned into stanzas here.
 from __future__ import annotations
 
 import datetime
+import re
 
 from twisted.logger import Logger
 from twisted.words.protocols.jabber.xmlstream import toResponse
@@ -135,6 +136,8 @@ class MUCHandler(ComponentHandler):
     # -- messages ---------------------------------------------------------------
 
     def on_message(self, stanza: domish.Element) -> None:
+        if getattr(stanza, "handled", False):
+            return                                  # an invitation (gateway/xmpp/muc_admin.py)
         if stanza.getAttribute("type") == "error" or not is_muc_stanza(self.bridge.adapter, stanza):
             return
         stanza.handled = True
@@ -248,18 +251,67 @@ def status_codes(event, non_anonymous: bool) -> list[int]:
     return codes
 
 
+#: ``user@host`` as the resource of an occupant's real JID: what gateway.adapters.irc.text.userhost
+#: lets through, checked again here (another adapter may be less careful).
+_USERHOST = re.compile(r"[A-Za-z0-9~._\-\[\]\\`^{}|+=]{1,64}@[A-Za-z0-9._:/\-]{1,253}", re.ASCII)
+
+
+def occupant_jid(domain: str, room: str, nick: str | None, user: str | None, host: str | None,
+                 localpart=lambda address: address, occupant=None) -> str | None:
+    """
+    An occupant's real JID (XEP-0045 non-anonymous rooms), as biboumi gives it:
+    the JID private messages to them go to (``nick%server@component``), with
+    ``user@host`` as its resource when the network told us. None when no JID
+    can name them.
+    """
+    if occupant is None or not nick:
+        return None
+    try:
+        bare = f"{escape(xml_safe(localpart(occupant(room, nick))))}@{domain}"
+    except (GatewayError, EscapingError):
+        return None
+    resource = f"{user}@{host}" if user and host else ""
+    return f"{bare}/{resource}" if _USERHOST.fullmatch(resource) else bare
+
+
+def _invitation(room_jid: str, domain: str, event, localpart, occupant, to: str) -> domish.Element:
+    """XEP-0045 §7.8.2: a mediated invitation, from the room, naming who invites."""
+    el = domish.Element((None, "message"))
+    el["from"] = room_jid
+    x = el.addElement((NS_MUC_USER, "x"))
+    invite = x.addElement("invite")
+    inviter = occupant_jid(domain, event.room, event.actor, None, None, localpart, occupant)
+    if inviter:
+        invite["from"] = inviter
+    if event.reason:
+        invite.addElement("reason", content=xml_safe(event.reason))
+    if event.body:
+        el.addElement("body", content=xml_safe(event.body))
+    return el
+
+
 def room_stanzas(domain: str, event, localpart=lambda address: address,
-                 non_anonymous: bool = False) -> list[domish.Element]:
-    """The stanzas a RoomEvent becomes, one per joined resource."""
+                 non_anonymous: bool = False, occupant=None) -> list[domish.Element]:
+    """
+    The stanzas a RoomEvent becomes, one per joined resource. ``occupant``
+    (room, nick) → foreign address of an occupant, for real JIDs in
+    non-anonymous rooms.
+    """
     try:
         room_jid = f"{escape(xml_safe(localpart(event.room)))}@{domain}"
     except EscapingError:
         return []
     nick = xml_safe(event.nick)
+    real = None
+    if event.kind == "presence" and non_anonymous and not event.own:
+        real = occupant_jid(domain, event.room, event.nick, event.occupant_user, event.occupant_host, localpart,
+                            occupant)
     out = []
     for resource in event.resources:
         to = f"{event.user}/{resource}" if resource else event.user
-        if event.kind == "presence":
+        if event.kind == "invite":
+            el = _invitation(room_jid, domain, event, localpart, occupant, to)
+        elif event.kind == "presence":
             el = domish.Element((None, "presence"))
             el["from"] = f"{room_jid}/{nick}"
             if event.unavailable:
@@ -268,6 +320,10 @@ def room_stanzas(domain: str, event, localpart=lambda address: address,
             item = x.addElement("item")
             item["affiliation"] = event.affiliation
             item["role"] = "none" if event.unavailable else event.role
+            if real:
+                item["jid"] = real
+            elif event.own and non_anonymous:
+                item["jid"] = to                    # the user's own real JID, as any non-anonymous room says
             if event.new_nick:
                 item["nick"] = xml_safe(event.new_nick)
             if event.actor:

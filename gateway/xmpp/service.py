@@ -15,6 +15,7 @@ from gateway.xmpp.disco import GatewayDisco
 from gateway.xmpp.iq_gateway import GatewayIQHandler
 from gateway.xmpp.messages import MessageHandler, StanzaOutput
 from gateway.xmpp.muc import MUCHandler, RoomListHandler
+from gateway.xmpp.muc_admin import ModerationHandler
 from gateway.xmpp.muc_owner import RoomConfigHandler
 from gateway.xmpp.ping import PingHandler
 from gateway.xmpp.presence import PresenceHandler
@@ -90,6 +91,7 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
         MUCHandler(stream, bridge),
         RoomListHandler(stream, bridge),
         RoomConfigHandler(stream, bridge),
+        ModerationHandler(stream, bridge),
         RawCommandHandler(stream, bridge),
         MessageHandler(stream, bridge),
         BridgeLink(group, stream),

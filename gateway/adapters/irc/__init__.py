@@ -23,7 +23,7 @@ from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, w
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
 from gateway.interfaces import (IAddressSettings, IConnections, IConnectionStatus, IGroupChat, IHealthReport,
-                                IHostsRooms, IRawCommands, IRoomDirectory)
+                                IHostsRooms, IModeration, IRawCommands, IRoomDirectory)
 from gateway.model import (AddressError, ConnectionInfo, Field, GatewayError, Occupancy, OutboundMessage, PermanentFailure,
                            PolicyViolation, Registration, RegistrationError, SendResult)
 from gateway.options import Option, endpoint, non_negative, positive
@@ -89,8 +89,8 @@ def _lines_sent(lines: int) -> SendResult:
     return SendResult(parts=lines, split_notice=notice)
 
 
-@implementer(IGroupChat, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus, IConnections,
-             IHostsRooms, IHealthReport)
+@implementer(IGroupChat, IModeration, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus,
+             IConnections, IHostsRooms, IHealthReport)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -207,6 +207,8 @@ class IRCAdapter(AdapterBase):
     def __init__(self, options: dict[str, Any], context):
         super().__init__(options, context)
         self.sessions: dict[tuple[str, str], IRCSession] = {}
+        #: The same sessions by server, then user.
+        self._by_server: dict[str, dict[str, IRCSession]] = {}
         #: Kept by the adapter, not the session: a session may be replaced while messages wait for retries.
         self.backlog = Backlog(context.clock)
         #: Every connection attempt of every user, to every server, is drawn from this one scheduler.
@@ -497,6 +499,7 @@ class IRCAdapter(AdapterBase):
                 raise PolicyViolation(f"you are connected to {limit} IRC servers, the most this gateway allows; "
                                       "leave every room of one of them first")
             found = self.sessions[key] = IRCSession(self, registration, server, nick)
+            self._by_server.setdefault(server, {})[registration.jid] = found
         return found
 
     def joined_nick(self, user: str, resource: str, room: str) -> str | None:
@@ -507,9 +510,18 @@ class IRCAdapter(AdapterBase):
         joined = session.rooms.get(channel.lower())
         return text.clean_name(session.nick) if joined is not None and resource in joined.resources else None
 
+    def sessions_on(self, server: str):
+        """Every user's session with ``server`` (an index: a big gateway has thousands of sessions)."""
+        return list(self._by_server.get(server, {}).values())
+
     def session_closed(self, session: IRCSession) -> None:
         if self.sessions.get((session.user, session.server)) is session:
             del self.sessions[(session.user, session.server)]
+        on_server = self._by_server.get(session.server)
+        if on_server is not None and on_server.get(session.user) is session:
+            del on_server[session.user]
+            if not on_server:
+                del self._by_server[session.server]
 
     # -- rooms ----------------------------------------------------------------------
 
@@ -533,6 +545,51 @@ class IRCAdapter(AdapterBase):
         session = self.sessions.get((user, server))
         if session is not None:
             session.leave(resource, channel)
+
+    # -- moderation (IModeration; gateway/adapters/irc/moderation.py) -------------------
+
+    def _moderating(self, registration: Registration, room: str, nick: str) -> tuple[IRCSession, str]:
+        channel, _, server = room.rpartition("%")
+        nick = text.one_line(nick or "")
+        if not _NICK.match(nick):
+            raise GatewayError(f"{nick!r} is not an IRC nickname", "item-not-found", "cancel")
+        session = self.sessions.get((registration.jid, server))
+        if session is None or session.closed or channel.lower() not in session.rooms:
+            raise GatewayError(f"join {channel} first", "forbidden", "auth")
+        return session, nick
+
+    def set_role(self, registration: Registration, room: str, nick: str, role: str, reason: str | None):
+        try:
+            session, nick = self._moderating(registration, room, nick)
+        except GatewayError as e:
+            return defer.fail(e)
+        return session.set_role(room.rpartition("%")[0], nick, role, reason)
+
+    def set_affiliation(self, registration: Registration, room: str, nick: str, affiliation: str,
+                        reason: str | None):
+        try:
+            session, nick = self._moderating(registration, room, nick)
+        except GatewayError as e:
+            return defer.fail(e)
+        return session.set_affiliation(room.rpartition("%")[0], nick, affiliation, reason)
+
+    def invite(self, registration: Registration, room: str, address: str, reason: str | None):
+        """IRC's INVITE carries no reason: ``reason`` is not sent."""
+        nick = self.occupant_nick(room, address)
+        if nick is None:
+            return defer.fail(GatewayError(f"{address} is nobody on {room.rpartition('%')[2]}", "item-not-found",
+                                           "cancel"))
+        try:
+            session, nick = self._moderating(registration, room, nick)
+        except GatewayError as e:
+            return defer.fail(e)
+        return session.invite(room.rpartition("%")[0], nick)
+
+    def occupant_nick(self, room: str, address: str) -> str | None:
+        local, _, server = (address or "").rpartition("%")
+        if server != room.rpartition("%")[2] or not _NICK.match(local):
+            return None
+        return local
 
     # -- messages -------------------------------------------------------------------
 

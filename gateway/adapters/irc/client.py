@@ -34,7 +34,8 @@ from gateway.model import PermanentFailure, TemporaryFailure
 
 log = Logger(namespace="gateway.adapters.irc")
 
-WANTED_CAPS = ("server-time", "message-tags", "multi-prefix")
+#: userhost-in-names: NAMES brings every occupant's user and host (their real JIDs) with no WHO.
+WANTED_CAPS = ("server-time", "message-tags", "multi-prefix", "userhost-in-names")
 
 #: The longest line read: IRCv3's 8,191 bytes of tags plus the 512 of the line.
 #: A longer one is skipped up to its newline, not buffered (the connection and
@@ -462,8 +463,39 @@ class IRCConnection(irc.IRCClient):
         super().nickChanged(nick)
         self.session.own_nick_changed(nick)
 
-    def joined(self, channel):
-        self.session.on_self_joined(channel)
+    def irc_JOIN(self, prefix, params):
+        """Twisted's, keeping the joiner's user and host (shown in their real JID)."""
+        if not params:
+            return
+        nick, found = text.split_prefix(prefix)
+        if nick == self.nickname:
+            self.session.on_self_joined(params[0], found)
+        else:
+            self.session.on_join(nick, params[0], found)
+
+    def irc_RPL_WHOREPLY(self, prefix, params):
+        # me, channel, user, host, server, nick, flags, "hops realname"
+        if len(params) >= 6:
+            self.session.on_who_reply(params[1], params[2], params[3], params[5])
+
+    def irc_RPL_ENDOFWHO(self, prefix, params):
+        if len(params) >= 2:
+            self.session.on_end_of_who(params[1])
+
+    def irc_PONG(self, prefix, params):
+        """The answer to a PING: the ones after a moderation change carry its token."""
+        if params:
+            self.session.on_pong(params[-1])
+
+    def irc_INVITE(self, prefix, params):
+        if len(params) >= 2 and params[0] == self.nickname:
+            self.session.on_invite(prefix.split("!", 1)[0], params[1])
+
+    def irc_MODE(self, user, params):
+        """Every channel mode change is shown as a notice of the room; the occupants' ones change roles too."""
+        if len(params) >= 2 and params[0].startswith(("#", "&", "+", "!")):
+            self.session.on_mode_line(params[0], user.split("!", 1)[0], " ".join(params[1:]))
+        super().irc_MODE(user, params)
 
     def irc_RPL_NAMREPLY(self, prefix, params):
         if len(params) >= 4:
@@ -478,9 +510,6 @@ class IRCConnection(irc.IRCClient):
 
     def irc_RPL_NOTOPIC(self, prefix, params):
         self.session.on_topic("", params[1], "")
-
-    def userJoined(self, user, channel):
-        self.session.on_join(user.split("!", 1)[0], channel)
 
     def userLeft(self, user, channel):
         self.session.on_part(user.split("!", 1)[0], channel, None)

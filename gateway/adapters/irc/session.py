@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from gateway import metrics
 
-from gateway.adapters.irc import policy, text
+from gateway.adapters.irc import moderation, policy, text
 from gateway.adapters.irc.client import IRCConnection, Outgoing, safe_msgid, server_time
 from gateway.adapters.irc.raw import ServerReplies
 from gateway.adapters.irc.scheduler import CONNECTED, Ticket, backoff
@@ -39,6 +39,15 @@ MODE_PREFIX = {"q": "~", "a": "&", "o": "@", "h": "%", "v": "+"}
 #: (retry_max 300 s, +20 % jitter), short enough that a message retried
 #: elsewhere or given up does not hold the conversation for long.
 ORDER_HOLD = 600.0
+
+#: Channels with more occupants than this get no WHO at join (on servers without
+#: userhost-in-names): the answer would be one line per occupant, and their
+#: hosts (shown in their real JIDs) are learnt as they join, part and talk.
+WHO_LIMIT = 1000
+#: Other users' sessions in the same channel asked for the hosts they know, at one join.
+BORROW_FROM = 3
+#: Invitations from IRC passed on to the user per connection and minute.
+INVITES_PER_MINUTE = 5
 
 
 class Backlog:
@@ -93,6 +102,13 @@ class Room:
         self.joined = False
         self.ready = False
         self.names: dict[str, set[str]] = {}
+        #: (user, host) of occupants, as JOIN, NAMES (userhost-in-names) or WHO showed them; only for
+        #: nicks in ``occupants`` (so bounded with them), checked by text.userhost.
+        self.hosts: dict[str, tuple[str, str]] = {}
+        self.name_hosts: dict[str, tuple[str, str]] = {}
+        #: The WHO sent at join is not answered yet; what it brought so far.
+        self.who_pending = False
+        self.who_seen: dict[str, tuple[str, str]] = {}
         #: NAMES brought more than max_names: the rest was not collected.
         self.names_cut = False
         #: The join completed once in this session: trouble is told as a room message, not a join error.
@@ -187,6 +203,10 @@ class IRCSession:
         self._list_cache: tuple[float, list] | None = None
         #: What the server answers the user's raw commands (made at the first one).
         self.replies: ServerReplies | None = None
+        #: Kicks, mode changes and invitations asked for from XMPP, awaiting the server's verdict.
+        self.verdicts = moderation.Verdicts(self.context.clock, server)
+        #: [start, count] of the minute of invitations from IRC being passed on.
+        self._invite_window = [0.0, 0]
 
     # -- connection ---------------------------------------------------------------
 
@@ -556,9 +576,12 @@ class IRCSession:
             metrics.IRC_CONNECTIONS.labels(*labels).dec()
             metrics.IRC_DISCONNECTS.labels(*labels).inc()
         self.conn = None
+        self.verdicts.lost()
         for room in self.rooms.values():
             room.joined = room.ready = False
             room.occupants.clear()
+            room.hosts.clear()
+            room.who_pending = False
         if not self.closed and self.signed_once:
             log.warn("{user}: connection to {server} lost ({why})", user=self.user, server=self.server,
                      why=reason.getErrorMessage())
@@ -572,6 +595,10 @@ class IRCSession:
 
     def _event(self, room: Room, kind: str, resources=None, **kw) -> None:
         """The one door from IRC to the room events: every name and text in it is cleaned here."""
+        if kind == "presence" and kw.get("nick") and not kw.get("own") and "occupant_user" not in kw:
+            found = room.hosts.get(kw["nick"])        # checked by text.userhost when stored
+            if found is not None:
+                kw["occupant_user"], kw["occupant_host"] = found
         for key in ("nick", "new_nick"):
             if kw.get(key):
                 kw[key] = text.clean_name(kw[key])
@@ -652,13 +679,68 @@ class IRCSession:
     def _room(self, channel: str) -> Room | None:
         return self.rooms.get(channel.lower())
 
-    def on_self_joined(self, channel: str) -> None:
+    def on_self_joined(self, channel: str, found: tuple[str, str] | None = None) -> None:
         room = self._room(channel)
         if room is None:                               # joined by a command after connect: not ours
             return
         room.joined = True
         room.names = {}
+        room.name_hosts = {}
         room.names_cut = False
+        room.hosts = {self.nick: found} if found is not None else {}
+
+    def _ask_who(self, room: Room) -> None:
+        """
+        One WHO at join when NAMES did not bring every occupant's user and host
+        (no userhost-in-names) and the channel is not too big for it (WHO_LIMIT);
+        the answers update the occupants' presences (their real JIDs) at its end.
+        """
+        if self.conn is None or room.who_pending or len(room.occupants) > WHO_LIMIT:
+            return
+        self._borrow_hosts(room)
+        if all(nick in room.hosts for nick in room.occupants if nick != self.nick):
+            return
+        room.who_pending, room.who_seen = True, {}
+        self.conn.send_lines([f"WHO {room.channel}"])
+
+    def _borrow_hosts(self, room: Room) -> None:
+        """
+        Hosts another of our users in the same channel of the same server knows
+        already (kept up to date by their own session's JOINs, nick changes and
+        parts): with many users in one channel, only the first one's join needs
+        a WHO, not every one's (which would cost the server occupants × users lines).
+        """
+        missing = [nick for nick in room.occupants if nick not in room.hosts and nick != self.nick]
+        key, asked = room.channel.lower(), 0
+        for other in self.adapter.sessions_on(self.server):
+            if not missing or asked >= BORROW_FROM:
+                return
+            theirs = other.rooms.get(key) if other is not self and not other.closed else None
+            if theirs is None or not theirs.ready:
+                continue
+            asked += 1
+            missing = [nick for nick in missing if not _borrow(room, theirs, nick)]
+
+    def on_who_reply(self, channel: str, user: str, host: str, nick: str) -> None:
+        room = self._room(channel)
+        if room is None or not room.who_pending or nick not in room.occupants:
+            return                                     # a WHO the user typed, or someone gone: not collected
+        found = text.userhost(user, host)
+        if found is not None:
+            room.who_seen[nick] = found
+
+    def on_end_of_who(self, channel: str) -> None:
+        room = self._room(channel)
+        if room is None or not room.who_pending:
+            return
+        seen, room.who_pending, room.who_seen = room.who_seen, False, {}
+        for nick, found in sorted(seen.items()):
+            if nick not in room.occupants or room.hosts.get(nick) == found:
+                continue
+            room.hosts[nick] = found
+            if room.ready and nick != self.nick:
+                role, aff = self._role(room.occupants[nick])
+                self._event(room, "presence", nick=nick, role=role, affiliation=aff)
 
     def on_names(self, channel: str, names: list[str]) -> None:
         room = self._room(channel)
@@ -670,6 +752,7 @@ class IRCSession:
             while entry and entry[0] in PREFIXES:
                 modes.add(entry[0])
                 entry = entry[1:]
+            entry, found = text.split_prefix(entry)     # nick!user@host with userhost-in-names
             if not _keepable(entry):
                 continue
             if len(room.names) >= limit and entry not in room.names:
@@ -678,13 +761,21 @@ class IRCSession:
                 self.on_end_of_names(channel)
                 return
             room.names[entry] = modes
+            if found is not None:
+                room.name_hosts[entry] = found
 
     def on_end_of_names(self, channel: str) -> None:
         room = self._room(channel)
         if room is None or room.ready:
             return
         room.occupants, room.names = room.names, {}
+        mine = room.hosts.get(self.nick)
+        room.hosts = {nick: found for nick, found in room.name_hosts.items() if nick in room.occupants}
+        room.name_hosts = {}
+        if mine is not None:
+            room.hosts[self.nick] = mine
         room.occupants.setdefault(self.nick, set())
+        self._ask_who(room)
         room.ready = room.was_ready = True
         self._send_state(room, list(room.resources))
         if room.told:
@@ -703,11 +794,13 @@ class IRCSession:
         if room.ready:
             self._event(room, "subject", nick=nick or None, subject=room.topic)
 
-    def on_join(self, nick: str, channel: str) -> None:
+    def on_join(self, nick: str, channel: str, found: tuple[str, str] | None = None) -> None:
         room = self._room(channel)
         if room is not None and room.ready and _keepable(nick) and (
                 nick in room.occupants or len(room.occupants) < self.adapter.config["max_names"]):
             room.occupants[nick] = set()
+            if found is not None:
+                room.hosts[nick] = found
             role, aff = self._role(set())
             self._event(room, "presence", nick=nick, role=role, affiliation=aff)
 
@@ -715,6 +808,7 @@ class IRCSession:
         room = self._room(channel)
         if room is not None and room.occupants.pop(nick, None) is not None:
             self._event(room, "presence", nick=nick, unavailable=True, reason=reason)
+            room.hosts.pop(nick, None)
 
     def on_self_part(self, channel: str) -> None:
         room = self._room(channel)
@@ -725,14 +819,17 @@ class IRCSession:
         for room in self.rooms.values():
             if room.occupants.pop(nick, None) is not None:
                 self._event(room, "presence", nick=nick, unavailable=True, reason=reason or None)
+                room.hosts.pop(nick, None)
 
     def on_kick(self, kickee: str, channel: str, kicker: str, reason: str) -> None:
+        self.verdicts.kicked(channel, kickee, kicker == self.nick)
         room = self._room(channel)
         if room is None:
             return
         room.occupants.pop(kickee, None)
         self._event(room, "presence", nick=kickee, unavailable=True, kicked=True, own=kickee == self.nick,
                     actor=kicker, reason=f"{reason} (by {kicker})" if reason else f"kicked by {kicker}")
+        room.hosts.pop(kickee, None)
         if kickee == self.nick:
             del self.rooms[channel.lower()]
 
@@ -747,6 +844,8 @@ class IRCSession:
             if old in room.occupants:
                 modes = room.occupants.pop(old)
                 room.occupants[new] = modes
+                if old in room.hosts:
+                    room.hosts[new] = room.hosts.pop(old)
                 role, aff = self._role(modes)
                 self._event(room, "presence", nick=old, unavailable=True, new_nick=new, own=mine,
                             role=role, affiliation=aff)
@@ -767,6 +866,76 @@ class IRCSession:
         (modes.add if added else modes.discard)(prefix)
         role, aff = self._role(modes)
         self._event(room, "presence", nick=nick, role=role, affiliation=aff, own=nick == self.nick)
+
+    def on_mode_line(self, channel: str, setter: str, change: str) -> None:
+        """A channel's MODE, as biboumi shows it: a notice from the room ("Mode #chan [+o bob] by alice")."""
+        room = self._room(channel)
+        if room is not None and room.ready:
+            self._event(room, "message", body=f"Mode {room.channel} [{text.clean(change, 400)}] by "
+                                              f"{text.clean_name(setter)}")
+
+    def on_invite(self, inviter: str, channel: str) -> None:
+        """
+        Someone on IRC invites the user into a channel: told from the room, to
+        the user's bare JID; at most INVITES_PER_MINUTE (anyone may INVITE anyone).
+        """
+        name = text.clean_name(channel)
+        if name != channel or not channel.startswith(("#", "&", "+", "!")) or len(channel) > 200:
+            return                                    # no JID can name that room
+        now = self.context.clock.seconds()
+        if now - self._invite_window[0] > 60:
+            self._invite_window = [now, 0]
+        self._invite_window[1] += 1
+        if self._invite_window[1] > INVITES_PER_MINUTE:
+            return
+        self.context.room_event(RoomEvent(component=self.context.component, user=self.user, resources=[""],
+                                          room=self.room_address(channel), kind="invite",
+                                          actor=text.clean_name(inviter),
+                                          body=f"{text.clean_name(inviter)} invites you to {channel} on "
+                                               f"{self.server}"))
+
+    # -- moderation from XMPP (IModeration) ---------------------------------------------
+
+    def _moderated(self, channel: str) -> Room:
+        room = self._room(channel)
+        if room is None or not room.ready or self.conn is None:
+            raise GatewayError(f"join {channel} first", "forbidden", "auth")
+        return room
+
+    def _occupant(self, room: Room, nick: str) -> str | None:
+        """The occupant's nick as the server spells it (IRC nicks are case-insensitive), or None."""
+        if nick in room.occupants:
+            return nick
+        return next((n for n in room.occupants if n.lower() == nick.lower()), None)
+
+    def set_role(self, channel: str, nick: str, role: str, reason: str | None) -> defer.Deferred:
+        try:
+            room = self._moderated(channel)
+            found = self._occupant(room, nick) or nick
+            lines = moderation.role_commands(room.channel, found, role, room.occupants.get(found, set()), reason)
+        except GatewayError as e:
+            return defer.fail(e)
+        return self.verdicts.start(room.channel, found, lines, self.conn.send_lines)
+
+    def set_affiliation(self, channel: str, nick: str, affiliation: str, reason: str | None) -> defer.Deferred:
+        try:
+            room = self._moderated(channel)
+            found = self._occupant(room, nick)
+            lines = moderation.affiliation_commands(room.channel, found or nick, affiliation, found is not None,
+                                                    reason)
+        except GatewayError as e:
+            return defer.fail(e)
+        return self.verdicts.start(room.channel, found or nick, lines, self.conn.send_lines)
+
+    def invite(self, channel: str, nick: str) -> defer.Deferred:
+        try:
+            room = self._moderated(channel)
+        except GatewayError as e:
+            return defer.fail(e)
+        return self.verdicts.start(room.channel, nick, [f"INVITE {nick} {room.channel}"], self.conn.send_lines)
+
+    def on_pong(self, token: str) -> None:
+        self.verdicts.pong(token)
 
     def on_message(self, nick: str, target: str, body: str, tags: dict, notice: bool = False) -> None:
         body = text.clean(body)
@@ -874,6 +1043,7 @@ class IRCSession:
             self.replies.greeting_over()
 
     def server_reply(self, command: str, params: list[str]) -> None:
+        self.verdicts.numeric(command, params)
         if self.replies is not None:
             self.replies.reply(command, params)
 
@@ -975,6 +1145,13 @@ class IRCSession:
                 log.failure("progress of {id} not stored; a retry may repeat {n} line(s)", id=message.id,
                             n=done + out.written)
         failure.raiseException()
+
+
+def _borrow(room: Room, theirs: Room, nick: str) -> bool:
+    found = theirs.hosts.get(nick)
+    if found is not None:
+        room.hosts[nick] = found
+    return found is not None
 
 
 def _keepable(nick: str) -> bool:

@@ -141,3 +141,27 @@ def message_lines(command: str, target: str, body: str, nick: str = "", ctcp: st
         for chunk in split_utf8(raw, budget):
             lines.append(f"{prefix}{wrap[0]}{chunk}{wrap[1]}")
     return lines
+
+
+#: The user part of ``nick!user@host`` as servers show it (``~`` when no ident answered, and the
+#: few punctuation marks ident and cloaks use), and the host: a name, an IPv4 or IPv6 address, or
+#: a cloak (``user/alice``, ``gateway/web/x-abc``). ASCII only, no space, no @ or !, nothing
+#: XML-special: the pair becomes ``user@host``, a JID resource, as sent.
+_IDENT = re.compile(r"[A-Za-z0-9~._\-\[\]\\`^{}|+=]{1,64}", re.ASCII)
+_HOSTNAME = re.compile(r"[A-Za-z0-9._:/\-]{1,253}", re.ASCII)
+
+
+def userhost(user: str | None, host: str | None) -> tuple[str, str] | None:
+    """(user, host) of an occupant if both are fit to show (see _IDENT, _HOSTNAME), else None."""
+    if user and host and _IDENT.fullmatch(user) and _HOSTNAME.fullmatch(host):
+        return user, host
+    return None
+
+
+def split_prefix(prefix: str) -> tuple[str, tuple[str, str] | None]:
+    """``nick!user@host`` as (nick, (user, host) or None when absent or unfit)."""
+    nick, bang, rest = prefix.partition("!")
+    if not bang:
+        return nick, None
+    user, at, host = rest.partition("@")
+    return nick, userhost(user, host) if at else None
