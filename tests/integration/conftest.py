@@ -17,7 +17,8 @@ NAMES = ["flow", "stranger", "restart", "kill", "deadline", "limits", "size", "w
          "cli", "sms", "smscap", "smsdown", "smsown", "mail", "maildown", "mailmx", "irc", "ircslow",
          "ircfixed", "health", "reload", "wheel", "systemd", "monitor", "monitorsms", "backup", "backupkey", "status",
          "ircsched", "ircsched2", "ircsched3", "ircsched4", "load", "ircident", "ircwebirc", "ircidle",
-         "parity", "parityadmin"]
+         "parity", "parityadmin",
+         "ircarchive", "ircarchive2"]
 COMPONENTS = {f"{n}.localhost": f"{n}-component-secret" for n in NAMES}
 
 
