@@ -114,7 +114,7 @@ class _WriteBatcher:
                 if work is None:
                     d.callback(None)
                 elif d is None:
-                    self.registry.pool.runInteraction(work).addErrback(self._rows_failed, work)
+                    self.registry.pool.runInteraction(work).addErrback(self._rows_one_by_one, work)
                 else:
                     self.registry.pool.runInteraction(work).chainDeferred(d)
 
@@ -123,9 +123,15 @@ class _WriteBatcher:
         d.addBoth(lambda _: self._flush())
 
 
-    def _rows_failed(self, failure, work) -> None:
-        self.rows_lost += len(work.keywords["rows"])
-        _log.failure("{n} archived row(s) could not be stored", failure, n=len(work.keywords["rows"]))
+    def _rows_one_by_one(self, _failure, work) -> None:
+        """Rows whose executemany failed on its own too: each alone, so only a faulty one is lost."""
+        for row in work.keywords["rows"]:
+            d = self.registry.pool.runInteraction(_rowcount, work.keywords["query"], row)
+            d.addErrback(self._row_lost)
+
+    def _row_lost(self, failure) -> None:
+        self.rows_lost += 1
+        _log.failure("a row written without a waiting caller (the room archive) could not be stored", failure)
 
 
 def _rowcount(txn, query: str, args: tuple) -> int:
