@@ -25,7 +25,6 @@ import dataclasses
 import datetime
 import random
 import time
-from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -226,6 +225,10 @@ class RoomArchive:
             if event.kind == "message" and event.stanza_id in ids:
                 continue                              # read with the history already
             self.bridge._route_room_event(event)
+
+    def forget_join(self, user: str, resource: str, room: str) -> None:
+        """The join failed before it began: nothing more waits for its history."""
+        self._release((user, resource, room))
 
     def _release(self, key) -> None:
         join = self._joins.pop(key, None)

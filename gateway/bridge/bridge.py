@@ -240,7 +240,12 @@ class Bridge(service.MultiService):
             raise RegistrationError(f"register with {self.component} first", "registration-required")
         if self.archive is not None and self.adapter.joined_nick(user, resource, room) is None:
             self.archive.expect_join(user, resource, room, reg, history)   # a nick change gets none
-        yield defer.maybeDeferred(self.adapter.join, reg, resource, room, nick, password)
+        try:
+            yield defer.maybeDeferred(self.adapter.join, reg, resource, room, nick, password)
+        except Exception:
+            if self.archive is not None:
+                self.archive.forget_join(user, resource, room)
+            raise
 
     def leave_room(self, user: str, resource: str, room: str) -> defer.Deferred:
         return defer.maybeDeferred(self.adapter.leave, user, resource, room)

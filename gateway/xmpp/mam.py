@@ -85,13 +85,15 @@ class MAMHandler(ComponentHandler):
             return archive.page(user, room, request["after"], request["before"], request["last"],
                                 request["start"], request["end"], request["max"])
 
+        try:
+            room_jid = f"{escape(xml_safe(self.bridge.adapter.jid_localpart(room)))}@{self.domain}"
+        except EscapingError:
+            self.stream.refuse(iq, "jid-malformed", "this room has no JID", "modify")
+            return
         d = archive.may_read(user, resource, room)
         d.addCallback(allowed)
-        d.addCallback(self._answer, iq, query.getAttribute("queryid"), f"{escape(self._localpart(room))}@{self.domain}")
+        d.addCallback(self._answer, iq, query.getAttribute("queryid"), room_jid)
         d.addErrback(self.refuse_failure(iq, f"archive query on {room}"))
-
-    def _localpart(self, room: str) -> str:
-        return self.bridge.adapter.jid_localpart(room)
 
     @staticmethod
     def _request(query: domish.Element) -> dict:
@@ -150,10 +152,7 @@ class MAMHandler(ComponentHandler):
             forwarded.addElement((NS_DELAY, "delay"))["stamp"] = _stamp(round(event.timestamp * 1_000_000))
             inner = forwarded.addElement(("jabber:client", "message"))
             inner["type"] = "groupchat"
-            try:
-                inner["from"] = f"{room_jid}/{xml_safe(event.nick)}"
-            except EscapingError:
-                inner["from"] = room_jid
+            inner["from"] = f"{room_jid}/{xml_safe(event.nick)}"
             inner.addElement("body", content=xml_safe(event.body) or "")
             if event.origin_id:
                 inner.addElement((NS_SID, "origin-id"))["id"] = event.origin_id

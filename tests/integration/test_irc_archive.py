@@ -14,7 +14,6 @@ import asyncio
 import datetime
 import os
 import time
-import xml.etree.ElementTree as ET
 
 import pytest
 
