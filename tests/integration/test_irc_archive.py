@@ -234,6 +234,9 @@ def test_mam_on_the_room_with_paging_before_after_complete_and_filters(prosody, 
                 assert condition == "forbidden"
             finally:
                 await carol.stop()
+            # The query form (§5.1): the filters it takes.
+            fields = await alice.iq(jid, "get", f"<query xmlns='{NS_MAM}'/>")
+            assert {f.get("var") for f in fields.iter("{jabber:x:data}field")} >= {"FORM_TYPE", "start", "end"}
             # The room says it has an archive.
             info = await alice.iq(jid, "get", "<query xmlns='http://jabber.org/protocol/disco#info'/>")
             features = {f.get("var") for f in info.iter("{http://jabber.org/protocol/disco#info}feature")}
@@ -275,8 +278,8 @@ def test_history_on_join_with_each_limit(prosody, ircd, gateway):
             await until_subject(alice, jid)
             await bob.expect(lambda l: l.startswith(":histalice!") and " JOIN " in l, timeout=20)
             await lines_from_irc(alice, bob, "#hist", texts[:3])
-            # A gap in time between h2 and h3, for the seconds limit.
-            await asyncio.sleep(5)
+            # A gap in time between h2 and h3, for the seconds limit (time passing, not a wait for an event).
+            await asyncio.sleep(8)
             await lines_from_irc(alice, bob, "#hist", texts[3:])
             stamps = [forwarded(r)[1].get("stamp") for r in (await mam(alice, jid))[0]]
             assert len(stamps) == 6
@@ -288,7 +291,7 @@ def test_history_on_join_with_each_limit(prosody, ircd, gateway):
             # Each short stanza is well under 500 characters, the long one well over 400 more.
             assert await history(second, "histalice", "<history maxchars='1000'/>") == texts[4:]
             assert await history(second, "histalice", f"<history since='{stamps[1]}'/>") == texts[1:]
-            # h2 is more than 5 s old; h3 on were said after the gap: 'seconds' reaching 1 s short of h2.
+            # h3 on were said 8 s after h2: 'seconds' reaching back to 1 s short of h2 takes h3 on.
             seconds = int(time.time() - parse_stamp(stamps[2]).timestamp() - 1)
             assert await history(second, "histalice", f"<history seconds='{seconds}'/>") == texts[3:]
             assert await history(second, "histalice", f"<history seconds='{seconds}' maxstanzas='1'/>") == texts[5:]
