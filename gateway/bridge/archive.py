@@ -168,11 +168,11 @@ class RoomArchive:
             return
         key = (user, resource, room)
         self._release(key)
-        self._joins[key] = _Join(started=now)
+        join = self._joins[key] = _Join(started=now)
         d = self._read_history(user, resource, room, registration, request)
         d.addErrback(lambda f: log.failure("reading the history of {room} for {user} failed", f, room=room,
                                            user=user) and [])
-        d.addCallback(lambda events: self._history_ready(key, events or []))
+        d.addCallback(lambda events: self._history_ready(key, join, events or []))
 
     @defer.inlineCallbacks
     def _read_history(self, user, resource, room, registration, request: HistoryRequest | None):
@@ -207,10 +207,9 @@ class RoomArchive:
         except Exception:
             return len(event.body or "") + len(event.nick or "")
 
-    def _history_ready(self, key, events: list[RoomEvent]) -> None:
-        join = self._joins.get(key)
-        if join is None:
-            return
+    def _history_ready(self, key, join: _Join, events: list[RoomEvent]) -> None:
+        if self._joins.get(key) is not join:
+            return                                    # released, or a newer join of the same resource
         if join.held is None:
             join.history = events
             return
