@@ -70,7 +70,10 @@ class MAMHandler(ComponentHandler):
             reply.addElement((NS_MAM, "query")).addChild(_offered().toElement())
             self.send(reply)
             return
+        queryid = query.getAttribute("queryid")
         try:
+            if queryid is not None and (len(queryid) > MAX_QUERYID or xml_safe(queryid) != queryid):
+                raise GatewayError(f"a queryid is at most {MAX_QUERYID} characters of text", "bad-request", "modify")
             request = self._request(query)
         except GatewayError as e:
             self.stream.refuse(iq, e.condition, e.text, e.error_type)
@@ -92,7 +95,7 @@ class MAMHandler(ComponentHandler):
             return
         d = archive.may_read(user, resource, room)
         d.addCallback(allowed)
-        d.addCallback(self._answer, iq, query.getAttribute("queryid"), room_jid)
+        d.addCallback(self._answer, iq, queryid, room_jid)
         d.addErrback(self.refuse_failure(iq, f"archive query on {room}"))
 
     @staticmethod
@@ -139,8 +142,6 @@ class MAMHandler(ComponentHandler):
     def _answer(self, page, iq: domish.Element, queryid: str | None, room_jid: str) -> None:
         events, complete = page
         to = iq["from"]
-        if queryid is not None and (len(queryid) > MAX_QUERYID or xml_safe(queryid) != queryid):
-            queryid = None
         for event in events:
             message = domish.Element((None, "message"))
             message["to"], message["from"] = to, room_jid

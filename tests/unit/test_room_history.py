@@ -138,3 +138,62 @@ def test_history_comes_before_the_subject_and_what_follows_it_once(panel):
     adapter.finish("alice@example.org", "tablet", "panel-a", "alice")
     tablet = [text(m) for m in room_messages((yield panel.quiet(0.2))) if m["to"].endswith("/tablet")]
     assert tablet == ["body:live", "subject:the topic"]
+
+
+def test_the_irc_adapter_declares_its_history_length():
+    from zope.interface.verify import verifyClass
+
+    from gateway.adapters.irc import IRCAdapter
+    from gateway.interfaces import IRoomArchive
+
+    assert IRoomArchive.implementedBy(IRCAdapter) and verifyClass(IRoomArchive, IRCAdapter)
+
+
+MAM = "urn:xmpp:mam:2"
+RSM = "http://jabber.org/protocol/rsm"
+
+
+@pytest_twisted.inlineCallbacks
+def test_hostile_archive_queries_and_history_limits(panel):
+    """Bad input gets bad-request and changes nothing; odd <history/> values are as if not given."""
+    from tests.unit.wire import error_of
+
+    yield panel.register()
+    adapter = panel.bridge.adapter
+    panel.feed(f"<presence from='alice@example.org/phone' to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'/>"
+               "</presence>")
+    yield panel.wait(lambda el: el.name == "message" and find(el, "subject") is not None)
+    adapter.say("alice@example.org", ["phone"], "panel-a", "bob", "kept")
+    yield panel.quiet(0.1)
+    bad = [
+        f"<query xmlns='{MAM}'><set xmlns='{RSM}'><max>-1</max></set></query>",
+        f"<query xmlns='{MAM}'><set xmlns='{RSM}'><max>99999999999</max></set></query>",
+        f"<query xmlns='{MAM}'><set xmlns='{RSM}'><after>a</after><before>b</before></set></query>",
+        f"<query xmlns='{MAM}'><set xmlns='{RSM}'><after/></set></query>",
+        f"<query xmlns='{MAM}' queryid='{'q' * 300}'/>",
+        f"<query xmlns='{MAM}'><x xmlns='jabber:x:data' type='submit'><field var='start'>"
+        "<value>2026-13-45T00:00:00Z</value></field></x></query>",
+        f"<query xmlns='{MAM}'><x xmlns='jabber:x:data' type='submit'><field var='start'>"
+        "<value>2026-12-03T05:40:00</value></field></x></query>",                 # no time zone
+        f"<query xmlns='{MAM}'><x xmlns='jabber:x:data' type='submit'><field var='with'>"
+        "<value>bob@example.org</value></field></x></query>",
+        f"<query xmlns='{MAM}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'>"
+        "<value>urn:example</value></field></x></query>",
+    ]
+    for n, payload in enumerate(bad):
+        reply = yield panel.iq("set", payload, to=ROOM, iq_id=f"bad{n}")
+        assert reply["type"] == "error" and error_of(reply)[0] == "bad-request", payload
+    assert not room_messages(panel.sent())
+    # A page of 1000 is cut to the gateway's bound (100); the archive is unchanged.
+    reply = yield panel.iq("set", f"<query xmlns='{MAM}' queryid='ok'><set xmlns='{RSM}'><max>1000</max></set>"
+                                  "</query>", to=ROOM, iq_id="ok")
+    assert reply["type"] == "result" and find(reply, "fin")["complete"] == "true"
+    results = room_messages(panel.sent())
+    assert len(results) == 1 and find(results[0], "result", "forwarded", "message", "body") is not None
+
+    # <history/> with values that are none: the default applies (the one message).
+    panel.feed(f"<presence from='alice@example.org/laptop' to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'>"
+               "<history maxstanzas='-5' maxchars='lots' seconds='1e9' since='yesterday'/></x></presence>")
+    got = yield panel.quiet(0.3)
+    laptop = [text(m) for m in room_messages(got) if m["to"].endswith("/laptop")]
+    assert laptop == ["body:kept", "subject:the topic"]
