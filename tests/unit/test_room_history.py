@@ -197,3 +197,24 @@ def test_hostile_archive_queries_and_history_limits(panel):
     got = yield panel.quiet(0.3)
     laptop = [text(m) for m in room_messages(got) if m["to"].endswith("/laptop")]
     assert laptop == ["body:kept", "subject:the topic"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_page_is_at_most_100_and_paging_goes_on_from_there(panel):
+    yield panel.register()
+    adapter = panel.bridge.adapter
+    panel.feed(f"<presence from='alice@example.org/phone' to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'/>"
+               "</presence>")
+    yield panel.wait(lambda el: el.name == "message" and find(el, "subject") is not None)
+    for n in range(120):
+        adapter.say("alice@example.org", ["phone"], "panel-a", "bob", f"m{n}")
+    yield panel.quiet(0.2)
+    reply = yield panel.iq("set", f"<query xmlns='{MAM}'><set xmlns='{RSM}'><max>1000</max></set></query>", to=ROOM)
+    results = room_messages(panel.sent())
+    assert len(results) == 100 and find(reply, "fin").getAttribute("complete") is None
+    last = str(find(reply, "fin", "set", "last"))
+    reply = yield panel.iq("set", f"<query xmlns='{MAM}'><set xmlns='{RSM}'><after>{last}</after></set></query>",
+                           to=ROOM, iq_id="q2")
+    rest = room_messages(panel.sent())
+    assert len(rest) == 20 and find(reply, "fin")["complete"] == "true"
+    assert str(find(rest[-1], "result", "forwarded", "message", "body")) == "m119"
