@@ -38,6 +38,10 @@ def _bare_jids(value: list) -> str | None:
     return None
 
 
+def _history_length(value: int) -> str | None:
+    return None if 0 <= value <= 1000 else "must be from 0 to 1000"
+
+
 def _registry_url(value: str) -> str | None:
     if value.startswith(("sqlite:", "postgresql://", "postgres://")):
         return None
@@ -110,6 +114,9 @@ SECTIONS: dict[str, list[Option]] = {
     "limits": [
         Option("rate", float, 5.0, check=positive, doc="Messages per second each user may send (token bucket refill rate)."),
         Option("burst", int, 20, check=positive, doc="Messages a user may send at once before the rate applies."),
+        Option("room_history", int, 20, check=_history_length,
+               doc="Messages of a room's archive sent on join when the client's `<history/>` does not say and the "
+                   "user set no `max_history` for the room (at most 1000)."),
     ],
     "web": [
         Option("listen", str, "tcp:8480:interface=127.0.0.1", check=endpoint,
@@ -140,6 +147,14 @@ SECTIONS: dict[str, list[Option]] = {
                doc="Days per-user counters (daily SMS and mail caps) are kept after their day."),
         Option("seen_days", float, 7.0, check=positive,
                doc="Days foreign message ids are remembered to drop replays (a provider retries for hours)."),
+        Option("room_archive", bool, True,
+               doc="Keep an archive of group-chat rooms (IRC channels) per user: what each user's own connection "
+                   "received, for XEP-0313 queries on the room's JID and history on join. `false`: no stanza-ids, "
+                   "no MAM, no history."),
+        Option("room_archive_days", float, 90.0, check=non_negative,
+               doc="Days a room message stays in the archive (`0`: no age limit)."),
+        Option("room_archive_rows", int, 10000, check=non_negative,
+               doc="Messages kept per user and room, the newest (`0`: no count limit)."),
         Option("batch", int, 1000, check=positive, doc="Rows deleted per transaction."),
     ],
     "log": [

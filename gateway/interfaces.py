@@ -135,6 +135,18 @@ class IModeration(IGroupChat):
     def occupant_nick(room, address):
         """The nick in ``room`` of the person at foreign ``address`` (their occupant_address), or None
         when ``address`` names nobody who could be in that room."""
+class IRoomArchive(Interface):
+    """
+    A group-chat network whose users set how much of a room's archive they get
+    when they join (IRC: the channel's ``max_history`` setting). The archive
+    itself is the gateway's (every IGroupChat room's messages are kept per user,
+    for XEP-0313 and history on join); this only lets the adapter say the
+    user's own default.
+    """
+
+    def history_length(registration, room):
+        """How many archived messages a join sends when the client does not say: an int, or None
+        for the gateway's default (``[limits] room_history``)."""
 
 
 class IRoomDirectory(Interface):
@@ -331,6 +343,9 @@ class IStanzaOutput(Interface):
     def send_room_event(event):
         """Send a RoomEvent (XEP-0045 presence, message, subject, join error) to the resources it names."""
 
+    def room_event_size(event):
+        """The characters of the stanza a message RoomEvent becomes for one resource (XEP-0045 maxchars)."""
+
     def barrier():
         """
         A Deferred firing once the XMPP server has read everything sent before
@@ -415,3 +430,16 @@ class IRegistry(Interface):
 
     def overdue_messages(component, now=None):
         """Take the messages whose verdict is overdue (each once, across processes)."""
+
+    def archive_room_message(row):
+        """Store a room message for one user in the next group commit; no Deferred (settled() fires once it is in)."""
+
+    def room_archive_page(component, jid, room, after=None, before=None, start_us=None, end_us=None, limit=100,
+                          last=False):
+        """A page of a user's room archive: (rows, whether more match beyond it)."""
+
+    def room_archive_seq(component, jid, room, id_):
+        """The ordering key of the archived message known by stanza-id ``id_``, or None."""
+
+    def has_room_archive(component, jid, room):
+        """Whether the user has any archived message of the room."""

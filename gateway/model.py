@@ -79,6 +79,8 @@ class OutboundMessage:
     thread: str | None = None
     attachments: list[str] = field(default_factory=list)
     xmpp_id: str | None = None
+    #: The sender's own stable id for the message (XEP-0359 origin-id), if it gave one.
+    origin_id: str | None = None
     resource: str | None = None
     receipt_requested: bool = False
     chat_state: str | None = None
@@ -190,11 +192,30 @@ class RoomEvent:
     stanza_id: str | None = None
     #: The XMPP id of the user's own message when the room reflects it back.
     message_id: str | None = None
+    #: The user's own id for that message (XEP-0359 origin-id), kept on the reflection.
+    origin_id: str | None = None
     condition: str | None = None
     #: Where the occupant is connected from, as the network shows everyone (IRC: the user and host
     #: of ``nick!user@host``), when known; checked by the adapter, bounded, no spaces.
     occupant_user: str | None = None
     occupant_host: str | None = None
+    #: A message from the room's archive (history on join), not one said now.
+    archived: bool = False
+
+
+@dataclass(frozen=True)
+class HistoryRequest:
+    """
+    How much of a room's archive a joining client wants (XEP-0045 ``<history/>``):
+    every limit that is set applies; none set means the room's default length.
+    """
+
+    maxstanzas: int | None = None
+    #: The characters of the stanzas the history becomes, all together.
+    maxchars: int | None = None
+    seconds: float | None = None
+    #: Epoch seconds.
+    since: float | None = None
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,8 @@ class GatewayService(service.MultiService):
         for comp in config.components:
             bridge = Bridge(comp.domain, comp.adapter_class, comp.options, self.registry, reactor,
                             config.outbox, config.limits, files=self.files,
-                            token_key=token_key(config.registry["secret_key"]))
+                            token_key=token_key(config.registry["secret_key"]),
+                            archive=config.retention.get("room_archive", True))
             self.bridges.append(bridge)
             stream = build_component(comp, config.xmpp, config.gateway, bridge, self.fail, reactor)
             self.components.append(stream)

@@ -18,9 +18,11 @@ from gateway import metrics
 from gateway.bridge.notices import CORE_SETTINGS, SplitNotices
 from gateway.bridge.outbox import Outbox
 from gateway.bridge.ratelimit import TokenBuckets
-from gateway.interfaces import IAdapterContext, IHostsRooms
-from gateway.model import (DeliveryReport, Field, GatewayError, InboundMessage, OutboundMessage, PolicyViolation,
-                           Registration, RegistrationError, RoomEvent, SecretsUndecryptable, SendResult)
+from gateway.bridge.archive import RoomArchive
+from gateway.interfaces import IAdapterContext, IGroupChat, IHostsRooms
+from gateway.model import (DeliveryReport, Field, GatewayError, HistoryRequest, InboundMessage, OutboundMessage,
+                           PolicyViolation, Registration, RegistrationError, RoomEvent, SecretsUndecryptable,
+                           SendResult)
 from gateway.registry import RegistrationConflict
 
 log = Logger(namespace="gateway.bridge")
@@ -38,6 +40,9 @@ class _Disconnected:
         raise RuntimeError("no XMPP output attached")
 
     send_error = send_receipt = send_room_event = send_message
+
+    def room_event_size(self, event):
+        return len(event.body or "") + len(event.nick or "")
 
     def barrier(self):
         return defer.fail(RuntimeError("no XMPP output attached"))
@@ -66,7 +71,7 @@ class Bridge(service.MultiService):
     ROOM_EVENT_HOLD = 50000
 
     def __init__(self, component: str, adapter_class: type, adapter_options: dict, registry, clock,
-                 outbox_settings: dict, limits: dict, files=None, token_key: bytes = b""):
+                 outbox_settings: dict, limits: dict, files=None, token_key: bytes = b"", archive: bool = True):
         super().__init__()
         self.component = component
         #: A key for adapters' keyed hashes (the IRC ident token), derived from the registry's
@@ -95,6 +100,8 @@ class Bridge(service.MultiService):
         self._sent_direct = metrics.MESSAGES.labels(component, "out")
         self._secrets_unreadable = metrics.SECRETS_UNREADABLE.labels(component)
         self.split_notices = SplitNotices(self)
+        #: The room archive (MAM, history on join) of a group-chat network; None when turned off.
+        self.archive = RoomArchive(self) if archive and IGroupChat.providedBy(self.adapter) else None
 
     def startService(self):
         super().startService()
@@ -133,6 +140,8 @@ class Bridge(service.MultiService):
 
     def set_limits(self, limits: dict) -> None:
         self.limiter = TokenBuckets(limits["rate"], limits["burst"])
+        #: Messages of a room's archive a join gets when neither the client nor the user's setting says.
+        self.room_history = limits.get("room_history", 20)
         self.rate_text = (f"rate limit exceeded: at most {limits['rate']:g} messages per second "
                           f"(bursts of {limits['burst']})")
 
@@ -179,7 +188,19 @@ class Bridge(service.MultiService):
             self.output.send_presence(user, address, available, status)
 
     def room_event(self, event: RoomEvent) -> None:
+        archive = self.archive
+        if archive is not None:
+            archive.record(event)            # also with no resource joined: a persistent room is the user's
         if not event.resources or self._rooms_closed:
+            return
+        if archive is not None:
+            event = archive.filter(event)
+            if event is None:
+                return
+        self._route_room_event(event)
+
+    def _route_room_event(self, event: RoomEvent) -> None:
+        if self._rooms_closed:
             return
         if self.output.connected:
             self._send_room_event(event)
@@ -212,11 +233,19 @@ class Bridge(service.MultiService):
         return self.registration(jid).addCallback(create_if_needed)
 
     @defer.inlineCallbacks
-    def join_room(self, user: str, resource: str, room: str, nick: str, password: str | None = None):
+    def join_room(self, user: str, resource: str, room: str, nick: str, password: str | None = None,
+                  history: HistoryRequest | None = None):
         reg = yield self.ensure_registration(user)
         if reg is None:
             raise RegistrationError(f"register with {self.component} first", "registration-required")
-        yield defer.maybeDeferred(self.adapter.join, reg, resource, room, nick, password)
+        if self.archive is not None and self.adapter.joined_nick(user, resource, room) is None:
+            self.archive.expect_join(user, resource, room, reg, history)   # a nick change gets none
+        try:
+            yield defer.maybeDeferred(self.adapter.join, reg, resource, room, nick, password)
+        except Exception:
+            if self.archive is not None:
+                self.archive.forget_join(user, resource, room)
+            raise
 
     def leave_room(self, user: str, resource: str, room: str) -> defer.Deferred:
         return defer.maybeDeferred(self.adapter.leave, user, resource, room)

@@ -125,3 +125,26 @@ MIGRATIONS.append(
             name TEXT PRIMARY KEY,
             value TEXT NOT NULL)""",
     ]))
+MIGRATIONS.append(
+    (8, [
+        # The room archive (XEP-0313 on rooms, history on join): per user and
+        # room, what that user's own connection received, as biboumi keeps it.
+        # ``seq`` orders a room's messages (time-ordered, unique: see
+        # gateway/bridge/archive.py); ``id`` is the XEP-0359 stanza-id users saw
+        # (the network's msgid when it gave one). Times are integer microseconds
+        # so a stamp a client sends back names exactly the same instant.
+        """CREATE TABLE room_archive (
+            component TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            room TEXT NOT NULL,
+            seq TEXT NOT NULL,
+            id TEXT NOT NULL,
+            nick TEXT NOT NULL,
+            body TEXT NOT NULL,
+            origin_id TEXT,
+            stamp_us BIGINT NOT NULL,
+            created_us BIGINT NOT NULL,
+            PRIMARY KEY (component, jid, room, seq))""",
+        "CREATE INDEX room_archive_id ON room_archive (component, jid, room, id)",
+        "CREATE INDEX room_archive_age ON room_archive (created_us)",
+    ]))

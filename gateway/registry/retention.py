@@ -1,8 +1,9 @@
 """
 Purges the registry's bookkeeping that would otherwise grow for ever: which
 network id each sent message got, email thread membership, per-user daily
-counters, and foreign ids remembered against replays. Users' registrations
-and queued messages are never touched here.
+counters, foreign ids remembered against replays, and the room archive (by
+age, and the oldest beyond ``room_archive_rows`` per user and room). Users'
+registrations and queued messages are never touched here.
 
 Every table is purged in batches of ``retention.batch`` rows, one short
 transaction each, so a large backlog of old rows never holds the database
@@ -56,8 +57,22 @@ class Retention(service.Service):
     def bounds(self, now: float) -> dict[str, float | str]:
         o = self.options
         counters_day = datetime.datetime.fromtimestamp(now - o["counters_days"] * DAY, datetime.timezone.utc)
-        return {"message_ids": now - o["message_ids_days"] * DAY, "threads": now - o["threads_days"] * DAY,
-                "counters": counters_day.strftime("%Y-%m-%d"), "seen": now - o["seen_days"] * DAY}
+        bounds = {"message_ids": now - o["message_ids_days"] * DAY, "threads": now - o["threads_days"] * DAY,
+                  "counters": counters_day.strftime("%Y-%m-%d"), "seen": now - o["seen_days"] * DAY}
+        if o.get("room_archive_days"):
+            # The room archive's times are integer microseconds.
+            bounds["room_archive"] = int((now - o["room_archive_days"] * DAY) * 1_000_000)
+        return bounds
+
+    def _purges(self, now: float):
+        """(name, a call deleting up to one batch and firing with how many) for every purge of a pass."""
+        batch = self.options["batch"]
+        for table, bound in self.bounds(now).items():
+            yield table, lambda table=table, bound=bound: self.registry.purge(table, bound, batch)
+        if self.options.get("room_archive_rows"):
+            # The newest room_archive_rows of each user's room stay; older ones go.
+            yield "room_archive_rows", lambda: self.registry.purge_room_archive_rows(
+                self.options["room_archive_rows"], batch)
 
     @defer.inlineCallbacks
     def run(self):
@@ -65,12 +80,12 @@ class Retention(service.Service):
         self._running = defer.Deferred()
         purged: dict[str, int] = {}
         try:
-            for table, bound in self.bounds(time.time()).items():
+            for table, purge in self._purges(time.time()):
                 if not self.running:
                     break
                 purged[table] = 0
                 while self.running:
-                    n = yield self.registry.purge(table, bound, self.options["batch"])
+                    n = yield purge()
                     purged[table] += n
                     PURGED.labels(table).inc(n)
                     if n < self.options["batch"]:

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
+from twisted.logger import Logger
 
 from zope.interface import implementer
 
@@ -28,6 +29,8 @@ from gateway.model import Registration
 from gateway.registry.crypto import SecretBox, SecretsUnreadable, new_salt
 from gateway.registry.backup import check_schema
 from gateway.registry.migrations import MIGRATIONS
+
+_log = Logger(namespace="gateway.registry")
 
 
 def new_token() -> str:
@@ -49,8 +52,12 @@ class _WriteBatcher:
 
     def __init__(self, registry: "SQLRegistry"):
         self.registry = registry
-        self.pending: list[tuple[Any, defer.Deferred]] = []
+        self.pending: list[tuple[Any, defer.Deferred | None]] = []
         self.busy = False
+        #: Rows of one statement gathered for the next transaction (add_row), by statement.
+        self._rows: dict[str, list[tuple]] = {}
+        #: Rows add_row could not store (after the retry on their own), for the log and tests.
+        self.rows_lost = 0
 
     def add(self, query: str, args: tuple) -> defer.Deferred:
         return self.add_call(functools.partial(_rowcount, query=self.registry._sql(query), args=args))
@@ -63,6 +70,21 @@ class _WriteBatcher:
             self._flush()
         return d
 
+    def add_row(self, query: str, args: tuple) -> None:
+        """
+        One more row for ``query`` in the next shared transaction, written with
+        the others of that statement in one executemany: the cheapest write
+        there is, for traffic nobody waits on (the room archive). No Deferred:
+        settled() says when it is in; a failure is logged and counted.
+        """
+        rows = self._rows.get(query)
+        if rows is None:
+            rows = self._rows[query] = []
+            self.pending.append((functools.partial(_executemany, query=self.registry._sql(query), rows=rows), None))
+        rows.append(args)
+        if not self.busy:
+            self._flush()
+
     def settled(self) -> defer.Deferred:
         """Fires after every write added so far has committed (or failed)."""
         if not self.busy and not self.pending:
@@ -73,6 +95,7 @@ class _WriteBatcher:
 
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
+        self._rows = {}
         if not batch:
             self.busy = False
             return
@@ -83,12 +106,15 @@ class _WriteBatcher:
 
         def done(results):
             for (_, d), result in zip(batch, results):
-                d.callback(result)
+                if d is not None:
+                    d.callback(result)
 
         def one_by_one(_failure):
             for work, d in batch:
                 if work is None:
                     d.callback(None)
+                elif d is None:
+                    self.registry.pool.runInteraction(work).addErrback(self._rows_one_by_one, work)
                 else:
                     self.registry.pool.runInteraction(work).chainDeferred(d)
 
@@ -97,9 +123,25 @@ class _WriteBatcher:
         d.addBoth(lambda _: self._flush())
 
 
+    def _rows_one_by_one(self, _failure, work) -> None:
+        """Rows whose executemany failed on its own too: each alone, so only a faulty one is lost."""
+        for row in work.keywords["rows"]:
+            d = self.registry.pool.runInteraction(_rowcount, work.keywords["query"], row)
+            d.addErrback(self._row_lost)
+
+    def _row_lost(self, failure) -> None:
+        self.rows_lost += 1
+        _log.failure("a row written without a waiting caller (the room archive) could not be stored", failure)
+
+
 def _rowcount(txn, query: str, args: tuple) -> int:
     txn.execute(query, args)
     return txn.rowcount
+
+
+def _executemany(txn, query: str, rows: list[tuple]) -> int:
+    txn.executemany(query, rows)
+    return len(rows)
 
 
 class RegistrationConflict(Exception):
@@ -336,7 +378,7 @@ class SQLRegistry:
             txn.execute(self._sql("DELETE FROM registrations WHERE component = ? AND jid = ?"),
                         (component, jid))
             found = txn.rowcount > 0
-            for table in ("message_ids", "queue", "counters", "threads"):
+            for table in ("message_ids", "queue", "counters", "threads", "room_archive"):
                 txn.execute(self._sql(f"DELETE FROM {table} WHERE component = ? AND jid = ?"),
                             (component, jid))
             return found
@@ -448,6 +490,8 @@ class SQLRegistry:
         "threads": ("component, jid, message_id", "created_at < ?"),
         "counters": ("component, jid, name, period", "period < ?"),
         "seen": ("component, key", "created_at < ?"),
+        # The room archive's bound is in microseconds (its times are).
+        "room_archive": ("component, jid, room, seq", "created_us < ?"),
     }
 
     def purge(self, table: str, bound: float | str, limit: int | None = None) -> defer.Deferred:
@@ -469,6 +513,87 @@ class SQLRegistry:
             return max(txn.rowcount, 0)
 
         return self._interaction(run)
+
+    def purge_room_archive_rows(self, max_rows: int, limit: int) -> defer.Deferred:
+        """
+        Delete up to ``limit`` of the oldest archived messages of every (user,
+        room) holding more than ``max_rows``, in one short transaction; fires
+        with how many went (the retention job calls again while it is ``limit``).
+        """
+        def run(txn):
+            txn.execute(self._sql("SELECT component, jid, room FROM room_archive GROUP BY component, jid, room "
+                                  "HAVING COUNT(*) > ?"), (max_rows,))
+            deleted = 0
+            for component, jid, room in txn.fetchall():
+                if deleted >= limit:
+                    break
+                txn.execute(self._sql("SELECT seq FROM room_archive WHERE component = ? AND jid = ? AND room = ? "
+                                      "ORDER BY seq DESC LIMIT 1 OFFSET ?"), (component, jid, room, max_rows))
+                row = txn.fetchone()
+                if row is None:
+                    continue
+                txn.execute(self._sql(
+                    "DELETE FROM room_archive WHERE (component, jid, room, seq) IN (SELECT component, jid, room, seq "
+                    "FROM room_archive WHERE component = ? AND jid = ? AND room = ? AND seq <= ? ORDER BY seq LIMIT ?)"),
+                    (component, jid, room, row[0], limit - deleted))
+                deleted += max(txn.rowcount, 0)
+            return deleted
+
+        return self._interaction(run)
+
+    # -- room archive -----------------------------------------------------
+
+    _ARCHIVE_INSERT = ("INSERT INTO room_archive (component, jid, room, seq, id, nick, body, origin_id, stamp_us, "
+                       "created_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                       "ON CONFLICT (component, jid, room, seq) DO NOTHING")
+
+    def archive_room_message(self, row: tuple) -> None:
+        """
+        Store one room message, (component, jid, room, seq, id, nick, body,
+        origin_id, stamp_us, created_us), in the next group commit with the
+        others (one executemany per batch). Nothing waits on it: settled()
+        fires once it is in; a failure is logged and counted, never raised.
+        """
+        self._batch.add_row(self._ARCHIVE_INSERT, row)
+
+    def room_archive_seq(self, component: str, jid: str, room: str, id_: str) -> defer.Deferred:
+        """The ``seq`` of the archived message users know as ``id_``, or None."""
+        d = self._run("SELECT MAX(seq) FROM room_archive WHERE component = ? AND jid = ? AND room = ? AND id = ?",
+                      (component, jid, room, id_))
+        return d.addCallback(lambda rows: rows[0][0] if rows else None)
+
+    def has_room_archive(self, component: str, jid: str, room: str) -> defer.Deferred:
+        d = self._run("SELECT 1 FROM room_archive WHERE component = ? AND jid = ? AND room = ? LIMIT 1",
+                      (component, jid, room))
+        return d.addCallback(lambda rows: bool(rows))
+
+    def room_archive_page(self, component: str, jid: str, room: str, after: str | None = None,
+                          before: str | None = None, start_us: int | None = None, end_us: int | None = None,
+                          limit: int = 100, last: bool = False) -> defer.Deferred:
+        """
+        Archived messages of a user's room between the ``seq`` bounds (exclusive)
+        and times (inclusive), oldest first: the first ``limit`` of them, or with
+        ``last`` (or ``before``) the last ``limit``. Fires with (rows, more):
+        rows of (seq, id, nick, body, origin_id, stamp_us, created_us), and whether
+        more match beyond the page in the direction read.
+        """
+        where, args = ["component = ?", "jid = ?", "room = ?"], [component, jid, room]
+        for clause, value in (("seq > ?", after), ("seq < ?", before), ("created_us >= ?", start_us),
+                              ("created_us <= ?", end_us)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        backwards = last or before is not None
+        d = self._run(f"SELECT seq, id, nick, body, origin_id, stamp_us, created_us FROM room_archive "
+                      f"WHERE {' AND '.join(where)} ORDER BY seq {'DESC' if backwards else 'ASC'} LIMIT ?",
+                      (*args, limit + 1))
+
+        def page(rows):
+            rows = [tuple(r) for r in rows]
+            more, rows = len(rows) > limit, rows[:limit]
+            return (rows[::-1] if backwards else rows), more
+
+        return d.addCallback(page)
 
     # -- threads ----------------------------------------------------------
 

@@ -31,15 +31,19 @@ NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_OOB = "jabber:x:oob"
 NS_ADDRESS = "http://jabber.org/protocol/address"
 NS_MUC = "http://jabber.org/protocol/muc"
+NS_MAM = "urn:xmpp:mam:2"
+NS_SID = "urn:xmpp:sid:0"
 
 
 @implementer(IDisco)
 class GatewayDisco(XMPPHandler):
-    def __init__(self, domain: str, name: str, adapter):
+    def __init__(self, domain: str, name: str, adapter, archive: bool = False):
         super().__init__()
         self.domain = domain
         self.name = name
         self.adapter = adapter
+        #: Rooms keep an archive (gateway/bridge/archive.py): they say so (XEP-0313, XEP-0359).
+        self.archive = archive
         network = []
         if "receipts" in adapter.features:
             network.append(NS_RECEIPTS)
@@ -63,7 +67,8 @@ class GatewayDisco(XMPPHandler):
                                         self.adapter.room_name(self.adapter.normalize_address(unescape(target.user)))),
                     disco.DiscoFeature(NS_MUC), disco.DiscoFeature(disco.NS_DISCO_INFO),
                     disco.DiscoFeature("muc_persistent"), disco.DiscoFeature("muc_open"),
-                    disco.DiscoFeature("muc_nonanonymous"), disco.DiscoFeature("muc_unsecured")]
+                    disco.DiscoFeature("muc_nonanonymous"), disco.DiscoFeature("muc_unsecured")] + (
+                        [disco.DiscoFeature(NS_MAM), disco.DiscoFeature(NS_SID)] if self.archive else [])
         if target.user:
             if nodeIdentifier in ("", f"{CAPS_NODE}#{self.contact_ver}"):
                 return ([disco.DiscoIdentity(*i) for i in self.contact_identities]

@@ -7,6 +7,7 @@ XEP-0201 threads are carried through when the adapter has them.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import unicodedata
 
@@ -252,8 +253,14 @@ class StanzaOutput:
         self.stream.send_serialized(f"<presence from={quote_attr(sender)} to={quote_attr(user)}{unavailable}>"
                                     f"<status>{escape_text(xml_safe(status) or '')}</status></presence>", "presence")
 
+    def room_event_size(self, event) -> int:
+        """The characters of the stanza a message event becomes for one resource (history's maxchars)."""
+        one = dataclasses.replace(event, resources=list(event.resources[:1]) or [""])
+        stanzas = room_stanzas(self.domain, one, self.localpart, self.non_anonymous)
+        return len(stanzas[0].toXml()) if stanzas else 0
+
     def send_room_event(self, event) -> None:
-        if event.kind == "message" and not event.timestamp and not event.stanza_id:
+        if event.kind == "message" and not event.timestamp:
             # The hot path (every channel line): the stanza written as a string, not a domish tree.
             for xml in room_message_strings(self.domain, event, self.localpart):
                 self.stream.send_serialized(xml, "message")

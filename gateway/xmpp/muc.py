@@ -15,7 +15,8 @@ from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 
 from gateway.interfaces import IGroupChat, IRoomDirectory
-from gateway.model import GatewayError, OutboundMessage
+from gateway.bridge.archive import stamp_us
+from gateway.model import GatewayError, HistoryRequest, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.stanzas import error_reply, escape_text, parse_jid, quote_attr, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
@@ -81,7 +82,8 @@ class MUCHandler(ComponentHandler):
             return
         muc = next(stanza.elements(NS_MUC, "x"), None)
         password = text_of(muc, NS_MUC, "password") if muc is not None else None
-        d = self.bridge.join_room(sender.userhost(), sender.resource or "", room, to.resource, password)
+        history = parse_history(next(muc.elements(NS_MUC, "history"), None)) if muc is not None else None
+        d = self.bridge.join_room(sender.userhost(), sender.resource or "", room, to.resource, password, history)
 
         def failed(failure):
             if failure.check(GatewayError):
@@ -157,13 +159,51 @@ class MUCHandler(ComponentHandler):
             recipient, kind = room, "groupchat"
         message = OutboundMessage(component=self.domain, user=sender.userhost(), recipient=recipient, body=body,
                                   subject=subject, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,
-                                  kind=kind)
+                                  kind=kind, origin_id=origin_id(stanza))
         if kind == "groupchat":
             d = self.bridge.send_direct(message)      # room traffic is about now: not queued
         else:
             d = self.bridge.ensure_registration(message.user)
             d.addCallback(lambda reg: self.bridge.submit(message))
         d.addErrback(self.refuse_failure(stanza, "accepting a room message"))
+
+
+#: Longest client id kept (origin-id): a longer one is not an id anyone needs back.
+MAX_ID = 200
+
+
+def origin_id(stanza: domish.Element) -> str | None:
+    """The sender's XEP-0359 origin-id, if it is one we can give back (bounded, XML-safe)."""
+    el = next(stanza.elements(NS_SID, "origin-id"), None)
+    value = el.getAttribute("id") if el is not None else None
+    if not value or len(value) > MAX_ID or xml_safe(value) != value:
+        return None
+    return value
+
+
+def _count(value: str | None, most: int) -> int | None:
+    if value is None or not value.strip().isdigit() or len(value.strip()) > 9:
+        return None
+    return min(int(value), most)
+
+
+def parse_history(el: domish.Element | None) -> HistoryRequest | None:
+    """
+    XEP-0045 §7.2.15 ``<history/>``: the limits a client asks for. A value that
+    is not one (a negative count, a date that is none) is left out, as if not
+    given: the join goes on with the room's default.
+    """
+    if el is None:
+        return None
+    since = None
+    if el.getAttribute("since"):
+        try:
+            since = stamp_us(el.getAttribute("since")) / 1_000_000
+        except (ValueError, OverflowError):
+            since = None
+    return HistoryRequest(maxstanzas=_count(el.getAttribute("maxstanzas"), 10**6),
+                          maxchars=_count(el.getAttribute("maxchars"), 10**9),
+                          seconds=_count(el.getAttribute("seconds"), 10**9), since=since)
 
 
 NS_DISCO_ITEMS = "http://jabber.org/protocol/disco#items"
@@ -346,6 +386,8 @@ def room_stanzas(domain: str, event, localpart=lambda address: address,
                 el.addElement("subject", content=xml_safe(event.subject) or "")
             else:
                 el.addElement("body", content=xml_safe(event.body) or "")
+                if event.origin_id:
+                    el.addElement((NS_SID, "origin-id"))["id"] = event.origin_id
                 if event.stanza_id:
                     sid = el.addElement((NS_SID, "stanza-id"))
                     sid["id"] = event.stanza_id
@@ -361,7 +403,7 @@ def room_stanzas(domain: str, event, localpart=lambda address: address,
 
 
 def room_message_strings(domain: str, event, localpart=lambda address: address) -> list[str]:
-    """A plain groupchat message (no delay, no stanza id) as serialised stanzas, one per resource."""
+    """A groupchat message said now (no delay) as serialised stanzas, one per resource: the hot path."""
     try:
         room_jid = f"{escape(xml_safe(localpart(event.room)))}@{domain}"
     except EscapingError:
@@ -370,8 +412,13 @@ def room_message_strings(domain: str, event, localpart=lambda address: address) 
     sender = quote_attr(f"{room_jid}/{nick}" if nick else room_jid)
     message_id = f" id={quote_attr(event.message_id)}" if event.message_id else ""
     body = escape_text(xml_safe(event.body) or "")
+    ids = ""
+    if event.origin_id:
+        ids = f"<origin-id xmlns='{NS_SID}' id={quote_attr(event.origin_id)}/>"
+    if event.stanza_id:
+        ids += f"<stanza-id xmlns='{NS_SID}' id={quote_attr(event.stanza_id)} by={quote_attr(room_jid)}/>"
     head = f"<message type='groupchat' from={sender}{message_id} to="
-    tail = f"><body>{body}</body></message>"
+    tail = f"><body>{body}</body>{ids}</message>"
     return [head + quote_attr(f"{event.user}/{r}" if r else event.user) + tail for r in event.resources]
 
 
@@ -382,4 +429,5 @@ def _fake_presence(to: str, sent_to: str) -> domish.Element:
     return p
 
 
-__all__ = ["MUCHandler", "RoomListHandler", "room_stanzas", "room_message_strings", "is_muc_stanza", "status_codes"]
+__all__ = ["MUCHandler", "RoomListHandler", "room_stanzas", "room_message_strings", "is_muc_stanza", "status_codes",
+           "origin_id", "parse_history"]

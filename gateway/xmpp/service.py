@@ -17,6 +17,7 @@ from gateway.xmpp.messages import MessageHandler, StanzaOutput
 from gateway.xmpp.muc import MUCHandler, RoomListHandler
 from gateway.xmpp.muc_admin import ModerationHandler
 from gateway.xmpp.muc_owner import RoomConfigHandler
+from gateway.xmpp.mam import MAMHandler
 from gateway.xmpp.ping import PingHandler
 from gateway.xmpp.presence import PresenceHandler
 from gateway.xmpp.raw import RawCommandHandler
@@ -75,7 +76,8 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
         group = StreamGroup(stream, bridge)
         bridge.attach(StanzaOutput(group, bridge.adapter))
     stream.group = group
-    disco_info = GatewayDisco(component.domain, component.name, bridge.adapter)
+    disco_info = GatewayDisco(component.domain, component.name, bridge.adapter,
+                              archive=getattr(bridge, "archive", None) is not None)
     presence = PresenceHandler(stream, bridge, disco_info)
     stream.pinger = PingHandler(component.domain, xmpp_settings["ping_interval"], xmpp_settings["ping_timeout"],
                                 reactor)
@@ -92,6 +94,7 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
         RoomListHandler(stream, bridge),
         RoomConfigHandler(stream, bridge),
         ModerationHandler(stream, bridge),
+        MAMHandler(stream, bridge),
         RawCommandHandler(stream, bridge),
         MessageHandler(stream, bridge),
         BridgeLink(group, stream),

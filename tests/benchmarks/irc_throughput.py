@@ -13,6 +13,11 @@ throttle_limit -1, ours throttle_rate 0); biboumi's history recording off (other
 waits on SQLite fsync per line).
 
     .venv/bin/python -m tests.benchmarks.irc_throughput [--lines 5000] [--latency 200]
+                     [--archive on|off|compare] [--no-biboumi]
+
+``--archive compare`` runs our gateway twice in turn, the room archive off and
+then on (``[retention] room_archive``), each with its own registry, and prints
+the throughput the archive costs (issue 13 allows 10 %).
 """
 
 from __future__ import annotations
@@ -119,54 +124,80 @@ async def measure(name: str, user: XMPPUser, room_jid: str, channel: str, nick: 
     return result
 
 
+def start_ours(work: str, name: str, component_port: int, ircd_port: int, archive: bool) -> Server:
+    """Our gateway for component ``irc-<name>.localhost``, with the room archive on or off, in its own directory."""
+    path = os.path.join(work, name)
+    os.makedirs(path)
+    config = bench_config(path, component_port, f"""[retention]
+room_archive = {"true" if archive else "false"}
+[[components]]
+domain = "irc-{name}.localhost"
+secret = "{name}-secret"
+adapter = "irc"
+[components.options]
+throttle_rate = 0.0
+servers = {{ "localhost" = {{ host = "127.0.0.1", port = {ircd_port}, tls = false }} }}
+""")
+    gateway = Server(name, [sys.executable, "-m", "gateway.cli", "run", config],
+                     os.path.join(path, "gateway.log")).start()
+    gateway.wait_log(": authenticated", timeout=20)
+    return gateway
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=5000)
     parser.add_argument("--latency", type=int, default=200)
+    parser.add_argument("--archive", choices=("on", "off", "compare"), default="on",
+                        help="our gateway with the room archive ([retention] room_archive) on, off, or both in turn "
+                             "(compare: the cost of archiving, in %%)")
+    parser.add_argument("--no-biboumi", action="store_true", help="measure only xmpp-gateway")
     args = parser.parse_args()
-    if not shutil.which("biboumi"):
-        sys.exit("biboumi is not installed: apt-get install biboumi")
+    if not args.no_biboumi and not shutil.which("biboumi"):
+        sys.exit("biboumi is not installed: apt-get install biboumi (or pass --no-biboumi)")
+    runs = {"on": [True], "off": [False], "compare": [False, True]}[args.archive]
 
     work = tempfile.mkdtemp(prefix="gwircbench-", dir="/tmp")
     os.chmod(work, 0o755)
-    comps = {"irc-gw.localhost": "gw-secret", "irc-bb.localhost": "bb-secret"}
+    comps = {"irc-gw.localhost": "gw-secret", "irc-gwoff.localhost": "gwoff-secret", "irc-bb.localhost": "bb-secret"}
     prosody = Prosody(os.path.join(work, "prosody"), comps).start()
     ircd = Ngircd(os.path.join(work, "ngircd")).start()
     procs = []
+    results = {}
     try:
         prosody.register("bench", "benchpw")
-        config = bench_config(work, prosody.component_port, f"""[[components]]
-domain = "irc-gw.localhost"
-secret = "gw-secret"
-adapter = "irc"
-[components.options]
-throttle_rate = 0.0
-servers = {{ "localhost" = {{ host = "127.0.0.1", port = {ircd.port}, tls = false }} }}
-""")
-        gateway = Server("gateway", [sys.executable, "-m", "gateway.cli", "run", config],
-                         os.path.join(work, "gateway.log")).start()
-        procs.append(gateway)
-        bdir = os.path.join(work, "biboumi")
-        os.makedirs(bdir)
-        with open(os.path.join(bdir, "biboumi.cfg"), "w") as f:
-            f.write(f"hostname=irc-bb.localhost\npassword=bb-secret\nxmpp_server_ip=127.0.0.1\n"
-                    f"port={prosody.component_port}\nadmin=admin@localhost\nidentd_port=0\n"
-                    f"db_name={bdir}/biboumi.sqlite\nlog_file=\nlog_level=1\nrealname_customization=true\n"
-                    f"realname_from_jid=false\nca_file=\npolicy_directory={bdir}\n")
-        biboumi = Server("biboumi", ["biboumi", os.path.join(bdir, "biboumi.cfg")],
-                         os.path.join(bdir, "biboumi.log")).start()
-        procs.append(biboumi)
-        gateway.wait_log(": authenticated", timeout=20)
-        wait_for(lambda: "Authenticated with the XMPP server" in biboumi.log(), 20, "biboumi")
 
-        async def run_all():
+        async def ours(archive: bool):
+            name = "gw" if archive else "gwoff"
+            label = f"ours, archive {'on' if archive else 'off'}"
+            gateway = start_ours(work, name, prosody.component_port, ircd.port, archive)
+            procs.append(gateway)
+            try:
+                flooder = await RawIRC(ircd.port, f"flood{name}").connect()
+                channel = f"#bench-{name}"
+                flooder.send(f"JOIN {channel}")
+                user = await XMPPUser("bench@localhost", "benchpw", prosody.c2s_port).connect()
+                results[label] = await measure(label, user, f"{channel}%localhost@irc-{name}.localhost", channel,
+                                               f"bench{name}", flooder, args.lines, args.latency, gateway.proc.pid)
+                await flooder.close()
+            finally:
+                gateway.stop()
+                procs.remove(gateway)
+
+        async def theirs():
+            bdir = os.path.join(work, "biboumi")
+            os.makedirs(bdir)
+            with open(os.path.join(bdir, "biboumi.cfg"), "w") as f:
+                f.write(f"hostname=irc-bb.localhost\npassword=bb-secret\nxmpp_server_ip=127.0.0.1\n"
+                        f"port={prosody.component_port}\nadmin=admin@localhost\nidentd_port=0\n"
+                        f"db_name={bdir}/biboumi.sqlite\nlog_file=\nlog_level=1\nrealname_customization=true\n"
+                        f"realname_from_jid=false\nca_file=\npolicy_directory={bdir}\n")
+            biboumi = Server("biboumi", ["biboumi", os.path.join(bdir, "biboumi.cfg")],
+                             os.path.join(bdir, "biboumi.log")).start()
+            procs.append(biboumi)
+            wait_for(lambda: "Authenticated with the XMPP server" in biboumi.log(), 20, "biboumi")
             flooder = await RawIRC(ircd.port, "flooder").connect()
-            flooder.send("JOIN #bench-gw", "JOIN #bench-bb")
-            results = {}
-            gw_user = await XMPPUser("bench@localhost", "benchpw", prosody.c2s_port).connect()
-            results["xmpp-gateway"] = await measure("xmpp-gateway", gw_user, "#bench-gw%localhost@irc-gw.localhost",
-                                                    "#bench-gw", "benchgw", flooder, args.lines, args.latency,
-                                                    gateway.proc.pid)
+            flooder.send("JOIN #bench-bb")
             bb_user = await XMPPUser("bench@localhost", "benchpw", prosody.c2s_port).connect()
             await bb_user.command("127.0.0.1@irc-bb.localhost", "configure",
                                   {"ports": [str(ircd.port)], "tls_ports": [], "throttle_limit": ["-1"]}, "c1")
@@ -176,9 +207,14 @@ servers = {{ "localhost" = {{ host = "127.0.0.1", port = {ircd.port}, tls = fals
             results["biboumi"] = await measure("biboumi", bb_user, "#bench-bb%127.0.0.1@irc-bb.localhost",
                                                "#bench-bb", "benchbb", flooder, args.lines, args.latency,
                                                biboumi.proc.pid)
-            return results
 
-        results = asyncio.run(run_all())
+        async def run_all():
+            for archive in runs:
+                await ours(archive)
+            if not args.no_biboumi:
+                await theirs()
+
+        asyncio.run(run_all())
     finally:
         for p in procs:
             p.stop()
@@ -186,10 +222,15 @@ servers = {{ "localhost" = {{ host = "127.0.0.1", port = {ircd.port}, tls = fals
         prosody.stop()
     print(f"\nIRC <-> XMPP through Prosody 0.12 and ngircd: {args.lines} lines each way, "
           f"{args.latency} one at a time\n")
-    print(f"{'gateway':<14} {'IRC→XMPP /s':>12} {'XMPP→IRC /s':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/line':>12}")
+    print(f"{'gateway':<22} {'IRC→XMPP /s':>12} {'XMPP→IRC /s':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/line':>12}")
     for name, r in results.items():
-        print(f"{name:<14} {r['irc_to_xmpp']:>12.0f} {r['xmpp_to_irc']:>12.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
+        print(f"{name:<22} {r['irc_to_xmpp']:>12.0f} {r['xmpp_to_irc']:>12.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} "
               f"{r['cpu_us']:>12.0f}")
+    off, on = results.get("ours, archive off"), results.get("ours, archive on")
+    if off and on:
+        print("\nroom archive cost (on vs off): "
+              + ", ".join(f"{key} {100 * (1 - on[key] / off[key]):+.1f} %" for key in ("irc_to_xmpp", "xmpp_to_irc"))
+              + " throughput lost (the budget is 10 %)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ NAMES = ["flow", "stranger", "restart", "kill", "deadline", "limits", "size", "w
          "ircsched", "ircsched2", "ircsched3", "ircsched4", "load", "ircident", "ircwebirc", "ircidle",
          "parity", "parityadmin"]
 NAMES += ["ircmod"]
+NAMES += ["ircarchive", "ircarchive2"]
 COMPONENTS = {f"{n}.localhost": f"{n}-component-secret" for n in NAMES}
 
 

@@ -23,7 +23,7 @@ from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, w
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
 from gateway.interfaces import (IAddressSettings, IConnections, IConnectionStatus, IGroupChat, IHealthReport,
-                                IHostsRooms, IModeration, IRawCommands, IRoomDirectory)
+                                IHostsRooms, IModeration, IRawCommands, IRoomArchive, IRoomDirectory)
 from gateway.model import (AddressError, ConnectionInfo, Field, GatewayError, Occupancy, OutboundMessage, PermanentFailure,
                            PolicyViolation, Registration, RegistrationError, SendResult)
 from gateway.options import Option, endpoint, non_negative, positive
@@ -90,7 +90,7 @@ def _lines_sent(lines: int) -> SendResult:
 
 
 @implementer(IGroupChat, IModeration, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus,
-             IConnections, IHostsRooms, IHealthReport)
+             IConnections, IHostsRooms, IHealthReport, IRoomArchive)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -610,7 +610,12 @@ class IRCAdapter(AdapterBase):
         room = session._room(target)
         if room is None:
             return defer.fail(PermanentFailure(f"join {target} before writing to it", "not-acceptable"))
-        return session.send(target, body, room, message.xmpp_id).addCallback(_lines_sent)
+        return session.send(target, body, room, message.xmpp_id, message.origin_id).addCallback(_lines_sent)
+
+    def history_length(self, registration: Registration, room: str) -> int | None:
+        """IRoomArchive: the channel's ``max_history`` setting (configure or muc#owner), None when unset."""
+        raw = str(((registration.settings.get("channels") or {}).get(room) or {}).get("max_history") or "").strip()
+        return int(raw) if raw.isdigit() and len(raw) <= 4 else None
 
     def connection_status(self, user: str, address: str) -> tuple[bool, str] | None:
         if "%" in address:

@@ -1059,14 +1059,14 @@ class IRCSession:
         return self.ready().addCallback(lambda conn: conn.send_lines(lines))
 
     def send(self, target: str, body: str, reflect_room: Room | None = None,
-             message_id: str | None = None) -> defer.Deferred:
+             message_id: str | None = None, origin_id: str | None = None) -> defer.Deferred:
         """
         A room message (connecting first if needed). Room traffic is about now and
         not in the outbox: it fires with the number of IRC lines once they are
         queued, and fails only if the queue is full.
         """
         if self.conn is None:
-            return self.ready().addCallback(lambda _: self.send(target, body, reflect_room, message_id))
+            return self.ready().addCallback(lambda _: self.send(target, body, reflect_room, message_id, origin_id))
         body, ctcp = _ctcp(body)
         lines = text.message_lines("PRIVMSG", target, body, self.nick, ctcp)
         try:
@@ -1076,7 +1076,7 @@ class IRCSession:
         if reflect_room is not None:
             # XEP-0045: the room reflects the sender's own message to every joined resource.
             self._event(reflect_room, "message", nick=self.nick, body=("/me " if ctcp else "") + body,
-                        message_id=message_id)
+                        message_id=message_id, origin_id=origin_id)
         return defer.succeed(len(lines))
 
     def send_private(self, message: OutboundMessage, target: str) -> defer.Deferred:
