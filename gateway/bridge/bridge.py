@@ -66,7 +66,7 @@ class Bridge(service.MultiService):
     ROOM_EVENT_HOLD = 50000
 
     def __init__(self, component: str, adapter_class: type, adapter_options: dict, registry, clock,
-                 outbox_settings: dict, limits: dict, files=None, token_key: bytes = b""):
+                 outbox_settings: dict, limits: dict, files=None, token_key: bytes = b"", fetcher=None):
         super().__init__()
         self.component = component
         #: A key for adapters' keyed hashes (the IRC ident token), derived from the registry's
@@ -76,6 +76,10 @@ class Bridge(service.MultiService):
         self.clock = clock
         #: Where adapters store files they offer users as links (gateway.web.files.FileStore).
         self.files = files
+        #: Bounded HTTP for files users send by URL (gateway.web.fetch.Fetcher).
+        self.fetcher = fetcher
+        #: The XMPP side's XEP-0363 uploads (an IFileUpload), once attached.
+        self.uploads = None
         self.output: Any = _Disconnected()
         self.adapter = adapter_class(adapter_options, self)
         if service.IService.providedBy(self.adapter):
@@ -113,6 +117,10 @@ class Bridge(service.MultiService):
 
     def attach(self, output) -> None:
         self.output = output
+
+    def attach_uploads(self, uploads) -> None:
+        """The XMPP side's IFileUpload: files from the network go to the user's own server when it can."""
+        self.uploads = uploads
 
     def stream_up(self) -> defer.Deferred:
         metrics.STREAM_UP.labels(self.component).set(1)
@@ -170,6 +178,35 @@ class Bridge(service.MultiService):
         for message in messages:
             message.component = self.component
         return self.outbox.deliver_all(messages)
+
+    def offer_file(self, user: str, data: bytes, name: str | None, content_type: str | None) -> defer.Deferred:
+        """
+        The user's server (XEP-0363) when it takes the file, else the gateway's
+        own /files/: a failed upload is logged and the file served here, so a
+        file from the network always reaches the user (IAdapterContext).
+        """
+        def local(_=None):
+            return self.files.put(data, name, content_type)
+
+        if self.uploads is None:
+            return local()
+
+        def uploaded(url):
+            return url if url else local()
+
+        def failed(failure):
+            log.warn("upload of {name!r} for {user} to the user's server failed ({why}); served from /files/",
+                     name=name, user=user, why=failure.getErrorMessage())
+            return local()
+
+        return defer.maybeDeferred(self.uploads.upload, user, data, name, content_type).addCallbacks(
+            uploaded, failed)
+
+    def fetch(self, url: str) -> defer.Deferred:
+        """The file at a URL a user sent, within the operator's limits (IAdapterContext)."""
+        if self.fetcher is None:
+            return defer.fail(GatewayError("this gateway does not fetch files", "feature-not-implemented"))
+        return self.fetcher.fetch(url)
 
     def checkpoint(self, message: OutboundMessage) -> defer.Deferred:
         return self.outbox.checkpoint(message)

@@ -71,6 +71,26 @@ class MessageHandler(ComponentHandler):
         if message is None:
             return
         message.group = group
+        url = lone_url(message.body) if not message.attachments and not message.subject else None
+        if url is not None and self.bridge.uploads is not None:
+            # A body that is only the URL of a file on the user's server's upload service
+            # (XEP-0363, a client that sends no XEP-0066 element) is a file, not a text.
+            # Synchronous once the service is known (cached): messages keep their order.
+            d = self.bridge.uploads.is_upload_url(message.user, url)
+            d.addErrback(lambda f: False)
+            d.addCallback(self._as_file, message, url)
+            d.addCallback(lambda _: self._route(stanza, message))
+            d.addErrback(self._failed, stanza)
+            return
+        self._route(stanza, message)
+
+    @staticmethod
+    def _as_file(is_file: bool, message: OutboundMessage, url: str) -> None:
+        if is_file:
+            message.attachments = [url]
+            message.body = None
+
+    def _route(self, stanza: domish.Element, message: OutboundMessage) -> None:
         known = self.bridge.known_registration(message.user)
         if known is not UNKNOWN:
             d = defer.maybeDeferred(self._accept, known, stanza, message)
@@ -144,6 +164,14 @@ class MessageHandler(ComponentHandler):
         else:
             log.failure("message from {sender} not accepted", failure, sender=stanza.getAttribute("from"))
             self.stream.refuse(stanza, "internal-server-error", "the gateway could not store the message", "wait")
+
+
+def lone_url(body: str | None) -> str | None:
+    """The URL a body consists of (nothing else but spaces around it), or None."""
+    text = (body or "").strip()
+    if not text or len(text) > 2048 or any(c.isspace() for c in text):
+        return None
+    return text if text.lower().startswith(("https://", "http://")) else None
 
 
 def visible(address: str) -> str:
