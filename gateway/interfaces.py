@@ -285,6 +285,13 @@ class IAdapterContext(Interface):
         ``/files/``. Fires once the file is durably stored either way.
         """
 
+    def rehost(user, url):
+        """
+        A Deferred firing with a URL for a file the network offers by URL (MMS
+        media): the same file on the user's own server (XEP-0363) when it has
+        an upload service and the file could be fetched, else ``url`` itself.
+        """
+
     def fetch(url):
         """
         The file at a URL a user sent (gateway.web.fetch.Fetched: data, content
@@ -413,6 +420,9 @@ class IFileUpload(Interface):
     def upload(user, data, name, content_type):
         """Deferred firing with the file's URL on ``user``'s server, or None when it has no (usable) upload
         service or the file is larger than it takes: the caller then serves the file itself."""
+
+    def available(user):
+        """Deferred firing with whether ``user``'s server has an upload service the gateway may use."""
 
     def is_upload_url(user, url):
         """Deferred firing with whether ``url`` is a file on ``user``'s server's upload service (a body that is

@@ -202,6 +202,27 @@ class Bridge(service.MultiService):
         return defer.maybeDeferred(self.uploads.upload, user, data, name, content_type).addCallbacks(
             uploaded, failed)
 
+    @defer.inlineCallbacks
+    def rehost(self, user: str, url: str):
+        """
+        A network's file URL (MMS media at the provider) moved to the user's
+        own server when it has an upload service: fetched within the
+        operator's limits, then uploaded. Anything that fails keeps the
+        network's URL, which the user could open before (IAdapterContext).
+        """
+        if self.uploads is None or self.fetcher is None:
+            return url
+        try:
+            if not (yield self.uploads.available(user)):
+                return url
+            fetched = yield self.fetcher.fetch(url)
+            uploaded = yield self.uploads.upload(user, fetched.data, fetched.name, fetched.content_type)
+        except Exception as e:
+            log.info("{url} for {user} not moved to the user's server ({why}); the network's URL is sent",
+                     url=url, user=user, why=str(e) or type(e).__name__)
+            return url
+        return uploaded or url
+
     def fetch(self, url: str) -> defer.Deferred:
         """The file at a URL a user sent, within the operator's limits (IAdapterContext)."""
         if self.fetcher is None:

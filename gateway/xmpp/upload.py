@@ -261,6 +261,11 @@ class UploadHandler(XMPPHandler):
         return get_url
 
     @defer.inlineCallbacks
+    def available(self, user: str):
+        domain = self._domain_of(user)
+        return domain is not None and (yield self.service(domain)) is not None
+
+    @defer.inlineCallbacks
     def is_upload_url(self, user: str, url: str):
         origin = origin_of(url)
         domain = self._domain_of(user)

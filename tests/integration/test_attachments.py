@@ -200,3 +200,162 @@ def test_mail_attachment_is_uploaded_to_the_users_server(upload_server, mailgw, 
             await client.stop()
 
     run(scenario())
+
+
+def attachment_parts(data: bytes) -> list:
+    mail = email.message_from_bytes(data, policy=email.policy.default)
+    return [p for p in mail.iter_attachments()], mail
+
+
+def test_file_sent_by_the_user_becomes_a_mime_part(upload_server, mailgw, smarthost):
+    domain = mailgw.domain
+    bob = f"bob\\40example.net@{domain}"
+
+    async def scenario():
+        client = await mail_user(upload_server, domain, "ben")
+        try:
+            report = b"%PDF-1.4\n" + os.urandom(12_000)
+            url = await client.upload("q3 report.pdf", report, "application/pdf")
+            client.send_chat(bob, url, extra=oob(url))
+            got = await asyncio.to_thread(smarthost.wait, lambda m: b"q3 report.pdf" in m["data"] or
+                                          b"q3%20report.pdf" in m["data"], 30)
+            assert got, "no mail with the file reached the smarthost"
+            parts, mail = attachment_parts(got[0]["data"])
+            assert len(parts) == 1 and parts[0].get_content() == report
+            assert parts[0].get_content_type() == "application/pdf"
+            assert parts[0].get_filename() == "q3 report.pdf"
+            assert url not in mail.get_body(("plain",)).get_content()      # a file now, not a link
+
+            # A body that is only the URL of an upload (no XEP-0066 element) is a file too.
+            notes = os.urandom(5_000)
+            url = await client.upload("notes.bin", notes, "application/octet-stream")
+            client.send_chat(bob, url)
+            got = await asyncio.to_thread(smarthost.wait, lambda m: b"notes.bin" in m["data"], 30)
+            assert got, "no mail with the second file reached the smarthost"
+            parts, _ = attachment_parts(got[0]["data"])
+            assert [p.get_content() for p in parts] == [notes]
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+def test_loopback_and_oversize_files_are_refused(upload_server, mailgw, strictgw, smarthost):
+    async def scenario():
+        strict = await mail_user(upload_server, strictgw.domain, "cat")
+        loose = await mail_user(upload_server, mailgw.domain, "dan")
+        try:
+            small = os.urandom(1_000)
+            url = await strict.upload("small.bin", small, "application/octet-stream")
+            to = f"bob\\40example.net@{strictgw.domain}"
+            mid = strict.send_chat(to, url, extra=oob(url))
+            err = await strict.next_message(lambda m: m.get("type") == "error" and m.get("id") == mid, timeout=30)
+            condition, text = error_condition(err)
+            assert condition == "not-allowed", (condition, text)
+            assert "127.0.0.1" in text and "fetch_allow_private" in text
+
+            big = os.urandom(FETCH_LIMIT + 5_000)        # the server takes it; the gateway will not fetch it
+            url = await loose.upload("big.bin", big, "application/octet-stream")
+            to = f"bob\\40example.net@{mailgw.domain}"
+            mid = loose.send_chat(to, "the big one", extra=oob(url))
+            err = await loose.next_message(lambda m: m.get("type") == "error" and m.get("id") == mid, timeout=30)
+            condition, text = error_condition(err)
+            assert condition == "policy-violation", (condition, text)
+            assert str(FETCH_LIMIT) in text
+            assert not smarthost.wait(lambda m: b"big.bin" in m["data"] or b"the big one" in m["data"], 1)
+        finally:
+            await strict.stop()
+            await loose.stop()
+
+    run(scenario())
+
+
+CONTACT = "+14155550123"
+
+
+class MediaHost:
+    """An MMS provider's media store: serves fixed bytes over HTTP on loopback."""
+
+    def __init__(self, files: dict[str, tuple[bytes, str]]):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                found = files.get(self.path)
+                if found is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", found[1])
+                self.send_header("Content-Length", str(len(found[0])))
+                self.end_headers()
+                self.wfile.write(found[0])
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def smsgw(upload_server, workdir):
+    sim = TwilioSimulator(workdir).start()
+    path = os.path.join(workdir, "attsms-gw")
+    os.makedirs(path, exist_ok=True)
+    web_port = free_port()
+    gateway = start_gateway(upload_server, path, "attsms", adapter="sms", web_port=web_port,
+                            secret=COMPONENTS["attsms.localhost"], options=sms_options(sim, web_port),
+                            outbox={"retry_initial": 0.3, "retry_max": 0.5, "deadline": 30.0},
+                            sections=attachments(True))
+    gateway.hooks = f"http://127.0.0.1:{web_port}/hooks/{gateway.domain}/twilio"
+    gateway.simulator = sim
+    yield gateway
+    gateway.stop()
+    sim.stop()
+
+
+def test_mms_media_both_ways(upload_server, smsgw):
+    sim = smsgw.simulator
+    number = "+14155550777"
+    photo = b"\xff\xd8\xff\xe0" + os.urandom(15_000)
+    host = MediaHost({"/media/cat.jpg": (photo, "image/jpeg")})
+    upload_base = f"http://127.0.0.1:{upload_server.http_port}/file_share/"
+
+    async def scenario():
+        client = await UploadClient(upload_server.register(f"sue{os.getpid()}", "pw"), "pw").start(
+            upload_server.c2s_port)
+        await client.iq(smsgw.domain, "set", register_form({"number": number}))
+        try:
+            # Out: the user's upload goes to the provider as MediaUrl, the very file.
+            picture = b"GIF89a" + os.urandom(3_000)
+            url = await client.upload("wave.gif", picture, "image/gif")
+            client.send_chat(f"{CONTACT}@{smsgw.domain}", url, extra=oob(url))
+            for _ in range(300):
+                sent = [m for m in await asyncio.to_thread(sim.messages) if m["media"]]
+                if sent:
+                    break
+                await asyncio.sleep(0.1)
+            assert sent and sent[0]["media"] == [url] and sent[0]["to"] == CONTACT, sent
+            assert (await asyncio.to_thread(fetch, sent[0]["media"][0]))[0] == picture
+
+            # In: the provider's media is put on the user's server.
+            answer = await asyncio.to_thread(sim.control, "inbound", {
+                "url": f"{smsgw.hooks}/inbound", "from": CONTACT, "to": number, "body": "our cat",
+                "media": [[f"{host.url}/media/cat.jpg", "image/jpeg"]]})
+            assert answer["status"] == 200, answer
+            msg = await client.next_message(lambda m: body(m) is not None and m.get("type") != "error", timeout=30)
+            url = msg.find(f"{NS_OOB}x/{NS_OOB}url").text
+            assert url.startswith(upload_base) and url.endswith("/cat.jpg"), url
+            assert body(msg) == f"our cat\n{url}"
+            data, ctype = await asyncio.to_thread(fetch, url)
+            assert data == photo and ctype == "image/jpeg"
+        finally:
+            await client.stop()
+            host.stop()
+
+    run(scenario())
