@@ -33,6 +33,7 @@ from twisted.internet import defer, error as ierror, protocol, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
+from twisted.python import failure
 from twisted.web.client import Agent, FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -243,10 +244,10 @@ class Fetcher:
         raise FetchFailed(f"more than {MAX_REDIRECTS} redirects fetching that file")
 
     def _bounded(self, d: defer.Deferred, what: str) -> defer.Deferred:
-        def timed_out(failure):
-            failure.trap(defer.TimeoutError)
-            raise FetchFailed(f"{what} took longer than {self.timeout:g} s", "remote-server-timeout")
-        return d.addTimeout(self.timeout, self.reactor).addErrback(timed_out)
+        def timed_out(result, timeout):
+            # Whatever the cancelled transfer failed with (a CancelledError, wrapped or not): too slow.
+            return failure.Failure(FetchFailed(f"{what} took longer than {timeout:g} s", "remote-server-timeout"))
+        return d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=timed_out)
 
     def fetch(self, url: str, max_size: int | None = None) -> defer.Deferred:
         """
