@@ -1,0 +1,108 @@
+"""
+The XEP-0363 client (gateway/xmpp/upload.py) on the in-memory wire, the test
+playing the user's server: discovery and its cache, the size limit from the
+service's form, and hostile slots (headers with CR/LF or not allowed by
+XEP-0363, URLs that are not http) — the real end to end is
+tests/integration/test_attachments.py.
+"""
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+
+from gateway.xmpp.upload import NS_UPLOAD, UploadHandler
+from tests.unit.wire import Wire
+
+USER = "alice@example.org/phone"
+FORM = ("<x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE' type='hidden'><value>" + NS_UPLOAD +
+        "</value></field><field var='max-file-size'><value>{size}</value></field></x>")
+
+
+class Puts:
+    def __init__(self):
+        self.calls = []
+
+    def put(self, url, data, headers, allow_private=False):
+        self.calls.append((url, data, dict(headers), allow_private))
+        return defer.succeed(None)
+
+
+@pytest.fixture
+def wire(tmp_path):
+    w = pytest_twisted.blockon(Wire(str(tmp_path / "reg.sqlite")).start())
+    puts = Puts()
+    handler = UploadHandler(w.stream, puts, lambda: {"example.org"}, 5.0, reactor)
+    handler.setHandlerParent(w.stream)
+    w.handler, w.puts = handler, puts
+    yield w
+    w.stop()
+
+
+@defer.inlineCallbacks
+def answer(wire, name, payload, to_ns=None):
+    """Wait for the gateway's IQ whose child is ``name`` and answer it with ``payload``."""
+    iq = yield wire.wait(lambda el: el.name == "iq" and any(c.name == name for c in el.elements()))
+    wire.feed(f"<iq type='result' id='{iq['id']}' from='{iq['to']}' to='{iq['from']}'>{payload}</iq>")
+    return iq
+
+
+@defer.inlineCallbacks
+def discover(wire, size=1000):
+    yield answer(wire, "query", "<query xmlns='http://jabber.org/protocol/disco#items'>"
+                                "<item jid='conference.example.org'/><item jid='upload.example.org'/></query>")
+    first = yield answer(wire, "query", "<query xmlns='http://jabber.org/protocol/disco#info'/>")
+    assert first["to"] == "example.org"
+    second = yield answer(wire, "query", "<query xmlns='http://jabber.org/protocol/disco#info'>"
+                          f"<feature var='{NS_UPLOAD}'/>{FORM.format(size=size)}</query>")
+    assert second["to"] == "upload.example.org"       # the likelier name is asked first
+    yield answer(wire, "request", slot("https://up.example.org/probe", "https://up.example.org/probe"))
+
+
+def slot(put, get, headers=""):
+    return f"<slot xmlns='{NS_UPLOAD}'><put url='{put}'>{headers}</put><get url='{get}'/></slot>"
+
+
+@pytest_twisted.inlineCallbacks
+def test_discovery_cache_and_hostile_headers(wire):
+    d = wire.handler.upload(USER, b"hello", "a b.txt", "text/plain")
+    yield discover(wire)
+    request = yield answer(wire, "request", slot(
+        "https://up.example.org/put/1", "https://up.example.org/get/1/a%20b.txt",
+        "<header name='Authorization'>Bearer x&#13;&#10;X-Injected: 1</header><header name='X-Evil'>1</header>"
+        "<header name='Host'>internal</header>"))
+    req = next(request.elements(NS_UPLOAD, "request"))
+    assert (req["filename"], req["size"], req["content-type"]) == ("a b.txt", "5", "text/plain")
+    assert request["from"] == wire.stream.pinger.probe           # one of the component's own JIDs
+    url = yield d
+    assert url == "https://up.example.org/get/1/a%20b.txt"
+    put_url, data, headers, allow_private = wire.puts.calls[0]
+    assert put_url == "https://up.example.org/put/1" and data == b"hello" and allow_private
+    assert headers == {"Authorization": "Bearer xX-Injected: 1", "Content-Type": "text/plain"}
+
+    # Cached: the next file asks for its slot only.
+    d = wire.handler.upload(USER, b"again", "b.txt", "text/plain")
+    yield answer(wire, "request", slot("https://up.example.org/put/2", "https://up.example.org/get/2/b.txt"))
+    assert (yield d) == "https://up.example.org/get/2/b.txt"
+    assert (yield wire.handler.is_upload_url(USER, "https://up.example.org/get/9/x.png"))
+    assert not (yield wire.handler.is_upload_url(USER, "https://elsewhere.example/get/9/x.png"))
+
+
+@pytest_twisted.inlineCallbacks
+def test_size_limit_from_the_form_and_bad_urls(wire):
+    d = wire.handler.upload(USER, b"x" * 2000, "big.bin", None)
+    yield discover(wire, size=1000)
+    assert (yield d) is None                  # larger than the service takes: no slot asked for
+    assert [el for el in wire.sent() if el.name == "iq"] == []
+
+    d = wire.handler.upload(USER, b"small", "s.bin", None)
+    yield answer(wire, "request", slot("https://up.example.org/p", "file:///etc/passwd"))
+    with pytest.raises(ValueError):
+        yield d
+    assert wire.puts.calls == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_only_users_of_allowed_domains(wire):
+    assert (yield wire.handler.upload("mallory@elsewhere.example/x", b"x", "x", None)) is None
+    assert not (yield wire.handler.available("mallory@elsewhere.example"))
+    assert [el for el in wire.sent() if el.name == "iq"] == []
