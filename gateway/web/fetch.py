@@ -200,8 +200,9 @@ class Fetcher:
                 if not is_public(address):
                     # Every address, not just the first: a name with one public and one
                     # private address must not be a way in (the connect could pick either).
-                    raise FetchRefused(f"{host} is a private or loopback address ({address}); this gateway does "
-                                       "not fetch from those (attachments.fetch_allow_private)")
+                    named = host if address == host else f"{host} ({address})"
+                    raise FetchRefused(f"{named} is a private or loopback address; this gateway does not fetch "
+                                       "from those (attachments.fetch_allow_private)")
         sendable = urllib.parse.quote(url, safe=_URL_SAFE).encode("ascii")
         tls_host = host if scheme == "https" else None
         return sendable, _Pinned(self.reactor, addresses[0], port, tls_host, self.timeout)

@@ -72,7 +72,7 @@ class MessageHandler(ComponentHandler):
             return
         message.group = group
         url = lone_url(message.body) if not message.attachments and not message.subject else None
-        if url is not None and self.bridge.uploads is not None:
+        if url is not None and self.bridge.uploads is not None and "attachments" in self.bridge.adapter.features:
             # A body that is only the URL of a file on the user's server's upload service
             # (XEP-0363, a client that sends no XEP-0066 element) is a file, not a text.
             # Synchronous once the service is known (cached): messages keep their order.
@@ -141,8 +141,9 @@ class MessageHandler(ComponentHandler):
                     attachments.append(url.strip())
         if body is None and subject is None and not attachments and chat_state is None:
             return None
-        if body is not None and attachments and body.strip() in attachments:
-            body = None  # the URL repeated in the body, as XEP-0066 clients do
+        if body is not None and attachments and body.strip() in attachments and \
+                "attachments" in self.bridge.adapter.features:
+            body = None  # the URL repeated in the body, as XEP-0066 clients do (a network without files keeps it)
         return OutboundMessage(
             component=self.domain, user=sender.userhost(), recipient=recipient, body=body, subject=subject,
             thread=thread, attachments=attachments, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,

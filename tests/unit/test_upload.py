@@ -11,7 +11,8 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 
 from gateway.xmpp.upload import NS_UPLOAD, UploadHandler
-from tests.unit.wire import Wire
+from gateway.adapters.echo import EchoAdapter
+from tests.unit.wire import DOMAIN, Wire
 
 USER = "alice@example.org/phone"
 FORM = ("<x xmlns='jabber:x:data' type='result'><field var='FORM_TYPE' type='hidden'><value>" + NS_UPLOAD +
@@ -106,3 +107,29 @@ def test_only_users_of_allowed_domains(wire):
     assert (yield wire.handler.upload("mallory@elsewhere.example/x", b"x", "x", None)) is None
     assert not (yield wire.handler.available("mallory@elsewhere.example"))
     assert [el for el in wire.sent() if el.name == "iq"] == []
+
+
+class NoFiles(EchoAdapter):
+    """A network that carries no files (IRC): what it is given to send is kept."""
+
+    features = frozenset({"receipts"})
+    given: list = []
+
+    def send(self, message, registration):
+        NoFiles.given.append(message)
+        return super().send(message, registration)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_network_without_files_keeps_the_url_in_the_body(tmp_path):
+    """The body that repeats an XEP-0066 URL is dropped only where the network carries the file instead."""
+    w = yield Wire(str(tmp_path / "reg.sqlite"), adapter=NoFiles).start()
+    try:
+        yield w.register()
+        url = "https://up.example.org/get/1/a.png"
+        w.feed(f"<message from='{USER}' to='bob@{DOMAIN}' id='f1' type='chat'><body>{url}</body>"
+               f"<x xmlns='jabber:x:oob'><url>{url}</url></x></message>")
+        yield w.wait(lambda el: el.name == "message" and el.getAttribute("type") == "chat")
+        assert NoFiles.given[-1].body == url
+    finally:
+        w.stop()
