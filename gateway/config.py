@@ -132,9 +132,10 @@ SECTIONS: dict[str, list[Option]] = {
                doc="Put files from the networks (email attachments, MMS media) on the user's own XMPP server "
                    "through its XEP-0363 upload service, when the server of the user's domain offers one (only "
                    "for domains in `gateway.allowed_domains`); else they are served from `/files/`."),
-        Option("upload_timeout", float, 30.0, check=positive,
-               doc="Seconds finding the upload service, getting a slot and putting a file may take; then the "
-                   "file is served from `/files/` instead."),
+        Option("upload_timeout", float, 10.0, check=positive,
+               doc="Seconds finding the upload service, getting a slot and putting a file may take (and, for MMS "
+                   "media, fetching it first: the provider's webhook waits for it); then the file is served from "
+                   "`/files/` instead (MMS media: the provider's URL is sent)."),
         Option("fetch_max_size", int, 10 * 1024 * 1024, check=positive,
                doc="Largest file (bytes) the gateway fetches from a URL: a file a user sends by URL (XEP-0066) "
                    "to attach it to a mail, MMS media to put on the user's server. Larger: policy-violation."),

@@ -292,12 +292,13 @@ class IAdapterContext(Interface):
         an upload service and the file could be fetched, else ``url`` itself.
         """
 
-    def fetch(url):
+    def fetch(url, user=None):
         """
-        The file at a URL a user sent (gateway.web.fetch.Fetched: data, content
-        type, name), size- and time-capped and never from a private address
-        unless the operator allows it; fails with a GatewayError the sender
-        can read (not-allowed, policy-violation, item-not-found).
+        The file at a URL ``user`` sent (gateway.web.fetch.Fetched: data,
+        content type, name), size- and time-capped and never from a private
+        address unless the operator allows it or it is the upload service of
+        the user's own server; fails with a GatewayError the sender can read
+        (not-allowed, policy-violation, item-not-found).
         """
 
 

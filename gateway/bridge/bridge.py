@@ -215,7 +215,8 @@ class Bridge(service.MultiService):
         try:
             if not (yield self.uploads.available(user)):
                 return url
-            fetched = yield self.fetcher.fetch(url)
+            # The network's webhook waits for this: fetch and upload together within the upload timeout.
+            fetched = yield self.fetcher.fetch(url).addTimeout(self.uploads.timeout, self.clock)
             uploaded = yield self.uploads.upload(user, fetched.data, fetched.name, fetched.content_type)
         except Exception as e:
             log.info("{url} for {user} not moved to the user's server ({why}); the network's URL is sent",
@@ -223,11 +224,19 @@ class Bridge(service.MultiService):
             return url
         return uploaded or url
 
-    def fetch(self, url: str) -> defer.Deferred:
-        """The file at a URL a user sent, within the operator's limits (IAdapterContext)."""
+    def fetch(self, url: str, user: str | None = None) -> defer.Deferred:
+        """
+        The file at a URL a user sent, within the operator's limits
+        (IAdapterContext). A URL of the upload service of the user's own
+        server (one of the operator's, see gateway/xmpp/upload.py) may be on a
+        private address: that server is the operator's, not the sender's choice.
+        """
         if self.fetcher is None:
             return defer.fail(GatewayError("this gateway does not fetch files", "feature-not-implemented"))
-        return self.fetcher.fetch(url)
+        if self.uploads is None or user is None:
+            return self.fetcher.fetch(url)
+        d = self.uploads.is_upload_url(user, url)
+        return d.addCallback(lambda own: self.fetcher.fetch(url, allow_private=True if own else None))
 
     def checkpoint(self, message: OutboundMessage) -> defer.Deferred:
         return self.outbox.checkpoint(message)

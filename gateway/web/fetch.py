@@ -250,14 +250,16 @@ class Fetcher:
             return failure.Failure(FetchFailed(f"{what} took longer than {timeout:g} s", "remote-server-timeout"))
         return d.addTimeout(self.timeout, self.reactor, onTimeoutCancel=timed_out)
 
-    def fetch(self, url: str, max_size: int | None = None) -> defer.Deferred:
+    def fetch(self, url: str, max_size: int | None = None, allow_private: bool | None = None) -> defer.Deferred:
         """
         GET ``url``: a Deferred firing with a ``Fetched``, or failing with
         FetchRefused, FileTooLarge or FetchFailed (GatewayErrors whose text
-        the user can read).
+        the user can read). ``allow_private`` True: the URL is known to be
+        the operator's own (an XEP-0363 service of an allowed domain).
         """
         limit = min(max_size or self.max_size, self.max_size)
-        return self._bounded(self._get(url, limit, self.allow_private), f"fetching {url}")
+        private = self.allow_private or bool(allow_private)
+        return self._bounded(self._get(url, limit, private), f"fetching {url}")
 
     @defer.inlineCallbacks
     def _put(self, url: str, data: bytes, headers: dict[str, str], allow_private: bool):

@@ -239,8 +239,16 @@ class UploadHandler(XMPPHandler):
 
     # -- IFileUpload ------------------------------------------------------
 
+    def upload(self, user: str, data: bytes, name: str | None, content_type: str | None) -> defer.Deferred:
+        """
+        The whole upload (discovery when not cached, slot, PUT) within
+        ``timeout``: the caller waits for it before answering its network (an
+        SMTP 250). A discovery cut short goes on and is cached for the next file.
+        """
+        return self._upload(user, data, name, content_type).addTimeout(self.timeout, self.clock)
+
     @defer.inlineCallbacks
-    def upload(self, user: str, data: bytes, name: str | None, content_type: str | None):
+    def _upload(self, user: str, data: bytes, name: str | None, content_type: str | None):
         domain = self._domain_of(user)
         if domain is None:
             return None
@@ -260,19 +268,22 @@ class UploadHandler(XMPPHandler):
                  jid=service.jid)
         return get_url
 
-    @defer.inlineCallbacks
-    def available(self, user: str):
+    def _known(self, user: str) -> defer.Deferred:
+        """The service of the user's domain (None: none, or not found within ``timeout``)."""
         domain = self._domain_of(user)
-        return domain is not None and (yield self.service(domain)) is not None
+        if domain is None:
+            return defer.succeed(None)
+        d = self.service(domain).addTimeout(self.timeout, self.clock)
+        return d.addErrback(lambda f: None)
 
-    @defer.inlineCallbacks
-    def is_upload_url(self, user: str, url: str):
+    def available(self, user: str) -> defer.Deferred:
+        return self._known(user).addCallback(lambda service: service is not None)
+
+    def is_upload_url(self, user: str, url: str) -> defer.Deferred:
         origin = origin_of(url)
-        domain = self._domain_of(user)
-        if origin is None or domain is None:
-            return False
-        service = yield self.service(domain)
-        return service is not None and origin in service.origins
+        if origin is None:
+            return defer.succeed(False)
+        return self._known(user).addCallback(lambda service: service is not None and origin in service.origins)
 
 
 __all__ = ["UploadHandler", "UploadService", "NS_UPLOAD", "origin_of"]

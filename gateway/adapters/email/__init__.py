@@ -1,8 +1,9 @@
 """
 Email both ways: every registered user gets an address at the gateway's mail
 domain, contacts are email addresses (``alice\\40example.net@mail.example.org``),
-mail threads map to XMPP threads, attachments become links, and bounces become
-errors on the message that caused them.
+mail threads map to XMPP threads, attachments become files on the user's own
+server (XEP-0363) or links to /files/, files the user sends become MIME parts,
+and bounces become errors on the message that caused them.
 """
 
 from __future__ import annotations
@@ -328,7 +329,7 @@ class EmailAdapter(AdapterBase):
         # A file the user sent by URL (XEP-0066, an XEP-0363 upload) becomes a real MIME part:
         # fetched within the operator's limits; a refusal fails the message with the reason.
         for url in message.attachments[:MAX_ATTACHMENTS]:
-            files.append((yield self.context.fetch(url)))
+            files.append((yield self.context.fetch(url, registration.jid)))
         data, mid = compose(message, registration.foreign_id, registration.settings.get("name", ""),
                             self.mail_domain, references, subject, files)
         yield self.smtp.send(registration.foreign_id, message.recipient, data)
