@@ -133,3 +133,13 @@ def test_a_network_without_files_keeps_the_url_in_the_body(tmp_path):
         assert NoFiles.given[-1].body == url
     finally:
         w.stop()
+
+
+def test_the_bridge_and_the_upload_handler_implement_their_interfaces():
+    from zope.interface.verify import verifyClass
+
+    from gateway.bridge import Bridge
+    from gateway.interfaces import IAdapterContext, IFileUpload
+
+    assert verifyClass(IFileUpload, UploadHandler)
+    assert verifyClass(IAdapterContext, Bridge)
