@@ -99,7 +99,8 @@ def name_of(url: str, content_type: str | None = None) -> str:
 class _Pinned:
     """Connect to the address that was checked, whatever the URL's host resolves to by now."""
 
-    def __init__(self, reactor, address: str, port: int, tls_host: str | None, timeout: float):
+    def __init__(self, reactor, address: str, port: int, tls_host: str | None, timeout: float, trust_root=None):
+        self.trust_root = trust_root
         self.reactor = reactor
         self.address = address
         self.port = port
@@ -110,7 +111,10 @@ class _Pinned:
         cls = TCP6ClientEndpoint if ":" in self.address else TCP4ClientEndpoint
         endpoint = cls(self.reactor, self.address, self.port, timeout=max(1, int(self.timeout)))
         if self.tls_host is not None:
-            endpoint = wrapClientTLS(optionsForClientTLS(self.tls_host), endpoint)
+            # The certificate is checked against the URL's name, not the address connected to.
+            options = (optionsForClientTLS(self.tls_host) if self.trust_root is None
+                       else optionsForClientTLS(self.tls_host, trustRoot=self.trust_root))
+            endpoint = wrapClientTLS(options, endpoint)
         return endpoint
 
 
@@ -151,8 +155,11 @@ class _Capped(protocol.Protocol):
 class Fetcher:
     """Bounded HTTP GETs and PUTs (see the module's docstring); one per gateway process."""
 
-    def __init__(self, reactor, max_size: int, timeout: float, allow_private: bool, resolve=None):
+    def __init__(self, reactor, max_size: int, timeout: float, allow_private: bool, resolve=None,
+                 trust_root=None):
         self.reactor = reactor
+        #: CA certificate(s) for https (twisted.internet.ssl.Certificate); default: the system's.
+        self.trust_root = trust_root
         self.max_size = max_size
         self.timeout = timeout
         self.allow_private = allow_private
@@ -205,7 +212,7 @@ class Fetcher:
                                        "from those (attachments.fetch_allow_private)")
         sendable = urllib.parse.quote(url, safe=_URL_SAFE).encode("ascii")
         tls_host = host if scheme == "https" else None
-        return sendable, _Pinned(self.reactor, addresses[0], port, tls_host, self.timeout)
+        return sendable, _Pinned(self.reactor, addresses[0], port, tls_host, self.timeout, self.trust_root)
 
     @defer.inlineCallbacks
     def _get(self, url: str, limit: int, allow_private: bool):

@@ -138,3 +138,33 @@ def test_time_cap(site):
     with pytest.raises(FetchFailed) as slow:
         yield fetcher.fetch(f"http://127.0.0.1:{site.port}/slow")
     assert slow.value.condition == "remote-server-timeout"
+
+
+@pytest_twisted.inlineCallbacks
+def test_https_checks_the_urls_name_on_the_pinned_connection(tmp_path):
+    """Connecting to the checked address must not weaken TLS: the certificate still has to name the URL's host."""
+    from twisted.internet import ssl
+
+    from gateway.testing.certs import self_signed
+
+    cert_path, key_path = self_signed(str(tmp_path), ("files.test",))
+    with open(cert_path) as f:
+        cert_pem = f.read()
+    with open(key_path) as f:
+        key_pem = f.read()
+    server_cert = ssl.PrivateCertificate.loadPEM(cert_pem + key_pem)
+    port = reactor.listenSSL(0, server.Site(Files()), server_cert.options(), interface="127.0.0.1")
+    number = port.getHost().port
+    try:
+        table = resolver({"files.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]})
+        trusted = Fetcher(reactor, 100_000, 10, allow_private=True, resolve=table,
+                          trust_root=ssl.Certificate.loadPEM(cert_pem))
+        got = yield trusted.fetch(f"https://files.test:{number}/ok.bin")
+        assert got.data == BLOB
+        with pytest.raises(FetchFailed):
+            yield trusted.fetch(f"https://other.test:{number}/ok.bin")        # not the certificate's name
+        with pytest.raises(FetchFailed):
+            yield Fetcher(reactor, 100_000, 10, allow_private=True, resolve=table).fetch(
+                f"https://files.test:{number}/ok.bin")                       # not a CA the system trusts
+    finally:
+        yield port.stopListening()
