@@ -202,27 +202,31 @@ class Bridge(service.MultiService):
         return defer.maybeDeferred(self.uploads.upload, user, data, name, content_type).addCallbacks(
             uploaded, failed)
 
-    @defer.inlineCallbacks
-    def rehost(self, user: str, url: str):
+    def rehost(self, user: str, url: str) -> defer.Deferred:
         """
         A network's file URL (MMS media at the provider) moved to the user's
         own server when it has an upload service: fetched within the
-        operator's limits, then uploaded. Anything that fails keeps the
+        operator's limits, then uploaded, all within the upload timeout (the
+        network's webhook waits for it). Anything that fails keeps the
         network's URL, which the user could open before (IAdapterContext).
         """
         if self.uploads is None or self.fetcher is None:
-            return url
-        try:
-            if not (yield self.uploads.available(user)):
-                return url
-            # The network's webhook waits for this: fetch and upload together within the upload timeout.
-            fetched = yield self.fetcher.fetch(url).addTimeout(self.uploads.timeout, self.clock)
-            uploaded = yield self.uploads.upload(user, fetched.data, fetched.name, fetched.content_type)
-        except Exception as e:
+            return defer.succeed(url)
+
+        def kept(failure):
             log.info("{url} for {user} not moved to the user's server ({why}); the network's URL is sent",
-                     url=url, user=user, why=str(e) or type(e).__name__)
+                     url=url, user=user, why=failure.getErrorMessage() or failure.type.__name__)
             return url
-        return uploaded or url
+
+        d = self._rehost(user, url).addTimeout(self.uploads.timeout, self.clock)
+        return d.addCallbacks(lambda moved: moved or url, kept)
+
+    @defer.inlineCallbacks
+    def _rehost(self, user: str, url: str):
+        if not (yield self.uploads.available(user)):
+            return None
+        fetched = yield self.fetcher.fetch(url)
+        return (yield self.uploads.upload(user, fetched.data, fetched.name, fetched.content_type))
 
     def fetch(self, url: str, user: str | None = None) -> defer.Deferred:
         """

@@ -347,6 +347,15 @@ def test_mms_media_both_ways(upload_server, smsgw):
             assert body(msg) == f"our cat\n{url}"
             data, ctype = await asyncio.to_thread(fetch, url)
             assert data == photo and ctype == "image/jpeg"
+
+            # Media the gateway cannot fetch (gone at the provider): the provider's URL, as before.
+            gone = f"{host.url}/media/gone.jpg"
+            answer = await asyncio.to_thread(sim.control, "inbound", {
+                "url": f"{smsgw.hooks}/inbound", "from": CONTACT, "to": number, "body": "lost",
+                "media": [[gone, "image/jpeg"]]})
+            assert answer["status"] == 200, answer
+            msg = await client.next_message(lambda m: body(m) is not None and m.get("type") != "error", timeout=30)
+            assert body(msg) == f"lost\n{gone}" and msg.find(f"{NS_OOB}x/{NS_OOB}url").text == gone
         finally:
             await client.stop()
             host.stop()
