@@ -141,9 +141,13 @@ class MessageHandler(ComponentHandler):
                     attachments.append(url.strip())
         if body is None and subject is None and not attachments and chat_state is None:
             return None
-        if body is not None and attachments and body.strip() in attachments and \
-                "attachments" in self.bridge.adapter.features:
-            body = None  # the URL repeated in the body, as XEP-0066 clients do (a network without files keeps it)
+        if attachments and "attachments" not in self.bridge.adapter.features:
+            # A network without files (IRC) gets the URLs as text: the body if it is one, else added to it.
+            extra = [u for u in attachments if u != (body or "").strip()]
+            body = "\n".join([body] * (body is not None) + extra)
+            attachments = []
+        elif body is not None and attachments and body.strip() in attachments:
+            body = None  # the URL repeated in the body, as XEP-0066 clients do
         return OutboundMessage(
             component=self.domain, user=sender.userhost(), recipient=recipient, body=body, subject=subject,
             thread=thread, attachments=attachments, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,

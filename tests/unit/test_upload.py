@@ -121,8 +121,9 @@ class NoFiles(EchoAdapter):
 
 
 @pytest_twisted.inlineCallbacks
-def test_a_network_without_files_keeps_the_url_in_the_body(tmp_path):
-    """The body that repeats an XEP-0066 URL is dropped only where the network carries the file instead."""
+def test_a_network_without_files_gets_the_url_as_text(tmp_path):
+    """The body that repeats an XEP-0066 URL is dropped only where the network carries the file instead;
+    elsewhere (IRC) the URL is the text, or added to it."""
     w = yield Wire(str(tmp_path / "reg.sqlite"), adapter=NoFiles).start()
     try:
         yield w.register()
@@ -131,6 +132,15 @@ def test_a_network_without_files_keeps_the_url_in_the_body(tmp_path):
                f"<x xmlns='jabber:x:oob'><url>{url}</url></x></message>")
         yield w.wait(lambda el: el.name == "message" and el.getAttribute("type") == "chat")
         assert NoFiles.given[-1].body == url
+        # A file without a body: the URL is the text.
+        w.feed(f"<message from='{USER}' to='bob@{DOMAIN}' id='f2' type='chat'>"
+               f"<x xmlns='jabber:x:oob'><url>{url}</url></x></message>")
+        yield w.wait(lambda el: el.name == "message" and el.getAttribute("type") == "chat")
+        assert NoFiles.given[-1].body == url and NoFiles.given[-1].attachments == []
+        w.feed(f"<message from='{USER}' to='bob@{DOMAIN}' id='f3' type='chat'><body>look</body>"
+               f"<x xmlns='jabber:x:oob'><url>{url}</url></x></message>")
+        yield w.wait(lambda el: el.name == "message" and el.getAttribute("type") == "chat")
+        assert NoFiles.given[-1].body == f"look\n{url}"
     finally:
         w.stop()
 
