@@ -173,10 +173,12 @@ class MessageHandler(ComponentHandler):
 
 def lone_url(body: str | None) -> str | None:
     """The URL a body consists of (nothing else but spaces around it), or None."""
-    text = (body or "").strip()
-    if not text or len(text) > 2048 or any(c.isspace() for c in text):
+    if not body or not body.lstrip()[:8].lower().startswith(("https://", "http://")):
+        return None            # the usual answer, without looking at the whole body
+    text = body.strip()
+    if len(text) > 2048 or any(c.isspace() for c in text):
         return None
-    return text if text.lower().startswith(("https://", "http://")) else None
+    return text
 
 
 def visible(address: str) -> str:
