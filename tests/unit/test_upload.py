@@ -153,3 +153,56 @@ def test_the_bridge_and_the_upload_handler_implement_their_interfaces():
 
     assert verifyClass(IFileUpload, UploadHandler)
     assert verifyClass(IAdapterContext, Bridge)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_server_that_never_answers_costs_one_timeout(tmp_path):
+    """Discovery IQs nobody answers: the upload fails within upload_timeout (the caller serves the file
+    from /files/), and a second user's check waits no longer."""
+    import time
+
+    w = yield Wire(str(tmp_path / "reg.sqlite")).start()
+    handler = UploadHandler(w.stream, Puts(), lambda: {"example.org"}, 0.3, reactor)
+    handler.setHandlerParent(w.stream)
+    try:
+        started = time.monotonic()
+        with pytest.raises(defer.TimeoutError):
+            yield handler.upload(USER, b"x", "x.txt", None)
+        assert time.monotonic() - started < 2
+        started = time.monotonic()
+        assert not (yield handler.available("bob@example.org"))
+        assert time.monotonic() - started < 2
+    finally:
+        w.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_bridge_serves_a_file_itself_when_the_upload_fails(wire):
+    class Store:
+        def __init__(self):
+            self.put_calls = []
+
+        def put(self, data, name, content_type):
+            self.put_calls.append((data, name, content_type))
+            return defer.succeed("https://gw.example.org/files/t/a.txt")
+
+    class Broken:
+        timeout = 1.0
+
+        def upload(self, user, data, name, content_type):
+            return defer.fail(RuntimeError("PUT answered 500"))
+
+        def available(self, user):
+            return defer.succeed(True)
+
+        def is_upload_url(self, user, url):
+            return defer.succeed(False)
+
+    store = Store()
+    wire.bridge.files = store
+    wire.bridge.attach_uploads(Broken())
+    url = yield wire.bridge.offer_file("alice@example.org", b"abc", "a.txt", "text/plain")
+    assert url == "https://gw.example.org/files/t/a.txt" and store.put_calls == [(b"abc", "a.txt", "text/plain")]
+    # MMS media that cannot be moved keep the network's URL.
+    assert (yield wire.bridge.rehost("alice@example.org", "ftp://provider.example/m.jpg")) == \
+        "ftp://provider.example/m.jpg"
