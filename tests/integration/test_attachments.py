@@ -256,7 +256,12 @@ def test_loopback_and_oversize_files_are_refused(upload_server, mailgw, smarthos
             condition, text = error_condition(err)
             assert condition == "policy-violation", (condition, text)
             assert str(FETCH_LIMIT) in text
-            assert not smarthost.wait(lambda m: b"the metrics" in m["data"] or b"the big one" in m["data"], 1)
+
+            mid = client.send_chat(to, "eleven files", extra="".join(oob(f"{url}?{i}") for i in range(11)))
+            err = await client.next_message(lambda m: m.get("type") == "error" and m.get("id") == mid, timeout=30)
+            assert error_condition(err) == ("policy-violation", "at most 10 files go in one mail")
+            assert not smarthost.wait(lambda m: any(t in m["data"] for t in (b"the metrics", b"the big one",
+                                                                                 b"eleven files")), 1)
         finally:
             await client.stop()
 
