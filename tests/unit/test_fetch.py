@@ -129,7 +129,7 @@ def test_redirects_followed_and_errors_named(site):
     assert got.data == BLOB and got.url.endswith("/ok.bin")
     with pytest.raises(FetchFailed) as missing:
         yield fetcher.fetch(f"http://127.0.0.1:{site.port}/nothing")
-    assert "404" in missing.value.text
+    assert "404" in missing.value.text and missing.value.condition == "item-not-found"
 
 
 @pytest_twisted.inlineCallbacks
