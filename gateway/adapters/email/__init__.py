@@ -330,8 +330,12 @@ class EmailAdapter(AdapterBase):
         # fetched within the operator's limits; a refusal fails the message with the reason.
         for url in message.attachments[:MAX_ATTACHMENTS]:
             files.append((yield self.context.fetch(url, registration.jid)))
-        data, mid = compose(message, registration.foreign_id, registration.settings.get("name", ""),
-                            self.mail_domain, references, subject, files)
+        args = (message, registration.foreign_id, registration.settings.get("name", ""), self.mail_domain,
+                references, subject, files)
+        if sum(len(f.data) for f in files) > INLINE_PARSE:
+            data, mid = yield threads.deferToThread(compose, *args)   # base64 of megabytes stays off the reactor
+        else:
+            data, mid = compose(*args)
         yield self.smtp.send(registration.foreign_id, message.recipient, data)
         yield self.context.add_to_counter(registration.jid, "mail", utc_day())
         yield self.context.add_to_thread(registration.jid, message.thread or mid.strip("<>"), mid, subject)
