@@ -37,6 +37,12 @@ CHAT_STATES = frozenset({"active", "composing", "paused", "inactive", "gone"})
 
 class MessageHandler(ComponentHandler):
 
+    def __init__(self, stream, bridge):
+        super().__init__(stream, bridge)
+        #: Per user: [the chain of messages waiting for an upload-URL check (while the user's upload
+        #: service is being found), how many are on it]; the user's later messages join it, in order.
+        self._waiting: dict[str, list] = {}
+
     def connectionInitialized(self):
         self.xmlstream.addObserver("/message", self.on_message)
 
@@ -72,17 +78,34 @@ class MessageHandler(ComponentHandler):
             return
         message.group = group
         url = lone_url(message.body) if not message.attachments and not message.subject else None
-        if url is not None and self.bridge.uploads is not None and "attachments" in self.bridge.adapter.features:
+        check = url is not None and self.bridge.uploads is not None and "attachments" in self.bridge.adapter.features
+        behind = self._waiting.get(message.user)
+        if not check and behind is None:
+            self._route(stanza, message)          # the usual path: nothing to wait for
+            return
+        d = behind[0] if behind is not None else defer.succeed(None)
+        if check:
             # A body that is only the URL of a file on the user's server's upload service
             # (XEP-0363, a client that sends no XEP-0066 element) is a file, not a text.
-            # Synchronous once the service is known (cached): messages keep their order.
-            d = self.bridge.uploads.is_upload_url(message.user, url)
+            # Synchronous once the service is known (cached).
+            d.addCallback(lambda _: self.bridge.uploads.is_upload_url(message.user, url))
             d.addErrback(lambda f: False)
             d.addCallback(self._as_file, message, url)
-            d.addCallback(lambda _: self._route(stanza, message))
-            d.addErrback(self._failed, stanza)
-            return
-        self._route(stanza, message)
+        d.addCallback(lambda _: self._route(stanza, message))
+        d.addErrback(self._failed, stanza)
+        # Counted before its last step is added: a chain that ran through at once ends right here.
+        entry = behind if behind is not None else self._waiting.setdefault(message.user, [d, 0])
+        entry[1] += 1
+        d.addBoth(self._done_waiting, message.user)
+
+    def _done_waiting(self, result, user: str):
+        """One message of the user's chain is through; the last one through ends the chain."""
+        entry = self._waiting.get(user)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._waiting[user]
+        return None
 
     @staticmethod
     def _as_file(is_file: bool, message: OutboundMessage, url: str) -> None:

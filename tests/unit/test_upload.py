@@ -206,3 +206,28 @@ def test_the_bridge_serves_a_file_itself_when_the_upload_fails(wire):
     # MMS media that cannot be moved keep the network's URL.
     assert (yield wire.bridge.rehost("alice@example.org", "ftp://provider.example/m.jpg")) == \
         "ftp://provider.example/m.jpg"
+
+
+@pytest_twisted.inlineCallbacks
+def test_messages_keep_their_order_while_the_upload_service_is_found(wire):
+    """The first body-only URL waits for discovery; the user's next messages wait behind it, in order."""
+    wire.bridge.attach_uploads(wire.handler)
+    yield wire.register()
+    wire.sent()
+    url = "https://up.example.org/get/7/cat.png"
+    wire.feed(f"<message from='{USER}' to='bob@{DOMAIN}' id='o1' type='chat'><body>{url}</body></message>")
+    wire.feed(f"<message from='{USER}' to='bob@{DOMAIN}' id='o2' type='chat'><body>second</body></message>")
+    wire.feed(f"<message from='{USER}' to='bob@{DOMAIN}' id='o3' type='chat'><body>third</body></message>")
+    yield discover(wire)
+    echoes = []
+    for _ in range(3):
+        echo = yield wire.wait(lambda el: el.name == "message" and el.getAttribute("type") == "chat" and
+                               any(c.name == "body" for c in el.elements()))
+        echoes.append(echo)
+    bodies = [str(next(c for c in e.elements() if c.name == "body")) for e in echoes]
+    assert bodies == [url, "second", "third"]
+    # The first became a file: the echo carries it as XEP-0066.
+    assert any(c.name == "x" for c in echoes[0].elements())
+    from gateway.xmpp.messages import MessageHandler
+
+    assert next(h for h in wire.stream.handlers if isinstance(h, MessageHandler))._waiting == {}
