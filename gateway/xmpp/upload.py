@@ -188,6 +188,8 @@ class UploadHandler(XMPPHandler):
 
         def failed(failure):
             log.info("no upload service found for {domain}: {why}", domain=domain, why=failure.getErrorMessage())
+            if failure.check(ConnectionError):
+                return None             # the stream was down: ask again once it is back, not in five minutes
             return found(None)
 
         def fan_out(result):
@@ -200,6 +202,8 @@ class UploadHandler(XMPPHandler):
     @defer.inlineCallbacks
     def _discover(self, domain: str):
         started = time.monotonic()
+        if not self.stream.connected:
+            raise ConnectionError("the component stream is down")
         candidates = [domain]
         try:
             items = yield self._get(domain, domish.Element((NS_DISCO_ITEMS, "query")))
@@ -235,6 +239,8 @@ class UploadHandler(XMPPHandler):
                      "(found in {t:.2f} s)", domain=domain, jid=jid, size=max_size or "any size",
                      origins=", ".join(sorted(service.origins)), t=time.monotonic() - started)
             return service
+        if not self.stream.connected:
+            raise ConnectionError("the component stream went down while looking")   # not cached
         return None
 
     # -- IFileUpload ------------------------------------------------------

@@ -231,3 +231,14 @@ def test_messages_keep_their_order_while_the_upload_service_is_found(wire):
     from gateway.xmpp.messages import MessageHandler
 
     assert next(h for h in wire.stream.handlers if isinstance(h, MessageHandler))._waiting == {}
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_stream_that_was_down_is_not_remembered_as_no_service(wire):
+    wire.stream.slotted = False                     # the stream is down
+    assert not (yield wire.handler.available(USER))
+    wire.stream.slotted = True
+    d = wire.handler.upload(USER, b"hello", "a.txt", "text/plain")
+    yield discover(wire)                            # asked again at once, not after NEGATIVE_TTL
+    yield answer(wire, "request", slot("https://up.example.org/put/3", "https://up.example.org/get/3/a.txt"))
+    assert (yield d) == "https://up.example.org/get/3/a.txt"
