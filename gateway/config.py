@@ -134,6 +134,25 @@ SECTIONS: dict[str, list[Option]] = {
                    "`https://gw.example.org`); default: `http://` and the address in `web.listen`."),
         Option("expiry_days", float, 30.0, check=positive, doc="Days a file stays available."),
     ],
+    "attachments": [
+        Option("upload", bool, True,
+               doc="Put files from the networks (email attachments, MMS media) on the user's own XMPP server "
+                   "through its XEP-0363 upload service, when the server of the user's domain offers one (only "
+                   "for domains in `gateway.allowed_domains`); else they are served from `/files/`."),
+        Option("upload_timeout", float, 10.0, check=positive,
+               doc="Seconds finding the upload service, getting a slot and putting a file may take (and, for MMS "
+                   "media, fetching it first: the provider's webhook waits for it); then the file is served from "
+                   "`/files/` instead (MMS media: the provider's URL is sent)."),
+        Option("fetch_max_size", int, 10 * 1024 * 1024, check=positive,
+               doc="Largest file (bytes) the gateway fetches from a URL: a file a user sends by URL (XEP-0066) "
+                   "to attach it to a mail, MMS media to put on the user's server. Larger: policy-violation."),
+        Option("fetch_timeout", float, 30.0, check=positive,
+               doc="Seconds one fetch may take in all (name lookup, connect, redirects, body)."),
+        Option("fetch_allow_private", bool, False,
+               doc="Also fetch from loopback, private, link-local and reserved addresses. Off, every address "
+                   "a URL's host resolves to must be public, and the gateway connects to the address it checked "
+                   "(a file URL is the sender's choice: it must not reach the gateway's own network)."),
+    ],
     "retention": [
         Option("interval", float, 3600.0, check=positive,
                doc="Seconds between purges of old bookkeeping rows (each in batches, never one long transaction)."),
@@ -197,6 +216,7 @@ class Config:
     files: dict[str, Any]
     log: dict[str, Any]
     retention: dict[str, Any] = field(default_factory=dict)
+    attachments: dict[str, Any] = field(default_factory=dict)
     components: list[ComponentConfig] = field(default_factory=list)
     path: str = ""
 

@@ -318,6 +318,30 @@ class IAdapterContext(Interface):
     def thread_of(jid, message_ids):
         """Deferred firing with the thread any of ``message_ids`` belongs to, or None."""
 
+    def offer_file(user, data, name, content_type):
+        """
+        Make a file from the network (an email attachment, MMS media) reachable
+        by ``user``: a Deferred firing with its URL, on the user's own server
+        (XEP-0363) when it offers an upload service, else at the gateway's
+        ``/files/``. Fires once the file is durably stored either way.
+        """
+
+    def rehost(user, url):
+        """
+        A Deferred firing with a URL for a file the network offers by URL (MMS
+        media): the same file on the user's own server (XEP-0363) when it has
+        an upload service and the file could be fetched, else ``url`` itself.
+        """
+
+    def fetch(url, user=None):
+        """
+        The file at a URL ``user`` sent (gateway.web.fetch.Fetched: data,
+        content type, name), size- and time-capped and never from a private
+        address unless the operator allows it or it is the upload service of
+        the user's own server; fails with a GatewayError the sender can read
+        (not-allowed, policy-violation, item-not-found).
+        """
+
 
 class IStanzaOutput(Interface):
     """How the bridge reaches the XMPP users of one component."""
@@ -443,3 +467,21 @@ class IRegistry(Interface):
 
     def has_room_archive(component, jid, room):
         """Whether the user has any archived message of the room."""
+
+
+class IFileUpload(Interface):
+    """
+    The XMPP side's way to put a file on a user's own server (XEP-0363),
+    attached to the bridge with ``Bridge.attach_uploads``.
+    """
+
+    def upload(user, data, name, content_type):
+        """Deferred firing with the file's URL on ``user``'s server, or None when it has no (usable) upload
+        service or the file is larger than it takes: the caller then serves the file itself."""
+
+    def available(user):
+        """Deferred firing with whether ``user``'s server has an upload service the gateway may use."""
+
+    def is_upload_url(user, url):
+        """Deferred firing with whether ``url`` is a file on ``user``'s server's upload service (a body that is
+        only such a URL is a file, not a text)."""

@@ -20,7 +20,7 @@ from gateway.config import ConfigError, load
 
 log = Logger(namespace="gateway.reload")
 
-RESTART_SECTIONS = ("xmpp", "registry", "outbox", "web", "files", "retention")
+RESTART_SECTIONS = ("xmpp", "registry", "outbox", "web", "files", "retention", "attachments")
 
 #: ``"reload"``: the running process's reload, as SIGHUP does it (set where SIGHUP is
 #: wired, by ``xmpp-gateway run``); the admins' ad-hoc command calls it. Returns

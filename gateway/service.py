@@ -22,6 +22,7 @@ from gateway.bridge.leases import LeaseKeeper
 from gateway.config import Config
 from gateway.registry import SQLRegistry
 from gateway.registry.retention import Retention
+from gateway.web.fetch import Fetcher
 from gateway.web.files import FileStore
 from gateway.web.site import build_site
 from gateway.xmpp.service import build_component, spare_keeper
@@ -76,6 +77,9 @@ class GatewayService(service.MultiService):
                                     config.registry["old_secret_keys"])
         self.files = FileStore(config.files["directory"], config.files["public_url"], config.files["expiry_days"],
                                reactor)
+        attachments = config.attachments
+        self.fetcher = Fetcher(reactor, attachments["fetch_max_size"], attachments["fetch_timeout"],
+                               attachments["fetch_allow_private"])
         self.leases = LeaseKeeper(self.registry, reactor)
         self.retention = Retention(self.registry, config.retention, reactor)
         self.bridges: list[Bridge] = []
@@ -87,10 +91,11 @@ class GatewayService(service.MultiService):
         for comp in config.components:
             bridge = Bridge(comp.domain, comp.adapter_class, comp.options, self.registry, reactor,
                             config.outbox, config.limits, files=self.files,
-                            token_key=token_key(config.registry["secret_key"]),
+                            token_key=token_key(config.registry["secret_key"]), fetcher=self.fetcher,
                             archive=config.retention.get("room_archive", True))
             self.bridges.append(bridge)
-            stream = build_component(comp, config.xmpp, config.gateway, bridge, self.fail, reactor)
+            stream = build_component(comp, config.xmpp, config.gateway, bridge, self.fail, reactor,
+                                     attachments=attachments)
             self.components.append(stream)
             keeper = spare_keeper(stream, comp, config.xmpp, config.gateway, bridge, self.fail, reactor)
             if keeper is not None:

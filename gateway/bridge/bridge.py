@@ -71,7 +71,8 @@ class Bridge(service.MultiService):
     ROOM_EVENT_HOLD = 50000
 
     def __init__(self, component: str, adapter_class: type, adapter_options: dict, registry, clock,
-                 outbox_settings: dict, limits: dict, files=None, token_key: bytes = b"", archive: bool = True):
+                 outbox_settings: dict, limits: dict, files=None, token_key: bytes = b"", archive: bool = True,
+                 fetcher=None):
         super().__init__()
         self.component = component
         #: A key for adapters' keyed hashes (the IRC ident token), derived from the registry's
@@ -81,6 +82,10 @@ class Bridge(service.MultiService):
         self.clock = clock
         #: Where adapters store files they offer users as links (gateway.web.files.FileStore).
         self.files = files
+        #: Bounded HTTP for files users send by URL (gateway.web.fetch.Fetcher).
+        self.fetcher = fetcher
+        #: The XMPP side's XEP-0363 uploads (an IFileUpload), once attached.
+        self.uploads = None
         self.output: Any = _Disconnected()
         self.adapter = adapter_class(adapter_options, self)
         if service.IService.providedBy(self.adapter):
@@ -120,6 +125,10 @@ class Bridge(service.MultiService):
 
     def attach(self, output) -> None:
         self.output = output
+
+    def attach_uploads(self, uploads) -> None:
+        """The XMPP side's IFileUpload: files from the network go to the user's own server when it can."""
+        self.uploads = uploads
 
     def stream_up(self) -> defer.Deferred:
         metrics.STREAM_UP.labels(self.component).set(1)
@@ -179,6 +188,69 @@ class Bridge(service.MultiService):
         for message in messages:
             message.component = self.component
         return self.outbox.deliver_all(messages)
+
+    def offer_file(self, user: str, data: bytes, name: str | None, content_type: str | None) -> defer.Deferred:
+        """
+        The user's server (XEP-0363) when it takes the file, else the gateway's
+        own /files/: a failed upload is logged and the file served here, so a
+        file from the network always reaches the user (IAdapterContext).
+        """
+        def local(_=None):
+            return self.files.put(data, name, content_type)
+
+        if self.uploads is None:
+            return local()
+
+        def uploaded(url):
+            return url if url else local()
+
+        def failed(failure):
+            log.warn("upload of {name!r} for {user} to the user's server failed ({why}); served from /files/",
+                     name=name, user=user, why=failure.getErrorMessage())
+            return local()
+
+        return defer.maybeDeferred(self.uploads.upload, user, data, name, content_type).addCallbacks(
+            uploaded, failed)
+
+    def rehost(self, user: str, url: str) -> defer.Deferred:
+        """
+        A network's file URL (MMS media at the provider) moved to the user's
+        own server when it has an upload service: fetched within the
+        operator's limits, then uploaded, all within the upload timeout (the
+        network's webhook waits for it). Anything that fails keeps the
+        network's URL, which the user could open before (IAdapterContext).
+        """
+        if self.uploads is None or self.fetcher is None:
+            return defer.succeed(url)
+
+        def kept(failure):
+            log.info("{url} for {user} not moved to the user's server ({why}); the network's URL is sent",
+                     url=url, user=user, why=failure.getErrorMessage() or failure.type.__name__)
+            return url
+
+        d = self._rehost(user, url).addTimeout(self.uploads.timeout, self.clock)
+        return d.addCallbacks(lambda moved: moved or url, kept)
+
+    @defer.inlineCallbacks
+    def _rehost(self, user: str, url: str):
+        if not (yield self.uploads.available(user)):
+            return None
+        fetched = yield self.fetcher.fetch(url)
+        return (yield self.uploads.upload(user, fetched.data, fetched.name, fetched.content_type))
+
+    def fetch(self, url: str, user: str | None = None) -> defer.Deferred:
+        """
+        The file at a URL a user sent, within the operator's limits
+        (IAdapterContext). A URL of the upload service of the user's own
+        server (one of the operator's, see gateway/xmpp/upload.py) may be on a
+        private address: that server is the operator's, not the sender's choice.
+        """
+        if self.fetcher is None:
+            return defer.fail(GatewayError("this gateway does not fetch files", "feature-not-implemented"))
+        if self.uploads is None or user is None:
+            return self.fetcher.fetch(url)
+        d = self.uploads.is_upload_url(user, url)
+        return d.addCallback(lambda own: self.fetcher.fetch(url, allow_private=True if own else None))
 
     def checkpoint(self, message: OutboundMessage) -> defer.Deferred:
         return self.outbox.checkpoint(message)

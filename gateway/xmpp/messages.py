@@ -38,6 +38,12 @@ CHAT_STATES = frozenset({"active", "composing", "paused", "inactive", "gone"})
 
 class MessageHandler(ComponentHandler):
 
+    def __init__(self, stream, bridge):
+        super().__init__(stream, bridge)
+        #: Per user: [the chain of messages waiting for an upload-URL check (while the user's upload
+        #: service is being found), how many are on it]; the user's later messages join it, in order.
+        self._waiting: dict[str, list] = {}
+
     def connectionInitialized(self):
         self.xmlstream.addObserver("/message", self.on_message)
 
@@ -72,6 +78,43 @@ class MessageHandler(ComponentHandler):
         if message is None:
             return
         message.group = group
+        url = lone_url(message.body) if not message.attachments and not message.subject else None
+        check = url is not None and self.bridge.uploads is not None and "attachments" in self.bridge.adapter.features
+        behind = self._waiting.get(message.user)
+        if not check and behind is None:
+            self._route(stanza, message)          # the usual path: nothing to wait for
+            return
+        d = behind[0] if behind is not None else defer.succeed(None)
+        if check:
+            # A body that is only the URL of a file on the user's server's upload service
+            # (XEP-0363, a client that sends no XEP-0066 element) is a file, not a text.
+            # Synchronous once the service is known (cached).
+            d.addCallback(lambda _: self.bridge.uploads.is_upload_url(message.user, url))
+            d.addErrback(lambda f: False)
+            d.addCallback(self._as_file, message, url)
+        d.addCallback(lambda _: self._route(stanza, message))
+        d.addErrback(self._failed, stanza)
+        # Counted before its last step is added: a chain that ran through at once ends right here.
+        entry = behind if behind is not None else self._waiting.setdefault(message.user, [d, 0])
+        entry[1] += 1
+        d.addBoth(self._done_waiting, message.user)
+
+    def _done_waiting(self, result, user: str):
+        """One message of the user's chain is through; the last one through ends the chain."""
+        entry = self._waiting.get(user)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._waiting[user]
+        return None
+
+    @staticmethod
+    def _as_file(is_file: bool, message: OutboundMessage, url: str) -> None:
+        if is_file:
+            message.attachments = [url]
+            message.body = None
+
+    def _route(self, stanza: domish.Element, message: OutboundMessage) -> None:
         known = self.bridge.known_registration(message.user)
         if known is not UNKNOWN:
             d = defer.maybeDeferred(self._accept, known, stanza, message)
@@ -122,7 +165,12 @@ class MessageHandler(ComponentHandler):
                     attachments.append(url.strip())
         if body is None and subject is None and not attachments and chat_state is None:
             return None
-        if body is not None and attachments and body.strip() in attachments:
+        if attachments and "attachments" not in self.bridge.adapter.features:
+            # A network without files (IRC) gets the URLs as text: the body if it is one, else added to it.
+            extra = [u for u in attachments if u != (body or "").strip()]
+            body = "\n".join([body] * (body is not None) + extra)
+            attachments = []
+        elif body is not None and attachments and body.strip() in attachments:
             body = None  # the URL repeated in the body, as XEP-0066 clients do
         return OutboundMessage(
             component=self.domain, user=sender.userhost(), recipient=recipient, body=body, subject=subject,
@@ -145,6 +193,16 @@ class MessageHandler(ComponentHandler):
         else:
             log.failure("message from {sender} not accepted", failure, sender=stanza.getAttribute("from"))
             self.stream.refuse(stanza, "internal-server-error", "the gateway could not store the message", "wait")
+
+
+def lone_url(body: str | None) -> str | None:
+    """The URL a body consists of (nothing else but spaces around it), or None."""
+    if not body or not body.lstrip()[:8].lower().startswith(("https://", "http://")):
+        return None            # the usual answer, without looking at the whole body
+    text = body.strip()
+    if len(text) > 2048 or any(c.isspace() for c in text):
+        return None
+    return text
 
 
 def visible(address: str) -> str:

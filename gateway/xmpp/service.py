@@ -23,6 +23,7 @@ from gateway.xmpp.presence import PresenceHandler
 from gateway.xmpp.raw import RawCommandHandler
 from gateway.xmpp.register import RegisterHandler
 from gateway.xmpp.slots import SpareKeeper, StreamGroup
+from gateway.xmpp.upload import UploadHandler
 from gateway.xmpp.version import VersionHandler
 from wokkel.disco import DiscoHandler as _WokkelDiscoHandler
 from wokkel.subprotocols import XMPPHandler
@@ -63,7 +64,7 @@ class BridgeLink(XMPPHandler):
 
 
 def build_component(component, xmpp_settings: dict, gateway_settings: dict, bridge, on_fatal, reactor,
-                    group: StreamGroup | None = None, role: str = "primary"):
+                    group: StreamGroup | None = None, role: str = "primary", attachments: dict | None = None):
     """
     A ComponentStream with every handler attached. The primary (no ``group``)
     gets a new StreamGroup, which becomes the bridge's output; a spare joins
@@ -72,9 +73,15 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
     stream = ComponentStream(component.domain, component.host or xmpp_settings["host"],
                              component.port or xmpp_settings["port"], component.secret, xmpp_settings,
                              gateway_settings["allowed_domains"], on_fatal, reactor, role=role)
+    uploads = None
     if group is None:
         group = StreamGroup(stream, bridge)
         bridge.attach(StanzaOutput(group, bridge.adapter))
+        if attachments and attachments.get("upload") and bridge.fetcher is not None:
+            # XEP-0363 through the primary connection (gateway/xmpp/upload.py).
+            uploads = UploadHandler(stream, bridge.fetcher, lambda: stream.allowed_domains,
+                                    attachments["upload_timeout"], reactor)
+            bridge.attach_uploads(uploads)
     stream.group = group
     disco_info = GatewayDisco(component.domain, component.name, bridge.adapter,
                               archive=getattr(bridge, "archive", None) is not None)
@@ -98,6 +105,7 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
         RawCommandHandler(stream, bridge),
         MessageHandler(stream, bridge),
         BridgeLink(group, stream),
+        *([uploads] if uploads is not None else []),
     ):
         handler.setHandlerParent(stream)
     stream.presence = presence

@@ -1,8 +1,9 @@
 """
 Email both ways: every registered user gets an address at the gateway's mail
 domain, contacts are email addresses (``alice\\40example.net@mail.example.org``),
-mail threads map to XMPP threads, attachments become links, and bounces become
-errors on the message that caused them.
+mail threads map to XMPP threads, attachments become files on the user's own
+server (XEP-0363) or links to /files/, files the user sends become MIME parts,
+and bounces become errors on the message that caused them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from gateway.adapters.email.compose import compose, subject_for
 from gateway.adapters.email.parse import parse
 from gateway.adapters.email.smtp_in import SMTPServerFactory
 from gateway.adapters.email.smtp_out import SMTPOut
-from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, Registration,
-                           RegistrationError, SendResult)
+from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, PolicyViolation,
+                           Registration, RegistrationError, SendResult)
 from gateway.interfaces import IHealthReport
 from gateway.options import Option, endpoint, non_negative, port_number, positive
 
@@ -50,6 +51,8 @@ def _servers(values: list) -> str | None:
 #: less than the two thread hand-offs (and the wait for a free pool thread
 #: behind other work) that parsing in a thread costs each small mail.
 INLINE_PARSE = 16 * 1024
+#: Files one outbound mail carries (XEP-0066 URLs in one message); more are refused.
+MAX_ATTACHMENTS = 10
 
 
 class MailIntake:
@@ -96,16 +99,23 @@ class MailIntake:
             sender = addresses.normalize(envelope_from) if envelope_from else "unknown@invalid.invalid"
         links: list[str] = []
         try:
-            # Stored once, linked for every recipient: they all got the same mail.
-            for name, content_type, payload in mail.attachments:
-                links.append((yield self.context.files.put(payload, name, content_type)))
+            # Stored once per user's server (XEP-0363 upload there, else /files/ here),
+            # linked for every recipient on it: they all got the same mail.
+            by_domain: dict[str, list[str]] = {}
             messages = []
             for reg in regs.values():
+                domain = reg.jid.rpartition("@")[2].lower()
+                if domain not in by_domain:
+                    by_domain[domain] = []
+                    for name, content_type, payload in mail.attachments:
+                        url = yield self.context.offer_file(reg.jid, payload, name, content_type)
+                        by_domain[domain].append(url)
+                        links.append(url)
                 thread = yield self._thread(reg, mail)
                 text = f"[unverified sender: {doubt}]\n{mail.text or ''}" if doubt else mail.text
                 messages.append(InboundMessage(
                     component=self.context.component, user=reg.jid, sender=sender, body=text or None,
-                    subject=mail.subject or None, thread=thread, attachments=list(links),
+                    subject=mail.subject or None, thread=thread, attachments=list(by_domain[domain]),
                     foreign_id=mail.message_id, dedupe_key=f"mail:{digest}:{reg.jid}" if digest else None))
             stored = yield self.context.deliver_all(messages)
             if links and not any(stored or ()):
@@ -307,14 +317,25 @@ class EmailAdapter(AdapterBase):
         if not (message.body or "").strip() and not message.subject and not message.attachments:
             return SendResult(parts=0)
         yield check_daily_limit(self.context, registration.jid, "mail", self.config["daily_limit"], "mails")
+        if len(message.attachments) > MAX_ATTACHMENTS:
+            raise PolicyViolation(f"at most {MAX_ATTACHMENTS} files go in one mail")
         references, first_subject = [], None
         if message.thread:
             known = yield self.context.thread_messages(registration.jid, message.thread)
             references = [mid for mid, _ in known]
             first_subject = next((s for _, s in known if s), None)
         subject = subject_for(message, first_subject)
-        data, mid = compose(message, registration.foreign_id, registration.settings.get("name", ""),
-                            self.mail_domain, references, subject)
+        files = []
+        # A file the user sent by URL (XEP-0066, an XEP-0363 upload) becomes a real MIME part:
+        # fetched within the operator's limits; a refusal fails the message with the reason.
+        for url in message.attachments[:MAX_ATTACHMENTS]:
+            files.append((yield self.context.fetch(url, registration.jid)))
+        args = (message, registration.foreign_id, registration.settings.get("name", ""), self.mail_domain,
+                references, subject, files)
+        if sum(len(f.data) for f in files) > INLINE_PARSE:
+            data, mid = yield threads.deferToThread(compose, *args)   # base64 of megabytes stays off the reactor
+        else:
+            data, mid = compose(*args)
         yield self.smtp.send(registration.foreign_id, message.recipient, data)
         yield self.context.add_to_counter(registration.jid, "mail", utc_day())
         yield self.context.add_to_thread(registration.jid, message.thread or mid.strip("<>"), mid, subject)

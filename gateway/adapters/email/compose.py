@@ -38,9 +38,24 @@ def message_id(message: OutboundMessage, mail_domain: str) -> str:
     return f"<{message.id}@{mail_domain}>"
 
 
+_TOKEN = re.compile(r"^[A-Za-z0-9!#$&^_.+-]{1,64}$")
+
+
+def _mime_type(content_type: str | None) -> tuple[str, str]:
+    """(maintype, subtype) of a fetched file's type; anything not a plain type/subtype is octet-stream."""
+    main, _, sub = (content_type or "").partition(";")[0].strip().lower().partition("/")
+    if _TOKEN.match(main) and _TOKEN.match(sub) and main != "multipart" and main != "message":
+        return main, sub
+    return "application", "octet-stream"
+
+
 def compose(message: OutboundMessage, sender: str, display_name: str, mail_domain: str,
-            references: list[str], subject: str) -> tuple[bytes, str]:
-    """The RFC 5322 message (LF line endings) to send, and its Message-ID."""
+            references: list[str], subject: str, files: list | None = None) -> tuple[bytes, str]:
+    """
+    The RFC 5322 message (LF line endings) to send, and its Message-ID.
+    ``files`` (gateway.web.fetch.Fetched, one per attachment URL) become MIME
+    parts; without them the attachment URLs are listed in the body.
+    """
     # LF line endings: Twisted's SMTP client turns each LF into CRLF on the wire.
     mail = EmailMessage(policy=email.policy.default)
     local, _, domain = sender.partition("@")
@@ -57,7 +72,11 @@ def compose(message: OutboundMessage, sender: str, display_name: str, mail_domai
         mail["References"] = " ".join(references[-20:])
     mail["Auto-Submitted"] = "no"
     body = message.body or ""
-    if message.attachments:
+    if message.attachments and not files:
         body = (body + "\n\n" if body else "") + "\n".join(message.attachments)
     mail.set_content(body + ("\n" if not body.endswith("\n") else ""), charset="utf-8", cte="quoted-printable")
+    for f in files or ():
+        maintype, subtype = _mime_type(f.content_type)
+        name = one_line(f.name, 100) or "attachment"
+        mail.add_attachment(f.data, maintype=maintype, subtype=subtype, filename=name)
     return mail.as_bytes(), mid

@@ -342,9 +342,13 @@ class SMSAdapter(AdapterBase):
             log.info("inbound SMS to {number}, which no user has registered: not delivered", number=sms.recipient)
             return ok  # 200, so the provider does not retry a message nobody can receive
         sender = sender_address(sms.sender, self.config["default_region"] or None)
+        media = []
+        for url, _ in sms.media:
+            # On the user's own server (XEP-0363) when it has an upload service; else the provider's URL.
+            media.append((yield self.context.rehost(reg.jid, url)))
         yield self.context.deliver(InboundMessage(
             component=component, user=reg.jid, sender=sender, body=sms.body or None,
-            attachments=[url for url, _ in sms.media], foreign_id=sms.id,
+            attachments=media, foreign_id=sms.id,
             dedupe_key=f"{self.provider.name}:{sms.dedupe_id}" if sms.dedupe_id else None))
         WEBHOOKS.labels(component, kind, "delivered").inc()
         return ok
