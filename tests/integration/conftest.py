@@ -18,6 +18,7 @@ NAMES = ["flow", "stranger", "restart", "kill", "deadline", "limits", "size", "w
          "ircfixed", "health", "reload", "wheel", "systemd", "monitor", "monitorsms", "backup", "backupkey", "status",
          "ircsched", "ircsched2", "ircsched3", "ircsched4", "load", "ircident", "ircwebirc", "ircidle",
          "parity", "parityadmin"]
+NAMES += ["conv", "convmail", "convsms"]
 COMPONENTS = {f"{n}.localhost": f"{n}-component-secret" for n in NAMES}
 
 

@@ -385,7 +385,9 @@ class TagsReachTheModelOnlyWhenSane(IRCSessionCase):
         self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
         self.conn.lineReceived(f"@time={HOSTILE_TIME};msgid=evil\x01id :bob!b@h PRIVMSG #room :hi".encode())
         event = self.context.events[-1]
-        self.assertEqual((event.kind, event.body, event.timestamp, event.stanza_id), ("message", "hi", None, None))
+        self.assertEqual((event.kind, event.body, event.timestamp, event.foreign_id), ("message", "hi", None, None))
+        # The bad msgid is not used; the line gets a stanza id of the gateway's own (replies can name it).
+        self.assertRegex(event.stanza_id, r"^[0-9a-f]{32}$")
 
 
 class ConnectionTrouble(IRCSessionCase):

@@ -1,0 +1,187 @@
+"""
+What the gateway remembers of the messages it relayed, per conversation, so
+that a correction, a reply or a reaction can find the message it refers to:
+who wrote it (the user, or a contact / nick), its text, and the network's own
+reference to it (an IRC msgid, an email Message-ID). Both ways: an XMPP id
+leads to the network's reference (outbound), a network reference to the XMPP
+id the user's client knows (inbound).
+
+Bounded: MESSAGES per conversation and CONVERSATIONS in all, the oldest
+forgotten first. In memory only: after a restart, or for a message from longer
+ago, a reference is not found and the message goes on without it (a correction
+is then sent whole, a reply without its quote).
+
+Here, too, the neutral fallback is applied for networks whose adapter does not
+declare ICorrections, IReplies or IReactions (gateway.fallback), and a
+correction of a message the user did not send is refused.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from gateway import fallback
+from gateway.interfaces import ICorrections, IReactions, IReplies
+from gateway.model import Field, GatewayError, InboundMessage, OutboundMessage, Registration, RoomEvent
+
+MESSAGES = 200
+CONVERSATIONS = 10_000
+#: Text kept per message (for quotes and short edits).
+BODY_LIMIT = 1000
+
+SETTING = "corrections"
+CORE_SETTINGS = [Field(SETTING, "Corrections of my messages, on networks that have none", type="list-single",
+                       options=("send", "ignore"), default="send",
+                       desc="send: as a new message starting with “Correction:”; ignore: not sent at all")]
+
+
+@dataclass
+class Record:
+    own: bool
+    author: str | None = None
+    body: str | None = None
+    #: The network's reference to the message.
+    ref: str | None = None
+    #: Reactions the user already sent to it (so a new set adds only the new ones).
+    reacted: set[str] = field(default_factory=set)
+
+
+class Conversations:
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self._by_id: OrderedDict[tuple[str, str], OrderedDict[str, Record]] = OrderedDict()
+        self._by_ref: dict[tuple[str, str], dict[str, str]] = {}
+
+    # -- memory ---------------------------------------------------------------
+
+    def remember(self, user: str, contact: str, xmpp_id: str | None, record: Record) -> None:
+        if not xmpp_id:
+            return
+        key = (user, contact)
+        if record.body and len(record.body) > BODY_LIMIT:
+            record.body = record.body[:BODY_LIMIT]
+        messages = self._by_id.get(key)
+        if messages is None:
+            messages = self._by_id[key] = OrderedDict()
+            self._by_ref[key] = {}
+            if len(self._by_id) > CONVERSATIONS:
+                old, _ = self._by_id.popitem(last=False)
+                self._by_ref.pop(old, None)
+        else:
+            self._by_id.move_to_end(key)
+        messages[xmpp_id] = record
+        messages.move_to_end(xmpp_id)
+        if record.ref:
+            self._by_ref[key][record.ref] = xmpp_id
+        while len(messages) > MESSAGES:
+            _, gone = messages.popitem(last=False)
+            if gone.ref:
+                self._by_ref[key].pop(gone.ref, None)
+
+    def find(self, user: str, contact: str, xmpp_id: str | None) -> Record | None:
+        messages = self._by_id.get((user, contact))
+        return messages.get(xmpp_id) if messages and xmpp_id else None
+
+    def by_ref(self, user: str, contact: str, ref: str | None) -> tuple[str, Record] | None:
+        """The XMPP id (and record) of the message the network calls ``ref``."""
+        xmpp_id = self._by_ref.get((user, contact), {}).get(ref) if ref else None
+        if xmpp_id is None:
+            return None
+        record = self.find(user, contact, xmpp_id)
+        return (xmpp_id, record) if record is not None else None
+
+    def _learn(self, user: str, contact: str, xmpp_id: str, ref: str) -> None:
+        record = self.find(user, contact, xmpp_id)
+        if record is not None and not record.ref:
+            record.ref = ref
+            self._by_ref[(user, contact)][ref] = xmpp_id
+
+    # -- from the user ----------------------------------------------------------
+
+    def prepare(self, message: OutboundMessage, registration: Registration | None) -> OutboundMessage | None:
+        """
+        Fill in what is known of the message referred to and apply the text
+        fallback the network needs; remember the message. None: nothing is to
+        be sent (a correction the user wants ignored, a reaction removed).
+        Raises GatewayError (forbidden) for a correction of someone else's message.
+        """
+        user, contact = message.user, message.recipient
+        adapter = self.adapter
+        original_body = message.body
+        if message.correction_of:
+            record = self.find(user, contact, message.correction_of)
+            if record is not None and not record.own:
+                raise GatewayError("you can only correct your own messages", "forbidden", "cancel")
+            if record is not None:
+                message.ref, message.ref_body = record.ref, record.body
+                record.body = message.body         # the next correction of it refers to this text
+            if not ICorrections.providedBy(adapter):
+                settings = registration.settings if registration is not None else {}
+                if settings.get(SETTING, "send") == "ignore":
+                    return None
+                message.body = fallback.correction_text(message.body or "")
+                if IReplies.providedBy(adapter) and message.ref:
+                    message.reply_to = message.correction_of     # threaded under the original
+            return message
+        if message.reaction_to:
+            record = self.find(user, contact, message.reaction_to)
+            added = list(message.reactions)
+            if record is not None:
+                message.ref, message.ref_author, message.ref_body = record.ref, record.author, record.body
+                added = [r for r in message.reactions if r not in record.reacted]
+                record.reacted = set(message.reactions)
+            message.reactions = added
+            if not added:
+                return None                        # a removal (or the same set again): nothing to say
+            if not IReactions.providedBy(adapter):
+                message.body = fallback.reaction_text(added, message.ref_body)
+                if IReplies.providedBy(adapter) and message.ref:
+                    message.reply_to = message.reaction_to
+            return message
+        if message.reply_to:
+            record = self.find(user, contact, message.reply_to)
+            if record is not None:
+                message.ref, message.ref_author = record.ref, record.author
+                message.ref_body = record.body or message.ref_body
+            if not IReplies.providedBy(adapter):
+                message.body = fallback.reply_text(message.body or "", message.ref_body)
+        self.remember(user, contact, message.xmpp_id, Record(own=True, body=original_body))
+        return message
+
+    def sent(self, message: OutboundMessage, foreign_id: str | None) -> None:
+        """The network took an ordinary message: its reference is now known."""
+        if foreign_id and message.xmpp_id and not (message.correction_of or message.reaction_to):
+            self._learn(message.user, message.recipient, message.xmpp_id, foreign_id)
+
+    # -- from the network ---------------------------------------------------------
+
+    def inbound(self, message: InboundMessage) -> None:
+        """Resolve what the message refers to, and remember it."""
+        self._resolve(message, message.user, message.sender)
+        self.remember(message.user, message.sender, message.id,
+                      Record(own=False, author=message.sender, body=message.body, ref=message.foreign_id))
+
+    def room_event(self, event: RoomEvent) -> None:
+        if event.kind != "message" or event.message_id:
+            return                                  # the user's own message reflected: remembered when sent
+        self._resolve(event, event.user, event.room)
+        if event.stanza_id and event.body is not None:
+            self.remember(event.user, event.room, event.stanza_id,
+                          Record(own=False, author=event.nick, body=event.body, ref=event.foreign_id))
+
+    def _resolve(self, message, user: str, contact: str) -> None:
+        if not message.ref:
+            return
+        found = self.by_ref(user, contact, message.ref)
+        if found is None:
+            return
+        xmpp_id, record = found
+        if message.reactions:
+            message.reaction_to = xmpp_id
+        else:
+            message.reply_to = xmpp_id
+        message.ref_author = None if record.own else record.author
+
+
+__all__ = ["Conversations", "Record", "CORE_SETTINGS", "SETTING"]
