@@ -367,7 +367,9 @@ def test_email_reply_reaction_and_correction_per_setting(prosody, smarthost, mai
 
 @pytest.fixture(scope="module")
 def simulator(workdir):
-    sim = TwilioSimulator(os.path.join(workdir, "convsms-sim")).start()
+    path = os.path.join(workdir, "convsms-sim")
+    os.makedirs(path, exist_ok=True)
+    sim = TwilioSimulator(path).start()
     yield sim
     sim.stop()
 
@@ -407,7 +409,7 @@ def test_sms_reply_reaction_and_correction_as_text(prosody, simulator, sms_gatew
             heard = await alice.next_message(lambda m: body(m) == "are you coming?")
             heard_id = heard.get("id")
 
-            quote = "> are you coming?\n"
+            quote = f"> {contact} wrote:\n> are you coming?\n"       # the client's own fallback, not sent
             alice.send_chat(contact_jid, quote + "on my way", extra=reply(contact_jid, heard_id, quote))
             await wait_sent("> are you coming?\non my way")
             alice.send_chat(contact_jid, None, extra=reactions(heard_id, "👍"))
