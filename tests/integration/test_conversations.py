@@ -321,7 +321,7 @@ def test_email_reply_reaction_and_correction_per_setting(prosody, smarthost, mai
             await alice.iq(MAIL, "set", register_form({"alias": alias, "name": "Ann"}))
             r = await asyncio.to_thread(swaks, mail_gateway.smtp_port, "--tls", "--from", bob,
                                         "--to", f"{alias}@{MAIL_DOMAIN}", "--header", "Subject: lunch",
-                                        "--header", f"Message-ID: {question}", "--body", "lunch on friday?")
+                                        "--header", f"Message-Id: {question}", "--body", "lunch on friday?")
             assert r.returncode == 0, r.stdout + r.stderr
             heard = await alice.next_message(lambda m: body(m) == "lunch on friday?")
             heard_id = heard.get("id")

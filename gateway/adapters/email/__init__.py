@@ -23,7 +23,7 @@ from gateway.adapters.email.smtp_in import SMTPServerFactory
 from gateway.adapters.email.smtp_out import SMTPOut
 from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, Registration,
                            RegistrationError, SendResult)
-from gateway.interfaces import IHealthReport
+from gateway.interfaces import IHealthReport, IReplies
 from gateway.options import Option, endpoint, non_negative, port_number, positive
 
 log = Logger(namespace="gateway.adapters.email")
@@ -178,7 +178,7 @@ class MailIntake:
                                                   False, "recipient-unavailable", text))
 
 
-@implementer(IHealthReport)
+@implementer(IHealthReport, IReplies)
 class EmailAdapter(AdapterBase):
     name = "email"
     gateway_type = "smtp"
@@ -308,14 +308,22 @@ class EmailAdapter(AdapterBase):
             return SendResult(parts=0)
         yield check_daily_limit(self.context, registration.jid, "mail", self.config["daily_limit"], "mails")
         references, first_subject = [], None
-        if message.thread:
-            known = yield self.context.thread_messages(registration.jid, message.thread)
+        thread = message.thread
+        answered = message.ref if message.reply_to and message.ref and message.ref.startswith("<") else None
+        if answered and not thread:
+            # A reply (XEP-0461, or a correction or reaction sent as one): in the thread of the mail answered.
+            thread = yield self.context.thread_of(registration.jid, [answered])
+        if thread:
+            known = yield self.context.thread_messages(registration.jid, thread)
             references = [mid for mid, _ in known]
             first_subject = next((s for _, s in known if s), None)
+        if answered:
+            # In-Reply-To is the last of the references: the mail answered, not the thread's newest.
+            references = [mid for mid in references if mid != answered] + [answered]
         subject = subject_for(message, first_subject)
         data, mid = compose(message, registration.foreign_id, registration.settings.get("name", ""),
                             self.mail_domain, references, subject)
         yield self.smtp.send(registration.foreign_id, message.recipient, data)
         yield self.context.add_to_counter(registration.jid, "mail", utc_day())
-        yield self.context.add_to_thread(registration.jid, message.thread or mid.strip("<>"), mid, subject)
+        yield self.context.add_to_thread(registration.jid, thread or mid.strip("<>"), mid, subject)
         return SendResult(foreign_id=mid, delivered=False)
