@@ -175,6 +175,11 @@ class Conversations:
             return
         found = self.by_ref(user, contact, message.ref)
         if found is None:
+            if message.reactions and message.body is None:
+                # A reaction to a message the gateway does not know (the user's own on IRC, which the
+                # server does not echo; or one from long ago): said in words rather than lost.
+                message.body = fallback.reaction_text(message.reactions, None)
+                message.reactions = []
             return
         xmpp_id, record = found
         if message.reactions:

@@ -200,6 +200,11 @@ def test_irc_with_message_tags_correction_reply_reaction_and_inbound_tags(prosod
             element = reacted.find(f"{{{NS_REACTIONS}}}reactions")
             assert element.get("id") == sid
             assert [r.text for r in element.findall(f"{{{NS_REACTIONS}}}reaction")] == ["🎉"]
+            # A reaction to a message the gateway never saw (InspIRCd does not echo the user's own lines to
+            # the gateway, so their msgids are unknown): said in words, not lost.
+            bob.send(f"@+draft/reply=001~0~unknown;+draft/react=👀 TAGMSG {channel}")
+            worded = await alice.next_message(lambda m: body(m) == "Reacted 👀")
+            assert worded.get("from") == f"{chan}/{bob_nick}"
         finally:
             await alice.stop()
             await bob.close()
