@@ -281,6 +281,10 @@ class IAdapterContext(Interface):
     def contact_status(user, address, available, status):
         """A contact's presence changed (a connection up or down): shown to the user now, not queued."""
 
+    def typing(user, address, state):
+        """A contact is typing (an XEP-0085 state name): shown to the user now if the stream is up, never
+        queued (a typing notification delivered later would mislead)."""
+
     def report(report):
         """A DeliveryReport for an earlier message (receipts, late failures)."""
 

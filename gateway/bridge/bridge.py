@@ -184,6 +184,11 @@ class Bridge(service.MultiService):
         if self.output.connected:
             self.output.send_presence(user, address, available, status)
 
+    def typing(self, user: str, address: str, state: str) -> None:
+        if self.output.connected:
+            self.output.send_message(InboundMessage(component=self.component, user=user, sender=address,
+                                                    chat_state=state))
+
     def room_event(self, event: RoomEvent) -> None:
         if not event.resources or self._rooms_closed:
             return

@@ -252,6 +252,18 @@ def test_irc_typing_both_ways_on_inspircd(prosody, inspircd, irc_gateway):
                 bob.send(f"@+typing={irc} TAGMSG {channel}")
                 typing = await alice.next_message(lambda m: m.get("from") == f"{chan}/tbob{PID}")
                 assert typing.find(f"{{{NS_CHATSTATES}}}{xep}") is not None and body(typing) is None
+            # Privately too: to the occupant's JID, and from bob's.
+            bob_jid = f"tbob{PID}%tags.test@{IRC}"
+            alice.send_chat(bob_jid, None, extra=state("composing"))
+            line = await bob.expect(lambda l: " TAGMSG " in l)
+            assert "+typing=active" in line.split(" ", 1)[0] and line.split(" ")[-1].lstrip(":") == f"tbob{PID}"
+            bob.send("@+typing=active TAGMSG typist")
+            typing = await alice.next_message(lambda m: m.get("from") == bob_jid)
+            assert typing.find(f"{{{NS_CHATSTATES}}}composing") is not None and body(typing) is None
+            # Contacts say what they carry (XEP-0030), so clients offer corrections, replies and reactions.
+            info = await alice.iq(bob_jid, "get", "<query xmlns='http://jabber.org/protocol/disco#info'/>")
+            features = {f.get("var") for f in info.iter("{http://jabber.org/protocol/disco#info}feature")}
+            assert {NS_CORRECT, NS_REPLY, NS_REACTIONS, NS_CHATSTATES} <= features
         finally:
             await alice.stop()
             await bob.close()
@@ -356,6 +368,15 @@ def test_email_reply_reaction_and_correction_per_setting(prosody, smarthost, mai
             alice.send_chat(bob_jid, "see you then", msg_id="then")
             await asyncio.to_thread(mail_to_bob, lambda m: b"see you then" in m["data"])
             assert not [m for m in smarthost.received if b"at two" in m["data"]]
+
+            # bob answers the user's mail: a reply (XEP-0461) to the user's message.
+            r = await asyncio.to_thread(swaks, mail_gateway.smtp_port, "--tls", "--from", bob,
+                                        "--to", f"{alias}@{MAIL_DOMAIN}", "--header", "Subject: Re: lunch",
+                                        "--header", f"In-Reply-To: {answer_id}", "--body", "great, noon it is")
+            assert r.returncode == 0, r.stdout + r.stderr
+            answered = await alice.next_message(lambda m: body(m) == "great, noon it is")
+            link = answered.find(f"{{{NS_REPLY}}}reply")
+            assert link is not None and link.get("id") == "noon"
 
             # Correcting bob's mail is refused.
             alice.send_chat(bob_jid, "dinner instead", msg_id="notmine", extra=replace(heard_id))

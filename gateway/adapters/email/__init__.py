@@ -106,7 +106,9 @@ class MailIntake:
                 messages.append(InboundMessage(
                     component=self.context.component, user=reg.jid, sender=sender, body=text or None,
                     subject=mail.subject or None, thread=thread, attachments=list(links),
-                    foreign_id=mail.message_id, dedupe_key=f"mail:{digest}:{reg.jid}" if digest else None))
+                    foreign_id=mail.message_id, dedupe_key=f"mail:{digest}:{reg.jid}" if digest else None,
+                    # The mail answered: a reply (XEP-0461) to it when the gateway remembers it.
+                    ref=mail.in_reply_to[-1] if mail.in_reply_to else None))
             stored = yield self.context.deliver_all(messages)
             if links and not any(stored or ()):
                 # A repeat of a mail already stored: its first copy's links are the ones users have.

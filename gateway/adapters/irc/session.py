@@ -807,6 +807,10 @@ class IRCSession:
             elif state:
                 self._event(room, "message", nick=nick, chat_state=state)
             return
+        sender = f"{text.clean_name(nick).lower()}%{self.server}"
+        if state and not reaction:
+            self.context.typing(self.user, sender, state)
+            return
         if reaction and ref:
             self.context.deliver(InboundMessage(component=self.context.component, user=self.user,
                                                 sender=f"{text.clean_name(nick).lower()}%{self.server}",
