@@ -281,6 +281,10 @@ class IAdapterContext(Interface):
     def contact_status(user, address, available, status):
         """A contact's presence changed (a connection up or down): shown to the user now, not queued."""
 
+    def message_ref(user, address, xmpp_id, ref):
+        """The network's reference to a message the user sent, learnt after the send (an IRC msgid from the
+        server's echo): replies and reactions from the network to it can then be linked to it."""
+
     def typing(user, address, state):
         """A contact is typing (an XEP-0085 state name): shown to the user now if the stream is up, never
         queued (a typing notification delivered later would mislead)."""

@@ -184,6 +184,9 @@ class Bridge(service.MultiService):
         if self.output.connected:
             self.output.send_presence(user, address, available, status)
 
+    def message_ref(self, user: str, address: str, xmpp_id: str, ref: str) -> None:
+        self.conversations.learn(user, address, xmpp_id, ref)
+
     def typing(self, user: str, address: str, state: str) -> None:
         if self.output.connected:
             self.output.send_message(InboundMessage(component=self.component, user=user, sender=address,

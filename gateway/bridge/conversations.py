@@ -91,7 +91,8 @@ class Conversations:
         record = self.find(user, contact, xmpp_id)
         return (xmpp_id, record) if record is not None else None
 
-    def _learn(self, user: str, contact: str, xmpp_id: str, ref: str) -> None:
+    def learn(self, user: str, contact: str, xmpp_id: str, ref: str) -> None:
+        """The network's reference to one of the user's messages, known now."""
         record = self.find(user, contact, xmpp_id)
         if record is not None and not record.ref:
             record.ref = ref
@@ -152,7 +153,7 @@ class Conversations:
     def sent(self, message: OutboundMessage, foreign_id: str | None) -> None:
         """The network took an ordinary message: its reference is now known."""
         if foreign_id and message.xmpp_id and not (message.correction_of or message.reaction_to):
-            self._learn(message.user, message.recipient, message.xmpp_id, foreign_id)
+            self.learn(message.user, message.recipient, message.xmpp_id, foreign_id)
 
     # -- from the network ---------------------------------------------------------
 
@@ -163,8 +164,14 @@ class Conversations:
                       Record(own=False, author=message.sender, body=message.body, ref=message.foreign_id))
 
     def room_event(self, event: RoomEvent) -> None:
-        if event.kind != "message" or event.message_id:
-            return                                  # the user's own message reflected: remembered when sent
+        if event.kind != "message":
+            return
+        if event.message_id:
+            # The user's own message reflected (remembered when sent): the room says under which nick.
+            record = self.find(event.user, event.room, event.message_id)
+            if record is not None and record.own and record.author is None:
+                record.author = event.nick
+            return
         self._resolve(event, event.user, event.room)
         if event.stanza_id and event.body is not None:
             self.remember(event.user, event.room, event.stanza_id,
@@ -186,7 +193,7 @@ class Conversations:
             message.reaction_to = xmpp_id
         else:
             message.reply_to = xmpp_id
-        message.ref_author = None if record.own else record.author
+        message.ref_author = record.author
 
 
 __all__ = ["Conversations", "Record", "CORE_SETTINGS", "SETTING"]

@@ -135,7 +135,7 @@ async def irc_scenario(prosody, ircd_port: int, server: str, tags: bool):
 
         # A correction: a short edit names the changed words; a long one is sent whole, marked.
         alice.send_chat(chan, "the quick brown fox", msg_id="fox1", mtype="groupchat")
-        await bob.expect(said(channel, "the quick brown fox"))
+        fox = await bob.expect(said(channel, "the quick brown fox"))
         alice.send_chat(chan, "the quick red fox", msg_id="fox2", mtype="groupchat", extra=replace("fox1"))
         await bob.expect(said(channel, "s/brown/red/"))
         reflected = await alice.next_message(lambda m: m.find(f"{{{NS_CORRECT}}}replace") is not None)
@@ -176,7 +176,7 @@ async def irc_scenario(prosody, ircd_port: int, server: str, tags: bool):
         alice.send_chat(chan, "after the refusal", mtype="groupchat")
         line = await bob.expect(lambda l: " PRIVMSG " in l)
         assert line.endswith(":after the refusal")
-        return bob, alice, chan, channel, bob_nick, sid
+        return bob, alice, chan, channel, bob_nick, sid, fox
     except BaseException:
         await alice.stop()
         await bob.close()
@@ -187,8 +187,20 @@ def test_irc_with_message_tags_correction_reply_reaction_and_inbound_tags(prosod
     """InspIRCd with message-tags: +draft/reply and +draft/react both ways, corrections as s/// or '* '."""
 
     async def scenario():
-        bob, alice, chan, channel, bob_nick, sid = await irc_scenario(prosody, inspircd.port, "tags.test", True)
+        bob, alice, chan, channel, bob_nick, sid, fox = await irc_scenario(prosody, inspircd.port, "tags.test",
+                                                                           True)
         try:
+            # bob answers, then reacts to, the user's own line: the gateway learnt its msgid from the
+            # server's echo (echo-message), so both point at the user's message.
+            fox_msgid = dict(t.partition("=")[::2] for t in fox[1:].split(" ", 1)[0].split(";"))["msgid"]
+            bob.send(f"@+draft/reply={fox_msgid} PRIVMSG {channel} :what fox?")
+            answered = await alice.next_message(lambda m: body(m) == "what fox?")
+            link = answered.find(f"{{{NS_REPLY}}}reply")
+            assert link is not None and link.get("id") == "fox1" and link.get("to") == f"{chan}/alice"
+            bob.send(f"@+draft/reply={fox_msgid};+draft/react=🦊 TAGMSG {channel}")
+            reacted = await alice.next_message(lambda m: m.find(f"{{{NS_REACTIONS}}}reactions") is not None)
+            assert reacted.find(f"{{{NS_REACTIONS}}}reactions").get("id") == "fox1"
+
             # bob answers his own line with +draft/reply, then reacts to it: XEP-0461 and XEP-0444.
             bob.send(f"@+draft/reply={sid} PRIVMSG {channel} :answering myself")
             answered = await alice.next_message(lambda m: body(m) == "answering myself")
@@ -216,7 +228,7 @@ def test_irc_without_message_tags_correction_reply_reaction_as_text(prosody, ngi
     """ngircd has no message-tags: replies and reactions are text lines naming the nick and quoting."""
 
     async def scenario():
-        bob, alice, chan, channel, bob_nick, sid = await irc_scenario(prosody, ngircd.port, "plain.test", False)
+        bob, alice, chan, channel, bob_nick, sid, _ = await irc_scenario(prosody, ngircd.port, "plain.test", False)
         try:
             # Typing goes nowhere without client tags: the next line bob sees is the next message.
             alice.send_chat(chan, None, mtype="groupchat", extra=state("composing"))

@@ -651,3 +651,69 @@ class ServerOffersAreCapped(IRCSessionCase):
         self.transports[-1].clear()
         self.conn.lineReceived(b":eve!e@h PRIVMSG alice :\x01ACTION waves\x01")   # actions are not answers
         self.assertEqual(self.context.delivered[-1].body, "/me waves")
+
+
+class ConversationsOnTheWire(IRCSessionCase):
+    """Corrections, replies, reactions and typing as IRC lines; the echo that gives our lines' msgids."""
+
+    rate = 0.0
+
+    def sign_on_with(self, caps: str):
+        session = self.sign_on()
+        self.conn.lineReceived(f":{SERVER} CAP alice ACK :{caps}".encode())
+        self.transports[-1].clear()
+        self.context.refs = []
+        self.context.message_ref = lambda *args: self.context.refs.append(args)
+        return session
+
+    def test_the_echo_of_a_first_line_gives_its_msgid_matched_by_text(self):
+        session = self.sign_on_with("message-tags echo-message")
+        for i, body in enumerate(("refused line", "two\nlines")):
+            message = self.message(body)
+            message.xmpp_id = f"x{i}"
+            self.send(message)
+        self.conn.lineReceived(b"@msgid=m2 :alice!a@h PRIVMSG bob :lines")       # not a first line: nothing
+        self.conn.lineReceived(b"@msgid=m1 :alice!a@h PRIVMSG bob :two")         # the refused one never echoes
+        self.assertEqual(self.context.refs, [(USER, f"bob%{SERVER}", "x1", "m1")])
+        self.assertEqual(self.context.delivered, [])                             # echoes are not shown again
+        self.assertEqual(session._echoes["bob"], type(session._echoes["bob"])())
+
+    def test_without_echo_message_nothing_is_awaited(self):
+        session = self.sign_on_with("message-tags")
+        message = self.message("hello")
+        message.xmpp_id = "x"
+        self.send(message)
+        self.assertEqual(session._echoes, {})
+
+    def test_tag_values_are_escaped_and_typing_needs_message_tags(self):
+        self.sign_on_with("message-tags")
+        message = self.message("yes")
+        message.reply_to, message.ref = "x", "a;b c"
+        self.send(message)
+        self.assertEqual(self.written(), ["@+draft/reply=a\\:b\\sc PRIVMSG bob :yes"])
+        self.transports[-1].clear()
+        typing = self.message(None)
+        typing.chat_state = "composing"
+        self.adapter.typing(typing, self.registration)
+        self.assertEqual(self.written(), ["@+typing=active TAGMSG bob"])
+
+    def test_without_message_tags_no_tagmsg_is_sent(self):
+        self.sign_on_with("server-time")
+        typing = self.message(None)
+        typing.chat_state = "composing"
+        self.adapter.typing(typing, self.registration)
+        reaction = self.message(None)
+        reaction.reaction_to, reaction.reactions, reaction.ref, reaction.ref_body = "x", ["👍"], "m", "hi"
+        self.send(reaction)
+        self.assertEqual(self.written(), ["PRIVMSG bob :Reacted 👍 to “hi”"])
+
+    def test_room_lines_await_their_echo_too(self):
+        session = self.sign_on_with("message-tags echo-message")
+        session.join("laptop", "#room", "alice")
+        self.conn.lineReceived(b":alice!a@h JOIN #room")
+        self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
+        message = OutboundMessage(component=self.context.component, user=USER, recipient=f"#room%{SERVER}",
+                                  body="hello room", kind="groupchat", xmpp_id="r1")
+        self.send(message)
+        self.conn.lineReceived(b"@msgid=m9 :alice!a@h PRIVMSG #room :hello room")
+        self.assertEqual(self.context.refs, [(USER, f"#room%{SERVER}", "r1", "m9")])

@@ -34,7 +34,9 @@ from gateway.model import PermanentFailure, TemporaryFailure
 
 log = Logger(namespace="gateway.adapters.irc")
 
-WANTED_CAPS = ("server-time", "message-tags", "multi-prefix")
+#: echo-message: the server sends our own lines back with their msgid, so replies and reactions
+#: from IRC to the user's lines can be linked to them (the echoes are not shown again).
+WANTED_CAPS = ("server-time", "message-tags", "multi-prefix", "echo-message")
 
 #: The longest line read: IRCv3's 8,191 bytes of tags plus the 512 of the line.
 #: A longer one is skipped up to its newline, not buffered (the connection and
@@ -526,9 +528,23 @@ class IRCConnection(irc.IRCClient):
     def privmsg(self, user, channel, message):
         self.session.on_message(user.split("!", 1)[0], channel, message, self.tags)
 
+    def _echo(self, prefix: str) -> bool:
+        return "echo-message" in self.caps and prefix.split("!", 1)[0].lower() == (self.nickname or "").lower()
+
+    def irc_PRIVMSG(self, prefix, params):
+        if params and self._echo(prefix):
+            self.session.on_echo(params[0], params[-1], self.tags)      # our own line, back with its msgid
+            return
+        super().irc_PRIVMSG(prefix, params)
+
+    def irc_NOTICE(self, prefix, params):
+        if params and self._echo(prefix):
+            return
+        super().irc_NOTICE(prefix, params)
+
     def irc_TAGMSG(self, prefix, params):
         """IRCv3 message-tags: a message of tags only (+typing, +draft/react)."""
-        if params and "!" in prefix:
+        if params and "!" in prefix and not self._echo(prefix):
             self.session.on_tagmsg(prefix.split("!", 1)[0], params[0], self.tags)
 
     def action(self, user, channel, data):

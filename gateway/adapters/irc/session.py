@@ -14,6 +14,8 @@ of a room event or private message passes text.clean / text.clean_name in
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.internet import defer, error, protocol, ssl
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -36,6 +38,9 @@ TYPING_OUT = {"composing": "active", "paused": "paused"}
 TYPING_IN = {"active": "composing", "paused": "paused", "done": "active"}
 #: The longest reaction taken from a +draft/react tag.
 REACTION_LIMIT = 32
+#: Messages awaiting their echo (echo-message) per target, and targets, kept at most.
+ECHO_HOLD = 100
+ECHO_TARGETS = 100
 ROLE = {"~": ("moderator", "owner"), "&": ("moderator", "admin"), "@": ("moderator", "admin"),
         "%": ("moderator", "member"), "+": ("participant", "member")}
 MODE_PREFIX = {"q": "~", "a": "&", "o": "@", "h": "%", "v": "+"}
@@ -160,6 +165,8 @@ class IRCSession:
         self.nick = self.settings["nick"]
         self.conn: IRCConnection | None = None
         self.rooms: dict[str, Room] = {}
+        #: Per target, the first lines of messages awaiting the server's echo: (text, XMPP id, recipient).
+        self._echoes: dict[str, deque[tuple[str, str, str]]] = {}
         self.factory: _Factory | None = None
         self.connector = None
         #: Our place with the adapter's scheduler for the attempt under way (or waiting).
@@ -817,6 +824,35 @@ class IRCSession:
                                                 ref=ref, reactions=[reaction], foreign_id=safe_msgid(tags))
                                  ).addErrback(lambda f: log.failure("reaction from {nick} not stored", f, nick=nick))
 
+    def _await_echo(self, message: OutboundMessage, target: str, lines: list[str]) -> None:
+        """Note the first line of a message the server will echo, to learn its msgid from the echo."""
+        if not lines or not message.xmpp_id or self.conn is None or "echo-message" not in self.conn.caps:
+            return
+        key = target.lower()
+        waiting = self._echoes.get(key)
+        if waiting is None:
+            if len(self._echoes) >= ECHO_TARGETS:
+                self._echoes.pop(next(iter(self._echoes)))
+            waiting = self._echoes[key] = deque(maxlen=ECHO_HOLD)
+        waiting.append((lines[0].split(" :", 1)[-1], message.xmpp_id, message.recipient))
+
+    def on_echo(self, target: str, body: str, tags: dict) -> None:
+        """
+        The server's echo of one of our lines: the first line of a message awaited
+        gives that message's msgid. Matched by its text, so a line the server
+        refused (no echo) cannot shift the others; older entries are dropped then.
+        """
+        waiting = self._echoes.get(target.lower())
+        msgid = safe_msgid(tags)
+        if not waiting or not msgid:
+            return
+        for i, (text_sent, xmpp_id, contact) in enumerate(waiting):
+            if text_sent == body:
+                for _ in range(i + 1):
+                    waiting.popleft()
+                self.context.message_ref(self.user, contact, xmpp_id, msgid)
+                return
+
     @property
     def tags_on(self) -> bool:
         """Whether the connection may send client tags (the server acknowledged message-tags)."""
@@ -979,6 +1015,8 @@ class IRCSession:
             self.conn.send_message(lines).done.addErrback(lambda f: None)   # lost with the connection: as before
         except GatewayError as e:                     # queue full, or a message longer than the queue
             return defer.fail(e)
+        if not (message.correction_of or message.reaction_to):
+            self._await_echo(message, target, lines)
         if reflect_room is not None:
             # XEP-0045: the room reflects the sender's own message (as they wrote it) to every joined resource.
             self._event(reflect_room, "message", nick=self.nick, body=message.body, message_id=message.xmpp_id,
@@ -1025,6 +1063,8 @@ class IRCSession:
         except GatewayError as e:                     # queue full, or a message longer than the queue
             return defer.fail(e)
         backlog.settle(key, message)                  # in line on the socket: later messages may follow it
+        if done == 0 and not (message.correction_of or message.reaction_to):
+            self._await_echo(message, target, lines)
         return out.done.addCallbacks(lambda _: len(lines), lambda f: self._interrupted(f, message, done, out))
 
     def _progressed(self, message: OutboundMessage, done: int, out: Outgoing) -> None:
