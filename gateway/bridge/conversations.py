@@ -6,8 +6,10 @@ reference to it (an IRC msgid, an email Message-ID). Both ways: an XMPP id
 leads to the network's reference (outbound), a network reference to the XMPP
 id the user's client knows (inbound).
 
-Bounded: MESSAGES per conversation and CONVERSATIONS in all, the oldest
-forgotten first. In memory only: after a restart, or for a message from longer
+Bounded: MESSAGES per conversation, CONVERSATIONS and TOTAL messages in all
+(the least recently used conversation loses its oldest first), BODY_LIMIT
+characters of each text and ids of at most ID_LIMIT: a few tens of MB at most,
+whatever users and networks send. In memory only: after a restart, or for a message from longer
 ago, a reference is not found and the message goes on without it (a correction
 is then sent whole, a reply without its quote).
 
@@ -27,8 +29,10 @@ from gateway.model import Field, GatewayError, InboundMessage, OutboundMessage, 
 
 MESSAGES = 200
 CONVERSATIONS = 10_000
-#: Text kept per message (for quotes and short edits).
-BODY_LIMIT = 1000
+TOTAL = 100_000
+#: Text kept per message (for quotes and short edits); a longer one is kept cut, and marked so.
+BODY_LIMIT = 500
+ID_LIMIT = 256
 
 SETTING = "corrections"
 CORE_SETTINGS = [Field(SETTING, "Corrections of my messages, on networks that have none", type="list-single",
@@ -45,6 +49,8 @@ class Record:
     ref: str | None = None
     #: Reactions the user already sent to it (so a new set adds only the new ones).
     reacted: set[str] = field(default_factory=set)
+    #: ``body`` was cut to BODY_LIMIT: good for a quote, not for a short edit.
+    cut: bool = False
 
 
 class Conversations:
@@ -52,32 +58,46 @@ class Conversations:
         self.adapter = adapter
         self._by_id: OrderedDict[tuple[str, str], OrderedDict[str, Record]] = OrderedDict()
         self._by_ref: dict[tuple[str, str], dict[str, str]] = {}
+        self._count = 0
 
     # -- memory ---------------------------------------------------------------
 
     def remember(self, user: str, contact: str, xmpp_id: str | None, record: Record) -> None:
-        if not xmpp_id:
+        if not xmpp_id or len(xmpp_id) > ID_LIMIT or (record.ref and len(record.ref) > ID_LIMIT):
             return
         key = (user, contact)
         if record.body and len(record.body) > BODY_LIMIT:
-            record.body = record.body[:BODY_LIMIT]
+            record.body, record.cut = record.body[:BODY_LIMIT], True
         messages = self._by_id.get(key)
         if messages is None:
             messages = self._by_id[key] = OrderedDict()
             self._by_ref[key] = {}
-            if len(self._by_id) > CONVERSATIONS:
-                old, _ = self._by_id.popitem(last=False)
+            while len(self._by_id) > CONVERSATIONS:
+                old, gone = self._by_id.popitem(last=False)
                 self._by_ref.pop(old, None)
+                self._count -= len(gone)
         else:
             self._by_id.move_to_end(key)
+        if xmpp_id not in messages:
+            self._count += 1
         messages[xmpp_id] = record
         messages.move_to_end(xmpp_id)
         if record.ref:
             self._by_ref[key][record.ref] = xmpp_id
         while len(messages) > MESSAGES:
-            _, gone = messages.popitem(last=False)
-            if gone.ref:
-                self._by_ref[key].pop(gone.ref, None)
+            self._drop_oldest(key)
+        while self._count > TOTAL:
+            self._drop_oldest(next(iter(self._by_id)))
+
+    def _drop_oldest(self, key: tuple[str, str]) -> None:
+        messages = self._by_id[key]
+        _, gone = messages.popitem(last=False)
+        self._count -= 1
+        if gone.ref:
+            self._by_ref[key].pop(gone.ref, None)
+        if not messages:
+            del self._by_id[key]
+            self._by_ref.pop(key, None)
 
     def find(self, user: str, contact: str, xmpp_id: str | None) -> Record | None:
         messages = self._by_id.get((user, contact))
@@ -94,7 +114,7 @@ class Conversations:
     def learn(self, user: str, contact: str, xmpp_id: str, ref: str) -> None:
         """The network's reference to one of the user's messages, known now."""
         record = self.find(user, contact, xmpp_id)
-        if record is not None and not record.ref:
+        if record is not None and not record.ref and len(ref) <= ID_LIMIT:
             record.ref = ref
             self._by_ref[(user, contact)][ref] = xmpp_id
 
@@ -115,8 +135,10 @@ class Conversations:
             if record is not None and not record.own:
                 raise GatewayError("you can only correct your own messages", "forbidden", "cancel")
             if record is not None:
-                message.ref, message.ref_body = record.ref, record.body
-                record.body = message.body         # the next correction of it refers to this text
+                message.ref, message.ref_body = record.ref, None if record.cut else record.body
+                record.body, record.cut = message.body, False     # the next correction refers to this text
+                if record.body and len(record.body) > BODY_LIMIT:
+                    record.body, record.cut = record.body[:BODY_LIMIT], True
             if not ICorrections.providedBy(adapter):
                 settings = registration.settings if registration is not None else {}
                 if settings.get(SETTING, "send") == "ignore":

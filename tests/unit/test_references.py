@@ -161,3 +161,22 @@ def test_memory_is_bounded_per_conversation_and_in_all(monkeypatch):
     memory.remember("u@x", "carol", "c", Record(own=True))
     memory.remember("u@x", "dave", "d", Record(own=True))
     assert memory.find("u@x", "bob", "m4") is None and memory.by_ref("u@x", "bob", "F4") is None
+
+
+def test_memory_has_a_total_bound_and_long_ids_are_not_kept(monkeypatch):
+    monkeypatch.setattr(conversations, "TOTAL", 5)
+    memory = Conversations(Plain())
+    for who in ("a", "b", "c"):
+        for i in range(3):
+            memory.remember("u@x", who, f"{who}{i}", Record(own=True))
+    assert memory._count == 5 and memory.find("u@x", "a", "a2") is None and memory.find("u@x", "c", "c2")
+    memory.remember("u@x", "d", "i" * 300, Record(own=True))
+    assert memory.find("u@x", "d", "i" * 300) is None
+
+
+def test_a_long_original_is_quoted_but_not_diffed():
+    memory = Conversations(Plain())
+    long = "word " * 200
+    memory.prepare(out(body=long, xmpp_id="x1"), None)
+    fixed = memory.prepare(out(body=long + "more", correction_of="x1"), None)
+    assert fixed.ref_body is None
