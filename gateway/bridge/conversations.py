@@ -165,7 +165,7 @@ class Conversations:
         if message.reply_to:
             record = self.find(user, contact, message.reply_to)
             if record is not None:
-                message.ref, message.ref_author = record.ref, record.author
+                message.ref, message.ref_author = record.ref, record.author or message.ref_author
                 message.ref_body = record.body or message.ref_body
             if not IReplies.providedBy(adapter):
                 message.body = fallback.reply_text(message.body or "", message.ref_body)

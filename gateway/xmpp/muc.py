@@ -162,11 +162,15 @@ class MUCHandler(ComponentHandler):
             recipient, kind = self.bridge.adapter.occupant_address(room, to.resource), "chat"
         else:
             recipient, kind = room, "groupchat"
+        # The occupant replied to, as the client names it (room/nick): used when the gateway does not
+        # remember the message.
+        author = parse_jid(refs.reply_jid) if refs.reply_jid else None
+        author_nick = author.resource if author is not None and author.userhost() == to.userhost() else None
         message = OutboundMessage(component=self.domain, user=sender.userhost(), recipient=recipient, body=body,
                                   subject=subject, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,
                                   kind=kind, chat_state=chat_state, correction_of=refs.correction_of,
                                   reply_to=refs.reply_to, reaction_to=refs.reaction_to, reactions=refs.reactions,
-                                  ref_body=refs.quoted)
+                                  ref_body=refs.quoted, ref_author=author_nick)
         if body is None and subject is None and not refs.reaction_to:
             d = self.bridge.chat_state(message)       # typing: passed on now or not at all
         elif kind == "groupchat":

@@ -38,6 +38,8 @@ class References:
     body: str | None = None
     #: The text the fallback quoted (the message replied to), "> " taken off.
     quoted: str | None = None
+    #: XEP-0461 ``to``: the JID of the author of the message replied to, as the client says.
+    reply_jid: str | None = None
 
     @property
     def any(self) -> bool:
@@ -91,6 +93,8 @@ def parse(stanza: domish.Element, body: str | None) -> References:
             refs.correction_of = _id(el, "correction")
         elif el.uri == NS_REPLY and el.name == "reply":
             refs.reply_to = _id(el, "reply")
+            to = el.getAttribute("to")
+            refs.reply_jid = to if to and len(to) <= 3071 else None
         elif el.uri == NS_REACTIONS and el.name == "reactions":
             refs.reaction_to = _id(el, "reaction")
             for reaction in el.elements(NS_REACTIONS, "reaction"):

@@ -230,6 +230,10 @@ def test_irc_without_message_tags_correction_reply_reaction_as_text(prosody, ngi
     async def scenario():
         bob, alice, chan, channel, bob_nick, sid, _ = await irc_scenario(prosody, ngircd.port, "plain.test", False)
         try:
+            # A reply to a line the gateway does not remember: the client's quote and its 'to' (the nick).
+            alice.send_chat(chan, "> old words\nlate answer", mtype="groupchat",
+                            extra=reply(f"{chan}/{bob_nick}", "forgotten", "> old words\n"))
+            await bob.expect(said(channel, f"{bob_nick}: “old words” late answer"))
             # Typing goes nowhere without client tags: the next line bob sees is the next message.
             alice.send_chat(chan, None, mtype="groupchat", extra=state("composing"))
             alice.send_chat(chan, "typed, then sent", mtype="groupchat")

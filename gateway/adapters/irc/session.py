@@ -873,8 +873,8 @@ class IRCSession:
         """
         body = message.body or ""
         tags: dict[str, str] = {}
-        author = message.ref_author if message.kind == "groupchat" else None
-        if author and text.clean_name(author) == text.clean_name(self.nick):
+        author = text.clean_name(message.ref_author) if message.kind == "groupchat" and message.ref_author else None
+        if author and author == text.clean_name(self.nick):
             author = None
         if message.reaction_to:
             if self.tags_on and message.ref:
