@@ -717,3 +717,17 @@ class ConversationsOnTheWire(IRCSessionCase):
         self.send(message)
         self.conn.lineReceived(b"@msgid=m9 :alice!a@h PRIVMSG #room :hello room")
         self.assertEqual(self.context.refs, [(USER, f"#room%{SERVER}", "r1", "m9")])
+
+    def test_hostile_reaction_and_typing_tags_are_bounded_or_ignored(self):
+        session = self.sign_on_with("message-tags")
+        session.join("laptop", "#room", "alice")
+        self.conn.lineReceived(b":alice!a@h JOIN #room")
+        self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
+        before = len(self.context.events)
+        huge = "\U0001F600" * 500
+        for tags in (f"+draft/reply=x\x01y;+draft/react={huge}", "+draft/react=\x02\x03", "+typing=sideways",
+                     f"+draft/reply=m1;+draft/react={huge}"):
+            self.conn.lineReceived(f"@{tags} :bob!b@h TAGMSG #room".encode())
+        events = self.context.events[before:]
+        self.assertEqual(len(events), 1)            # only the last: a sane reference, a reaction cut to size
+        self.assertEqual((events[0].ref, len(events[0].reactions[0])), ("m1", 32))

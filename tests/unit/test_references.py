@@ -180,3 +180,41 @@ def test_a_long_original_is_quoted_but_not_diffed():
     memory.prepare(out(body=long, xmpp_id="x1"), None)
     fixed = memory.prepare(out(body=long + "more", correction_of="x1"), None)
     assert fixed.ref_body is None
+
+
+# -- on the stream: malformed references get the right stanza error, nothing is sent -----------------
+
+import os  # noqa: E402
+
+import pytest_twisted  # noqa: E402
+
+from tests.unit.wire import DOMAIN, Wire, error_of, find  # noqa: E402
+
+
+@pytest.fixture
+def wire(tmp_path):
+    w = pytest_twisted.blockon(Wire(os.path.join(tmp_path, "reg.sqlite")).start())
+    yield w
+    w.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_malformed_references_are_refused_on_the_stream(wire):
+    yield wire.register()
+    wire.sent()
+    many = "".join(f"<reaction>r{i}</reaction>" for i in range(21))
+    for mid, extra, condition in (
+            ("noid", f"<replace xmlns='{NS_CORRECT}'/>", "bad-request"),
+            ("many", f"<reactions xmlns='{NS_REACTIONS}' id='x'>{many}</reactions>", "policy-violation"),
+            ("range", f"<reply xmlns='{NS_REPLY}' id='x'/><fallback xmlns='{NS_FALLBACK}' for='{NS_REPLY}'>"
+                      "<body start='0' end='99'/></fallback>", "bad-request")):
+        wire.feed(f"<message from='alice@example.org/phone' to='bob@{DOMAIN}' id='{mid}' type='chat'>"
+                  f"<body>x</body>{extra}</message>")
+        err = yield wire.wait(lambda el, mid=mid: el.getAttribute("id") == mid)
+        assert err["type"] == "error" and error_of(err)[0] == condition
+    # A well-formed reply reaches the echo network with the quote as its first line (the core's fallback).
+    wire.feed(f"<message from='alice@example.org/phone' to='bob@{DOMAIN}' id='ok' type='chat'>"
+              f"<body>&gt; q\nfine</body><reply xmlns='{NS_REPLY}' id='x'/>"
+              f"<fallback xmlns='{NS_FALLBACK}' for='{NS_REPLY}'><body start='0' end='4'/></fallback></message>")
+    echo = yield wire.wait(lambda el: el.name == "message" and find(el, "body") is not None)
+    assert str(find(echo, "body")) == "> q\nfine"
