@@ -122,10 +122,15 @@ async def irc_scenario(prosody, ircd_port: int, server: str, tags: bool):
     user = prosody.register(f"conv{tag}{PID}", "pw")
     bob = await (CapIRC(ircd_port, bob_nick, caps="message-tags server-time") if tags
                  else RawIRC(ircd_port, bob_nick)).connect()
+    # On the server with message-tags, someone whose client does not ask for it.
+    plain = await RawIRC(ircd_port, f"noca{PID}"[:16]).connect() if tags else None
     alice = await Client(user, "pw").start(prosody.c2s_port)
     try:
         bob.send(f"JOIN {channel}")
         await bob.expect(lambda l: " JOIN " in l and channel in l)
+        if plain is not None:
+            plain.send(f"JOIN {channel}")
+            await plain.expect(lambda l: " JOIN " in l and channel in l)
         await join(alice, channel, "alice", server)
 
         bob.send(f"PRIVMSG {channel} :where is the meeting?")
@@ -176,10 +181,18 @@ async def irc_scenario(prosody, ircd_port: int, server: str, tags: bool):
         alice.send_chat(chan, "after the refusal", mtype="groupchat")
         line = await bob.expect(lambda l: " PRIVMSG " in l)
         assert line.endswith(":after the refusal")
+        if plain is not None:
+            # Without message-tags: no reaction, no tags, the reply as "nick: text".
+            await plain.expect(said(channel, "after the refusal"))
+            assert not [l for l in plain.seen if " TAGMSG " in l or l.startswith("@")]
+            assert [l for l in plain.seen if l.endswith(f"PRIVMSG {channel} :{bob_nick}: in room 4")]
+            await plain.close()
         return bob, alice, chan, channel, bob_nick, sid, fox
     except BaseException:
         await alice.stop()
         await bob.close()
+        if plain is not None:
+            await plain.close()
         raise
 
 
