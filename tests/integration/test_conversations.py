@@ -372,6 +372,7 @@ def test_email_reply_reaction_and_correction_per_setting(prosody, smarthost, mai
             heard = await alice.next_message(lambda m: body(m) == "lunch on friday?")
             heard_id = heard.get("id")
 
+            alice.send_chat(bob_jid, None, extra=state("composing"))         # typing: never mailed
             quote = "> lunch on friday?\n"
             alice.send_chat(bob_jid, quote + "yes, at noon", msg_id="noon", extra=reply(bob_jid, heard_id, quote))
             answer = await asyncio.to_thread(mail_to_bob, lambda m: b"yes, at noon" in m["data"])
@@ -397,6 +398,8 @@ def test_email_reply_reaction_and_correction_per_setting(prosody, smarthost, mai
             alice.send_chat(bob_jid, "see you then", msg_id="then")
             await asyncio.to_thread(mail_to_bob, lambda m: b"see you then" in m["data"])
             assert not [m for m in smarthost.received if b"at two" in m["data"]]
+            assert [text_of_mail(m) for m in smarthost.received if bob in m["to"]] == [
+                "yes, at noon", "Reacted ❤ to “lunch on friday?”", "Correction: yes, at one", "see you then"]
 
             # bob answers the user's mail: a reply (XEP-0461) to the user's message.
             r = await asyncio.to_thread(swaks, mail_gateway.smtp_port, "--tls", "--from", bob,
@@ -464,6 +467,7 @@ def test_sms_reply_reaction_and_correction_as_text(prosody, simulator, sms_gatew
             heard = await alice.next_message(lambda m: body(m) == "are you coming?")
             heard_id = heard.get("id")
 
+            alice.send_chat(contact_jid, None, extra=state("composing"))     # typing: never an SMS
             quote = f"> {contact} wrote:\n> are you coming?\n"       # the client's own fallback, not sent
             alice.send_chat(contact_jid, quote + "on my way", extra=reply(contact_jid, heard_id, quote))
             await wait_sent("> are you coming?\non my way")
@@ -478,7 +482,9 @@ def test_sms_reply_reaction_and_correction_as_text(prosody, simulator, sms_gatew
             alice.send_chat(contact_jid, "see you at 10", extra=replace("eight"))
             alice.send_chat(contact_jid, "bring snacks")
             await wait_sent("bring snacks")
-            assert not [m for m in await asyncio.to_thread(simulator.messages) if "at 10" in m["body"]]
+            assert [m["body"] for m in await asyncio.to_thread(simulator.messages) if m["to"] == contact] == [
+                "> are you coming?\non my way", "Reacted 👍 to “are you coming?”", "see you at 8",
+                "Correction: see you at 9", "bring snacks"]
 
             alice.send_chat(contact_jid, "i am not coming", msg_id="notmine", extra=replace(heard_id))
             refused = await alice.next_message(lambda m: m.get("type") == "error" and m.get("id") == "notmine")
