@@ -731,3 +731,13 @@ class ConversationsOnTheWire(IRCSessionCase):
         events = self.context.events[before:]
         self.assertEqual(len(events), 1)            # only the last: a sane reference, a reaction cut to size
         self.assertEqual((events[0].ref, len(events[0].reactions[0])), ("m1", 32))
+
+    def test_a_correction_or_reply_the_gateway_does_not_remember_goes_out_whole(self):
+        self.sign_on_with("message-tags")
+        correction = self.message("fixed text")
+        correction.correction_of = "forgotten"                     # no ref_body: not remembered
+        self.send(correction)
+        answer = self.message("late answer")
+        answer.reply_to = "forgotten"                              # no ref, no quote
+        self.send(answer)
+        self.assertEqual(self.written(), ["PRIVMSG bob :* fixed text", "PRIVMSG bob :late answer"])
