@@ -250,6 +250,41 @@ class IHealthReport(Interface):
         """List of readable problems (empty when healthy), e.g. "SMTP listener tcp:25: permission denied"."""
 
 
+class ICorrections(Interface):
+    """
+    A network that carries corrections itself: send() gets messages with
+    ``correction_of`` set (and ``ref``/``ref_body`` of the original when the
+    gateway remembers it) and shows them as corrections. Without it, the bridge
+    sends a correction as a new message saying so, or nothing, as the user's
+    ``corrections`` setting says.
+    """
+
+
+class IReplies(Interface):
+    """
+    A network that links replies to the message they answer: send() gets
+    ``reply_to`` with ``ref`` (the network's reference to that message),
+    ``ref_author`` and ``ref_body`` when known. Without it, the bridge puts a
+    quoted first line before the reply.
+    """
+
+
+class IReactions(Interface):
+    """
+    A network with reactions: send() gets messages with ``reaction_to`` and the
+    ``reactions`` they add (no body). Without it, the bridge sends
+    ``Reacted ❤ to “…”``.
+    """
+
+
+class ITyping(Interface):
+    """A network with typing notifications (XEP-0085 chat states)."""
+
+    def typing(message, registration):
+        """Pass on ``message.chat_state`` (composing, paused, active, inactive, gone) now; not queued,
+        may return a Deferred. Networks where the connection cannot carry it do nothing."""
+
+
 class IAdapterContext(Interface):
     """What the bridge offers an adapter."""
 
@@ -286,6 +321,14 @@ class IAdapterContext(Interface):
 
     def contact_status(user, address, available, status):
         """A contact's presence changed (a connection up or down): shown to the user now, not queued."""
+
+    def message_ref(user, address, xmpp_id, ref):
+        """The network's reference to a message the user sent, learnt after the send (an IRC msgid from the
+        server's echo): replies and reactions from the network to it can then be linked to it."""
+
+    def typing(user, address, state):
+        """A contact is typing (an XEP-0085 state name): shown to the user now if the stream is up, never
+        queued (a typing notification delivered later would mislead)."""
 
     def report(report):
         """A DeliveryReport for an earlier message (receipts, late failures)."""

@@ -84,6 +84,20 @@ class OutboundMessage:
     resource: str | None = None
     receipt_requested: bool = False
     chat_state: str | None = None
+    #: XEP-0308: the XMPP id of the user's earlier message that ``body`` corrects.
+    correction_of: str | None = None
+    #: XEP-0461: the XMPP id of the message this one answers (``body`` without the quoted fallback).
+    reply_to: str | None = None
+    #: XEP-0444: the XMPP id of the message reacted to; ``reactions`` are the ones this message adds
+    #: (the bridge keeps what was reacted before: a removal adds none and sends nothing).
+    reaction_to: str | None = None
+    reactions: list[str] = field(default_factory=list)
+    #: What the gateway remembers of the message referred to (by correction_of, reply_to or
+    #: reaction_to), filled in by the bridge: the network's reference to it (an IRC msgid, an email
+    #: Message-ID), who wrote it (a nick, an address) and its text.
+    ref: str | None = None
+    ref_author: str | None = None
+    ref_body: str | None = None
     #: XEP-0033 group message: every recipient (``recipient`` then names the group).
     group: list[str] = field(default_factory=list)
     #: "chat", or "groupchat" for a message to a room (``recipient`` is the room's address).
@@ -125,6 +139,15 @@ class InboundMessage:
     #: The foreign network's own timestamp (seconds since the epoch), if older than now.
     timestamp: float | None = None
     chat_state: str | None = None
+    #: The network's reference to an earlier message this one answers (``reactions`` empty) or
+    #: reacts to (``reactions`` set): an IRC msgid, an email Message-ID. The bridge turns it into
+    #: ``reply_to`` / ``reaction_to``, the XMPP id of that message, when it remembers it.
+    ref: str | None = None
+    reactions: list[str] = field(default_factory=list)
+    reply_to: str | None = None
+    reaction_to: str | None = None
+    #: Who wrote the message referred to, as a foreign address (set by the bridge with reply_to).
+    ref_author: str | None = None
     id: str = field(default_factory=new_id)
     #: The network's own id for this message when it may hand the same message
     #: over again (a provider retrying a webhook): a repeat within the
@@ -194,6 +217,20 @@ class RoomEvent:
     message_id: str | None = None
     #: The user's own id for that message (XEP-0359 origin-id), kept on the reflection.
     origin_id: str | None = None
+    #: The network's own id of a message (an IRC msgid), when it has one (``stanza_id`` is then the same
+    #: or one the gateway made up, so that clients can refer to the message).
+    foreign_id: str | None = None
+    #: A typing notification in the room (XEP-0085 state name), for a message without a body.
+    chat_state: str | None = None
+    #: The user's own correction reflected: the XMPP id of the message it corrects.
+    correction_of: str | None = None
+    #: As in InboundMessage: the network's reference to the message answered or reacted to, the
+    #: reactions, and the stanza ids the bridge found for it (with the nick who wrote it).
+    ref: str | None = None
+    reactions: list[str] = field(default_factory=list)
+    reply_to: str | None = None
+    reaction_to: str | None = None
+    ref_author: str | None = None
     condition: str | None = None
     #: Where the occupant is connected from, as the network shows everyone (IRC: the user and host
     #: of ``nick!user@host``), when known; checked by the adapter, bounded, no spaces.

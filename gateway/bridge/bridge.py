@@ -15,14 +15,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway import metrics
+from gateway.bridge import conversations
+from gateway.bridge.conversations import Conversations
 from gateway.bridge.notices import CORE_SETTINGS, SplitNotices
 from gateway.bridge.outbox import Outbox
 from gateway.bridge.ratelimit import TokenBuckets
 from gateway.bridge.archive import RoomArchive
-from gateway.interfaces import IAdapterContext, IGroupChat, IHostsRooms
+from gateway.interfaces import IAdapterContext, ICorrections, IGroupChat, IHostsRooms, ITyping
 from gateway.model import (DeliveryReport, Field, GatewayError, HistoryRequest, InboundMessage, OutboundMessage,
                            PolicyViolation, Registration, RegistrationError, RoomEvent, SecretsUndecryptable,
-                           SendResult)
+                           SendResult, new_id)
 from gateway.registry import RegistrationConflict
 
 log = Logger(namespace="gateway.bridge")
@@ -107,6 +109,8 @@ class Bridge(service.MultiService):
         self.split_notices = SplitNotices(self)
         #: The room archive (MAM, history on join) of a group-chat network; None when turned off.
         self.archive = RoomArchive(self) if archive and IGroupChat.providedBy(self.adapter) else None
+        #: Messages relayed, per conversation: what corrections, replies and reactions refer to.
+        self.conversations = Conversations(self.adapter)
 
     def startService(self):
         super().startService()
@@ -182,11 +186,13 @@ class Bridge(service.MultiService):
 
     def deliver(self, message: InboundMessage) -> defer.Deferred:
         message.component = self.component
+        self.conversations.inbound(message)
         return self.outbox.deliver(message)
 
     def deliver_all(self, messages: list[InboundMessage]) -> defer.Deferred:
         for message in messages:
             message.component = self.component
+            self.conversations.inbound(message)
         return self.outbox.deliver_all(messages)
 
     def offer_file(self, user: str, data: bytes, name: str | None, content_type: str | None) -> defer.Deferred:
@@ -259,10 +265,22 @@ class Bridge(service.MultiService):
         if self.output.connected:
             self.output.send_presence(user, address, available, status)
 
+    def message_ref(self, user: str, address: str, xmpp_id: str, ref: str) -> None:
+        self.conversations.learn(user, address, xmpp_id, ref)
+
+    def typing(self, user: str, address: str, state: str) -> None:
+        if self.output.connected:
+            self.output.send_message(InboundMessage(component=self.component, user=user, sender=address,
+                                                    chat_state=state))
+
     def room_event(self, event: RoomEvent) -> None:
         archive = self.archive
         if archive is not None:
             archive.record(event)            # also with no resource joined: a persistent room is the user's
+        if event.kind == "message" and event.nick and not event.stanza_id and not event.archived:
+            # With the archive off a line still gets an id of its own, so clients can answer or react to it.
+            event.stanza_id = new_id()
+        self.conversations.room_event(event)
         if not event.resources or self._rooms_closed:
             return
         if archive is not None:
@@ -526,7 +544,14 @@ class Bridge(service.MultiService):
     @property
     def settings_fields(self) -> list[Field]:
         """The ``settings`` form: the adapter's fields, then the gateway's own."""
-        return [*self.adapter.settings_fields, *CORE_SETTINGS]
+        return [*self.adapter.settings_fields, *self._core_settings]
+
+    @property
+    def _core_settings(self) -> list[Field]:
+        """The gateway's own settings: the correction setting only where the network has no corrections."""
+        if ICorrections.providedBy(self.adapter):
+            return CORE_SETTINGS
+        return [*CORE_SETTINGS, *conversations.CORE_SETTINGS]
 
     @defer.inlineCallbacks
     def update_settings(self, jid: str, values: dict[str, Any]):
@@ -534,7 +559,7 @@ class Bridge(service.MultiService):
         if reg is None:
             raise RegistrationError("you are not registered", "registration-required")
         values = self._coerce(self.settings_fields, values)
-        core = {f.var: values.pop(f.var) for f in CORE_SETTINGS if f.var in values}
+        core = {f.var: values.pop(f.var) for f in self._core_settings if f.var in values}
         settings = yield defer.maybeDeferred(self.adapter.validate_settings, reg, values) if values else {}
         reg.settings = {**reg.settings, **settings, **core}
         yield self.registry.put_registration(reg)
@@ -562,12 +587,24 @@ class Bridge(service.MultiService):
 
     # -- messages ---------------------------------------------------------
 
-    def submit(self, message: OutboundMessage) -> defer.Deferred:
-        """Accept an outbound message into the outbox (rate limit first)."""
+    def submit(self, message: OutboundMessage, registration: Registration | None = None) -> defer.Deferred:
+        """
+        Accept an outbound message into the outbox (rate limit first). What it
+        refers to (a correction, reply or reaction) is looked up first, with the
+        user's ``registration`` for their settings: a correction of someone
+        else's message fails here (forbidden), and one the network cannot
+        carry is accepted and not sent when the user said so.
+        """
         if not self.limiter.allow(message.user):
             return defer.fail(PolicyViolation(self.rate_text))
         message.component = self.component
-        return self.outbox.submit(message)
+        try:
+            prepared = self.conversations.prepare(message, registration)
+        except GatewayError as e:
+            return defer.fail(e)
+        if prepared is None:
+            return defer.succeed(None)
+        return self.outbox.submit(prepared)
 
     def send_direct(self, message: OutboundMessage) -> defer.Deferred:
         """
@@ -581,22 +618,26 @@ class Bridge(service.MultiService):
         def send(reg):
             if reg is None:
                 raise RegistrationError(f"register with {self.component} first", "registration-required")
+            if self.conversations.prepare(message, reg) is None:
+                return None
             return defer.maybeDeferred(self.adapter.send, message, reg)
 
         def sent(result):
             self._sent_direct.inc()
             if isinstance(result, SendResult):
                 self.split_notices.sent(message, result)
+                self.conversations.sent(message, result.foreign_id)
             return result
 
         return self.ensure_registration(message.user).addCallback(send).addCallback(sent)
 
     def chat_state(self, message: OutboundMessage) -> defer.Deferred:
-        """Chat states are transient: passed on when the network has them, never queued."""
-        if "chatstates" not in self.adapter.features:
+        """Chat states are transient: passed on when the network has them (ITyping), never queued."""
+        typing = ITyping.providedBy(self.adapter)
+        if not typing and "chatstates" not in self.adapter.features:
             return defer.succeed(None)
         d = self.registration(message.user)
-        d.addCallback(lambda reg: reg and self.adapter.send(message, reg))
+        d.addCallback(lambda reg: reg and (self.adapter.typing if typing else self.adapter.send)(message, reg))
         return d.addErrback(lambda f: log.debug("chat state not passed on: {f}", f=f.getErrorMessage()))
 
     def normalize_address(self, text: str) -> str:
@@ -604,6 +645,7 @@ class Bridge(service.MultiService):
 
     def _sent(self, message: OutboundMessage, result: SendResult):
         self.split_notices.sent(message, result)
+        self.conversations.sent(message, result.foreign_id)
         if message.xmpp_id and message.receipt_requested and result.delivered:
             self.output.send_receipt(message.user, message.resource, message.recipient, message.xmpp_id)
         elif message.xmpp_id and result.foreign_id and not result.delivered:

@@ -13,7 +13,8 @@ from __future__ import annotations
 from twisted.words.protocols.jabber.jid import JID
 from zope.interface import implementer
 
-from gateway.interfaces import IGroupChat
+from gateway.interfaces import IGroupChat, ITyping
+from gateway.xmpp.references import NS_CORRECT, NS_REACTIONS, NS_REPLY
 from gateway.xmpp.caps import CAPS_NODE, verification_string
 from gateway.xmpp.escaping import FEATURE as NS_JID_ESCAPING
 from gateway.xmpp.escaping import unescape
@@ -44,10 +45,11 @@ class GatewayDisco(XMPPHandler):
         self.adapter = adapter
         #: Rooms keep an archive (gateway/bridge/archive.py): they say so (XEP-0313, XEP-0359).
         self.archive = archive
-        network = []
+        # Corrections, replies and reactions reach every network, in its own form or in words.
+        network = [NS_CORRECT, NS_REPLY, NS_REACTIONS]
         if "receipts" in adapter.features:
             network.append(NS_RECEIPTS)
-        if "chatstates" in adapter.features:
+        if "chatstates" in adapter.features or ITyping.providedBy(adapter):
             network.append(NS_CHATSTATES)
         if "attachments" in adapter.features:
             network.append(NS_OOB)

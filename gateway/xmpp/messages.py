@@ -21,6 +21,7 @@ from gateway.bridge.bridge import UNKNOWN
 from gateway.interfaces import IGroupChat, IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
 from gateway.xmpp.escaping import EscapingError, address_of, escape
+from gateway.xmpp import references
 from gateway.xmpp.muc import NS_SID, room_message_strings, room_stanzas
 from gateway.xmpp.stanzas import error_reply, escape_text, parse_jid, quote_attr, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
@@ -74,7 +75,11 @@ class MessageHandler(ComponentHandler):
         except EscapingError as e:
             self.stream.refuse(stanza, "jid-malformed", str(e), "modify")
             return
-        message = self._parse(stanza, sender, recipient)
+        try:
+            message = self._parse(stanza, sender, recipient)
+        except GatewayError as e:
+            self.stream.refuse(stanza, e.condition, e.text, e.error_type)
+            return
         if message is None:
             return
         message.group = group
@@ -163,8 +168,10 @@ class MessageHandler(ComponentHandler):
                 url = text_of(el, NS_OOB, "url")
                 if url:
                     attachments.append(url.strip())
-        if body is None and subject is None and not attachments and chat_state is None:
+        refs = references.parse(stanza, body)
+        if body is None and subject is None and not attachments and chat_state is None and not refs.any:
             return None
+        body = refs.body
         if attachments and "attachments" not in self.bridge.adapter.features:
             # A network without files (IRC) gets the URLs as text: the body if it is one, else added to it.
             extra = [u for u in attachments if u != (body or "").strip()]
@@ -172,19 +179,24 @@ class MessageHandler(ComponentHandler):
             attachments = []
         elif body is not None and attachments and body.strip() in attachments:
             body = None  # the URL repeated in the body, as XEP-0066 clients do
+        if (refs.correction_of or refs.reply_to) and body is None and not attachments:
+            return None  # a correction or reply with nothing left to say
         return OutboundMessage(
             component=self.domain, user=sender.userhost(), recipient=recipient, body=body, subject=subject,
             thread=thread, attachments=attachments, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,
-            receipt_requested=receipt and "receipts" in self.bridge.adapter.features, chat_state=chat_state)
+            receipt_requested=receipt and "receipts" in self.bridge.adapter.features, chat_state=chat_state,
+            correction_of=refs.correction_of, reply_to=refs.reply_to, reaction_to=refs.reaction_to,
+            reactions=refs.reactions, ref_body=refs.quoted)
 
     def _accept(self, registration, stanza: domish.Element, message: OutboundMessage):
         if registration is None:
             self.stream.refuse(stanza, "registration-required",
                                f"register with {self.domain} first (XEP-0077)", "auth")
             return None
-        if message.body is None and message.subject is None and not message.attachments:
+        if (message.body is None and message.subject is None and not message.attachments
+                and not message.reaction_to):
             return self.bridge.chat_state(message)
-        return self.bridge.submit(message)
+        return self.bridge.submit(message, registration)
 
     def _failed(self, failure, stanza: domish.Element):
         if failure.check(GatewayError):
@@ -263,6 +275,12 @@ class StanzaOutput:
             parts.append(f"<thread>{escape_text(xml_safe(message.thread))}</thread>")
         for url in urls_list:
             parts.append(f"<x xmlns='{NS_OOB}'><url>{escape_text(url)}</url></x>")
+        if message.reply_to or message.reaction_to:
+            try:
+                author = self.contact_jid(message.ref_author) if message.ref_author else message.user
+            except EscapingError:
+                author = None
+            parts.append(references.inbound_xml(message.reply_to, author, message.reaction_to, message.reactions))
         if message.chat_state in CHAT_STATES:
             parts.append(f"<{message.chat_state} xmlns='{NS_CHATSTATES}'/>")
         elif body is not None and message.type == "chat":

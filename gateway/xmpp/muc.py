@@ -17,6 +17,7 @@ from twisted.words.xish import domish
 from gateway.interfaces import IGroupChat, IRoomDirectory
 from gateway.bridge.archive import stamp_us
 from gateway.model import GatewayError, HistoryRequest, OutboundMessage
+from gateway.xmpp import references
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.stanzas import error_reply, escape_text, parse_jid, quote_attr, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
@@ -31,6 +32,7 @@ NS_CHATSTATES = "http://jabber.org/protocol/chatstates"
 NS_PING = "urn:xmpp:ping"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_MUC_TRAFFIC = "http://jabber.org/protocol/muc#traffic"
+CHAT_STATES = frozenset({"active", "composing", "paused", "inactive", "gone"})
 
 
 def is_muc_stanza(adapter, stanza: domish.Element) -> bool:
@@ -151,20 +153,37 @@ class MUCHandler(ComponentHandler):
             return
         body = text_of(stanza, None, "body")
         subject = text_of(stanza, None, "subject")
-        if body is None and subject is None:
-            return                                  # chat states are not carried to rooms
+        chat_state = next((el.name for el in stanza.elements() if el.uri == NS_CHATSTATES
+                           and el.name in CHAT_STATES), None)
+        try:
+            refs = references.parse(stanza, body)
+        except GatewayError as e:
+            self.stream.refuse(stanza, e.condition, e.text, e.error_type)
+            return
+        body = refs.body
+        if body is None and subject is None and not refs.reaction_to and chat_state is None:
+            return
         if to.resource:                              # private message to an occupant
             recipient, kind = self.bridge.adapter.occupant_address(room, to.resource), "chat"
         else:
             recipient, kind = room, "groupchat"
+        # The occupant replied to, as the client names it (room/nick): used when the gateway does not
+        # remember the message.
+        author = parse_jid(refs.reply_jid) if refs.reply_jid else None
+        author_nick = author.resource if author is not None and author.userhost() == to.userhost() else None
         message = OutboundMessage(component=self.domain, user=sender.userhost(), recipient=recipient, body=body,
                                   subject=subject, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,
-                                  kind=kind, origin_id=origin_id(stanza))
-        if kind == "groupchat":
+                                  kind=kind, chat_state=chat_state, correction_of=refs.correction_of,
+                                  reply_to=refs.reply_to, reaction_to=refs.reaction_to, reactions=refs.reactions,
+                                  ref_body=refs.quoted, ref_author=author_nick,
+                                  origin_id=origin_id(stanza))
+        if body is None and subject is None and not refs.reaction_to:
+            d = self.bridge.chat_state(message)       # typing: passed on now or not at all
+        elif kind == "groupchat":
             d = self.bridge.send_direct(message)      # room traffic is about now: not queued
         else:
             d = self.bridge.ensure_registration(message.user)
-            d.addCallback(lambda reg: self.bridge.submit(message))
+            d.addCallback(lambda reg: self.bridge.submit(message, reg))
         d.addErrback(self.refuse_failure(stanza, "accepting a room message"))
 
 
@@ -385,7 +404,11 @@ def room_stanzas(domain: str, event, localpart=lambda address: address,
             if event.kind == "subject":
                 el.addElement("subject", content=xml_safe(event.subject) or "")
             else:
-                el.addElement("body", content=xml_safe(event.body) or "")
+                if event.body is not None or not (event.chat_state or event.reaction_to):
+                    el.addElement("body", content=xml_safe(event.body) or "")
+                extra = _extras(room_jid, event)
+                if extra:
+                    el.addRawXml(extra)
                 if event.origin_id:
                     el.addElement((NS_SID, "origin-id"))["id"] = event.origin_id
                 if event.stanza_id:
@@ -411,15 +434,28 @@ def room_message_strings(domain: str, event, localpart=lambda address: address) 
     nick = xml_safe(event.nick)
     sender = quote_attr(f"{room_jid}/{nick}" if nick else room_jid)
     message_id = f" id={quote_attr(event.message_id)}" if event.message_id else ""
-    body = escape_text(xml_safe(event.body) or "")
-    ids = ""
+    body = "" if event.body is None and (event.chat_state or event.reaction_to) else \
+        f"<body>{escape_text(xml_safe(event.body) or '')}</body>"
     if event.origin_id:
-        ids = f"<origin-id xmlns='{NS_SID}' id={quote_attr(event.origin_id)}/>"
+        body += f"<origin-id xmlns='{NS_SID}' id={quote_attr(event.origin_id)}/>"
     if event.stanza_id:
-        ids += f"<stanza-id xmlns='{NS_SID}' id={quote_attr(event.stanza_id)} by={quote_attr(room_jid)}/>"
+        body += f"<stanza-id xmlns='{NS_SID}' id={quote_attr(xml_safe(event.stanza_id))} by={quote_attr(room_jid)}/>"
     head = f"<message type='groupchat' from={sender}{message_id} to="
-    tail = f"><body>{body}</body>{ids}</message>"
+    tail = f">{body}{_extras(room_jid, event)}</message>"
     return [head + quote_attr(f"{event.user}/{r}" if r else event.user) + tail for r in event.resources]
+
+
+def _extras(room_jid: str, event) -> str:
+    """A room message's reply, reactions and chat state, serialised."""
+    out = ""
+    if event.correction_of:
+        out += f"<replace xmlns='{references.NS_CORRECT}' id={quote_attr(xml_safe(event.correction_of))}/>"
+    if event.reply_to or event.reaction_to:
+        author = f"{room_jid}/{xml_safe(event.ref_author)}" if event.ref_author else None
+        out += references.inbound_xml(event.reply_to, author, event.reaction_to, event.reactions)
+    if event.chat_state in CHAT_STATES:
+        out += f"<{event.chat_state} xmlns='{NS_CHATSTATES}'/>"
+    return out
 
 
 def _fake_presence(to: str, sent_to: str) -> domish.Element:

@@ -20,6 +20,7 @@ NAMES = ["flow", "stranger", "restart", "kill", "deadline", "limits", "size", "w
          "parity", "parityadmin"]
 NAMES += ["ircmod"]
 NAMES += ["ircarchive", "ircarchive2"]
+NAMES += ["conv", "convmail", "convsms"]
 COMPONENTS = {f"{n}.localhost": f"{n}-component-secret" for n in NAMES}
 
 

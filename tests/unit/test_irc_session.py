@@ -385,7 +385,9 @@ class TagsReachTheModelOnlyWhenSane(IRCSessionCase):
         self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
         self.conn.lineReceived(f"@time={HOSTILE_TIME};msgid=evil\x01id :bob!b@h PRIVMSG #room :hi".encode())
         event = self.context.events[-1]
-        self.assertEqual((event.kind, event.body, event.timestamp, event.stanza_id), ("message", "hi", None, None))
+        self.assertEqual((event.kind, event.body, event.timestamp, event.foreign_id), ("message", "hi", None, None))
+        # The bad msgid is not used; the line gets a stanza id of the gateway's own (replies can name it).
+        self.assertRegex(event.stanza_id, r"^[0-9a-f]{32}$")
 
 
 class ConnectionTrouble(IRCSessionCase):
@@ -649,3 +651,93 @@ class ServerOffersAreCapped(IRCSessionCase):
         self.transports[-1].clear()
         self.conn.lineReceived(b":eve!e@h PRIVMSG alice :\x01ACTION waves\x01")   # actions are not answers
         self.assertEqual(self.context.delivered[-1].body, "/me waves")
+
+
+class ConversationsOnTheWire(IRCSessionCase):
+    """Corrections, replies, reactions and typing as IRC lines; the echo that gives our lines' msgids."""
+
+    rate = 0.0
+
+    def sign_on_with(self, caps: str):
+        session = self.sign_on()
+        self.conn.lineReceived(f":{SERVER} CAP alice ACK :{caps}".encode())
+        self.transports[-1].clear()
+        self.context.refs = []
+        self.context.message_ref = lambda *args: self.context.refs.append(args)
+        return session
+
+    def test_the_echo_of_a_first_line_gives_its_msgid_matched_by_text(self):
+        session = self.sign_on_with("message-tags echo-message")
+        for i, body in enumerate(("refused line", "two\nlines")):
+            message = self.message(body)
+            message.xmpp_id = f"x{i}"
+            self.send(message)
+        self.conn.lineReceived(b"@msgid=m2 :alice!a@h PRIVMSG bob :lines")       # not a first line: nothing
+        self.conn.lineReceived(b"@msgid=m1 :alice!a@h PRIVMSG bob :two")         # the refused one never echoes
+        self.assertEqual(self.context.refs, [(USER, f"bob%{SERVER}", "x1", "m1")])
+        self.assertEqual(self.context.delivered, [])                             # echoes are not shown again
+        self.assertEqual(session._echoes["bob"], type(session._echoes["bob"])())
+
+    def test_without_echo_message_nothing_is_awaited(self):
+        session = self.sign_on_with("message-tags")
+        message = self.message("hello")
+        message.xmpp_id = "x"
+        self.send(message)
+        self.assertEqual(session._echoes, {})
+
+    def test_tag_values_are_escaped_and_typing_needs_message_tags(self):
+        self.sign_on_with("message-tags")
+        message = self.message("yes")
+        message.reply_to, message.ref = "x", "a;b c"
+        self.send(message)
+        self.assertEqual(self.written(), ["@+draft/reply=a\\:b\\sc PRIVMSG bob :yes"])
+        self.transports[-1].clear()
+        typing = self.message(None)
+        typing.chat_state = "composing"
+        self.adapter.typing(typing, self.registration)
+        self.assertEqual(self.written(), ["@+typing=active TAGMSG bob"])
+
+    def test_without_message_tags_no_tagmsg_is_sent(self):
+        self.sign_on_with("server-time")
+        typing = self.message(None)
+        typing.chat_state = "composing"
+        self.adapter.typing(typing, self.registration)
+        reaction = self.message(None)
+        reaction.reaction_to, reaction.reactions, reaction.ref, reaction.ref_body = "x", ["👍"], "m", "hi"
+        self.send(reaction)
+        self.assertEqual(self.written(), ["PRIVMSG bob :Reacted 👍 to “hi”"])
+
+    def test_room_lines_await_their_echo_too(self):
+        session = self.sign_on_with("message-tags echo-message")
+        session.join("laptop", "#room", "alice")
+        self.conn.lineReceived(b":alice!a@h JOIN #room")
+        self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
+        message = OutboundMessage(component=self.context.component, user=USER, recipient=f"#room%{SERVER}",
+                                  body="hello room", kind="groupchat", xmpp_id="r1")
+        self.send(message)
+        self.conn.lineReceived(b"@msgid=m9 :alice!a@h PRIVMSG #room :hello room")
+        self.assertEqual(self.context.refs, [(USER, f"#room%{SERVER}", "r1", "m9")])
+
+    def test_hostile_reaction_and_typing_tags_are_bounded_or_ignored(self):
+        session = self.sign_on_with("message-tags")
+        session.join("laptop", "#room", "alice")
+        self.conn.lineReceived(b":alice!a@h JOIN #room")
+        self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
+        before = len(self.context.events)
+        huge = "\U0001F600" * 500
+        for tags in (f"+draft/reply=x\x01y;+draft/react={huge}", "+draft/react=\x02\x03", "+typing=sideways",
+                     f"+draft/reply=m1;+draft/react={huge}"):
+            self.conn.lineReceived(f"@{tags} :bob!b@h TAGMSG #room".encode())
+        events = self.context.events[before:]
+        self.assertEqual(len(events), 1)            # only the last: a sane reference, a reaction cut to size
+        self.assertEqual((events[0].ref, len(events[0].reactions[0])), ("m1", 32))
+
+    def test_a_correction_or_reply_the_gateway_does_not_remember_goes_out_whole(self):
+        self.sign_on_with("message-tags")
+        correction = self.message("fixed text")
+        correction.correction_of = "forgotten"                     # no ref_body: not remembered
+        self.send(correction)
+        answer = self.message("late answer")
+        answer.reply_to = "forgotten"                              # no ref, no quote
+        self.send(answer)
+        self.assertEqual(self.written(), ["PRIVMSG bob :* fixed text", "PRIVMSG bob :late answer"])

@@ -24,7 +24,7 @@ from gateway.adapters.email.smtp_in import SMTPServerFactory
 from gateway.adapters.email.smtp_out import SMTPOut
 from gateway.model import (AddressError, DeliveryReport, Field, InboundMessage, OutboundMessage, PolicyViolation,
                            Registration, RegistrationError, SendResult)
-from gateway.interfaces import IHealthReport
+from gateway.interfaces import IHealthReport, IReplies
 from gateway.options import Option, endpoint, non_negative, port_number, positive
 
 log = Logger(namespace="gateway.adapters.email")
@@ -116,7 +116,9 @@ class MailIntake:
                 messages.append(InboundMessage(
                     component=self.context.component, user=reg.jid, sender=sender, body=text or None,
                     subject=mail.subject or None, thread=thread, attachments=list(by_domain[domain]),
-                    foreign_id=mail.message_id, dedupe_key=f"mail:{digest}:{reg.jid}" if digest else None))
+                    foreign_id=mail.message_id, dedupe_key=f"mail:{digest}:{reg.jid}" if digest else None,
+                    # The mail answered: a reply (XEP-0461) to it when the gateway remembers it.
+                    ref=mail.in_reply_to[-1] if mail.in_reply_to else None))
             stored = yield self.context.deliver_all(messages)
             if links and not any(stored or ()):
                 # A repeat of a mail already stored: its first copy's links are the ones users have.
@@ -188,7 +190,7 @@ class MailIntake:
                                                   False, "recipient-unavailable", text))
 
 
-@implementer(IHealthReport)
+@implementer(IHealthReport, IReplies)
 class EmailAdapter(AdapterBase):
     name = "email"
     gateway_type = "smtp"
@@ -320,10 +322,18 @@ class EmailAdapter(AdapterBase):
         if len(message.attachments) > MAX_ATTACHMENTS:
             raise PolicyViolation(f"at most {MAX_ATTACHMENTS} files go in one mail")
         references, first_subject = [], None
-        if message.thread:
-            known = yield self.context.thread_messages(registration.jid, message.thread)
+        thread = message.thread
+        answered = message.ref if message.reply_to and message.ref and message.ref.startswith("<") else None
+        if answered and not thread:
+            # A reply (XEP-0461, or a correction or reaction sent as one): in the thread of the mail answered.
+            thread = yield self.context.thread_of(registration.jid, [answered])
+        if thread:
+            known = yield self.context.thread_messages(registration.jid, thread)
             references = [mid for mid, _ in known]
             first_subject = next((s for _, s in known if s), None)
+        if answered:
+            # In-Reply-To is the last of the references: the mail answered, not the thread's newest.
+            references = [mid for mid in references if mid != answered] + [answered]
         subject = subject_for(message, first_subject)
         files = []
         # A file the user sent by URL (XEP-0066, an XEP-0363 upload) becomes a real MIME part:
@@ -338,5 +348,5 @@ class EmailAdapter(AdapterBase):
             data, mid = compose(*args)
         yield self.smtp.send(registration.foreign_id, message.recipient, data)
         yield self.context.add_to_counter(registration.jid, "mail", utc_day())
-        yield self.context.add_to_thread(registration.jid, message.thread or mid.strip("<>"), mid, subject)
+        yield self.context.add_to_thread(registration.jid, thread or mid.strip("<>"), mid, subject)
         return SendResult(foreign_id=mid, delivered=False)

@@ -21,9 +21,10 @@ from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import raw, text
 from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
-from gateway.adapters.irc.session import Backlog, IRCSession
-from gateway.interfaces import (IAddressSettings, IConnections, IConnectionStatus, IGroupChat, IHealthReport,
-                                IHostsRooms, IModeration, IRawCommands, IRoomArchive, IRoomDirectory)
+from gateway.adapters.irc.session import TYPING_OUT, Backlog, IRCSession
+from gateway.interfaces import (IAddressSettings, IConnections, IConnectionStatus, ICorrections, IGroupChat,
+                                IHealthReport, IHostsRooms, IModeration, IRawCommands, IReactions, IReplies,
+                                IRoomArchive, IRoomDirectory, ITyping)
 from gateway.model import (AddressError, ConnectionInfo, Field, GatewayError, Occupancy, OutboundMessage, PermanentFailure,
                            PolicyViolation, Registration, RegistrationError, SendResult)
 from gateway.options import Option, endpoint, non_negative, positive
@@ -90,7 +91,7 @@ def _lines_sent(lines: int) -> SendResult:
 
 
 @implementer(IGroupChat, IModeration, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus,
-             IConnections, IHostsRooms, IHealthReport, IRoomArchive)
+             IConnections, IHostsRooms, IHealthReport, IRoomArchive, ICorrections, IReplies, IReactions, ITyping)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -600,7 +601,7 @@ class IRCAdapter(AdapterBase):
             session = self.session(registration, server)
             return session.send_raw([f"TOPIC {target} :{text.one_line(message.subject)}"]).addCallback(
                 lambda _: SendResult())
-        if not body.strip():
+        if not body.strip() and not (message.reaction_to and message.reactions):
             return defer.succeed(SendResult(parts=0))
         if not target:
             return defer.fail(PermanentFailure("write to a channel or a nickname on that server", "not-acceptable"))
@@ -610,7 +611,18 @@ class IRCAdapter(AdapterBase):
         room = session._room(target)
         if room is None:
             return defer.fail(PermanentFailure(f"join {target} before writing to it", "not-acceptable"))
-        return session.send(target, body, room, message.xmpp_id, message.origin_id).addCallback(_lines_sent)
+        return session.send(target, message, room).addCallback(_lines_sent)
+
+    def typing(self, message: OutboundMessage, registration: Registration) -> None:
+        """XEP-0085 to IRCv3 ``+typing`` (active, paused, done), where the server takes client tags."""
+        target, _, server = message.recipient.rpartition("%")
+        session = self.sessions.get((registration.jid, server))
+        if session is None or session.closed or not target:
+            return None
+        if message.kind == "groupchat" and session._room(target) is None:
+            return None
+        session.tagmsg(target, {"+typing": TYPING_OUT.get(message.chat_state or "", "done")})
+        return None
 
     def history_length(self, registration: Registration, room: str) -> int | None:
         """IRoomArchive: the channel's ``max_history`` setting (configure or muc#owner), None when unset."""

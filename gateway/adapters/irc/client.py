@@ -35,7 +35,9 @@ from gateway.model import PermanentFailure, TemporaryFailure
 log = Logger(namespace="gateway.adapters.irc")
 
 #: userhost-in-names: NAMES brings every occupant's user and host (their real JIDs) with no WHO.
-WANTED_CAPS = ("server-time", "message-tags", "multi-prefix", "userhost-in-names")
+#: echo-message: the server sends our own lines back with their msgid, so replies and reactions
+#: from IRC to the user's lines can be linked to them (the echoes are not shown again).
+WANTED_CAPS = ("server-time", "message-tags", "multi-prefix", "userhost-in-names", "echo-message")
 
 #: The longest line read: IRCv3's 8,191 bytes of tags plus the 512 of the line.
 #: A longer one is skipped up to its newline, not buffered (the connection and
@@ -127,10 +129,20 @@ def server_time(tags: dict[str, str], now: float | None = None) -> float | None:
     return stamp
 
 
-def safe_msgid(tags: dict[str, str]) -> str | None:
-    """The ``msgid`` tag if it can safely become a stanza id (bounded, printable, nothing XML-special)."""
-    value = tags.get("msgid")
+def safe_msgid(tags: dict[str, str], name: str = "msgid") -> str | None:
+    """The ``msgid`` tag (or another naming a message, ``+draft/reply``) if it can safely become a
+    stanza id (bounded, printable, nothing XML-special)."""
+    value = tags.get(name)
     return value if value and _MSGID.fullmatch(value) else None
+
+
+_TAG_VALUE_ESCAPES = {"\\": "\\\\", ";": "\\:", " ": "\\s", "\r": "\\r", "\n": "\\n"}
+
+
+def encode_tags(tags: dict[str, str]) -> str:
+    """Client tags as they go on the wire (IRCv3 message-tags escaping), without the leading ``@``."""
+    return ";".join(f"{key}={''.join(_TAG_VALUE_ESCAPES.get(c, c) for c in value)}" if value else key
+                    for key, value in tags.items())
 
 
 class QueueFull(TemporaryFailure):
@@ -183,6 +195,8 @@ class IRCConnection(irc.IRCClient):
         self.sasl = (s.get("sasl_username"), s.get("sasl_password")) if s.get("sasl_password") else None
         self.fallback = session.adapter.config["fallback_encoding"]
         self.tags: dict[str, str] = {}
+        #: Capabilities the server acknowledged (message-tags: client tags such as +typing may be sent).
+        self.caps: set[str] = set()
         self._caps_done = False
         rate, burst = session.adapter.config["throttle_rate"], session.adapter.config["throttle_burst"]
         self._rate, self._burst = rate, float(burst)
@@ -284,6 +298,7 @@ class IRCConnection(irc.IRCClient):
             else:
                 self._cap_end()
         elif sub == "ACK":
+            self.caps |= {c for c in params[-1].split(" ")[:MAX_OFFERED_CAPS] if c in WANTED_CAPS}
             if "sasl" in params[-1].split() and self.sasl:
                 self.sendLine("AUTHENTICATE PLAIN")
             else:
@@ -541,6 +556,25 @@ class IRCConnection(irc.IRCClient):
 
     def privmsg(self, user, channel, message):
         self.session.on_message(user.split("!", 1)[0], channel, message, self.tags)
+
+    def _echo(self, prefix: str) -> bool:
+        return "echo-message" in self.caps and prefix.split("!", 1)[0].lower() == (self.nickname or "").lower()
+
+    def irc_PRIVMSG(self, prefix, params):
+        if params and self._echo(prefix):
+            self.session.on_echo(params[0], params[-1], self.tags)      # our own line, back with its msgid
+            return
+        super().irc_PRIVMSG(prefix, params)
+
+    def irc_NOTICE(self, prefix, params):
+        if params and self._echo(prefix):
+            return
+        super().irc_NOTICE(prefix, params)
+
+    def irc_TAGMSG(self, prefix, params):
+        """IRCv3 message-tags: a message of tags only (+typing, +draft/react)."""
+        if params and "!" in prefix and not self._echo(prefix):
+            self.session.on_tagmsg(prefix.split("!", 1)[0], params[0], self.tags)
 
     def action(self, user, channel, data):
         self.session.on_message(user.split("!", 1)[0], channel, "/me " + data, self.tags)

@@ -14,6 +14,8 @@ of a room event or private message passes text.clean / text.clean_name in
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.internet import defer, error, protocol, ssl
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -21,7 +23,8 @@ from twisted.python.failure import Failure
 from gateway import metrics
 
 from gateway.adapters.irc import moderation, policy, text
-from gateway.adapters.irc.client import IRCConnection, Outgoing, safe_msgid, server_time
+from gateway import fallback
+from gateway.adapters.irc.client import IRCConnection, Outgoing, encode_tags, safe_msgid, server_time
 from gateway.adapters.irc.raw import ServerReplies
 from gateway.adapters.irc.scheduler import CONNECTED, Ticket, backoff
 from gateway.model import (GatewayError, InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
@@ -30,6 +33,14 @@ from gateway.model import (GatewayError, InboundMessage, LostOwnership, Outbound
 log = Logger(namespace="gateway.adapters.irc")
 
 PREFIXES = "~&@%+"
+#: IRCv3 +typing values for XEP-0085 states, and back.
+TYPING_OUT = {"composing": "active", "paused": "paused"}
+TYPING_IN = {"active": "composing", "paused": "paused", "done": "active"}
+#: The longest reaction taken from a +draft/react tag.
+REACTION_LIMIT = 32
+#: Messages awaiting their echo (echo-message) per target, and targets, kept at most.
+ECHO_HOLD = 100
+ECHO_TARGETS = 100
 ROLE = {"~": ("moderator", "owner"), "&": ("moderator", "admin"), "@": ("moderator", "admin"),
         "%": ("moderator", "member"), "+": ("participant", "member")}
 MODE_PREFIX = {"q": "~", "a": "&", "o": "@", "h": "%", "v": "+"}
@@ -170,6 +181,8 @@ class IRCSession:
         self.nick = self.settings["nick"]
         self.conn: IRCConnection | None = None
         self.rooms: dict[str, Room] = {}
+        #: Per target, the first lines of messages awaiting the server's echo: (text, XMPP id, recipient).
+        self._echoes: dict[str, deque[tuple[str, str, str]]] = {}
         self.factory: _Factory | None = None
         self.connector = None
         #: Our place with the adapter's scheduler for the attempt under way (or waiting).
@@ -942,16 +955,115 @@ class IRCSession:
         if notice:
             body = f"[notice] {body}"
         stamp, msgid = server_time(tags), safe_msgid(tags)
+        ref = safe_msgid(tags, "+draft/reply")
         if target.startswith(("#", "&", "+", "!")):
             room = self._room(target)
             if room is not None and room.ready:
-                self._event(room, "message", nick=nick, body=body, timestamp=stamp, stanza_id=msgid)
+                # The server's msgid, when it sends one; else the bridge gives the line an id of
+                # its own (the archive's), so that clients can answer, react to or correct-check it.
+                self._event(room, "message", nick=nick, body=body, timestamp=stamp, stanza_id=msgid,
+                            foreign_id=msgid, ref=ref)
             return
         self.context.deliver(InboundMessage(component=self.context.component, user=self.user,
                                             sender=f"{text.clean_name(nick).lower()}%{self.server}", body=body,
-                                            timestamp=stamp,
-                                            foreign_id=msgid)).addErrback(
+                                            timestamp=stamp, foreign_id=msgid, ref=ref)).addErrback(
             lambda f: log.failure("private message from {nick} not stored", f, nick=nick))
+
+    def on_tagmsg(self, nick: str, target: str, tags: dict) -> None:
+        """A TAGMSG: typing (``+typing``) in a room, or a reaction (``+draft/react`` to ``+draft/reply``)."""
+        state = TYPING_IN.get(tags.get("+typing", ""))
+        reaction = text.clean(tags.get("+draft/react") or "", REACTION_LIMIT).strip()
+        ref = safe_msgid(tags, "+draft/reply")
+        if target.startswith(("#", "&", "+", "!")):
+            room = self._room(target)
+            if room is None or not room.ready or nick == self.nick:
+                return
+            if reaction and ref:
+                self._event(room, "message", nick=nick, ref=ref, reactions=[reaction], stanza_id=safe_msgid(tags))
+            elif state:
+                self._event(room, "message", nick=nick, chat_state=state)
+            return
+        sender = f"{text.clean_name(nick).lower()}%{self.server}"
+        if state and not reaction:
+            self.context.typing(self.user, sender, state)
+            return
+        if reaction and ref:
+            self.context.deliver(InboundMessage(component=self.context.component, user=self.user,
+                                                sender=f"{text.clean_name(nick).lower()}%{self.server}",
+                                                ref=ref, reactions=[reaction], foreign_id=safe_msgid(tags))
+                                 ).addErrback(lambda f: log.failure("reaction from {nick} not stored", f, nick=nick))
+
+    def _await_echo(self, message: OutboundMessage, target: str, lines: list[str]) -> None:
+        """Note the first line of a message the server will echo, to learn its msgid from the echo."""
+        if not lines or not message.xmpp_id or self.conn is None or "echo-message" not in self.conn.caps:
+            return
+        key = target.lower()
+        waiting = self._echoes.get(key)
+        if waiting is None:
+            if len(self._echoes) >= ECHO_TARGETS:
+                self._echoes.pop(next(iter(self._echoes)))
+            waiting = self._echoes[key] = deque(maxlen=ECHO_HOLD)
+        waiting.append((lines[0].split(" :", 1)[-1], message.xmpp_id, message.recipient))
+
+    def on_echo(self, target: str, body: str, tags: dict) -> None:
+        """
+        The server's echo of one of our lines: the first line of a message awaited
+        gives that message's msgid. Matched by its text, so a line the server
+        refused (no echo) cannot shift the others; older entries are dropped then.
+        """
+        waiting = self._echoes.get(target.lower())
+        msgid = safe_msgid(tags)
+        if not waiting or not msgid:
+            return
+        for i, (text_sent, xmpp_id, contact) in enumerate(waiting):
+            if text_sent == body:
+                for _ in range(i + 1):
+                    waiting.popleft()
+                self.context.message_ref(self.user, contact, xmpp_id, msgid)
+                return
+
+    @property
+    def tags_on(self) -> bool:
+        """Whether the connection may send client tags (the server acknowledged message-tags)."""
+        return self.conn is not None and "message-tags" in self.conn.caps
+
+    def tagmsg(self, target: str, tags: dict[str, str]) -> None:
+        """A TAGMSG (typing) where the server takes client tags; nothing elsewhere."""
+        if self.tags_on:
+            self.conn.send_lines([f"@{encode_tags(tags)} TAGMSG {target}"])
+
+    def wire_lines(self, message: OutboundMessage, target: str) -> list[str]:
+        """
+        The IRC lines of a message from the user. A correction: ``s/old/new/`` for a
+        short edit of a message remembered, else ``* `` and the whole corrected text.
+        A reply: ``+draft/reply`` where the server takes client tags and the message
+        answered has a msgid, else a short quote; in a room after ``nick: ``. A
+        reaction: ``+draft/react`` TAGMSGs where it can, else ``Reacted ❤ to “…”``.
+        """
+        body = message.body or ""
+        tags: dict[str, str] = {}
+        author = text.clean_name(message.ref_author) if message.kind == "groupchat" and message.ref_author else None
+        if author and author == text.clean_name(self.nick):
+            author = None
+        if message.reaction_to:
+            if self.tags_on and message.ref:
+                return [f"@{encode_tags({'+draft/react': r, '+draft/reply': message.ref})} TAGMSG {target}"
+                        for r in message.reactions]
+            body = fallback.reaction_text(message.reactions, message.ref_body)
+            body = f"{author}: {body}" if author else body
+        elif message.correction_of:
+            body = fallback.short_edit(message.ref_body, body) or f"* {body}"
+        elif message.reply_to:
+            if self.tags_on and message.ref:
+                tags["+draft/reply"] = message.ref
+            elif message.ref_body:
+                body = f"“{fallback.quote(message.ref_body)}” {body}"
+            body = f"{author}: {body}" if author else body
+        body, ctcp = _ctcp(body)
+        lines = text.message_lines("PRIVMSG", target, body, self.nick, ctcp)
+        if tags and lines:
+            lines[0] = f"@{encode_tags(tags)} {lines[0]}"
+        return lines
 
     # -- LIST -------------------------------------------------------------------
 
@@ -1058,25 +1170,29 @@ class IRCSession:
             return defer.succeed(None)
         return self.ready().addCallback(lambda conn: conn.send_lines(lines))
 
-    def send(self, target: str, body: str, reflect_room: Room | None = None,
-             message_id: str | None = None, origin_id: str | None = None) -> defer.Deferred:
+    def send(self, target: str, message: OutboundMessage, reflect_room: Room | None = None) -> defer.Deferred:
         """
         A room message (connecting first if needed). Room traffic is about now and
         not in the outbox: it fires with the number of IRC lines once they are
         queued, and fails only if the queue is full.
         """
         if self.conn is None:
-            return self.ready().addCallback(lambda _: self.send(target, body, reflect_room, message_id, origin_id))
-        body, ctcp = _ctcp(body)
-        lines = text.message_lines("PRIVMSG", target, body, self.nick, ctcp)
+            return self.ready().addCallback(lambda _: self.send(target, message, reflect_room))
+        lines = self.wire_lines(message, target)
+        if not lines:
+            return defer.succeed(0)
         try:
             self.conn.send_message(lines).done.addErrback(lambda f: None)   # lost with the connection: as before
         except GatewayError as e:                     # queue full, or a message longer than the queue
             return defer.fail(e)
+        if not (message.correction_of or message.reaction_to):
+            self._await_echo(message, target, lines)
         if reflect_room is not None:
-            # XEP-0045: the room reflects the sender's own message to every joined resource.
-            self._event(reflect_room, "message", nick=self.nick, body=("/me " if ctcp else "") + body,
-                        message_id=message_id, origin_id=origin_id)
+            # XEP-0045: the room reflects the sender's own message (as they wrote it) to every joined resource.
+            self._event(reflect_room, "message", nick=self.nick, body=message.body, message_id=message.xmpp_id,
+                        correction_of=message.correction_of, reply_to=message.reply_to,
+                        ref_author=message.ref_author, reaction_to=message.reaction_to,
+                        reactions=list(message.reactions), origin_id=message.origin_id)
         return defer.succeed(len(lines))
 
     def send_private(self, message: OutboundMessage, target: str) -> defer.Deferred:
@@ -1107,8 +1223,7 @@ class IRCSession:
         backlog = self.adapter.backlog
         if backlog.overtakes(key, message):
             return defer.fail(TemporaryFailure(f"an older message to {target} is waiting to be resent"))
-        body, ctcp = _ctcp(message.body or "")
-        lines = text.message_lines("PRIVMSG", target, body, self.nick, ctcp)
+        lines = self.wire_lines(message, target)
         done = _lines_written(message, len(lines))
         if done == len(lines):
             backlog.settle(key, message)
@@ -1118,6 +1233,8 @@ class IRCSession:
         except GatewayError as e:                     # queue full, or a message longer than the queue
             return defer.fail(e)
         backlog.settle(key, message)                  # in line on the socket: later messages may follow it
+        if done == 0 and not (message.correction_of or message.reaction_to):
+            self._await_echo(message, target, lines)
         return out.done.addCallbacks(lambda _: len(lines), lambda f: self._interrupted(f, message, done, out))
 
     def _progressed(self, message: OutboundMessage, done: int, out: Outgoing) -> None:
