@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 
 from gateway import metrics
 
-from gateway.adapters.irc import policy, text
+from gateway.adapters.irc import members, policy, text
 from gateway.adapters.irc.client import IRCConnection, Outgoing, safe_msgid, server_time
 from gateway.adapters.irc.raw import ServerReplies
 from gateway.adapters.irc.scheduler import CONNECTED, Ticket, backoff
@@ -29,10 +29,9 @@ from gateway.model import (GatewayError, InboundMessage, LostOwnership, Outbound
 
 log = Logger(namespace="gateway.adapters.irc")
 
-PREFIXES = "~&@%+"
+PREFIXES = members.PREFIXES
 ROLE = {"~": ("moderator", "owner"), "&": ("moderator", "admin"), "@": ("moderator", "admin"),
         "%": ("moderator", "member"), "+": ("participant", "member")}
-MODE_PREFIX = {"q": "~", "a": "&", "o": "@", "h": "%", "v": "+"}
 
 #: How long a private message that failed here keeps later ones of its
 #: conversation waiting for its retry: longer than the outbox's longest backoff
@@ -86,13 +85,14 @@ class Room:
     def __init__(self, channel: str):
         self.channel = channel
         self.resources: dict[str, str] = {}     # resource -> the nick it asked for
-        self.occupants: dict[str, set[str]] = {}
+        #: nick -> mode bits (members.BIT), nicks interned: see members.py.
+        self.occupants: dict[str, int] = {}
         self.topic = ""
         self.topic_by = ""
         self.key = ""                               # channel key (the MUC join password)
         self.joined = False
         self.ready = False
-        self.names: dict[str, set[str]] = {}
+        self.names: dict[str, int] = {}
         #: NAMES brought more than max_names: the rest was not collected.
         self.names_cut = False
         #: The join completed once in this session: trouble is told as a room message, not a join error.
@@ -629,10 +629,10 @@ class IRCSession:
             return
         self._watch_idle()
 
-    def _role(self, modes: set[str]) -> tuple[str, str]:
-        for p in PREFIXES:
-            if p in modes:
-                return ROLE[p]
+    def _role(self, modes: int) -> tuple[str, str]:
+        prefix = members.highest(modes)
+        if prefix is not None:
+            return ROLE[prefix]
         return self.adapter.config["default_role"], "none"
 
     def _send_state(self, room: Room, resources: list[str]) -> None:
@@ -641,7 +641,7 @@ class IRCSession:
             if nick != self.nick:
                 role, aff = self._role(modes)
                 self._event(room, "presence", resources, nick=nick, role=role, affiliation=aff)
-        role, aff = self._role(room.occupants.get(self.nick, set()))
+        role, aff = self._role(room.occupants.get(self.nick, 0))
         for resource in resources:
             self._event(room, "presence", [resource], nick=self.nick, role=role, affiliation=aff, own=True,
                         joined=True, nick_assigned=room.resources.get(resource) != self.nick)
@@ -666,10 +666,7 @@ class IRCSession:
             return                                     # a NAMES not asked for by our join: nothing to collect
         limit = self.adapter.config["max_names"]
         for entry in names:
-            modes = set()
-            while entry and entry[0] in PREFIXES:
-                modes.add(entry[0])
-                entry = entry[1:]
+            modes, entry = members.split_prefixes(entry)
             if not _keepable(entry):
                 continue
             if len(room.names) >= limit and entry not in room.names:
@@ -677,14 +674,14 @@ class IRCSession:
                 room.names_cut = True
                 self.on_end_of_names(channel)
                 return
-            room.names[entry] = modes
+            room.names[members.nick(entry)] = modes
 
     def on_end_of_names(self, channel: str) -> None:
         room = self._room(channel)
         if room is None or room.ready:
             return
         room.occupants, room.names = room.names, {}
-        room.occupants.setdefault(self.nick, set())
+        room.occupants.setdefault(members.nick(self.nick), 0)
         room.ready = room.was_ready = True
         self._send_state(room, list(room.resources))
         if room.told:
@@ -707,8 +704,8 @@ class IRCSession:
         room = self._room(channel)
         if room is not None and room.ready and _keepable(nick) and (
                 nick in room.occupants or len(room.occupants) < self.adapter.config["max_names"]):
-            room.occupants[nick] = set()
-            role, aff = self._role(set())
+            room.occupants[members.nick(nick)] = 0
+            role, aff = self._role(0)
             self._event(room, "presence", nick=nick, role=role, affiliation=aff)
 
     def on_part(self, nick: str, channel: str, reason: str | None) -> None:
@@ -746,7 +743,7 @@ class IRCSession:
         for room in self.rooms.values():
             if old in room.occupants:
                 modes = room.occupants.pop(old)
-                room.occupants[new] = modes
+                room.occupants[members.nick(new)] = modes
                 role, aff = self._role(modes)
                 self._event(room, "presence", nick=old, unavailable=True, new_nick=new, own=mine,
                             role=role, affiliation=aff)
@@ -760,11 +757,11 @@ class IRCSession:
 
     def on_mode(self, channel: str, nick: str, mode: str, added: bool) -> None:
         room = self._room(channel)
-        prefix = MODE_PREFIX.get(mode)
-        if room is None or prefix is None or nick not in room.occupants:
+        bit = members.MODE_BIT.get(mode)
+        if room is None or bit is None or nick not in room.occupants:
             return
-        modes = room.occupants[nick]
-        (modes.add if added else modes.discard)(prefix)
+        modes = room.occupants[nick] | bit if added else room.occupants[nick] & ~bit
+        room.occupants[nick] = modes
         role, aff = self._role(modes)
         self._event(room, "presence", nick=nick, role=role, affiliation=aff, own=nick == self.nick)
 

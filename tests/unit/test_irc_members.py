@@ -1,0 +1,127 @@
+"""
+The compact member lists of gateway/adapters/irc/members.py: mode bits in an int
+instead of a set, interned nicks; and, through a real session on an in-memory
+transport, that roles follow the modes as they did with sets.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from gateway.adapters.irc import members
+from gateway.model import Registration
+from tests.unit.test_irc_session import SERVER, IRCSessionCase
+
+
+class ModeBits(SynchronousTestCase):
+    def test_each_prefix_has_its_own_bit(self):
+        bits = [members.BIT[p] for p in members.PREFIXES]
+        self.assertEqual(len(set(bits)), 5)
+        self.assertEqual(sum(bits), members.ALL)
+
+    def test_a_names_entry_splits_into_bits_and_nick(self):
+        self.assertEqual(members.split_prefixes("alice"), (0, "alice"))
+        self.assertEqual(members.split_prefixes("@alice"), (members.BIT["@"], "alice"))
+        self.assertEqual(members.split_prefixes("@+bob"), (members.BIT["@"] | members.BIT["+"], "bob"))
+        self.assertEqual(members.split_prefixes("~&@%+x"), (members.ALL, "x"))
+        self.assertEqual(members.split_prefixes("+"), (members.BIT["+"], ""))
+        self.assertEqual(members.split_prefixes(""), (0, ""))
+
+    def test_only_leading_prefixes_count(self):
+        self.assertEqual(members.split_prefixes("a@b"), (0, "a@b"))
+
+    def test_the_highest_prefix_decides(self):
+        self.assertIsNone(members.highest(0))
+        self.assertEqual(members.highest(members.BIT["+"]), "+")
+        self.assertEqual(members.highest(members.BIT["+"] | members.BIT["%"]), "%")
+        self.assertEqual(members.highest(members.BIT["@"] | members.BIT["+"]), "@")
+        self.assertEqual(members.highest(members.ALL), "~")
+        self.assertIsNone(members.highest(1 << 10))            # no bit of ours: no prefix
+
+    def test_prefixes_come_back_highest_first(self):
+        self.assertEqual(members.prefixes(members.BIT["+"] | members.BIT["@"]), "@+")
+        self.assertEqual(members.prefixes(0), "")
+
+    def test_mode_letters_map_to_the_prefix_bits(self):
+        for letter, prefix in zip("qaohv", members.PREFIXES):
+            self.assertEqual(members.MODE_BIT[letter], members.BIT[prefix])
+
+    def test_nicks_are_one_string(self):
+        a, b = "".join(["ali", "ce9"]), "".join(["alic", "e9"])
+        self.assertIsNot(a, b)
+        self.assertIs(members.nick(a), members.nick(b))
+        self.assertIs(members.nick(a), sys.intern("alice9"))
+
+
+class RolesFollowModes(IRCSessionCase):
+    """The session's occupants hold ints; the roles the room shows are those the sets gave."""
+
+    def joined(self, names: str):
+        session = self.sign_on()
+        self.adapter.join(self.registration, "phone", f"#room%{SERVER}", "alice", None)
+        for line in (f":alice!a@h JOIN #room", f":{SERVER} 353 alice = #room :{names}",
+                     f":{SERVER} 366 alice #room :End of NAMES list"):
+            self.conn.lineReceived(line.encode())
+        return session, session.rooms["#room"]
+
+    def last_presence(self, nick: str):
+        return [e for e in self.context.events if e.kind == "presence" and e.nick == nick][-1]
+
+    def test_names_give_bits_and_roles(self):
+        session, room = self.joined("alice @+bob %carol +dave ~erin eve")
+        self.assertEqual(room.occupants, {"alice": 0, "bob": members.BIT["@"] | members.BIT["+"],
+                                          "carol": members.BIT["%"], "dave": members.BIT["+"],
+                                          "erin": members.BIT["~"], "eve": 0})
+        roles = {n: (self.last_presence(n).role, self.last_presence(n).affiliation)
+                 for n in ("bob", "carol", "dave", "erin", "eve")}
+        self.assertEqual(roles, {"bob": ("moderator", "admin"), "carol": ("moderator", "member"),
+                                 "dave": ("participant", "member"), "erin": ("moderator", "owner"),
+                                 "eve": ("participant", "none")})
+
+    def test_mode_changes_set_and_clear_bits(self):
+        session, room = self.joined("alice @+bob eve")
+        self.conn.lineReceived(b":bob!b@h MODE #room +o eve")
+        self.assertEqual(room.occupants["eve"], members.BIT["@"])
+        self.assertEqual(self.last_presence("eve").role, "moderator")
+        self.conn.lineReceived(b":bob!b@h MODE #room -o bob")
+        self.assertEqual(room.occupants["bob"], members.BIT["+"])      # still voiced
+        self.assertEqual((self.last_presence("bob").role, self.last_presence("bob").affiliation),
+                         ("participant", "member"))
+        self.conn.lineReceived(b":bob!b@h MODE #room -v bob")
+        self.assertEqual(room.occupants["bob"], 0)
+        self.assertEqual(self.last_presence("bob").affiliation, "none")
+        self.conn.lineReceived(b":bob!b@h MODE #room -v bob")           # cleared twice: still none
+        self.assertEqual(room.occupants["bob"], 0)
+
+    def test_a_member_without_modes_parts_and_is_gone(self):
+        session, room = self.joined("alice eve")
+        self.conn.lineReceived(b":eve!e@h PART #room :bye")
+        self.assertNotIn("eve", room.occupants)
+        self.assertTrue(self.last_presence("eve").unavailable)            # modes 0 still counted as a member
+
+    def test_a_nick_change_keeps_the_bits(self):
+        session, room = self.joined("alice +eve")
+        self.conn.lineReceived(b":eve!e@h NICK :eva")
+        self.assertEqual(room.occupants, {"alice": 0, "eva": members.BIT["+"]})
+
+    def test_members_seen_by_two_connections_share_their_nick(self):
+        _, room = self.joined("alice " + "".join(["bo", "b"]))
+        second = Registration(component=self.context.component, jid="carol@example.org")
+        self.adapter.join(second, "phone", f"#room%{SERVER}", "carol", None)
+        self.clock.advance(1.0)                                   # its turn with the scheduler
+        conn = self.clock.tcpClients[-1][2].buildProtocol(None)
+        conn.makeConnection(StringTransport())
+        for line in (f":{SERVER} 001 carol :Welcome", ":carol!c@h JOIN #room",
+                     f":{SERVER} 353 carol = #room :carol alice " + "".join(["b", "ob"]),
+                     f":{SERVER} 366 carol #room :End"):
+            conn.lineReceived(line.encode())
+        room2 = self.adapter.sessions[("carol@example.org", SERVER)].rooms["#room"]
+        self.assertEqual(set(room2.occupants), {"alice", "bob", "carol"})
+        self.assertIs(next(k for k in room.occupants if k == "bob"), next(k for k in room2.occupants if k == "bob"))
+        conn.transport.connected = False
+        conn.connectionLost(Failure(ConnectionDone()))
