@@ -125,3 +125,105 @@ class RolesFollowModes(IRCSessionCase):
         self.assertIs(next(k for k in room.occupants if k == "bob"), next(k for k in room2.occupants if k == "bob"))
         conn.transport.connected = False
         conn.connectionLost(Failure(ConnectionDone()))
+
+
+class SharedISupport(IRCSessionCase):
+    """Connections sent the same ISUPPORT tokens share one parsed table; none sees another's change."""
+
+    TOKENS = "PREFIX=(qaohv)~&@%+ CHANTYPES=#&+ CHANMODES=beI,k,l,imMnOPQRstVz NICKLEN=9 CASEMAPPING=ascii"
+
+    def connection(self, jid: str, nick: str):
+        self.adapter.join(Registration(component=self.context.component, jid=jid), "phone", f"#room%{SERVER}", nick,
+                          None)
+        self.clock.advance(1.0)
+        conn = self.clock.tcpClients[-1][2].buildProtocol(None)
+        conn.makeConnection(StringTransport())
+        conn.lineReceived(f":{SERVER} 001 {nick} :Welcome".encode())
+        self.addCleanup(self.drop, conn)
+        return conn
+
+    @staticmethod
+    def drop(conn):
+        conn.transport.connected = False
+        conn.connectionLost(Failure(ConnectionDone()))
+
+    def isupport(self, conn, tokens: str):
+        conn.lineReceived(f":{SERVER} 005 nick {tokens} :are supported on this server".encode())
+
+    def test_two_users_of_one_server_share_the_table(self):
+        a, b = self.connection("a@example.org", "anna"), self.connection("b@example.org", "bert")
+        self.assertIsNot(a, b)
+        self.isupport(a, self.TOKENS + " X1=unique-to-this-test")
+        self.isupport(b, self.TOKENS + " X1=unique-to-this-test")
+        self.assertIs(a.supported, b.supported)
+        self.assertEqual(a.supported.getFeature("NICKLEN"), 9)
+        self.assertEqual(a.supported.getFeature("CASEMAPPING"), ("ascii",))
+        self.assertEqual(a.supported.getFeature("PREFIX"), {"q": ("~", 0), "a": ("&", 1), "o": ("@", 2),
+                                                           "h": ("%", 3), "v": ("+", 4)})
+
+    def test_a_later_line_for_one_connection_leaves_the_other_alone(self):
+        a, b = self.connection("a@example.org", "anna"), self.connection("b@example.org", "bert")
+        for conn in (a, b):
+            self.isupport(conn, self.TOKENS + " X2=second-test")
+        shared = a.supported
+        self.isupport(a, "NICKLEN=30 -CASEMAPPING")
+        self.assertIsNot(a.supported, shared)
+        self.assertEqual(a.supported.getFeature("NICKLEN"), 30)
+        self.assertFalse(a.supported.hasFeature("CASEMAPPING"))
+        self.assertEqual(a.supported.getFeature("PREFIX")["o"], ("@", 2))        # the first line's tokens stay
+        self.assertIs(b.supported, shared)
+        self.assertEqual(b.supported.getFeature("NICKLEN"), 9)
+        self.assertEqual(b.supported.getFeature("CASEMAPPING"), ("ascii",))
+        self.isupport(b, "NICKLEN=30 -CASEMAPPING")
+        self.assertIs(b.supported, a.supported)                               # the same tokens again: shared
+
+    def test_modes_are_parsed_with_the_shared_table(self):
+        a = self.connection("a@example.org", "anna")
+        self.isupport(a, self.TOKENS)
+        for line in (":anna!a@h JOIN #room", f":{SERVER} 353 anna = #room :anna eve",
+                     f":{SERVER} 366 anna #room :End", ":op!o@h MODE #room +kv secret eve"):
+            a.lineReceived(line.encode())
+        room = self.adapter.sessions[("a@example.org", SERVER)].rooms["#room"]
+        self.assertEqual(room.occupants["eve"], members.BIT["+"])               # k took its argument, v got eve
+
+    def test_the_cache_is_bounded_in_entries_and_size(self):
+        from gateway.adapters.irc import client
+        a = self.connection("a@example.org", "anna")
+        for i in range(client.MAX_SHARED_ISUPPORT + 10):
+            a._isupport, a._isupport_lines = (), 0
+            self.isupport(a, f"T{i}=x")
+        self.assertLessEqual(len(client._SUPPORTED), client.MAX_SHARED_ISUPPORT)
+        a._isupport, a._isupport_lines = (), 0
+        big = " ".join(f"BIG{i}={'v' * 60}" for i in range(client.MAX_SHARED_TOKENS // 60 + 1))
+        self.isupport(a, big)
+        self.assertTrue(a.supported.hasFeature("BIG0"))
+        self.assertNotIn(a._isupport, client._SUPPORTED)                      # parsed for this connection alone
+
+
+class IdleConnectionsHoldNoBuffers(IRCSessionCase):
+    rate = 1.0
+    burst = 2
+
+    def test_the_send_queue_is_dropped_once_drained(self):
+        self.sign_on()
+        self.conn.send_lines(["JOIN #a", "JOIN #b", "JOIN #c"])
+        self.assertEqual(len(self.conn._pending), 1)                          # two went at once, one waits
+        self.clock.advance(1.0)
+        self.assertEqual(self.written()[-1], "JOIN #c")
+        self.assertIsNone(self.conn._pending)
+        self.conn.send_lines(["JOIN #d"])                                    # and it comes back when needed
+        self.assertEqual(len(self.conn._pending), 1)
+        self.clock.advance(1.0)
+        self.assertEqual(self.written()[-1], "JOIN #d")
+        self.assertIsNone(self.conn._pending)
+
+    def test_offered_capabilities_are_forgotten_after_negotiation(self):
+        session = self.adapter.session(self.registration, SERVER, "alice")
+        session.connect()
+        self.conn = self.clock.tcpClients[0][2].buildProtocol(None)
+        self.conn.makeConnection(StringTransport())
+        self.conn.lineReceived(f":{SERVER} CAP * LS * :multi-prefix".encode())
+        self.assertEqual(self.conn._offered, {"multi-prefix"})
+        self.conn.lineReceived(f":{SERVER} CAP * LS :server-time".encode())
+        self.assertIsNone(self.conn._offered)
+        self.assertIn(b"CAP REQ :server-time multi-prefix", self.conn.transport.value())

@@ -82,6 +82,10 @@ class Backlog:
 
 
 class Room:
+    # One per user and channel: slots, not a dict per room.
+    __slots__ = ("channel", "resources", "occupants", "topic", "topic_by", "key", "joined", "ready", "names",
+                 "names_cut", "was_ready", "told")
+
     def __init__(self, channel: str):
         self.channel = channel
         self.resources: dict[str, str] = {}     # resource -> the nick it asked for
@@ -145,6 +149,12 @@ def _definite(reason: Failure) -> bool:
 
 
 class IRCSession:
+    # One per user and server, thousands in a gateway: slots instead of an instance dict of 30-odd keys.
+    __slots__ = ("adapter", "context", "user", "server", "settings", "nick", "conn", "rooms", "factory", "connector",
+                 "ticket", "failures", "_retry", "_notice", "_idle", "_trouble", "_attempt_why", "_server_error",
+                 "_conn_reason", "_lost_at", "_ready", "closed", "signed_once", "sasl_ok", "_sasl_message",
+                 "_nick_request", "_listing", "_list_cut", "_list_waiters", "_list_cache", "replies", "_endpoint")
+
     def __init__(self, adapter, registration, server: str, nick: str):
         self.adapter = adapter
         self.context = adapter.context
