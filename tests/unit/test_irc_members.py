@@ -227,3 +227,25 @@ class IdleConnectionsHoldNoBuffers(IRCSessionCase):
         self.conn.lineReceived(f":{SERVER} CAP * LS :server-time".encode())
         self.assertIsNone(self.conn._offered)
         self.assertIn(b"CAP REQ :server-time multi-prefix", self.conn.transport.value())
+
+
+class TheChannelListIsNotKeptForever(IRCSessionCase):
+    burst = 5
+    def test_the_list_answers_for_a_minute_then_is_dropped(self):
+        from gateway.adapters.irc.session import LIST_CACHE
+        session = self.sign_on()
+        self.adapter.join(self.registration, "phone", f"#room%{SERVER}", "alice", None)   # stays connected
+        d = session.list_channels()
+        self.assertIn("LIST", self.written())
+        self.conn.lineReceived(f":{SERVER} 322 alice #big 12 :a topic".encode())
+        self.conn.lineReceived(f":{SERVER} 323 alice :End of LIST".encode())
+        first = self.successResultOf(d)
+        self.assertEqual(len(first), 1)
+        self.transports[-1].clear()
+        self.clock.advance(LIST_CACHE / 2)
+        self.assertIs(self.successResultOf(session.list_channels()), first)   # from the cache: no LIST
+        self.assertNotIn("LIST", self.written())
+        self.clock.advance(LIST_CACHE / 2 + 1)
+        self.assertIsNone(session._list_cache)
+        session.list_channels()
+        self.assertIn("LIST", self.written())

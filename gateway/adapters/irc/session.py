@@ -38,6 +38,9 @@ ROLE = {"~": ("moderator", "owner"), "&": ("moderator", "admin"), "@": ("moderat
 #: (retry_max 300 s, +20 % jitter), short enough that a message retried
 #: elsewhere or given up does not hold the conversation for long.
 ORDER_HOLD = 600.0
+#: Seconds a server's channel list answers later room-list requests; then it is
+#: dropped, not kept for the life of the connection (up to ``max_list`` entries each).
+LIST_CACHE = 60.0
 
 
 class Backlog:
@@ -153,7 +156,8 @@ class IRCSession:
     __slots__ = ("adapter", "context", "user", "server", "settings", "nick", "conn", "rooms", "factory", "connector",
                  "ticket", "failures", "_retry", "_notice", "_idle", "_trouble", "_attempt_why", "_server_error",
                  "_conn_reason", "_lost_at", "_ready", "closed", "signed_once", "sasl_ok", "_sasl_message",
-                 "_nick_request", "_listing", "_list_cut", "_list_waiters", "_list_cache", "replies", "_endpoint")
+                 "_nick_request", "_listing", "_list_cut", "_list_waiters", "_list_cache", "_list_drop", "replies",
+                 "_endpoint")
 
     def __init__(self, adapter, registration, server: str, nick: str):
         self.adapter = adapter
@@ -195,6 +199,7 @@ class IRCSession:
         self._list_cut = False
         self._list_waiters: list[defer.Deferred] = []
         self._list_cache: tuple[float, list] | None = None
+        self._list_drop = None
         #: What the server answers the user's raw commands (made at the first one).
         self.replies: ServerReplies | None = None
 
@@ -307,10 +312,11 @@ class IRCSession:
         if self.conn is not None and not self.closed:
             self.context.contact_status(self.user, self.server, False, f"disconnected from {self.server}: {reason}")
         self.closed = True
-        for call in (self._retry, self._notice, self._idle):
+        for call in (self._retry, self._notice, self._idle, self._list_drop):
             if call is not None and call.active():
                 call.cancel()
-        self._retry = self._notice = self._idle = None
+        self._retry = self._notice = self._idle = self._list_drop = None
+        self._list_cache = None
         if self.ticket is not None:
             self.ticket.release()
             self.ticket = None
@@ -796,7 +802,7 @@ class IRCSession:
     @defer.inlineCallbacks
     def list_channels(self):
         now = self.context.clock.seconds()
-        if self._list_cache and now - self._list_cache[0] < 60:
+        if self._list_cache and now - self._list_cache[0] < LIST_CACHE:
             return self._list_cache[1]
         conn = yield self.ready()
         d = defer.Deferred()
@@ -841,9 +847,15 @@ class IRCSession:
             found.append((self.server, f"{self.server} has more channels: the list is cut at {limit}"))
         self._listing = None
         self._list_cache = (self.context.clock.seconds(), found)
+        if self._list_drop is not None and self._list_drop.active():
+            self._list_drop.cancel()
+        self._list_drop = self.context.clock.callLater(LIST_CACHE, self._forget_list)
         waiters, self._list_waiters = self._list_waiters, []
         for d in waiters:
             d.callback(found)
+
+    def _forget_list(self) -> None:
+        self._list_drop = self._list_cache = None
 
     def on_join_refused(self, channel: str, condition: str, why: str) -> None:
         room = self.rooms.pop(channel.lower(), None)
