@@ -249,3 +249,19 @@ class TheChannelListIsNotKeptForever(IRCSessionCase):
         self.assertIsNone(session._list_cache)
         session.list_channels()
         self.assertIn("LIST", self.written())
+
+
+class HotObjectsHaveSlots(IRCSessionCase):
+    """One session, room and connection per user: no instance dict for our own state (see irc_memory)."""
+
+    def test_sessions_and_rooms_have_no_instance_dict(self):
+        session = self.sign_on()
+        self.adapter.join(self.registration, "phone", f"#room%{SERVER}", "alice", None)
+        self.assertFalse(hasattr(session, "__dict__"))
+        self.assertFalse(hasattr(session.rooms["#room"], "__dict__"))
+
+    def test_the_connection_keeps_only_twisteds_attributes_in_its_dict(self):
+        self.sign_on()
+        own = set(vars(self.conn)) & set(type(self.conn).__slots__)
+        self.assertEqual(own, set())
+        self.assertLessEqual(len(vars(self.conn)), 16)
