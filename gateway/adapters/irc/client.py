@@ -72,6 +72,42 @@ _NEWEST_AHEAD = 86400.0
 #: XML attribute and in a JID resource, whatever the serialiser does.
 _MSGID = re.compile(r"[!#-%(-;=?-~]{1,128}", re.ASCII)
 
+#: Parsed ISUPPORT tables by the tokens they were parsed from, shared by every
+#: connection that was sent the same tokens (all the users of one server): one
+#: copy per server instead of one per connection. Bounded in entries and in
+#: size: tokens longer than MAX_SHARED_TOKENS characters in all (real servers
+#: send about 500) are parsed for their connection alone, as before; a server
+#: sending each connection other tokens only pushes the oldest tables out.
+_SUPPORTED: dict[tuple[str, ...], tuple[tuple[str, ...], irc.ServerSupportedFeatures]] = {}
+MAX_SHARED_ISUPPORT = 64
+MAX_SHARED_TOKENS = 4096
+
+
+def shared_features(tokens: tuple[str, ...], previous: irc.ServerSupportedFeatures | None = None,
+                    new: list[str] | None = None) -> tuple[tuple[str, ...], irc.ServerSupportedFeatures]:
+    """
+    (the cache's own copy of ``tokens``, the table parsed from them): the same
+    two objects for every connection given the same tokens. A table is never
+    changed once made: a later 005 line makes another, from ``previous`` (the
+    table of the tokens before) and only the ``new`` tokens of that line.
+    """
+    found = _SUPPORTED.get(tokens)
+    if found is not None:
+        return found
+    features = irc.ServerSupportedFeatures()
+    if previous is not None and new is not None:
+        # ServerSupportedFeatures.parse replaces or pops entries, never changes a value: a copy of the
+        # dict is a table of its own.
+        features._features = dict(previous._features)
+        features.parse(new)
+    else:
+        features.parse(list(tokens))
+    if sum(len(t) for t in tokens) <= MAX_SHARED_TOKENS:
+        while len(_SUPPORTED) >= MAX_SHARED_ISUPPORT:
+            del _SUPPORTED[next(iter(_SUPPORTED))]
+        _SUPPORTED[tokens] = (tokens, features)
+    return tokens, features
+
 
 def parse_tags(raw: str) -> dict[str, str]:
     """IRCv3 message tags, each value unescaped in one pass (``\\\\s`` is a backslash then ``s``)."""
@@ -181,6 +217,14 @@ class Outgoing:
 
 @implementer(interfaces.IPushProducer, interfaces.IHandshakeListener)
 class IRCConnection(irc.IRCClient):
+    # A gateway holds one of these per user and server: our own state in slots
+    # (Twisted's IRCClient and Protocol attributes stay in the instance dict),
+    # which keeps that dict small enough for the interpreter to share its keys.
+    __slots__ = ("session", "sasl", "fallback", "tags", "_caps_done", "_rate", "_burst", "_clock", "_tokens", "_last",
+                 "_pending", "_drain", "_lost", "_inbuf", "_skipping", "overlong", "bad_lines", "_offered",
+                 "_isupport_lines", "_isupport", "_deadline", "_hello", "_ctcp_window", "greeted", "signed_on_at",
+                 "_ident_ends")
+
     versionName = "xmpp-gateway"
     versionNum = __version__
     sourceURL = "https://pypi.org/project/xmpp-gateway/"
@@ -202,8 +246,9 @@ class IRCConnection(irc.IRCClient):
         self._rate, self._burst = rate, float(burst)
         self._clock = session.adapter.context.clock
         self._tokens, self._last = float(burst), self._clock.seconds()
-        #: Lines waiting for the bucket, each with the message it belongs to (None for commands).
-        self._pending: deque[tuple[str, Outgoing | None]] = deque()
+        #: Lines waiting for the bucket, each with the message it belongs to (None for commands);
+        #: None while nothing waits (an empty deque alone is 600 bytes, per connection).
+        self._pending: deque[tuple[str, Outgoing | None]] | None = None
         self._drain = None
         self._lost = False
         self._inbuf = b""
@@ -211,8 +256,11 @@ class IRCConnection(irc.IRCClient):
         #: Lines skipped for being longer than MAX_LINE (logged when the connection ends).
         self.overlong = 0
         self.bad_lines = 0
-        self._offered: set[str] = set()
+        #: Capabilities offered so far by a CAP LS in several lines (None before and after).
+        self._offered: set[str] | None = None
         self._isupport_lines = 0
+        #: The ISUPPORT tokens received so far (the shared table's key: see shared_features).
+        self._isupport: tuple[str, ...] = ()
         self._deadline = None
         self._hello = None
         self._ctcp_window = [0.0, 0]
@@ -227,8 +275,8 @@ class IRCConnection(irc.IRCClient):
     def connectionMade(self):
         if not interfaces.ISSLTransport.providedBy(self.transport):
             self.transport.registerProducer(self, True)
-        self.supported = irc.ServerSupportedFeatures()
-        self._queue = []
+        self.supported = shared_features(())[1]
+        # No self._queue: Twisted queues lines there only with a lineRate, and ours is None (the token bucket).
         timeout = self.session.adapter.config["registration_timeout"]
         self._deadline = self._clock.callLater(timeout, self._registration_expired, timeout)
         self._hello = self._clock.callLater(GREETING_WAIT, self._sign_on)
@@ -278,6 +326,8 @@ class IRCConnection(irc.IRCClient):
         self.transport.abortConnection()
 
     def _offer(self, names: set[str]) -> None:
+        if self._offered is None:
+            self._offered = set()
         room = MAX_OFFERED_CAPS - len(self._offered)
         if room > 0:
             self._offered.update(list(names)[:room])
@@ -289,7 +339,8 @@ class IRCConnection(irc.IRCClient):
             if len(params) > 3 and params[2] == "*":
                 self._offer(offered)
                 return
-            offered |= self._offered
+            offered |= self._offered or set()
+            self._offered = None
             want = [c for c in WANTED_CAPS if c in offered]
             if self.sasl and "sasl" in offered:
                 want.append("sasl")
@@ -339,9 +390,12 @@ class IRCConnection(irc.IRCClient):
         self.session.server_error(params[-1] if params else "")
 
     def irc_RPL_ISUPPORT(self, prefix, params):
+        """Twisted's, but the parsed table is shared with the other connections sent the same tokens."""
         self._isupport_lines += 1
         if self._isupport_lines <= MAX_ISUPPORT_LINES:
-            super().irc_RPL_ISUPPORT(prefix, params)
+            args = params[1:-1]
+            self._isupport, self.supported = shared_features(self._isupport + tuple(args), self.supported, args)
+            self.isupport(args)
 
     # The MOTD is never shown to anyone, so none of it is kept: Twisted's
     # IRCClient appends every 372 line to self.motd until 376, and a server that
@@ -627,7 +681,7 @@ class IRCConnection(irc.IRCClient):
 
     def abandon(self, error: Exception) -> None:
         """Drop every waiting line; the messages they belong to fail with ``error``."""
-        pending, self._pending = self._pending, deque()
+        pending, self._pending = self._pending or (), None
         for out in {id(out): out for _, out in pending if out is not None}.values():
             out.abandon(error)
 
@@ -635,7 +689,7 @@ class IRCConnection(irc.IRCClient):
 
     def send_lines(self, lines: list[str]) -> None:
         """Queue commands behind the token bucket (bursts of ``burst``, then ``rate`` per second)."""
-        self._pending.extend((line, None) for line in lines)
+        self._queued().extend((line, None) for line in lines)
         self._kick()
 
     def send_message(self, lines: list[str], on_progress: Callable[[Outgoing], None] | None = None) -> Outgoing:
@@ -651,13 +705,18 @@ class IRCConnection(irc.IRCClient):
             # It would never fit: retried, it would only fail at the outbox deadline, an hour on.
             raise PermanentFailure(f"a message of {len(lines)} IRC lines is more than this gateway sends at once "
                                    f"({MAX_PENDING_LINES}); send it in parts", "policy-violation", "modify")
-        if len(self._pending) + len(lines) > MAX_PENDING_LINES:
+        if len(self._pending or ()) + len(lines) > MAX_PENDING_LINES:
             raise QueueFull(f"IRC send queue full: {MAX_PENDING_LINES} lines already wait to go to "
                             f"{self.session.server} behind the send throttle; try again later")
         out = Outgoing(lines, on_progress)
-        self._pending.extend((line, out) for line in lines)
+        self._queued().extend((line, out) for line in lines)
         self._kick()
         return out
+
+    def _queued(self) -> deque[tuple[str, Outgoing | None]]:
+        if self._pending is None:
+            self._pending = deque()
+        return self._pending
 
     def _kick(self) -> None:
         # A scheduled drain means the bucket is empty: new lines wait their turn behind it.
@@ -685,6 +744,8 @@ class IRCConnection(irc.IRCClient):
                 self._tokens -= 1
         if self._pending:
             self._drain = self._clock.callLater((1 - self._tokens) / self._rate, self._flush)
+        else:
+            self._pending = None
         # Callbacks last, once the queue is consistent: they may queue more lines.
         for out in moved.values():
             if out.written == len(out.lines):

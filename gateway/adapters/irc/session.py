@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 
 from gateway import metrics
 
-from gateway.adapters.irc import moderation, policy, text
+from gateway.adapters.irc import members, moderation, policy, text
 from gateway import fallback
 from gateway.adapters.irc.client import IRCConnection, Outgoing, encode_tags, safe_msgid, server_time
 from gateway.adapters.irc.raw import ServerReplies
@@ -32,7 +32,7 @@ from gateway.model import (GatewayError, InboundMessage, LostOwnership, Outbound
 
 log = Logger(namespace="gateway.adapters.irc")
 
-PREFIXES = "~&@%+"
+PREFIXES = members.PREFIXES
 #: IRCv3 +typing values for XEP-0085 states, and back.
 TYPING_OUT = {"composing": "active", "paused": "paused"}
 TYPING_IN = {"active": "composing", "paused": "paused", "done": "active"}
@@ -43,13 +43,15 @@ ECHO_HOLD = 100
 ECHO_TARGETS = 100
 ROLE = {"~": ("moderator", "owner"), "&": ("moderator", "admin"), "@": ("moderator", "admin"),
         "%": ("moderator", "member"), "+": ("participant", "member")}
-MODE_PREFIX = {"q": "~", "a": "&", "o": "@", "h": "%", "v": "+"}
 
 #: How long a private message that failed here keeps later ones of its
 #: conversation waiting for its retry: longer than the outbox's longest backoff
 #: (retry_max 300 s, +20 % jitter), short enough that a message retried
 #: elsewhere or given up does not hold the conversation for long.
 ORDER_HOLD = 600.0
+#: Seconds a server's channel list answers later room-list requests; then it is
+#: dropped, not kept for the life of the connection (up to ``max_list`` entries each).
+LIST_CACHE = 60.0
 
 #: Channels with more occupants than this get no WHO at join (on servers without
 #: userhost-in-names): the answer would be one line per occupant, and their
@@ -103,16 +105,21 @@ class Backlog:
 
 
 class Room:
+    # One per user and channel: slots, not a dict per room.
+    __slots__ = ("channel", "resources", "occupants", "topic", "topic_by", "key", "joined", "ready", "names",
+                 "names_cut", "was_ready", "told", "hosts", "name_hosts", "who_pending", "who_seen")
+
     def __init__(self, channel: str):
         self.channel = channel
         self.resources: dict[str, str] = {}     # resource -> the nick it asked for
-        self.occupants: dict[str, set[str]] = {}
+        #: nick -> mode bits (members.BIT), nicks interned: see members.py.
+        self.occupants: dict[str, int] = {}
         self.topic = ""
         self.topic_by = ""
         self.key = ""                               # channel key (the MUC join password)
         self.joined = False
         self.ready = False
-        self.names: dict[str, set[str]] = {}
+        self.names: dict[str, int] = {}
         #: (user, host) of occupants, as JOIN, NAMES (userhost-in-names) or WHO showed them; only for
         #: nicks in ``occupants`` (so bounded with them), checked by text.userhost.
         self.hosts: dict[str, tuple[str, str]] = {}
@@ -172,6 +179,13 @@ def _definite(reason: Failure) -> bool:
 
 
 class IRCSession:
+    # One per user and server, thousands in a gateway: slots instead of an instance dict of 30-odd keys.
+    __slots__ = ("adapter", "context", "user", "server", "settings", "nick", "conn", "rooms", "factory", "connector",
+                 "ticket", "failures", "_retry", "_notice", "_idle", "_trouble", "_attempt_why", "_server_error",
+                 "_conn_reason", "_lost_at", "_ready", "closed", "signed_once", "sasl_ok", "_sasl_message",
+                 "_nick_request", "_listing", "_list_cut", "_list_waiters", "_list_cache", "_list_drop", "replies",
+                 "_endpoint", "verdicts", "_invite_window", "_echoes")
+
     def __init__(self, adapter, registration, server: str, nick: str):
         self.adapter = adapter
         self.context = adapter.context
@@ -214,6 +228,7 @@ class IRCSession:
         self._list_cut = False
         self._list_waiters: list[defer.Deferred] = []
         self._list_cache: tuple[float, list] | None = None
+        self._list_drop = None
         #: What the server answers the user's raw commands (made at the first one).
         self.replies: ServerReplies | None = None
         #: Kicks, mode changes and invitations asked for from XMPP, awaiting the server's verdict.
@@ -330,10 +345,11 @@ class IRCSession:
         if self.conn is not None and not self.closed:
             self.context.contact_status(self.user, self.server, False, f"disconnected from {self.server}: {reason}")
         self.closed = True
-        for call in (self._retry, self._notice, self._idle):
+        for call in (self._retry, self._notice, self._idle, self._list_drop):
             if call is not None and call.active():
                 call.cancel()
-        self._retry = self._notice = self._idle = None
+        self._retry = self._notice = self._idle = self._list_drop = None
+        self._list_cache = None
         if self.ticket is not None:
             self.ticket.release()
             self.ticket = None
@@ -669,10 +685,10 @@ class IRCSession:
             return
         self._watch_idle()
 
-    def _role(self, modes: set[str]) -> tuple[str, str]:
-        for p in PREFIXES:
-            if p in modes:
-                return ROLE[p]
+    def _role(self, modes: int) -> tuple[str, str]:
+        prefix = members.highest(modes)
+        if prefix is not None:
+            return ROLE[prefix]
         return self.adapter.config["default_role"], "none"
 
     def _send_state(self, room: Room, resources: list[str]) -> None:
@@ -681,7 +697,7 @@ class IRCSession:
             if nick != self.nick:
                 role, aff = self._role(modes)
                 self._event(room, "presence", resources, nick=nick, role=role, affiliation=aff)
-        role, aff = self._role(room.occupants.get(self.nick, set()))
+        role, aff = self._role(room.occupants.get(self.nick, 0))
         for resource in resources:
             self._event(room, "presence", [resource], nick=self.nick, role=role, affiliation=aff, own=True,
                         joined=True, nick_assigned=room.resources.get(resource) != self.nick)
@@ -740,7 +756,7 @@ class IRCSession:
             return                                     # a WHO the user typed, or someone gone: not collected
         found = text.userhost(user, host)
         if found is not None:
-            room.who_seen[nick] = found
+            room.who_seen[nick] = members.userhost(found)
 
     def on_end_of_who(self, channel: str) -> None:
         room = self._room(channel)
@@ -750,7 +766,7 @@ class IRCSession:
         for nick, found in sorted(seen.items()):
             if nick not in room.occupants or room.hosts.get(nick) == found:
                 continue
-            room.hosts[nick] = found
+            room.hosts[nick] = members.userhost(found)
             if room.ready and nick != self.nick:
                 role, aff = self._role(room.occupants[nick])
                 self._event(room, "presence", nick=nick, role=role, affiliation=aff)
@@ -761,10 +777,7 @@ class IRCSession:
             return                                     # a NAMES not asked for by our join: nothing to collect
         limit = self.adapter.config["max_names"]
         for entry in names:
-            modes = set()
-            while entry and entry[0] in PREFIXES:
-                modes.add(entry[0])
-                entry = entry[1:]
+            modes, entry = members.split_prefixes(entry)
             entry, found = text.split_prefix(entry)     # nick!user@host with userhost-in-names
             if not _keepable(entry):
                 continue
@@ -773,9 +786,10 @@ class IRCSession:
                 room.names_cut = True
                 self.on_end_of_names(channel)
                 return
+            entry = members.nick(entry)
             room.names[entry] = modes
             if found is not None:
-                room.name_hosts[entry] = found
+                room.name_hosts[entry] = members.userhost(found)
 
     def on_end_of_names(self, channel: str) -> None:
         room = self._room(channel)
@@ -787,7 +801,7 @@ class IRCSession:
         room.name_hosts = {}
         if mine is not None:
             room.hosts[self.nick] = mine
-        room.occupants.setdefault(self.nick, set())
+        room.occupants.setdefault(members.nick(self.nick), 0)
         self._ask_who(room)
         room.ready = room.was_ready = True
         self._send_state(room, list(room.resources))
@@ -811,10 +825,10 @@ class IRCSession:
         room = self._room(channel)
         if room is not None and room.ready and _keepable(nick) and (
                 nick in room.occupants or len(room.occupants) < self.adapter.config["max_names"]):
-            room.occupants[nick] = set()
+            room.occupants[members.nick(nick)] = 0
             if found is not None:
-                room.hosts[nick] = found
-            role, aff = self._role(set())
+                room.hosts[nick] = members.userhost(found)
+            role, aff = self._role(0)
             self._event(room, "presence", nick=nick, role=role, affiliation=aff)
 
     def on_part(self, nick: str, channel: str, reason: str | None) -> None:
@@ -856,7 +870,7 @@ class IRCSession:
         for room in self.rooms.values():
             if old in room.occupants:
                 modes = room.occupants.pop(old)
-                room.occupants[new] = modes
+                room.occupants[members.nick(new)] = modes
                 if old in room.hosts:
                     room.hosts[new] = room.hosts.pop(old)
                 role, aff = self._role(modes)
@@ -872,11 +886,11 @@ class IRCSession:
 
     def on_mode(self, channel: str, nick: str, mode: str, added: bool) -> None:
         room = self._room(channel)
-        prefix = MODE_PREFIX.get(mode)
-        if room is None or prefix is None or nick not in room.occupants:
+        bit = members.MODE_BIT.get(mode)
+        if room is None or bit is None or nick not in room.occupants:
             return
-        modes = room.occupants[nick]
-        (modes.add if added else modes.discard)(prefix)
+        modes = room.occupants[nick] | bit if added else room.occupants[nick] & ~bit
+        room.occupants[nick] = modes
         role, aff = self._role(modes)
         self._event(room, "presence", nick=nick, role=role, affiliation=aff, own=nick == self.nick)
 
@@ -925,7 +939,8 @@ class IRCSession:
         try:
             room = self._moderated(channel)
             found = self._occupant(room, nick) or nick
-            lines = moderation.role_commands(room.channel, found, role, room.occupants.get(found, set()), reason)
+            lines = moderation.role_commands(room.channel, found, role, set(members.prefixes(room.occupants.get(found, 0))),
+                                             reason)
         except GatewayError as e:
             return defer.fail(e)
         return self.verdicts.start(room.channel, found, lines, self.conn.send_lines)
@@ -1070,7 +1085,7 @@ class IRCSession:
     @defer.inlineCallbacks
     def list_channels(self):
         now = self.context.clock.seconds()
-        if self._list_cache and now - self._list_cache[0] < 60:
+        if self._list_cache and now - self._list_cache[0] < LIST_CACHE:
             return self._list_cache[1]
         conn = yield self.ready()
         d = defer.Deferred()
@@ -1115,9 +1130,15 @@ class IRCSession:
             found.append((self.server, f"{self.server} has more channels: the list is cut at {limit}"))
         self._listing = None
         self._list_cache = (self.context.clock.seconds(), found)
+        if self._list_drop is not None and self._list_drop.active():
+            self._list_drop.cancel()
+        self._list_drop = self.context.clock.callLater(LIST_CACHE, self._forget_list)
         waiters, self._list_waiters = self._list_waiters, []
         for d in waiters:
             d.callback(found)
+
+    def _forget_list(self) -> None:
+        self._list_drop = self._list_cache = None
 
     def on_join_refused(self, channel: str, condition: str, why: str) -> None:
         room = self.rooms.pop(channel.lower(), None)
@@ -1267,7 +1288,7 @@ class IRCSession:
 def _borrow(room: Room, theirs: Room, nick: str) -> bool:
     found = theirs.hosts.get(nick)
     if found is not None:
-        room.hosts[nick] = found
+        room.hosts[nick] = members.userhost(found)
     return found is not None
 
 
