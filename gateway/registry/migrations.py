@@ -125,3 +125,15 @@ MIGRATIONS.append(
             name TEXT PRIMARY KEY,
             value TEXT NOT NULL)""",
     ]))
+MIGRATIONS.append(
+    (8, [
+        # Contacts put in a user's roster (XEP-0356 roster push, or a subscription
+        # request when the server grants no roster access): each one once.
+        """CREATE TABLE roster_contacts (
+            component TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            address TEXT NOT NULL,
+            method TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (component, jid, address))""",
+    ]))

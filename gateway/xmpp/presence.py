@@ -22,9 +22,11 @@ log = Logger(namespace="gateway.xmpp.presence")
 
 
 class PresenceHandler(ComponentHandler):
-    def __init__(self, stream, bridge, disco):
+    def __init__(self, stream, bridge, disco, roster=None):
         super().__init__(stream, bridge)
         self.disco = disco
+        #: gateway.xmpp.roster.RosterKeeper, told when a user leaves.
+        self.roster = roster
 
     def connectionInitialized(self):
         self.xmlstream.addObserver("/presence", self.on_presence)
@@ -59,6 +61,8 @@ class PresenceHandler(ComponentHandler):
         self.presence(jid, "available")
 
     def on_unregistered(self, jid: str) -> None:
+        if self.roster is not None:
+            self.roster.forget(jid)
         for ptype in ("unsubscribe", "unsubscribed", "unavailable"):
             self.presence(jid, ptype)
 

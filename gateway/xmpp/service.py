@@ -18,8 +18,10 @@ from gateway.xmpp.muc import MUCHandler, RoomListHandler
 from gateway.xmpp.muc_owner import RoomConfigHandler
 from gateway.xmpp.ping import PingHandler
 from gateway.xmpp.presence import PresenceHandler
+from gateway.xmpp.privilege import Grants, PrivilegeHandler
 from gateway.xmpp.raw import RawCommandHandler
 from gateway.xmpp.register import RegisterHandler
+from gateway.xmpp.roster import ImportContactsCommand, RosterKeeper
 from gateway.xmpp.slots import SpareKeeper, StreamGroup
 from gateway.xmpp.version import VersionHandler
 from wokkel.disco import DiscoHandler as _WokkelDiscoHandler
@@ -72,26 +74,35 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
                              gateway_settings["allowed_domains"], on_fatal, reactor, role=role)
     if group is None:
         group = StreamGroup(stream, bridge)
-        bridge.attach(StanzaOutput(group, bridge.adapter))
+        #: What the users' servers granted (XEP-0356), and the contacts put in rosters (gateway/xmpp/roster.py).
+        group.grants = Grants()
+        group.roster = (RosterKeeper(group, bridge, group.grants, component.roster, component.roster_group)
+                        if component.roster != "off" else None)
+        bridge.attach(StanzaOutput(group, bridge.adapter, group.roster))
     stream.group = group
+    roster = group.roster
     disco_info = GatewayDisco(component.domain, component.name, bridge.adapter)
-    presence = PresenceHandler(stream, bridge, disco_info)
+    presence = PresenceHandler(stream, bridge, disco_info, roster)
     stream.pinger = PingHandler(component.domain, xmpp_settings["ping_interval"], xmpp_settings["ping_timeout"],
                                 reactor)
+    commands = CommandsHandler(stream, bridge, presence, gateway_settings["admins"], reactor)
+    if roster is not None:
+        commands.commands[ImportContactsCommand.node] = ImportContactsCommand(commands, roster)
     for handler in (
         DiscoHandler(),
         disco_info,
         VersionHandler(),
         stream.pinger,
         presence,
-        RegisterHandler(stream, bridge, presence),
+        PrivilegeHandler(component.domain, group.grants, roster),
+        RegisterHandler(stream, bridge, presence, roster),
         GatewayIQHandler(component.domain, bridge),
-        CommandsHandler(stream, bridge, presence, gateway_settings["admins"], reactor),
+        commands,
         MUCHandler(stream, bridge),
         RoomListHandler(stream, bridge),
         RoomConfigHandler(stream, bridge),
         RawCommandHandler(stream, bridge),
-        MessageHandler(stream, bridge),
+        MessageHandler(stream, bridge, roster),
         BridgeLink(group, stream),
     ):
         handler.setHandlerParent(stream)

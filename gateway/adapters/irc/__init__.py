@@ -22,8 +22,8 @@ from gateway.adapters.irc import raw, text
 from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import Backlog, IRCSession
-from gateway.interfaces import (IAddressSettings, IConnections, IConnectionStatus, IGroupChat, IHealthReport,
-                                IHostsRooms, IRawCommands, IRoomDirectory)
+from gateway.interfaces import (IAddressSettings, IConnections, IConnectionStatus, IContactNames, IGroupChat,
+                                IHealthReport, IHostsRooms, IRawCommands, IRoomDirectory)
 from gateway.model import (AddressError, ConnectionInfo, Field, GatewayError, Occupancy, OutboundMessage, PermanentFailure,
                            PolicyViolation, Registration, RegistrationError, SendResult)
 from gateway.options import Option, endpoint, non_negative, positive
@@ -90,7 +90,7 @@ def _lines_sent(lines: int) -> SendResult:
 
 
 @implementer(IGroupChat, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus, IConnections,
-             IHostsRooms, IHealthReport)
+             IHostsRooms, IHealthReport, IContactNames)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -333,6 +333,13 @@ class IRCAdapter(AdapterBase):
     def room_name(self, room: str) -> str:
         channel, _, server = room.rpartition("%")
         return f"{channel} on {server}"
+
+    def contact_name(self, address: str) -> str:
+        """A nick as people say it: "bob on irc.example.org", or just "bob" on a fixed server."""
+        nick, _, server = address.rpartition("%")
+        if not nick or server == self.config["fixed_server"]:
+            return nick or address
+        return f"{nick} on {server}"
 
     def occupant_address(self, room: str, nick: str) -> str:
         return self.normalize_address(f"{nick}%{room.rpartition('%')[2]}")
