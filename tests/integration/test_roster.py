@@ -18,15 +18,19 @@ import pytest
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from gateway.testing.certs import self_signed
 from gateway.testing.process import free_port
 from gateway.testing.prosody import Prosody
 from tests.integration.gateway_fixture import register_form
 from tests.integration.harness import Client, GatewayProcess, body, run, write_config
+from tests.integration.mail_support import SMARTHOST_PASSWORD, SMARTHOST_USER, Smarthost, swaks
 from tests.integration.sms_support import TwilioSimulator, sms_options
 
 PRIV = "rosterpriv.localhost"
 NOPRIV = "rosternopriv.localhost"
-SECRETS = {PRIV: "rosterpriv-secret", NOPRIV: "rosternopriv-secret"}
+MAIL = "rostermail.localhost"
+SECRETS = {PRIV: "rosterpriv-secret", NOPRIV: "rosternopriv-secret", MAIL: "rostermail-secret"}
+MAIL_DOMAIN = "mail.roster.example"
 NS_ROSTER = "jabber:iq:roster"
 NS_NICK = "http://jabber.org/protocol/nick"
 NS_COMMANDS = "http://jabber.org/protocol/commands"
@@ -47,8 +51,8 @@ def priv_prosody(workdir):
         pytest.skip("Prosody is not installed")
     server = Prosody(os.path.join(workdir, "prosody-roster"), SECRETS, modules=("privilege",),
                      host_config=f'  privileged_entities = {{ ["{PRIV}"] = {{ roster = "both"; '
-                                 f'message = "outgoing"; }} }}',
-                     component_config={PRIV: '  modules_enabled = { "privilege" }\n'}).start()
+                                 f'message = "outgoing"; }}; ["{MAIL}"] = {{ roster = "set"; }} }}',
+                     component_config={d: '  modules_enabled = { "privilege" }\n' for d in (PRIV, MAIL)}).start()
     yield server
     server.stop()
 
@@ -63,17 +67,34 @@ def simulator(workdir):
 
 
 @pytest.fixture(scope="module")
-def gateway(priv_prosody, simulator, workdir):
+def smarthost(workdir):
+    cert, key = self_signed(os.path.join(workdir, "roster-certs"), ("localhost", "smarthost.test"))
+    host = Smarthost(free_port(), cert, key).start()
+    host.certs = (cert, key)
+    yield host
+    host.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(priv_prosody, simulator, smarthost, workdir):
     path = os.path.join(workdir, "roster-gw")
     os.makedirs(path, exist_ok=True)
     web_port = free_port()
-    options = sms_options(simulator, web_port, allowed_countries=["US"])
+    sms = sms_options(simulator, web_port, allowed_countries=["US"])
+    cert, key = smarthost.certs
+    smtp_port = free_port()
+    mail = {"mail_domain": MAIL_DOMAIN, "smarthost_host": "localhost", "smarthost_port": smarthost.controller.port,
+            "smarthost_tls": "required", "smarthost_ca": cert, "smarthost_username": SMARTHOST_USER,
+            "smarthost_password": SMARTHOST_PASSWORD, "smtp_listen": f"tcp:{smtp_port}:interface=127.0.0.1",
+            "tls_cert": cert, "tls_key": key}
     config = os.path.join(path, "roster.toml")
-    write_config(config, components=[{"domain": d, "secret": s, "adapter": "sms", "options": options}
-                                     for d, s in SECRETS.items()],
+    write_config(config, components=[{"domain": PRIV, "secret": SECRETS[PRIV], "adapter": "sms", "options": sms},
+                                     {"domain": NOPRIV, "secret": SECRETS[NOPRIV], "adapter": "sms", "options": sms},
+                                     {"domain": MAIL, "secret": SECRETS[MAIL], "adapter": "email", "options": mail}],
                  xmpp_port=priv_prosody.component_port, registry_url=f"sqlite:///{path}/roster.sqlite",
                  web_port=web_port)
-    gw = GatewayProcess(config, os.path.join(path, "roster.log")).start(wait_authenticated=2)
+    gw = GatewayProcess(config, os.path.join(path, "roster.log")).start(wait_authenticated=3)
+    gw.smtp_port = smtp_port
     gw.hooks = {d: f"http://127.0.0.1:{web_port}/hooks/{d}/twilio/inbound" for d in SECRETS}
     yield gw
     gw.stop()
@@ -209,6 +230,25 @@ def test_import_known_contacts_at_registration_and_by_command(priv_prosody, simu
             assert "1 contact(s) added to your roster" in cmd.findtext(f"{{{NS_COMMANDS}}}note")
             item = await client.next_push(jid)
             assert groups(item) == ["SMS"]
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+def test_a_mail_heard_from_is_pushed_into_the_email_group(priv_prosody, gateway):
+    async def scenario():
+        user = priv_prosody.register(f"rosterdan{os.getpid()}", "pw")
+        client = await RosterClient(user, "pw").start(priv_prosody.c2s_port)
+        try:
+            await client.iq(MAIL, "set", register_form({"alias": f"dan{os.getpid()}"}))
+            sent = await asyncio.to_thread(swaks, gateway.smtp_port, "--from", "zoe@example.net", "--to",
+                                           f"dan{os.getpid()}@{MAIL_DOMAIN}", "--header", "Subject: hi",
+                                           "--body", "a mail for your roster")
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            await client.next_message(lambda m: body(m) == "a mail for your roster")
+            item = await client.next_push(f"zoe\\40example.net@{MAIL}")
+            assert item.get("name") == "zoe@example.net" and groups(item) == ["Email"]
         finally:
             await client.stop()
 
