@@ -9,13 +9,15 @@ roster_contacts table on SQLite and PostgreSQL.
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
 from twisted.words.xish import domish
 
 from gateway.adapters.irc import IRCAdapter
-from gateway.xmpp.privilege import NS_PRIVILEGE_1, NS_PRIVILEGE_2, parse_advertisement
+from gateway.xmpp.privilege import NS_PRIVILEGE_1, NS_PRIVILEGE_2, Grants, parse_advertisement
+from gateway.xmpp.roster import RosterKeeper
 from tests.unit.test_registry import registry  # noqa: F401  (the fixture: SQLite and PostgreSQL)
 from tests.unit.wire import DOMAIN, Wire, find
 
@@ -87,6 +89,17 @@ def test_irc_contact_names():
     assert adapter.contact_name("bob%irc.example.org") == "bob on irc.example.org"
     adapter.config = {"fixed_server": "irc.example.org"}
     assert adapter.contact_name("bob%irc.example.org") == "bob"
+
+
+def test_rooms_and_servers_are_no_contacts():
+    adapter = IRCAdapter.__new__(IRCAdapter)
+    adapter.config = {"fixed_server": ""}
+    keeper = RosterKeeper(SimpleNamespace(domain="irc.example.org"), SimpleNamespace(adapter=adapter), Grants())
+    assert keeper.group_name == "IRC"
+    assert keeper.is_contact("bob%irc.libera.chat")
+    assert not keeper.is_contact("#chan%irc.libera.chat")
+    assert not keeper.is_contact("irc.libera.chat")
+    assert not keeper.is_contact("+1555,+1556")            # a group message's recipients
 
 
 # -- the keeper on a real stream ------------------------------------------------
