@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
@@ -192,12 +193,14 @@ class RosterKeeper:
                                                                 self.timeout))
                 log.debug("{jid} pushed into {user}'s roster", jid=jid, user=user)
                 return "roster"
-            except StanzaError as e:
+            except (StanzaError, xmlstream.TimeoutError) as e:
+                # Refused (ejabberd 23.01 crashes on it), or never answered (its error routed to another
+                # connection of a shared listener): not asked again on this connection.
                 self._push_failed.add(host)
-                log.warn("{host} advertised roster access ({ns}) but refused a roster push for {user} "
-                         "(<{condition}/> {text}): subscription requests instead for {host}'s users until the "
-                         "next connection (docs/servers.md)", host=host, ns=permissions.namespace, user=user,
-                         condition=e.condition, text=e.text or "")
+                why = f"<{e.condition}/> {e.text or ''}" if isinstance(e, StanzaError) else "no answer"
+                log.warn("{host} advertised roster access ({ns}) but a roster push for {user} failed ({why}): "
+                         "subscription requests instead for {host}'s users until the next connection "
+                         "(docs/servers.md)", host=host, ns=permissions.namespace, user=user, why=why.strip())
         self._subscribe(user, jid, name)
         return "subscription"
 

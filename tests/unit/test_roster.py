@@ -169,6 +169,20 @@ def test_a_granted_push_is_made_once_and_remembered(wire):
     say(wire, "erin", "second")
     assert [el for el in (yield wire.quiet()) if is_roster_set(el) or is_subscribe(el)] == []
     assert (yield wire.registry.roster_contact(DOMAIN, "alice@example.org", "erin")) == "roster"
+    wire.stream.group.roster._done.clear()          # as after a restart: the registry still knows
+    say(wire, "erin", "third")
+    assert [el for el in (yield wire.quiet()) if is_roster_set(el) or is_subscribe(el)] == []
+
+
+@pytest_twisted.inlineCallbacks
+def test_an_unanswered_push_falls_back(wire):
+    wire.stream.group.roster.timeout = 0.2
+    yield wire.register()
+    wire.feed(PROSODY.replace("localhost", "example.org").replace("sms.example.org", DOMAIN))
+    say(wire, "fred")
+    yield wire.wait(is_roster_set)
+    ask = yield wire.wait(is_subscribe)          # no answer within the timeout
+    assert ask["from"] == f"fred@{DOMAIN}"
 
 
 # -- the registry ---------------------------------------------------------------
