@@ -253,3 +253,55 @@ def test_a_mail_heard_from_is_pushed_into_the_email_group(priv_prosody, gateway)
             await client.stop()
 
     run(scenario())
+
+
+# -- ejabberd 23.01: urn:xmpp:privilege:1, and a roster set that fails ----------------------------
+
+EJ = "rosterej.localhost"
+
+
+@pytest.fixture(scope="module")
+def priv_ejabberd(workdir):
+    """Its own ejabberd: mod_privilege granting EJ roster and message access, on a listener of its own."""
+    if not shutil.which("erl") or not os.path.isdir("/etc/ejabberd"):
+        pytest.skip("ejabberd is not installed")
+    from gateway.testing.ejabberd import Ejabberd
+
+    server = Ejabberd(os.path.join(workdir, "ejabberd-roster"), {EJ: "rosterej-secret"}, privileged=(EJ,)).start()
+    yield server
+    server.stop()
+
+
+def test_ejabberd_advertises_privilege_1_and_its_failing_push_falls_back(priv_ejabberd, simulator, workdir):
+    path = os.path.join(workdir, "roster-ej-gw")
+    os.makedirs(path, exist_ok=True)
+    web_port = free_port()
+    config = os.path.join(path, "roster-ej.toml")
+    write_config(config, components=[{"domain": EJ, "secret": "rosterej-secret", "adapter": "sms",
+                                      "port": priv_ejabberd.port_for(EJ),
+                                      "options": sms_options(simulator, web_port, allowed_countries=["US"])}],
+                 xmpp_port=priv_ejabberd.component_port, registry_url=f"sqlite:///{path}/roster.sqlite",
+                 web_port=web_port)
+    gateway = GatewayProcess(config, os.path.join(path, "roster-ej.log")).start()
+    number, contact, other = new_number(), new_number(), new_number()
+
+    async def scenario():
+        client = await sms_user(priv_ejabberd, EJ, "rosterej", number)
+        try:
+            client.send_chat(f"{contact}@{EJ}", "hello through ejabberd")
+            request = await client.next_presence(subscribe_from(f"{contact}@{EJ}"))
+            assert request.findtext(f"{{{NS_NICK}}}nick") == contact
+            client.send_chat(f"{other}@{EJ}", "the next contact: asked at once")
+            request = await client.next_presence(subscribe_from(f"{other}@{EJ}"))
+            assert request.findtext(f"{{{NS_NICK}}}nick") == other
+        finally:
+            await client.stop()
+
+    try:
+        run(scenario())
+    finally:
+        gateway.stop()
+    log = gateway.log()
+    assert "localhost grants roster=both, message=outgoing, presence=none (urn:xmpp:privilege:1)" in log
+    assert "a roster push for" in log and "internal-server-error" in log
+    assert log.count("a roster push for") == 1
