@@ -47,24 +47,28 @@ GROUPS = {"sms": "SMS", "smtp": "Email", "irc": "IRC"}
 IMPORT_LIMIT = 1000
 #: Longest name and group written into a roster item.
 MAX_NAME = 100
+#: Roster items read when looking for a contact (a larger roster counts as "not known").
+MAX_ROSTER_READ = 20000
 #: The registration form's field asking for an import.
 IMPORT_FIELD = Field("import_contacts", "Add the contacts I already talked with here to my roster",
                      type="boolean", default=False)
 
 
-class _RosterSet(generic.Request):
-    """A roster set to the user's bare JID (what mod_privilege takes from a privileged component)."""
+class _RosterIQ(generic.Request):
+    """A roster get or set to the user's bare JID (what mod_privilege takes from a privileged component)."""
 
     stanzaKind = "iq"
 
-    def __init__(self, user: str, sender: str, item: domish.Element, timeout: float):
-        super().__init__(recipient=JID(user), sender=JID(sender), stanzaType="set")
+    def __init__(self, user: str, sender: str, item: domish.Element | None, timeout: float):
+        super().__init__(recipient=JID(user), sender=JID(sender), stanzaType="get" if item is None else "set")
         self.item = item
         self.timeout = timeout
 
     def toElement(self):
         element = super().toElement()
-        element.addElement((NS_ROSTER, "query")).addChild(self.item)
+        query = element.addElement((NS_ROSTER, "query"))
+        if self.item is not None:
+            query.addChild(self.item)
         return element
 
 
@@ -176,8 +180,8 @@ class RosterKeeper:
     def put(self, user: str, address: str):
         """
         Push ``address`` into ``user``'s roster, or ask with a subscription
-        request: fires with "roster" or "subscription" (None when the address
-        can be no JID).
+        request: fires with "roster", "subscription" or, when the roster can be
+        read and has it already, "existing" (None when the address can be no JID).
         """
         try:
             jid = self.contact_jid(address)
@@ -188,9 +192,12 @@ class RosterKeeper:
         permissions = self.grants.get(host)
         if (self.mode == "auto" and permissions is not None and permissions.roster_set
                 and host not in self._push_failed):
+            if permissions.roster_get and (yield self._in_roster(user, jid)):
+                # Added by the user before (perhaps with a name and group of their own): left as it is.
+                return "existing"
             try:
-                yield self.streams.current().request(_RosterSet(user, self.domain, self._item(jid, name),
-                                                                self.timeout))
+                yield self.streams.current().request(_RosterIQ(user, self.domain, self._item(jid, name),
+                                                               self.timeout))
                 log.debug("{jid} pushed into {user}'s roster", jid=jid, user=user)
                 return "roster"
             except (StanzaError, xmlstream.TimeoutError) as e:
@@ -203,6 +210,44 @@ class RosterKeeper:
                          "(docs/servers.md)", host=host, ns=permissions.namespace, user=user, why=why.strip())
         self._subscribe(user, jid, name)
         return "subscription"
+
+    @defer.inlineCallbacks
+    def _in_roster(self, user: str, jid: str):
+        """Whether ``jid`` is in ``user``'s roster already; None when the server does not say."""
+        try:
+            result = yield self.streams.current().request(_RosterIQ(user, self.domain, None, self.timeout))
+        except (StanzaError, xmlstream.TimeoutError) as e:
+            log.debug("roster of {user} not read: {e}", user=user, e=e)
+            return None
+        query = next(result.elements(NS_ROSTER, "query"), None)
+        if query is None:
+            return None
+        for n, item in enumerate(query.elements(NS_ROSTER, "item")):
+            if n >= MAX_ROSTER_READ:
+                return None
+            if (item.getAttribute("jid") or "").lower() == jid.lower() and item.getAttribute("subscription") != "remove":
+                return True
+        return False
+
+    def user_subscribed(self, user: str, address: str) -> None:
+        """
+        The user asked for the contact's presence (added it in their client): it
+        is in their roster as they want it, so it is never pushed over.
+        """
+        key = (user, address)
+        if self.mode == "off" or key in self._done or key in self._busy:
+            return
+        d = self._busy[key] = self._mark_existing(user, address)
+        d.addErrback(lambda f: log.warn("remembering {address} in {user}'s roster failed: {why}",
+                                        address=address, user=user, why=f.getErrorMessage()))
+        d.addBoth(self._finished, key)
+
+    @defer.inlineCallbacks
+    def _mark_existing(self, user: str, address: str):
+        registry = self.bridge.registry
+        if (yield registry.roster_contact(self.domain, user, address)) is None:
+            yield registry.put_roster_contact(self.domain, user, address, "existing")
+        self._remember(user, address)
 
     def _item(self, jid: str, name: str) -> domish.Element:
         item = domish.Element((NS_ROSTER, "item"))
@@ -244,10 +289,10 @@ class RosterKeeper:
 
 def describe(counts: dict[str, int]) -> str:
     """An import's outcome in plain words."""
-    pushed, asked = counts.get("roster", 0), counts.get("subscription", 0)
-    if not pushed and not asked:
+    pushed, asked, there = counts.get("roster", 0), counts.get("subscription", 0), counts.get("existing", 0)
+    if not pushed and not asked and not there:
         return "No contacts known yet: they appear in your roster as you write to them or hear from them."
-    parts = []
+    parts = [f"{there} contact(s) already in your roster, left as they are"] if there else []
     if pushed:
         parts.append(f"{pushed} contact(s) added to your roster")
     if asked:

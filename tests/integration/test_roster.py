@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 
 import pytest
 from slixmpp.xmlstream.handler import Callback
@@ -167,6 +168,35 @@ def test_contacts_written_to_and_heard_from_are_pushed_once(priv_prosody, simula
     run(scenario())
     log = gateway.log()
     assert f"localhost grants roster=both, message=outgoing" in log and "urn:xmpp:privilege:2" in log
+
+
+def test_a_contact_the_user_added_keeps_the_name_they_gave_it(priv_prosody, simulator, gateway):
+    number, contact = new_number(), new_number()
+    jid = f"{contact}@{PRIV}"
+
+    async def scenario():
+        client = await sms_user(priv_prosody, PRIV, "rostereve", number)
+        try:
+            await client.iq(client.boundjid.bare, "set", f"<query xmlns='{NS_ROSTER}'><item jid='{jid}' "
+                                                         "name='Aunt Eve'><group>Family</group></item></query>")
+            assert (await client.next_push(jid)).get("name") == "Aunt Eve"     # the server's push of her own edit
+            client.send_chat(jid, "hello aunt")
+            await asyncio.to_thread(wait_sent, simulator, "hello aunt")
+            assert await client.quiet("pushes", 1.5, lambda i: i.get("jid") == jid) == []
+            assert client.client_roster[jid]["name"] == "Aunt Eve"
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+def wait_sent(simulator, text: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(m["body"] == text for m in simulator.messages()):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never reached the SMS simulator")
 
 
 def test_without_the_privilege_the_contact_asks_to_subscribe(priv_prosody, simulator, gateway):

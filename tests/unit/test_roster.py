@@ -115,6 +115,18 @@ def is_roster_set(el) -> bool:
     return el.name == "iq" and el.getAttribute("type") == "set" and find(el, "query") is not None
 
 
+def is_roster_iq(el) -> bool:
+    return el.name == "iq" and find(el, "query") is not None and find(el, "query").uri == "jabber:iq:roster"
+
+
+@pytest_twisted.inlineCallbacks
+def answer_roster_get(wire, items: str = ""):
+    get = yield wire.wait(lambda el: is_roster_iq(el) and el.getAttribute("type") == "get")
+    wire.feed(f"<iq type='result' id='{get['id']}' from='{get['to']}' to='{DOMAIN}'>"
+              f"<query xmlns='jabber:iq:roster'>{items}</query></iq>")
+    return get
+
+
 def is_subscribe(el) -> bool:
     return el.name == "presence" and el.getAttribute("type") == "subscribe" and "@" in el.getAttribute("from", "")
 
@@ -129,6 +141,7 @@ def test_push_then_a_failing_server_gets_subscription_requests(wire):
     wire.feed(EJABBERD.replace("localhost", "example.org").replace("priv.example.org", DOMAIN))
     assert [el for el in (yield wire.quiet()) if el.getAttribute("type") == "error"] == []   # nothing refused
     say(wire, "bob")
+    yield answer_roster_get(wire)                   # the roster get works on ejabberd
     push = yield wire.wait(is_roster_set)
     assert push["to"] == "alice@example.org" and push["from"] == DOMAIN
     item = find(push, "query", "item")
@@ -164,6 +177,7 @@ def test_a_granted_push_is_made_once_and_remembered(wire):
     yield wire.register()
     wire.feed(PROSODY.replace("localhost", "example.org").replace("sms.example.org", DOMAIN))
     say(wire, "erin")
+    yield answer_roster_get(wire)
     push = yield wire.wait(is_roster_set)
     wire.feed(f"<iq type='result' id='{push['id']}' from='alice@example.org' to='{DOMAIN}'/>")
     say(wire, "erin", "second")
@@ -202,3 +216,26 @@ def test_roster_contacts_are_kept_known_and_deleted_with_the_user(registry):  # 
     yield registry.delete_registration(c, u)
     assert (yield registry.known_contacts(c, u)) == []
     assert (yield registry.roster_contact(c, "other@example.org", "+15550009")) == "roster"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_contact_already_in_the_roster_is_left_as_the_user_made_it(wire):
+    yield wire.register()
+    wire.feed(PROSODY.replace("localhost", "example.org").replace("sms.example.org", DOMAIN))
+    say(wire, "gina")
+    get = yield answer_roster_get(wire, f"<item jid='gina@{DOMAIN}' name='Gina (mine)' subscription='to'>"
+                                        "<group>Friends</group></item>")
+    assert get["to"] == "alice@example.org" and get["from"] == DOMAIN
+    assert [el for el in (yield wire.quiet()) if is_roster_set(el) or is_subscribe(el)] == []
+    assert (yield wire.registry.roster_contact(DOMAIN, "alice@example.org", "gina")) == "existing"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_contact_the_user_subscribed_to_is_never_pushed_over(wire):
+    yield wire.register()
+    wire.feed(f"<presence from='alice@example.org' to='hank@{DOMAIN}' type='subscribe'/>")
+    yield wire.wait(lambda el: el.name == "presence" and el.getAttribute("type") == "subscribed")
+    wire.feed(PROSODY.replace("localhost", "example.org").replace("sms.example.org", DOMAIN))
+    say(wire, "hank")
+    assert [el for el in (yield wire.quiet()) if is_roster_iq(el) or is_subscribe(el)] == []
+    assert (yield wire.registry.roster_contact(DOMAIN, "alice@example.org", "hank")) == "existing"
