@@ -232,7 +232,7 @@ class StanzaOutput:
         self.stream.send_serialized("".join(parts), "message")
         if (self.roster is not None and message.type != "groupchat" and sender != self.domain
                 and (body is not None or message.subject is not None)):
-            self.roster.seen(message.user, message.sender)
+            self.roster.seen(message.user, message.sender, inbound=True)
 
     def send_error(self, message: OutboundMessage, error: GatewayError) -> None:
         original = domish.Element((None, "message"))

@@ -29,6 +29,7 @@ from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 
+from gateway.bridge.ratelimit import TokenBuckets
 from gateway.interfaces import IConnections, IContactNames, IGroupChat, IRawCommands
 from gateway.model import Field
 from gateway.xmpp.command_base import Command, Done
@@ -77,6 +78,10 @@ class RosterKeeper:
 
     #: (user, address) pairs remembered as done in memory; past it the memory starts again (the registry knows).
     MAX_REMEMBERED = 100000
+    #: Contacts being added at once, over all users (registry lookups and pushes in flight).
+    MAX_BUSY = 1000
+    INBOUND_BURST = 20
+    INBOUND_PER_HOUR = 20
 
     def __init__(self, group, bridge, grants: Grants, mode: str = "auto", group_name: str = "",
                  timeout: float = 30.0):
@@ -93,6 +98,7 @@ class RosterKeeper:
         self._busy: dict[tuple[str, str], defer.Deferred] = {}
         #: Hosts whose server failed a roster push on this connection: subscription requests instead.
         self._push_failed: set[str] = set()
+        self._inbound_limit = TokenBuckets(self.INBOUND_PER_HOUR / 3600.0, self.INBOUND_BURST)
 
     @property
     def enabled(self) -> bool:
@@ -126,22 +132,30 @@ class RosterKeeper:
 
     # -- seen in a conversation -------------------------------------------
 
-    def seen(self, user: str, address: str) -> None:
+    def seen(self, user: str, address: str, inbound: bool = False) -> None:
         """
-        ``user`` wrote to or heard from ``address``: put it in their roster
-        unless that was done before. Called for every message, so the usual
-        answer (done before) comes from memory; never raises.
+        ``user`` wrote to or heard from (``inbound``) ``address``: put it in
+        their roster unless that was done before. Called for every message, so
+        the usual answer (done before) comes from memory; never raises.
+        Anyone can mail or text a user from ever new addresses, so contacts
+        heard from are added at most ``INBOUND_BURST`` at once and
+        ``INBOUND_PER_HOUR`` an hour per user; one left out is added with a
+        later message once the user is under the limit again.
         """
         if self.mode == "off":
             return
         key = (user, address)
-        if key in self._done or key in self._busy:
+        if key in self._done or key in self._busy or len(self._busy) >= self.MAX_BUSY:
             return
         try:
             if not self.is_contact(address):
                 return
         except Exception:
             log.failure("is {address!r} a contact?", address=address)
+            return
+        if inbound and not self._inbound_limit.allow(user):
+            log.debug("{user}: too many new contacts heard from; {address} not added now", user=user,
+                      address=address)
             return
         d = self._busy[key] = self._add(user, address, again=False)
         d.addErrback(lambda f: log.warn("putting {address} in {user}'s roster failed: {why}", address=address,
@@ -225,7 +239,8 @@ class RosterKeeper:
         for n, item in enumerate(query.elements(NS_ROSTER, "item")):
             if n >= MAX_ROSTER_READ:
                 return None
-            if (item.getAttribute("jid") or "").lower() == jid.lower() and item.getAttribute("subscription") != "remove":
+            same = (item.getAttribute("jid") or "").lower() == jid.lower()
+            if same and item.getAttribute("subscription") != "remove":
                 return True
         return False
 

@@ -197,6 +197,7 @@ def test_an_unanswered_push_falls_back(wire):
     yield wire.wait(is_roster_set)
     ask = yield wire.wait(is_subscribe)          # no answer within the timeout
     assert ask["from"] == f"fred@{DOMAIN}"
+    yield wire.quiet()
 
 
 # -- the registry ---------------------------------------------------------------
@@ -239,3 +240,31 @@ def test_a_contact_the_user_subscribed_to_is_never_pushed_over(wire):
     say(wire, "hank")
     assert [el for el in (yield wire.quiet()) if is_roster_iq(el) or is_subscribe(el)] == []
     assert (yield wire.registry.roster_contact(DOMAIN, "alice@example.org", "hank")) == "existing"
+
+
+@pytest_twisted.inlineCallbacks
+def test_contacts_heard_from_are_added_at_a_bounded_rate(wire):
+    """Anyone may text or mail a user from ever new addresses: at most a burst of them go in the roster."""
+    from gateway.model import InboundMessage
+
+    yield wire.register()
+    keeper = wire.stream.group.roster
+    for n in range(keeper.INBOUND_BURST + 5):
+        yield wire.bridge.deliver(InboundMessage(component=DOMAIN, user="alice@example.org", sender=f"spam{n}",
+                                                 body="buy now"))
+    asked = []
+    for _ in range(50):
+        asked += [el["from"] for el in (yield wire.quiet(0.1)) if is_subscribe(el)]
+        if len(asked) >= keeper.INBOUND_BURST:
+            break
+    asked += [el["from"] for el in (yield wire.quiet(0.5)) if is_subscribe(el)]
+    assert len(asked) == keeper.INBOUND_BURST
+    say(wire, "spam24")                   # what the user writes to is not limited
+    ask = yield wire.wait(is_subscribe)
+    assert ask["from"] == f"spam24@{DOMAIN}"
+    for _ in range(100):                  # the outbox done with the 25 before the registry closes
+        if (yield wire.registry.queue_depth(DOMAIN))["in"] == 0:
+            break
+        yield wire.quiet(0.05)
+    yield wire.quiet()
+    yield wire.registry.settled()
