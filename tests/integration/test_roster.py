@@ -20,17 +20,21 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from gateway.testing.certs import self_signed
+from gateway.testing.ngircd import Ngircd
 from gateway.testing.process import free_port
 from gateway.testing.prosody import Prosody
 from tests.integration.gateway_fixture import register_form
 from tests.integration.harness import Client, GatewayProcess, body, run, write_config
+from tests.integration.irc_support import RawIRC
 from tests.integration.mail_support import SMARTHOST_PASSWORD, SMARTHOST_USER, Smarthost, swaks
 from tests.integration.sms_support import TwilioSimulator, sms_options
 
 PRIV = "rosterpriv.localhost"
 NOPRIV = "rosternopriv.localhost"
 MAIL = "rostermail.localhost"
-SECRETS = {PRIV: "rosterpriv-secret", NOPRIV: "rosternopriv-secret", MAIL: "rostermail-secret"}
+IRC = "rosterirc.localhost"
+SECRETS = {PRIV: "rosterpriv-secret", NOPRIV: "rosternopriv-secret", MAIL: "rostermail-secret",
+           IRC: "rosterirc-secret"}
 MAIL_DOMAIN = "mail.roster.example"
 NS_ROSTER = "jabber:iq:roster"
 NS_NICK = "http://jabber.org/protocol/nick"
@@ -52,8 +56,9 @@ def priv_prosody(workdir):
         pytest.skip("Prosody is not installed")
     server = Prosody(os.path.join(workdir, "prosody-roster"), SECRETS, modules=("privilege",),
                      host_config=f'  privileged_entities = {{ ["{PRIV}"] = {{ roster = "both"; '
-                                 f'message = "outgoing"; }}; ["{MAIL}"] = {{ roster = "set"; }} }}',
-                     component_config={d: '  modules_enabled = { "privilege" }\n' for d in (PRIV, MAIL)}).start()
+                                 f'message = "outgoing"; }}; ["{MAIL}"] = {{ roster = "set"; }}; '
+                                 f'["{IRC}"] = {{ roster = "both"; }} }}',
+                     component_config={d: '  modules_enabled = { "privilege" }\n' for d in (PRIV, MAIL, IRC)}).start()
     yield server
     server.stop()
 
@@ -77,7 +82,14 @@ def smarthost(workdir):
 
 
 @pytest.fixture(scope="module")
-def gateway(priv_prosody, simulator, smarthost, workdir):
+def ircd(workdir):
+    server = Ngircd(os.path.join(workdir, "roster-ngircd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(priv_prosody, simulator, smarthost, ircd, workdir):
     path = os.path.join(workdir, "roster-gw")
     os.makedirs(path, exist_ok=True)
     web_port = free_port()
@@ -91,10 +103,14 @@ def gateway(priv_prosody, simulator, smarthost, workdir):
     config = os.path.join(path, "roster.toml")
     write_config(config, components=[{"domain": PRIV, "secret": SECRETS[PRIV], "adapter": "sms", "options": sms},
                                      {"domain": NOPRIV, "secret": SECRETS[NOPRIV], "adapter": "sms", "options": sms},
-                                     {"domain": MAIL, "secret": SECRETS[MAIL], "adapter": "email", "options": mail}],
+                                     {"domain": MAIL, "secret": SECRETS[MAIL], "adapter": "email", "options": mail},
+                                     {"domain": IRC, "secret": SECRETS[IRC], "adapter": "irc", "options": {
+                                         "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port,
+                                                                   "tls": False}},
+                                         "throttle_rate": 0.0, "allowed_servers": ["localhost"]}}],
                  xmpp_port=priv_prosody.component_port, registry_url=f"sqlite:///{path}/roster.sqlite",
                  web_port=web_port)
-    gw = GatewayProcess(config, os.path.join(path, "roster.log")).start(wait_authenticated=3)
+    gw = GatewayProcess(config, os.path.join(path, "roster.log")).start(wait_authenticated=4)
     gw.smtp_port = smtp_port
     gw.hooks = {d: f"http://127.0.0.1:{web_port}/hooks/{d}/twilio/inbound" for d in SECRETS}
     yield gw
@@ -281,6 +297,34 @@ def test_a_mail_heard_from_is_pushed_into_the_email_group(priv_prosody, gateway)
             assert item.get("name") == "zoe@example.net" and groups(item) == ["Email"]
         finally:
             await client.stop()
+
+    run(scenario())
+
+
+def test_irc_nicks_written_to_and_heard_from_go_into_the_irc_group(priv_prosody, ircd, gateway):
+    async def scenario():
+        user = priv_prosody.register(f"rosterfay{os.getpid()}", "pw")
+        bob = await RawIRC(ircd.port, "rbob").connect()
+        carl = await RawIRC(ircd.port, "rcarl").connect()
+        client = await RosterClient(user, "pw").start(priv_prosody.c2s_port)
+        try:
+            client.send_chat(f"rbob%localhost@{IRC}", "hello bob")
+            line = await bob.expect(lambda l: l.endswith("PRIVMSG rbob :hello bob"))
+            nick = line[1:].split("!", 1)[0]
+            item = await client.next_push(f"rbob%localhost@{IRC}")
+            assert item.get("name") == "rbob on localhost" and groups(item) == ["IRC"]
+            bob.send(f"PRIVMSG {nick} :hi back")
+            carl.send(f"PRIVMSG {nick} :I am new")
+            item = await client.next_push(f"rcarl%localhost@{IRC}")
+            assert item.get("name") == "rcarl on localhost" and groups(item) == ["IRC"]
+            await client.next_message(lambda m: body(m) == "hi back")
+            assert await client.quiet("pushes", 1.0, lambda i: i.get("jid") == f"rbob%localhost@{IRC}") == []
+            # The server's JID (where raw commands go and notices come from) is no contact.
+            assert [i for i in await client.quiet("pushes", 0.2) if i.get("jid") == f"localhost@{IRC}"] == []
+        finally:
+            await client.stop()
+            await bob.close()
+            await carl.close()
 
     run(scenario())
 
