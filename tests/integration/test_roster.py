@@ -329,6 +329,34 @@ def test_irc_nicks_written_to_and_heard_from_go_into_the_irc_group(priv_prosody,
     run(scenario())
 
 
+def test_a_restarted_gateway_does_not_push_again(priv_prosody, gateway):
+    """On the email component, whose grant is "set" only: no roster read, the registry alone remembers."""
+    alias = f"gus{os.getpid()}"
+    jid = f"yan\\40example.net@{MAIL}"
+
+    def mail(text: str) -> None:
+        sent = swaks(gateway.smtp_port, "--from", "yan@example.net", "--to", f"{alias}@{MAIL_DOMAIN}",
+                     "--header", "Subject: hi", "--body", text)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+
+    async def scenario():
+        user = priv_prosody.register(f"rostergus{os.getpid()}", "pw")
+        client = await RosterClient(user, "pw").start(priv_prosody.c2s_port)
+        try:
+            await client.iq(MAIL, "set", register_form({"alias": alias}))
+            await asyncio.to_thread(mail, "before the restart")
+            await client.next_push(jid)
+            await asyncio.to_thread(gateway.stop)
+            await asyncio.to_thread(gateway.start, len(SECRETS))
+            await asyncio.to_thread(mail, "after the restart")
+            await client.next_message(lambda m: body(m) == "after the restart", timeout=20)
+            assert await client.quiet("pushes", 1.5, lambda i: i.get("jid") == jid) == []
+        finally:
+            await client.stop()
+
+    run(scenario(), 90)
+
+
 # -- ejabberd 23.01: urn:xmpp:privilege:1, and a roster set that fails ----------------------------
 
 EJ = "rosterej.localhost"
