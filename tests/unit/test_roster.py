@@ -288,3 +288,19 @@ def test_roster_subscribe_always_asks_and_off_does_nothing(tmp_path):
             yield settle(wire)
         finally:
             wire.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_import_without_the_privilege_asks_again(wire):
+    yield wire.register()
+    say(wire, "wall")
+    yield wire.wait(is_subscribe)
+    reply = yield wire.iq("set", "<command xmlns='http://jabber.org/protocol/commands' node='import-contacts' "
+                                 "action='execute'/>", iq_id="imp")
+    command = find(reply, "command")
+    assert command["status"] == "completed"
+    assert str(find(command, "note")) == ("1 subscription request(s) sent (your server does not let this gateway "
+                                          "edit your roster: accept them to add the contacts).")
+    ask = yield wire.wait(is_subscribe)
+    assert ask["from"] == f"wall@{DOMAIN}"
+    yield settle(wire)
