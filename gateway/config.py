@@ -190,6 +190,13 @@ COMPONENT_OPTIONS: list[Option] = [
     Option("host", str, "", doc="Overrides `xmpp.host` for this component."),
     Option("port", int, 0, check=port_or_zero, doc="Overrides `xmpp.port` for this component."),
     Option("options", dict, {}, doc="The adapter's own keys (see the adapter's section)."),
+    Option("roster", str, "auto", choices=("auto", "subscribe", "off"),
+           doc="Contacts a user writes to or hears from appear in their roster, once each: `auto` pushes "
+               "them with a name and a group when the user's server grants this component roster access "
+               "(XEP-0356, docs/servers.md) and sends a subscription request from the contact otherwise; "
+               "`subscribe` always sends the request; `off` does neither."),
+    Option("roster_group", str, "",
+           doc="The roster group pushed contacts go in; default by network: `SMS`, `Email`, `IRC`."),
 ]
 
 
@@ -203,6 +210,9 @@ class ComponentConfig:
     host: str
     port: int
     options: dict[str, Any]
+    #: "auto", "subscribe" or "off": see the ``roster`` option.
+    roster: str = "auto"
+    roster_group: str = ""
 
 
 @dataclass
@@ -339,7 +349,8 @@ def validate(data: dict, text: str = "", filename: str = "") -> Config:
             comps.append(ComponentConfig(
                 domain=values["domain"], secret=values["secret"], adapter=values["adapter"],
                 adapter_class=cls, name=values.get("name") or cls.display_name,
-                host=values.get("host", ""), port=values.get("port", 0), options=opts))
+                host=values.get("host", ""), port=values.get("port", 0), options=opts,
+                roster=values.get("roster", "auto"), roster_group=values.get("roster_group", "")))
 
     if "secret_key" in sections["registry"]:
         from gateway.registry.crypto import KeyError_, check_key

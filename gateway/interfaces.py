@@ -240,6 +240,16 @@ class IHostsRooms(Interface):
         """Iterable of gateway.model.Occupancy: every room a user's resources are in (or joining) now."""
 
 
+class IContactNames(Interface):
+    """
+    A network whose addresses read better with a name than as they are (an IRC
+    nick on its server): the name contacts get in users' rosters.
+    """
+
+    def contact_name(address):
+        """A short readable name for a normalized contact address."""
+
+
 class IHealthReport(Interface):
     """
     An adapter that can be half-broken while its component stream is fine (a
@@ -510,6 +520,15 @@ class IRegistry(Interface):
 
     def has_room_archive(component, jid, room):
         """Whether the user has any archived message of the room."""
+
+    def roster_contact(component, jid, address):
+        """How a contact was put in the user's roster ("roster", "subscription"), or None."""
+
+    def put_roster_contact(component, jid, address, method):
+        """Remember that a contact was put in the user's roster, and how."""
+
+    def known_contacts(component, jid, limit=1000):
+        """The foreign addresses the user is known to have talked with (roster import)."""
 
 
 class IFileUpload(Interface):

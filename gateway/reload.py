@@ -29,7 +29,8 @@ HOOKS: dict = {}
 
 
 def _component_view(config) -> list[tuple]:
-    return [(c.domain, c.secret, c.adapter, c.host, c.port, sorted(c.options.items(), key=lambda kv: kv[0]).__repr__())
+    return [(c.domain, c.secret, c.adapter, c.host, c.port, sorted(c.options.items(), key=lambda kv: kv[0]).__repr__(),
+             c.roster, c.roster_group)
             for c in config.components]
 
 

@@ -9,7 +9,7 @@ what="${1:-all}"
 packages=(prosody lua5.4-unbound lua5.4-event ngircd swaks)
 if [ "$what" = all ]; then
     packages+=(ejabberd postgresql libnet-ssleay-perl openssl chromium chromium-driver prometheus systemd iproute2
-               inspircd atheme-services)
+               inspircd atheme-services prosody-modules)
 fi
 
 missing=()

@@ -148,3 +148,15 @@ MIGRATIONS.append(
         "CREATE INDEX room_archive_id ON room_archive (component, jid, room, id)",
         "CREATE INDEX room_archive_age ON room_archive (created_us)",
     ]))
+MIGRATIONS.append(
+    (9, [
+        # Contacts put in a user's roster (XEP-0356 roster push, or a subscription
+        # request when the server grants no roster access): each one once.
+        """CREATE TABLE roster_contacts (
+            component TEXT NOT NULL,
+            jid TEXT NOT NULL,
+            address TEXT NOT NULL,
+            method TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (component, jid, address))""",
+    ]))

@@ -378,7 +378,7 @@ class SQLRegistry:
             txn.execute(self._sql("DELETE FROM registrations WHERE component = ? AND jid = ?"),
                         (component, jid))
             found = txn.rowcount > 0
-            for table in ("message_ids", "queue", "counters", "threads", "room_archive"):
+            for table in ("message_ids", "queue", "counters", "threads", "room_archive", "roster_contacts"):
                 txn.execute(self._sql(f"DELETE FROM {table} WHERE component = ? AND jid = ?"),
                             (component, jid))
             return found
@@ -617,6 +617,30 @@ class SQLRegistry:
         d = self._run(f"SELECT thread FROM threads WHERE component = ? AND jid = ? AND message_id IN ({marks}) "
                       "ORDER BY created_at LIMIT 1", (component, jid, *message_ids))
         return d.addCallback(lambda rows: rows[0][0] if rows else None)
+
+    # -- roster contacts (gateway/xmpp/roster.py) ----------------------------
+
+    def roster_contact(self, component: str, jid: str, address: str) -> defer.Deferred:
+        """How ``address`` was put in ``jid``'s roster ("roster" push, "subscription" request), or None."""
+        d = self._run("SELECT method FROM roster_contacts WHERE component = ? AND jid = ? AND address = ?",
+                      (component, jid, address))
+        return d.addCallback(lambda rows: rows[0][0] if rows else None)
+
+    def put_roster_contact(self, component: str, jid: str, address: str, method: str) -> defer.Deferred:
+        return self._op("INSERT INTO roster_contacts (component, jid, address, method, created_at) "
+                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (component, jid, address) DO UPDATE SET "
+                        "method = excluded.method", (component, jid, address, method, time.time()))
+
+    def known_contacts(self, component: str, jid: str, limit: int = 1000) -> defer.Deferred:
+        """
+        Foreign addresses ``jid`` is known to have talked with: contacts put in
+        the roster before, and recipients of messages whose ids are still kept
+        (see retention). At most ``limit``, in address order.
+        """
+        d = self._run("SELECT address FROM roster_contacts WHERE component = ? AND jid = ? UNION "
+                      "SELECT contact FROM message_ids WHERE component = ? AND jid = ? ORDER BY 1 LIMIT ?",
+                      (component, jid, component, jid, limit))
+        return d.addCallback(lambda rows: [r[0] for r in rows])
 
     # -- counters ---------------------------------------------------------
 

@@ -41,12 +41,12 @@ listen:
 {balancing}acl:
   local:
     user_regexp: ""
-access_rules:
+{privileged_acl}access_rules:
   local:
     allow: local
   c2s:
     allow: all
-api_permissions:
+{privileged_rule}api_permissions:
   "console commands":
     from:
       - ejabberd_ctl
@@ -60,7 +60,7 @@ modules:
   mod_ping: {{}}
   mod_admin_extra: {{}}
   mod_offline: {{}}
-"""
+{privileged_module}"""
 
 
 def erl_libs() -> str:
@@ -73,19 +73,23 @@ def erl_libs() -> str:
 class Ejabberd:
     def __init__(self, workdir: str, components: dict[str, str], host: str = "localhost",
                  snippet_path: str | None = None, extra_hosts: tuple[str, ...] = (),
-                 balancing: dict[str, int] | None = None):
+                 balancing: dict[str, int] | None = None, privileged: tuple[str, ...] = ()):
         self.dir = make_dir(workdir)
         self.host = host
         self.balancing = dict(balancing or {})
-        unknown = set(self.balancing) - set(components)
+        #: Domains mod_privilege grants roster (both) and message (outgoing) access, each on a
+        #: listener of its own: on a shared one the server's answers went to another connection.
+        self.privileged = tuple(privileged)
+        unknown = (set(self.balancing) | set(self.privileged)) - set(components)
         if unknown:
-            raise ValueError(f"balanced domains without a component secret: {sorted(unknown)}")
-        #: Domains on the shared listener (``component_port``); balanced ones have their own.
-        self.components = {d: s for d, s in components.items() if d not in self.balancing}
+            raise ValueError(f"balanced or privileged domains without a component secret: {sorted(unknown)}")
+        own = [*self.balancing, *(d for d in self.privileged if d not in self.balancing)]
+        #: Domains on the shared listener (``component_port``); balanced and privileged ones have their own.
+        self.components = {d: s for d, s in components.items() if d not in own}
         self.secrets = dict(components)
         self.c2s_port = free_port()
         self.component_port = free_port()
-        self.balanced_ports = {d: free_port() for d in self.balancing}
+        self.balanced_ports = {d: free_port() for d in own}
         self.dist_port = free_port()
         self.snippet_path = snippet_path
         self.server: Server | None = None
@@ -96,7 +100,7 @@ class Ejabberd:
         with open(self.config_path, "w", encoding="utf-8") as f:
             hosts = "".join(f"  - {h}\n" for h in (host, *extra_hosts))
             f.write(CONFIG.format(hosts=hosts, c2s=self.c2s_port, service=self._service() + self._balanced_listeners(),
-                                  balancing=self._balancing()))
+                                  balancing=self._balancing(), **self._privileges()))
 
     def port_for(self, domain: str) -> int:
         """The component port a connection for ``domain`` uses."""
@@ -107,6 +111,15 @@ class Ejabberd:
             f'\n  -\n    port: {port}\n    ip: "127.0.0.1"\n    module: ejabberd_service\n    backlog: 1024\n'
             f'    access: all\n    hosts:\n      "{domain}":\n        password: "{self.secrets[domain]}"'
             for domain, port in self.balanced_ports.items())
+
+    def _privileges(self) -> dict[str, str]:
+        if not self.privileged:
+            return {"privileged_acl": "", "privileged_rule": "", "privileged_module": ""}
+        servers = "".join(f'      - "{d}"\n' for d in self.privileged)
+        return {"privileged_acl": f"  privileged_component:\n    server:\n{servers}",
+                "privileged_rule": "  privileged:\n    allow: privileged_component\n",
+                "privileged_module": "  mod_privilege:\n    roster:\n      both: privileged\n"
+                                     "    message:\n      outgoing: privileged\n"}
 
     def _balancing(self) -> str:
         if not self.balancing:

@@ -31,6 +31,7 @@ authentication = "internal_plain"
 storage = "internal"
 
 VirtualHost "{host}"
+{host_config}
 {extra_hosts}
 {components}
 """
@@ -46,7 +47,8 @@ def prosody_binary() -> str:
 class Prosody:
     def __init__(self, workdir: str, components: dict[str, str], host: str = "localhost",
                  extra_hosts: tuple[str, ...] = (), level: str = "info", snippet_path: str | None = None,
-                 c2s_port: int | None = None, modules: tuple[str, ...] = (), run_as: str | None = None):
+                 c2s_port: int | None = None, modules: tuple[str, ...] = (), run_as: str | None = None,
+                 host_config: str = "", component_config: dict[str, str] | None = None):
         self.dir = make_dir(workdir)
         #: A system user to run Prosody (and prosodyctl) as when started by root: the demo's
         #: choice, so a server anyone can log in to does not run with root's privileges.
@@ -59,6 +61,10 @@ class Prosody:
         self.level = level
         self.snippet_path = snippet_path
         self.modules = modules
+        #: Lines for the main VirtualHost (e.g. mod_privilege's ``privileged_entities``).
+        self.host_config = host_config
+        #: Extra lines per component domain (e.g. ``modules_enabled = { "privilege" }``).
+        self.component_config = component_config or {}
         self.config_path = os.path.join(self.dir, "prosody.cfg.lua")
         self.server: Server | None = None
         make_dir(os.path.join(self.dir, "data"))
@@ -85,11 +91,12 @@ class Prosody:
                 block = template.split("-- BEGIN COMPONENT", 1)[1].split("-- END COMPONENT", 1)[0]
                 blocks.append(block.replace("sms.example.org", domain).replace("CHANGE-ME-component-secret", secret))
             return "\n".join(blocks)
-        return "\n".join(f'Component "{d}"\n  component_secret = "{s}"\n' for d, s in self.components.items())
+        return "\n".join(f'Component "{d}"\n  component_secret = "{s}"\n' + self.component_config.get(d, "")
+                         for d, s in self.components.items())
 
     def _write_config(self) -> None:
         text = CONFIG.format(run_as_root="" if self.run_as else "run_as_root = true", dir=self.dir, level=self.level, c2s=self.c2s_port, component=self.component_port,
-                             host=self.host, components=self._components_text(),
+                             host=self.host, host_config=self.host_config, components=self._components_text(),
                              modules="".join(f' "{m}";' for m in self.modules),
                              extra_hosts="\n".join(f'VirtualHost "{h}"' for h in self.extra_hosts))
         with open(self.config_path, "w", encoding="utf-8") as f:

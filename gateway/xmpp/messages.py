@@ -39,11 +39,13 @@ CHAT_STATES = frozenset({"active", "composing", "paused", "inactive", "gone"})
 
 class MessageHandler(ComponentHandler):
 
-    def __init__(self, stream, bridge):
+    def __init__(self, stream, bridge, roster=None):
         super().__init__(stream, bridge)
         #: Per user: [the chain of messages waiting for an upload-URL check (while the user's upload
         #: service is being found), how many are on it]; the user's later messages join it, in order.
         self._waiting: dict[str, list] = {}
+        #: gateway.xmpp.roster.RosterKeeper: a contact written to goes in the user's roster (once).
+        self.roster = roster
 
     def connectionInitialized(self):
         self.xmlstream.addObserver("/message", self.on_message)
@@ -196,7 +198,14 @@ class MessageHandler(ComponentHandler):
         if (message.body is None and message.subject is None and not message.attachments
                 and not message.reaction_to):
             return self.bridge.chat_state(message)
-        return self.bridge.submit(message, registration)
+        d = self.bridge.submit(message, registration)
+        if self.roster is not None and not message.group:
+            d.addCallback(self._seen, message)
+        return d
+
+    def _seen(self, result, message: OutboundMessage):
+        self.roster.seen(message.user, message.recipient)
+        return result
 
     def _failed(self, failure, stanza: domish.Element):
         if failure.check(GatewayError):
@@ -227,9 +236,11 @@ def visible(address: str) -> str:
 class StanzaOutput:
     """How the bridge reaches the users of one component (see IStanzaOutput)."""
 
-    def __init__(self, stream, adapter=None):
+    def __init__(self, stream, adapter=None, roster=None):
         self.stream = stream
         self.domain = stream.domain
+        #: gateway.xmpp.roster.RosterKeeper: a contact heard from goes in the user's roster (once).
+        self.roster = roster
         self.localpart = adapter.jid_localpart if adapter is not None else (lambda address: address)
         self.non_anonymous = IGroupChat.providedBy(adapter) and bool(adapter.occupants_visible)
         self.occupant = adapter.occupant_address if IGroupChat.providedBy(adapter) else None
@@ -294,6 +305,9 @@ class StanzaOutput:
                          f"from={quote_attr(self.domain)}/>")
         parts.append("</message>")
         self.stream.send_serialized("".join(parts), "message")
+        if (self.roster is not None and message.type != "groupchat" and sender != self.domain
+                and (body is not None or message.subject is not None)):
+            self.roster.seen(message.user, message.sender, inbound=True)
 
     def send_error(self, message: OutboundMessage, error: GatewayError) -> None:
         original = domish.Element((None, "message"))

@@ -22,9 +22,11 @@ log = Logger(namespace="gateway.xmpp.presence")
 
 
 class PresenceHandler(ComponentHandler):
-    def __init__(self, stream, bridge, disco):
+    def __init__(self, stream, bridge, disco, roster=None):
         super().__init__(stream, bridge)
         self.disco = disco
+        #: gateway.xmpp.roster.RosterKeeper, told when a user leaves.
+        self.roster = roster
 
     def connectionInitialized(self):
         self.xmlstream.addObserver("/presence", self.on_presence)
@@ -59,6 +61,8 @@ class PresenceHandler(ComponentHandler):
         self.presence(jid, "available")
 
     def on_unregistered(self, jid: str) -> None:
+        if self.roster is not None:
+            self.roster.forget(jid)
         for ptype in ("unsubscribe", "unsubscribed", "unavailable"):
             self.presence(jid, ptype)
 
@@ -113,6 +117,8 @@ class PresenceHandler(ComponentHandler):
                 self.presence(sender.userhost(), "unsubscribed", to.userhost())
             return
         contact = to.userhost()
+        if ptype == "subscribe" and self.roster is not None:
+            self._user_subscribed(sender.userhost(), to.user)
         status = self._connection_status(sender.userhost(), to.user)
         if status is not None:
             if ptype in ("subscribe", "probe"):
@@ -130,6 +136,14 @@ class PresenceHandler(ComponentHandler):
             self.presence(sender.userhost(), "available", contact)
         elif ptype == "available" and online:
             self.presence(sender.full(), "available", contact)
+
+    def _user_subscribed(self, user: str, localpart: str) -> None:
+        """The user added the contact themselves: the roster keeper never pushes it over their entry."""
+        try:
+            address = self.bridge.normalize_address(address_of(localpart))
+        except (GatewayError, EscapingError):
+            return
+        self.roster.user_subscribed(user, address)
 
     def _connection_status(self, user: str, localpart: str):
         """(connected, text) when the contact is one of the user's connections (an IRC server), else None."""

@@ -8,6 +8,7 @@ password never blanks a stored one.
 from __future__ import annotations
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.words.protocols.jabber.error import StanzaError
 from twisted.words.xish import domish
 
@@ -15,7 +16,10 @@ from gateway.model import GatewayError
 from gateway.xmpp.forms import MAX_VALUE_LENGTH, FormError, build_form, checked_submission, submitted_form
 from gateway.xmpp.stanzas import parse_jid
 from gateway.xmpp.handler import ComponentHandler
+from gateway.xmpp.roster import IMPORT_FIELD
 from wokkel.subprotocols import IQHandlerMixin
+
+log = Logger(namespace="gateway.xmpp.register")
 
 NS_REGISTER = "jabber:iq:register"
 #: The field names XEP-0077 defines; only these may appear as legacy elements.
@@ -33,10 +37,18 @@ class RegisterHandler(ComponentHandler, IQHandlerMixin):
         f"/iq[@type='set']/query[@xmlns='{NS_REGISTER}']": "on_set",
     }
 
-    def __init__(self, stream, bridge, presence):
+    def __init__(self, stream, bridge, presence, roster=None):
         super().__init__(stream, bridge)
         self.presence = presence
         self.adapter = bridge.adapter
+        #: gateway.xmpp.roster.RosterKeeper: the form then offers to import the user's known contacts.
+        self.roster = roster
+
+    def _form_fields(self) -> list:
+        fields = list(self.adapter.registration_fields)
+        if self.roster is not None:
+            fields.append(IMPORT_FIELD)
+        return fields
 
     def connectionInitialized(self):
         self.xmlstream.addObserver(f"/iq[@type='get' or @type='set']/query[@xmlns='{NS_REGISTER}']",
@@ -52,7 +64,7 @@ class RegisterHandler(ComponentHandler, IQHandlerMixin):
     @defer.inlineCallbacks
     def on_get(self, iq):
         reg = yield self.bridge.registration(self._user(iq))
-        fields = list(self.adapter.registration_fields)
+        fields = self._form_fields()
         values = {}
         if reg is not None:
             values = {**self.adapter.registration_values(reg), **{f.var: "" for f in fields if f.secret}}
@@ -82,12 +94,14 @@ class RegisterHandler(ComponentHandler, IQHandlerMixin):
         x = submitted_form(query)
         if x is not None:
             # Checked against the form on_get offers: a wrong shape is refused, never guessed at.
-            offered = build_form(list(self.adapter.registration_fields), {}, NS_REGISTER)
+            offered = build_form(self._form_fields(), {}, NS_REGISTER)
             try:
                 values = checked_submission(x, offered)
             except FormError as e:
                 raise StanzaError(e.condition, text=e.text)
+            import_contacts = values.pop(IMPORT_FIELD.var, False) is True
         else:
+            import_contacts = False
             values = {c.name: str(c) for c in query.elements()
                       if c.name in LEGACY_FIELDS and c.uri == NS_REGISTER}
             if not values:
@@ -99,4 +113,7 @@ class RegisterHandler(ComponentHandler, IQHandlerMixin):
         except GatewayError as e:
             raise stanza_error(e)
         self.presence.on_registered(user, new)
+        if import_contacts and self.roster is not None:
+            self.roster.import_contacts(user).addErrback(
+                lambda f: log.failure("importing {user}'s contacts failed", f, user=user))
         return None

@@ -20,8 +20,10 @@ from gateway.xmpp.muc_owner import RoomConfigHandler
 from gateway.xmpp.mam import MAMHandler
 from gateway.xmpp.ping import PingHandler
 from gateway.xmpp.presence import PresenceHandler
+from gateway.xmpp.privilege import Grants, PrivilegeHandler
 from gateway.xmpp.raw import RawCommandHandler
 from gateway.xmpp.register import RegisterHandler
+from gateway.xmpp.roster import ImportContactsCommand, RosterKeeper
 from gateway.xmpp.slots import SpareKeeper, StreamGroup
 from gateway.xmpp.upload import UploadHandler
 from gateway.xmpp.version import VersionHandler
@@ -76,34 +78,43 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
     uploads = None
     if group is None:
         group = StreamGroup(stream, bridge)
-        bridge.attach(StanzaOutput(group, bridge.adapter))
+        #: What the users' servers granted (XEP-0356), and the contacts put in rosters (gateway/xmpp/roster.py).
+        group.grants = Grants()
+        group.roster = (RosterKeeper(group, bridge, group.grants, component.roster, component.roster_group)
+                        if component.roster != "off" else None)
+        bridge.attach(StanzaOutput(group, bridge.adapter, group.roster))
         if attachments and attachments.get("upload") and bridge.fetcher is not None:
             # XEP-0363 through the primary connection (gateway/xmpp/upload.py).
             uploads = UploadHandler(stream, bridge.fetcher, lambda: stream.allowed_domains,
                                     attachments["upload_timeout"], reactor)
             bridge.attach_uploads(uploads)
     stream.group = group
+    roster = group.roster
     disco_info = GatewayDisco(component.domain, component.name, bridge.adapter,
                               archive=getattr(bridge, "archive", None) is not None)
-    presence = PresenceHandler(stream, bridge, disco_info)
+    presence = PresenceHandler(stream, bridge, disco_info, roster)
     stream.pinger = PingHandler(component.domain, xmpp_settings["ping_interval"], xmpp_settings["ping_timeout"],
                                 reactor)
+    commands = CommandsHandler(stream, bridge, presence, gateway_settings["admins"], reactor)
+    if roster is not None:
+        commands.commands[ImportContactsCommand.node] = ImportContactsCommand(commands, roster)
     for handler in (
         DiscoHandler(),
         disco_info,
         VersionHandler(),
         stream.pinger,
         presence,
-        RegisterHandler(stream, bridge, presence),
+        PrivilegeHandler(component.domain, group.grants, roster),
+        RegisterHandler(stream, bridge, presence, roster),
         GatewayIQHandler(component.domain, bridge),
-        CommandsHandler(stream, bridge, presence, gateway_settings["admins"], reactor),
+        commands,
         MUCHandler(stream, bridge),
         RoomListHandler(stream, bridge),
         RoomConfigHandler(stream, bridge),
         ModerationHandler(stream, bridge),
         MAMHandler(stream, bridge),
         RawCommandHandler(stream, bridge),
-        MessageHandler(stream, bridge),
+        MessageHandler(stream, bridge, roster),
         BridgeLink(group, stream),
         *([uploads] if uploads is not None else []),
     ):

@@ -203,6 +203,9 @@ def write_config(path: str, *, components: list[dict], xmpp_port: int, registry_
         lines += ["[[components]]"]
         for k in ("domain", "secret", "adapter"):
             lines.append(f"{k} = {json.dumps(comp[k])}")
+        for k, v in comp.items():                           # other component keys, e.g. roster
+            if k not in ("domain", "secret", "adapter", "options"):
+                lines.append(f"{k} = {json.dumps(v)}")
         if comp.get("options"):
             lines.append("[components.options]")
             for k, v in comp["options"].items():

@@ -31,11 +31,11 @@ LIMITS = {"rate": 100.0, "burst": 100}
 
 class Wire:
     def __init__(self, path: str, options: dict | None = None, limits: dict | None = None, clock=reactor,
-                 xmpp: dict | None = None, adapter=EchoAdapter):
+                 xmpp: dict | None = None, adapter=EchoAdapter, roster: str = "off"):
         self.registry = SQLRegistry(f"sqlite:///{path}", SecretBox.generate(), "unit")
         opts = {"delay": 0.0, "unreachable": ["down"], "rejecting": ["wall"], **(options or {})}
         self.bridge = Bridge(DOMAIN, adapter, opts, self.registry, clock, OUTBOX, limits or LIMITS)
-        comp = ComponentConfig(DOMAIN, SECRET, "echo", adapter, "Echo gateway", "", 0, opts)
+        comp = ComponentConfig(DOMAIN, SECRET, "echo", adapter, "Echo gateway", "", 0, opts, roster=roster)
         self.fatal = []
         self.stream = build_component(comp, {**XMPP, **(xmpp or {})}, GATEWAY, self.bridge, self.fatal.append,
                                       clock)

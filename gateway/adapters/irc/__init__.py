@@ -22,9 +22,9 @@ from gateway.adapters.irc import raw, text
 from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import TYPING_OUT, Backlog, IRCSession
-from gateway.interfaces import (IAddressSettings, IConnections, IConnectionStatus, ICorrections, IGroupChat,
-                                IHealthReport, IHostsRooms, IModeration, IRawCommands, IReactions, IReplies,
-                                IRoomArchive, IRoomDirectory, ITyping)
+from gateway.interfaces import (IAddressSettings, IConnections, IConnectionStatus, IContactNames, ICorrections,
+                                IGroupChat, IHealthReport, IHostsRooms, IModeration, IRawCommands, IReactions,
+                                IReplies, IRoomArchive, IRoomDirectory, ITyping)
 from gateway.model import (AddressError, ConnectionInfo, Field, GatewayError, Occupancy, OutboundMessage, PermanentFailure,
                            PolicyViolation, Registration, RegistrationError, SendResult)
 from gateway.options import Option, endpoint, non_negative, positive
@@ -91,7 +91,8 @@ def _lines_sent(lines: int) -> SendResult:
 
 
 @implementer(IGroupChat, IModeration, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus,
-             IConnections, IHostsRooms, IHealthReport, IRoomArchive, ICorrections, IReplies, IReactions, ITyping)
+             IConnections, IHostsRooms, IHealthReport, IRoomArchive, ICorrections, IReplies, IReactions, ITyping,
+             IContactNames)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -336,6 +337,13 @@ class IRCAdapter(AdapterBase):
     def room_name(self, room: str) -> str:
         channel, _, server = room.rpartition("%")
         return f"{channel} on {server}"
+
+    def contact_name(self, address: str) -> str:
+        """A nick as people say it: "bob on irc.example.org", or just "bob" on a fixed server."""
+        nick, _, server = address.rpartition("%")
+        if not nick or server == self.config["fixed_server"]:
+            return nick or address
+        return f"{nick} on {server}"
 
     def occupant_address(self, room: str, nick: str) -> str:
         return self.normalize_address(f"{nick}%{room.rpartition('%')[2]}")
