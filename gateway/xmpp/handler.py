@@ -1,9 +1,12 @@
 """The base of the handlers that serve one component: its stream and its bridge."""
 
 from twisted.logger import Logger
+from twisted.words.xish import domish
 from wokkel.subprotocols import XMPPHandler
 
 from gateway.model import GatewayError
+from gateway.xmpp.escaping import unescape
+from gateway.xmpp.stanzas import parse_jid
 
 log = Logger(namespace="gateway.xmpp.handler")
 
@@ -14,6 +17,19 @@ class ComponentHandler(XMPPHandler):
         self.stream = stream
         self.bridge = bridge
         self.domain = stream.domain
+
+    def bare_room(self, stanza: domish.Element) -> str | None:
+        """The room a stanza to a room's bare JID is for (muc#admin, muc#owner), or None: then it is
+        someone else's to answer."""
+        to = parse_jid(stanza.getAttribute("to"))
+        if to is None or not to.user or to.resource:
+            return None
+        adapter = self.bridge.adapter
+        try:
+            room = adapter.normalize_address(unescape(to.user))
+        except GatewayError:
+            return None
+        return room if adapter.is_room(room) else None
 
     def refuse_failure(self, stanza, what: str):
         """

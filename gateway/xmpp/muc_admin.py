@@ -60,18 +60,6 @@ class ModerationHandler(ComponentHandler):
             # Before MUCHandler (priority 10), which would take it for a room message.
             self.xmlstream.addObserver(f"/message/x[@xmlns='{NS_MUC_USER}']/invite", self.on_invite, priority=20)
 
-    def _room(self, stanza: domish.Element) -> str | None:
-        """The room a stanza to a room's bare JID is for, or None (then it is someone else's to answer)."""
-        to = parse_jid(stanza.getAttribute("to"))
-        if to is None or not to.user or to.resource:
-            return None
-        adapter = self.bridge.adapter
-        try:
-            room = adapter.normalize_address(unescape(to.user))
-        except GatewayError:
-            return None
-        return room if adapter.is_room(room) else None
-
     def _address(self, jid: str | None) -> str | None:
         """The foreign address of a JID at this component, or None for a JID elsewhere (or none)."""
         parsed = parse_jid(jid)
@@ -99,7 +87,7 @@ class ModerationHandler(ComponentHandler):
         itype = iq.getAttribute("type")
         if itype not in ("get", "set") or getattr(iq, "handled", False):
             return
-        room = self._room(iq)
+        room = self.bare_room(iq)
         if room is None:
             return
         iq.handled = True
@@ -141,7 +129,7 @@ class ModerationHandler(ComponentHandler):
     def on_invite(self, stanza: domish.Element) -> None:
         if stanza.getAttribute("type") == "error":
             return
-        room = self._room(stanza)
+        room = self.bare_room(stanza)
         if room is None:
             return
         stanza.handled = True

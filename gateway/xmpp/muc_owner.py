@@ -12,7 +12,6 @@ from twisted.words.xish import domish
 
 from gateway.interfaces import IAddressSettings, IGroupChat
 from gateway.model import GatewayError
-from gateway.xmpp.escaping import unescape
 from gateway.xmpp.forms import FormError, build_form, checked_submission, submitted_form
 from gateway.xmpp.handler import ComponentHandler
 from gateway.xmpp.stanzas import parse_jid
@@ -28,22 +27,11 @@ class RoomConfigHandler(ComponentHandler):
         if IGroupChat.providedBy(adapter) and IAddressSettings.providedBy(adapter):
             self.xmlstream.addObserver(f"/iq/query[@xmlns='{NS_MUC_OWNER}']", self.on_owner, priority=10)
 
-    def _room(self, iq: domish.Element) -> str | None:
-        to = parse_jid(iq.getAttribute("to"))
-        if to is None or not to.user or to.resource:
-            return None
-        adapter = self.bridge.adapter
-        try:
-            room = adapter.normalize_address(unescape(to.user))
-        except GatewayError:
-            return None
-        return room if adapter.is_room(room) else None
-
     def on_owner(self, iq: domish.Element) -> None:
         itype = iq.getAttribute("type")
         if itype not in ("get", "set") or getattr(iq, "handled", False):
             return
-        room = self._room(iq)
+        room = self.bare_room(iq)
         if room is None:
             return
         iq.handled = True

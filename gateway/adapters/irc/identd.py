@@ -34,7 +34,7 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.logger import Logger
-from twisted.protocols import basic, ident, policies
+from twisted.protocols import ident, policies
 
 log = Logger(namespace="gateway.adapters.irc.identd")
 
