@@ -31,6 +31,16 @@ class ComponentHandler(XMPPHandler):
             return None
         return room if adapter.is_room(room) else None
 
+    def claim_room_iq(self, iq: domish.Element) -> str | None:
+        """The room of a get or set to a room's bare JID that no handler took yet, marked as taken;
+        None leaves it to the others."""
+        if iq.getAttribute("type") not in ("get", "set") or getattr(iq, "handled", False):
+            return None
+        room = self.bare_room(iq)
+        if room is not None:
+            iq.handled = True
+        return room
+
     def refuse_failure(self, stanza, what: str):
         """
         An errback answering ``stanza``: a GatewayError is the sender's to read

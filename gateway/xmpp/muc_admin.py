@@ -84,13 +84,10 @@ class ModerationHandler(ComponentHandler):
     # -- muc#admin ------------------------------------------------------------------
 
     def on_admin(self, iq: domish.Element) -> None:
-        itype = iq.getAttribute("type")
-        if itype not in ("get", "set") or getattr(iq, "handled", False):
-            return
-        room = self.bare_room(iq)
+        room = self.claim_room_iq(iq)
         if room is None:
             return
-        iq.handled = True
+        itype = iq.getAttribute("type")
         if itype == "get":
             self.stream.refuse(iq, "feature-not-implemented", "lists of occupants by role or affiliation are not "
                                                                "kept here: the room's occupants show them", "cancel")

@@ -28,13 +28,10 @@ class RoomConfigHandler(ComponentHandler):
             self.xmlstream.addObserver(f"/iq/query[@xmlns='{NS_MUC_OWNER}']", self.on_owner, priority=10)
 
     def on_owner(self, iq: domish.Element) -> None:
-        itype = iq.getAttribute("type")
-        if itype not in ("get", "set") or getattr(iq, "handled", False):
-            return
-        room = self.bare_room(iq)
+        room = self.claim_room_iq(iq)
         if room is None:
             return
-        iq.handled = True
+        itype = iq.getAttribute("type")
         fields = list(self.bridge.adapter.address_fields(room))
         if not fields:
             self.stream.refuse(iq, "feature-not-implemented", "this room has no settings", "cancel")
