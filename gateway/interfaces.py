@@ -413,6 +413,9 @@ class IStanzaOutput(Interface):
     def room_event_size(event):
         """The characters of the stanza a message RoomEvent becomes for one resource (XEP-0045 maxchars)."""
 
+    def flush_room_events():
+        """Write every room event still waiting for the pacing budget now (at shutdown); how many."""
+
     def barrier():
         """
         A Deferred firing once the XMPP server has read everything sent before

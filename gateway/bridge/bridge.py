@@ -46,6 +46,9 @@ class _Disconnected:
     def room_event_size(self, event):
         return len(event.body or "") + len(event.nick or "")
 
+    def flush_room_events(self):
+        return 0
+
     def barrier(self):
         return defer.fail(RuntimeError("no XMPP output attached"))
 
@@ -177,6 +180,7 @@ class Bridge(service.MultiService):
                                             role="none", own=True, service_stopping=True))
             sent += len(occupancy.resources)
         self._rooms_closed = True
+        self.output.flush_room_events()      # the paced queue, written before the stream closes
         return sent
 
     def stream_down(self) -> None:

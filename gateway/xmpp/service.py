@@ -76,7 +76,7 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
     uploads = None
     if group is None:
         group = StreamGroup(stream, bridge)
-        bridge.attach(StanzaOutput(group, bridge.adapter))
+        bridge.attach(StanzaOutput(group, bridge.adapter, xmpp_settings, reactor))
         if attachments and attachments.get("upload") and bridge.fetcher is not None:
             # XEP-0363 through the primary connection (gateway/xmpp/upload.py).
             uploads = UploadHandler(stream, bridge.fetcher, lambda: stream.allowed_domains,
