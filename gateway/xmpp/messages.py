@@ -244,6 +244,8 @@ class StanzaOutput:
                                                                                             500_000),
                                    max_backlog=pacing.get("room_pacing_backlog", 0), backlog=self.stream.unsent,
                                    on_drop=dropped.inc)
+            pacer = self.pacer
+            metrics.ROOM_QUEUE.labels(self.domain).set_function(lambda: pacer.pending)
 
     @property
     def connected(self) -> bool:
