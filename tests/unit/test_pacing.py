@@ -225,3 +225,34 @@ def test_flush_writes_everything_now():
     assert before < 20
     assert p.flush() == 20 - before
     assert len(out.written) == 20 and p.pending == 0
+
+
+class FakeStream:
+    """What StanzaOutput writes on: serialised stanzas in a list."""
+
+    domain = "irc.example.org"
+
+    def __init__(self):
+        self.connected = True
+        self.out = []
+
+    def send_serialized(self, xml, kind):
+        self.out.append((kind, xml))
+
+    def unsent(self):
+        return 0
+
+
+def test_the_output_paces_room_events_and_flushes_them_at_shutdown():
+    from gateway.xmpp.messages import StanzaOutput
+    clock, stream = task.Clock(), FakeStream()
+    out = StanzaOutput(stream, None, {"room_pacing_bytes": 1000, "room_pacing_backlog": 0,
+                                      "room_queue_limit": 100}, clock)
+    for i in range(10):
+        out.send_room_event(presence(f"n{i}"))
+    out.send_room_event(message("n1", "hello"))
+    before = len(stream.out)
+    assert 1 <= before < 11                           # a presence is some 200 bytes: the rest wait
+    assert out.flush_room_events() == 11 - before
+    assert [k for k, _ in stream.out] == ["presence"] * 10 + ["message"]
+    assert "n9" in stream.out[9][1] and "hello" in stream.out[10][1]
