@@ -153,7 +153,7 @@ def test_a_big_channel_gets_every_presence_and_line_paced(prosody, workdir, fres
                                      f"lines missing for {short}")
             assert all(v == [f"line {n}" for n in range(LINES)] for v in lines().values()), lines()
             peak = load.most_in_window(started, WINDOW)
-            assert peak <= BUDGET * WINDOW * 1.5 + 100_000, (peak, BUDGET * WINDOW)
+            assert peak <= BUDGET * WINDOW * 1.5 + 200_000, (peak, BUDGET * WINDOW)   # unpaced: 2.08 MB
             log = gateway.log()
             assert log.count(": authenticated") == 1, log.count(": authenticated")
         finally:
