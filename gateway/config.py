@@ -94,7 +94,7 @@ SECTIONS: dict[str, list[Option]] = {
                doc="Room events waiting in the paced queue of one component, at most. Over it, new occupant "
                    "presences merge with the oldest pending one of the same occupant even across messages, "
                    "and then the oldest occupant presences are dropped (counted in "
-                   "`xmpp_gateway_room_events_dropped`); messages are never dropped."),
+                   "`xmpp_gateway_room_events_dropped`); messages go only when nothing else is left to drop (a long outage of the stream). The queue also holds room events while the stream is down."),
         Option("spare_connection_interval", float, 0.0, check=non_negative,
                doc="Set it when several gateway processes serve one domain behind ejabberd's "
                    "`domain_balancing` (`type: bare_source`, see docs/servers.md): every this many seconds each "

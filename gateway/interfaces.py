@@ -390,6 +390,9 @@ class IStanzaOutput(Interface):
     """How the bridge reaches the XMPP users of one component."""
 
     connected = Attribute("True while the component stream is authenticated.")
+    holds_room_events = Attribute(
+        "True when send_room_event queues room events itself while the stream is down (a paced, merging "
+        "queue, gateway/xmpp/pacing.py) and writes them once it is back; the bridge then holds none.")
 
     def send_message(message):
         """Send an InboundMessage to its user now."""

@@ -251,6 +251,10 @@ class StanzaOutput:
     def connected(self) -> bool:
         return self.stream.connected
 
+    @property
+    def holds_room_events(self) -> bool:
+        return self.pacer is not None
+
     def contact_jid(self, address: str, resource: str | None = None) -> str:
         jid = f"{escape(xml_safe(self.localpart(address)))}@{self.domain}"
         return f"{jid}/{xml_safe(resource)}" if resource else jid

@@ -29,11 +29,16 @@ of each occupant, so only the latest state matters):
 - Messages are never merged or dropped, and keep their order with everything
   else of the same user and room (the queue is one FIFO).
 
+While the stream is down the queue keeps everything (the bridge holds no
+room events of its own then) and drains once it is back.
+
 Bound: ``limit`` events. Over it, new plain presences merge with the oldest
 pending presence of their occupant even across barriers (the latest state
 still arrives; a message may then have seen an occupant's later state); if the
 queue still grows, the oldest plain presences are dropped, counted as dropped
-room events and logged. Messages and barriers stay.
+room events and logged. Messages and barriers stay, unless the queue holds
+nothing else (a long outage of the stream): then the oldest events go,
+whatever they are, so that memory stays bounded.
 
 Nothing here blocks: the queue drains from reactor timers.
 """
@@ -126,15 +131,28 @@ class RoomPacer:
             self._drain()
 
     def _shed(self) -> None:
-        """Over the bound: the oldest plain presences go (counted); messages and barriers stay."""
+        """
+        Over the bound: the oldest plain presences go (counted); messages and
+        barriers stay, unless nothing else is left to drop (a long outage of
+        the stream: then the oldest events go, whatever they are, so memory
+        stays bounded).
+        """
         over = self.pending - self.limit
         dropped = 0
-        for entry in self._queue:
+        queue = self._queue
+        while queue and queue[0][0] is None:
+            queue.popleft()                      # merged or dropped entries at the head: gone for good
+        for entry in queue:
             if dropped >= over:
                 break
             if entry[0] is not None and entry[1] is not None:
                 self._forget(entry)
                 entry[0] = None
+                dropped += 1
+        while dropped < over and queue:
+            entry = queue.popleft()
+            if entry[0] is not None:
+                self._forget(entry)
                 dropped += 1
         self.pending -= dropped
         self.dropped += dropped
@@ -144,7 +162,8 @@ class RoomPacer:
             if not self._warned:
                 self._warned = True
                 log.warn("room output queue over its bound of {n} events: the oldest occupant presences are "
-                         "dropped (raise [xmpp] room_queue_limit or room_pacing_bytes)", n=self.limit)
+                         "dropped, and with nothing else left the oldest events (raise [xmpp] room_queue_limit or "
+                         "room_pacing_bytes)", n=self.limit)
 
     def _forget(self, entry: list) -> None:
         key = entry[1]

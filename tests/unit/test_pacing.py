@@ -256,3 +256,39 @@ def test_the_output_paces_room_events_and_flushes_them_at_shutdown():
     assert out.flush_room_events() == 11 - before
     assert [k for k, _ in stream.out] == ["presence"] * 10 + ["message"]
     assert "n9" in stream.out[9][1] and "hello" in stream.out[10][1]
+
+
+def test_with_only_lines_left_over_the_bound_the_oldest_lines_go():
+    clock, out, p = pacer(limit=5)
+    out.up = False
+    held(p, [message("bob", str(i)) for i in range(8)])
+    assert p.pending == 5 and p.dropped == 3
+    out.up = True
+    clock.advance(1)
+    assert out.written == [f"msg bob: {i}" for i in range(3, 8)]
+
+
+def test_while_the_stream_is_down_the_paced_queue_holds_room_events_not_the_bridge(tmp_path):
+    from gateway.adapters.echo import EchoAdapter
+    from gateway.bridge import Bridge
+    from gateway.registry import SQLRegistry
+    from gateway.registry.crypto import SecretBox
+    from gateway.xmpp.messages import StanzaOutput
+    from tests.unit.wire import LIMITS, OUTBOX
+    clock, stream = task.Clock(), FakeStream()
+    registry = SQLRegistry(f"sqlite:///{tmp_path}/r.sqlite", SecretBox.generate(), "unit")
+    bridge = Bridge("irc.example.org", EchoAdapter, {"delay": 0.0}, registry, clock, OUTBOX, LIMITS)
+    bridge.attach(StanzaOutput(stream, None, {"room_pacing_bytes": 0, "room_queue_limit": 1000}, clock))
+    stream.connected = False
+    for round_ in range(3):
+        for i in range(10):
+            bridge.room_event(presence(f"n{i}", role="moderator" if round_ == 2 else "participant"))
+    bridge.room_event(message("n1", "hello"))
+    assert len(bridge._held_room_events) == 0
+    assert bridge.output.pacer.pending == 11                 # merged: one presence per occupant, and the line
+    clock.advance(1)
+    assert stream.out == []
+    stream.connected = True
+    clock.advance(1)
+    assert [k for k, _ in stream.out] == ["presence"] * 10 + ["message"]
+    assert all("moderator" in xml for _, xml in stream.out[:10])
