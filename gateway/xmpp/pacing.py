@@ -107,6 +107,9 @@ class RoomPacer:
 
     def put(self, event) -> None:
         """Queue one room event (or write it at once when nothing waits and the budget allows)."""
+        if not self._queue and self._call is None and self._wait() is None:
+            self._write(event)                   # the usual case in a quiet room: nothing to merge or order
+            return
         if plain_presence(event):
             key = (event.user, tuple(event.resources), event.room, event.nick)
             room = (event.user, event.room)
@@ -172,46 +175,52 @@ class RoomPacer:
 
     # -- out -------------------------------------------------------------------
 
+    def _wait(self) -> float | None:
+        """None when an event may be written now, else the seconds to wait (the budget refilled first)."""
+        if not self.ready():
+            return TICK * 10                    # the stream is down: wait for it, keep the queue
+        if self.rate > 0:
+            now = self.clock.seconds()
+            self._tokens = min(self._tokens + (now - self._stamp) * self.rate, max(self.rate * BURST_SECONDS, 1.0))
+            self._stamp = now
+            if self._tokens <= 0:
+                return max(TICK, -self._tokens / self.rate)
+        if self.max_backlog and self.backlog is not None and self._unchecked >= self.max_backlog // 8:
+            # Asked every eighth of the allowance written (a system call), not for every stanza.
+            if self.backlog() > self.max_backlog:
+                return TICK
+            self._unchecked = 0
+        return None
+
+    def _write(self, event) -> None:
+        try:
+            size = self.write(event)
+        except Exception:
+            log.failure("room event {kind} in {room} for {user} dropped", kind=event.kind, room=event.room,
+                        user=event.user)
+            if self.on_drop is not None:
+                self.on_drop(1)
+            return
+        if self.rate > 0:
+            self._tokens -= size
+        self._unchecked += size
+
     def _drain(self) -> None:
         self._call = None
-        if not self.ready():
-            self._schedule(TICK * 10)           # the stream is down: wait for it, keep the queue
-            return
-        now = self.clock.seconds()
-        if self.rate > 0:
-            self._tokens = min(self._tokens + (now - self._stamp) * self.rate,
-                               max(self.rate * BURST_SECONDS, 1.0))
-        self._stamp = now
         queue = self._queue
         while queue:
-            if self.rate > 0 and self._tokens <= 0:
-                self._schedule(max(TICK, -self._tokens / self.rate))
+            delay = self._wait()
+            if delay is not None:
+                self._schedule(delay)
                 return
-            if self.max_backlog and self.backlog is not None and self._unchecked >= self.max_backlog // 8:
-                # Asked every eighth of the allowance written (a system call), not for every stanza.
-                if self.backlog() > self.max_backlog:
-                    self._schedule(TICK)
-                    return
-                self._unchecked = 0
             entry = queue.popleft()
             event = entry[0]
             if event is None:
                 continue
             self._forget(entry)
             self.pending -= 1
-            try:
-                size = self.write(event)
-            except Exception:
-                log.failure("room event {kind} in {room} for {user} dropped", kind=event.kind, room=event.room,
-                            user=event.user)
-                if self.on_drop is not None:
-                    self.on_drop(1)
-                continue
-            if self.rate > 0:
-                self._tokens -= size
-            self._unchecked += size
-        if not queue:
-            self._epochs.clear()                 # nothing left to merge with: the epochs start again
+            self._write(event)
+        self._epochs.clear()                     # nothing left to merge with: the epochs start again
 
     def _schedule(self, delay: float) -> None:
         if self._call is None:
