@@ -81,6 +81,20 @@ SECTIONS: dict[str, list[Option]] = {
                    "while every slot was taken gets none); the stream counts as up once a probe is back, and a "
                    "connection none came back to within this many seconds is closed and retried with backoff. "
                    "0 turns the probe off: only for servers that keep one connection per domain."),
+        Option("room_pacing_bytes", int, 2_000_000, check=non_negative,
+               doc="Room output (occupant presences, room messages) written on a component stream, at most "
+                   "this many bytes per second; what is over waits in a queue where an occupant's pending "
+                   "presences to a user merge into the latest (docs/irc.md, big channels). A 1,000-user "
+                   "channel is about 500,000 presences (200 MB). 0: no rate limit."),
+        Option("room_pacing_backlog", int, 262144, check=non_negative,
+               doc="Room output waits while more than this many bytes written on the stream have not been "
+                   "taken by the server (Twisted's buffer and the socket's), so a keepalive ping or a "
+                   "user's message written meanwhile is at most this far behind. 0: not checked."),
+        Option("room_queue_limit", int, 500_000, check=positive,
+               doc="Room events waiting in the paced queue of one component, at most. Over it, new occupant "
+                   "presences merge with the oldest pending one of the same occupant even across messages, "
+                   "and then the oldest occupant presences are dropped (counted in "
+                   "`xmpp_gateway_room_events_dropped`); messages go only when nothing else is left to drop (a long outage of the stream). The queue also holds room events while the stream is down."),
         Option("spare_connection_interval", float, 0.0, check=non_negative,
                doc="Set it when several gateway processes serve one domain behind ejabberd's "
                    "`domain_balancing` (`type: bare_source`, see docs/servers.md): every this many seconds each "

@@ -400,6 +400,9 @@ class IStanzaOutput(Interface):
     """How the bridge reaches the XMPP users of one component."""
 
     connected = Attribute("True while the component stream is authenticated.")
+    holds_room_events = Attribute(
+        "True when send_room_event queues room events itself while the stream is down (a paced, merging "
+        "queue, gateway/xmpp/pacing.py) and writes them once it is back; the bridge then holds none.")
 
     def send_message(message):
         """Send an InboundMessage to its user now."""
@@ -422,6 +425,9 @@ class IStanzaOutput(Interface):
 
     def room_event_size(event):
         """The characters of the stanza a message RoomEvent becomes for one resource (XEP-0045 maxchars)."""
+
+    def flush_room_events():
+        """Write every room event still waiting for the pacing budget now (at shutdown); how many."""
 
     def barrier():
         """

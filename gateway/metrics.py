@@ -49,8 +49,11 @@ PARKED = Counter("xmpp_gateway_parked", "Queue rows set aside as dead letters (s
 FENCED = Counter("xmpp_gateway_fenced", "Attempts stopped because another process had taken the message over.",
                  ["component"], registry=REGISTRY)
 ROOM_EVENTS_DROPPED = Counter("xmpp_gateway_room_events_dropped",
-                              "Room events dropped because too many piled up while the stream was down.",
+                              "Room events dropped because too many piled up while the stream was down, "
+                              "or over the paced room queue's bound (room_queue_limit).",
                               ["component"], registry=REGISTRY)
+ROOM_QUEUE = Gauge("xmpp_gateway_room_queue", "Room events waiting for the pacing budget (room_pacing_bytes).",
+                   ["component"], registry=REGISTRY)
 SECRETS_UNREADABLE = Counter("xmpp_gateway_secrets_undecryptable",
                              "Actions refused because a user's stored secrets cannot be decrypted with the "
                              "configured keys (wrong or missing registry.secret_key / old_secret_keys).",

@@ -37,6 +37,7 @@ class _Disconnected:
     """Stand-in output until the XMPP side attaches: holds everything inbound."""
 
     connected = False
+    holds_room_events = False
 
     def send_message(self, message):
         raise RuntimeError("no XMPP output attached")
@@ -45,6 +46,9 @@ class _Disconnected:
 
     def room_event_size(self, event):
         return len(event.body or "") + len(event.nick or "")
+
+    def flush_room_events(self):
+        return 0
 
     def barrier(self):
         return defer.fail(RuntimeError("no XMPP output attached"))
@@ -177,6 +181,7 @@ class Bridge(service.MultiService):
                                             role="none", own=True, service_stopping=True))
             sent += len(occupancy.resources)
         self._rooms_closed = True
+        self.output.flush_room_events()      # the paced queue, written before the stream closes
         return sent
 
     def stream_down(self) -> None:
@@ -292,7 +297,9 @@ class Bridge(service.MultiService):
     def _route_room_event(self, event: RoomEvent) -> None:
         if self._rooms_closed:
             return
-        if self.output.connected:
+        if self.output.connected or self.output.holds_room_events:
+            # An output with a paced queue keeps what comes while the stream is down, merged
+            # and bounded by its own rules (lines kept before presences): see gateway/xmpp/pacing.py.
             self._send_room_event(event)
             return
         # Held in memory while the stream is down (a reconnect takes seconds):

@@ -26,6 +26,7 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 
 from gateway import metrics
+from gateway.xmpp.ping import unsent_bytes
 from gateway.xmpp.slots import PROBES, SlotProbe, is_probe
 from gateway.xmpp.stanzas import error_reply, parse_jid
 from wokkel.component import Component
@@ -451,6 +452,13 @@ class ComponentStream(Component):
             xs.transport.write(xml.encode("utf-8"))
         else:
             self.send(xml)          # queued by wokkel until the stream is up, or logged
+
+    def unsent(self) -> int:
+        """Bytes written on this stream that the server has not taken yet (room pacing waits on it)."""
+        xs = self.xmlstream
+        if xs is None or xs.transport is None:
+            return 0
+        return unsent_bytes(xs.transport)
 
     def refuse(self, element: domish.Element, condition: str, text: str | None = None,
                error_type: str | None = None) -> None:

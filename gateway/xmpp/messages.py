@@ -23,6 +23,7 @@ from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMe
 from gateway.xmpp.escaping import EscapingError, address_of, escape
 from gateway.xmpp import references
 from gateway.xmpp.muc import NS_SID, room_message_strings, room_stanzas
+from gateway.xmpp.pacing import RoomPacer
 from gateway.xmpp.stanzas import error_reply, escape_text, parse_jid, quote_attr, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
 
@@ -236,7 +237,7 @@ def visible(address: str) -> str:
 class StanzaOutput:
     """How the bridge reaches the users of one component (see IStanzaOutput)."""
 
-    def __init__(self, stream, adapter=None, roster=None):
+    def __init__(self, stream, adapter=None, roster=None, pacing: dict | None = None, clock=None):
         self.stream = stream
         self.domain = stream.domain
         #: gateway.xmpp.roster.RosterKeeper: a contact heard from goes in the user's roster (once).
@@ -244,10 +245,26 @@ class StanzaOutput:
         self.localpart = adapter.jid_localpart if adapter is not None else (lambda address: address)
         self.non_anonymous = IGroupChat.providedBy(adapter) and bool(adapter.occupants_visible)
         self.occupant = adapter.occupant_address if IGroupChat.providedBy(adapter) else None
+        #: Room events go through a paced, coalescing queue (gateway/xmpp/pacing.py) when the
+        #: config says how ([xmpp] room_pacing_*); without it (unit tests built by hand) they are written at once.
+        self.pacer: RoomPacer | None = None
+        if pacing is not None and clock is not None:
+            dropped = metrics.ROOM_EVENTS_DROPPED.labels(self.domain)
+            self.pacer = RoomPacer(self._write_room_event, lambda: self.stream.connected, clock,
+                                   rate=pacing.get("room_pacing_bytes", 0), limit=pacing.get("room_queue_limit",
+                                                                                            500_000),
+                                   max_backlog=pacing.get("room_pacing_backlog", 0), backlog=self.stream.unsent,
+                                   on_drop=dropped.inc)
+            pacer = self.pacer
+            metrics.ROOM_QUEUE.labels(self.domain).set_function(lambda: pacer.pending)
 
     @property
     def connected(self) -> bool:
         return self.stream.connected
+
+    @property
+    def holds_room_events(self) -> bool:
+        return self.pacer is not None
 
     def contact_jid(self, address: str, resource: str | None = None) -> str:
         jid = f"{escape(xml_safe(self.localpart(address)))}@{self.domain}"
@@ -350,13 +367,31 @@ class StanzaOutput:
         return len(stanzas[0].toXml()) if stanzas else 0
 
     def send_room_event(self, event) -> None:
+        if self.pacer is not None:
+            self.pacer.put(event)
+        else:
+            self._write_room_event(event)
+
+    def flush_room_events(self) -> int:
+        """Write every queued room event now, whatever the pacing budget (before the stream closes)."""
+        return self.pacer.flush() if self.pacer is not None else 0
+
+    def _write_room_event(self, event) -> int:
+        """Render and write one room event; the bytes written (for the pacing budget)."""
+        size = 0
         if event.kind == "message" and not event.timestamp:
             # The hot path (every channel line): the stanza written as a string, not a domish tree.
             for xml in room_message_strings(self.domain, event, self.localpart):
                 self.stream.send_serialized(xml, "message")
-            return
+                size += len(xml)
+            return size
         for el in room_stanzas(self.domain, event, self.localpart, self.non_anonymous, self.occupant):
-            self.stream.send(el)
+            if not el.getAttribute("from"):
+                el["from"] = self.domain
+            xml = el.toXml()
+            self.stream.send_serialized(xml, el.name)
+            size += len(xml)
+        return size
 
     def barrier(self):
         return self.stream.pinger.barrier()

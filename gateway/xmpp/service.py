@@ -82,7 +82,7 @@ def build_component(component, xmpp_settings: dict, gateway_settings: dict, brid
         group.grants = Grants()
         group.roster = (RosterKeeper(group, bridge, group.grants, component.roster, component.roster_group)
                         if component.roster != "off" else None)
-        bridge.attach(StanzaOutput(group, bridge.adapter, group.roster))
+        bridge.attach(StanzaOutput(group, bridge.adapter, group.roster, pacing=xmpp_settings, clock=reactor))
         if attachments and attachments.get("upload") and bridge.fetcher is not None:
             # XEP-0363 through the primary connection (gateway/xmpp/upload.py).
             uploads = UploadHandler(stream, bridge.fetcher, lambda: stream.allowed_domains,

@@ -202,6 +202,10 @@ class StreamGroup:
     def count_error(self, condition: str) -> None:
         self.primary.count_error(condition)
 
+    def unsent(self) -> int:
+        """Bytes written on the connection in use that its server has not taken yet (room pacing)."""
+        return self.current().unsent()
+
     @property
     def pinger(self):
         return self
