@@ -120,7 +120,7 @@ class MAMHandler(ComponentHandler):
             raw = text_of(rsm, NS_RSM, "max")
             if raw is not None:
                 raw = raw.strip()
-                if not raw.isdigit() or len(raw) > 9:
+                if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
                     raise GatewayError("<max/> must be a whole number", "bad-request", "modify")
                 request["max"] = min(int(raw), MAX_PAGE)
             after = text_of(rsm, NS_RSM, "after")
