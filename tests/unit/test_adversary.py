@@ -51,3 +51,27 @@ def test_history_with_unicode_digits_still_joins(panel):
     got = yield panel.quiet(0.3)
     laptop = [text(m) for m in room_messages(got) if m["to"].endswith("/laptop")]
     assert laptop == ["body:kept", "subject:the topic"]
+
+
+def test_a_reused_message_id_does_not_grow_the_reference_memory():
+    """
+    A client (or a hostile user) reusing one XMPP id: each message replaced the
+    record but left its network reference behind in the reverse index, so that
+    index grew by one per message without bound (while the message count said 1),
+    and a reply from the network to the old message was put under the new one.
+    """
+    from gateway.bridge.conversations import Conversations
+    from gateway.model import InboundMessage, OutboundMessage
+
+    conv = Conversations(object())
+    for n in range(500):
+        message = OutboundMessage(component="c", user="alice@example.org", recipient="#chan%irc", body=f"m{n}",
+                                  xmpp_id="same", kind="groupchat")
+        assert conv.prepare(message, None) is message
+        conv.learn("alice@example.org", "#chan%irc", "same", f"msgid-{n}")
+    assert len(conv._by_ref[("alice@example.org", "#chan%irc")]) == 1
+    assert conv._count == 1
+    # A reply from the network to an earlier line is not taken for one to the latest.
+    reply = InboundMessage(component="c", user="alice@example.org", sender="#chan%irc", body="re", ref="msgid-3")
+    conv._resolve(reply, "alice@example.org", "#chan%irc")
+    assert reply.reply_to is None
