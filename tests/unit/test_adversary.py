@@ -10,6 +10,7 @@ import os
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 
 from tests.unit.test_room_history import MAM, ROOM, RSM, PanelAdapter, room_messages, text
 from tests.unit.wire import Wire, error_of, find
@@ -75,3 +76,50 @@ def test_a_reused_message_id_does_not_grow_the_reference_memory():
     reply = InboundMessage(component="c", user="alice@example.org", sender="#chan%irc", body="re", ref="msgid-3")
     conv._resolve(reply, "alice@example.org", "#chan%irc")
     assert reply.reply_to is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_stalling_name_lookups_do_not_take_every_reactor_thread(monkeypatch):
+    """
+    A user's file URLs on names whose DNS never answers (a name server the user
+    runs): each lookup held one of the reactor's threads past the fetch's own
+    time-out, so a few dozen of them took all of them, and every other thread
+    job of the gateway (mail parsing and composing, IRC destination lookups,
+    file writes) waited behind them for every user.
+    """
+    import socket
+    import threading
+
+    from twisted.internet import reactor, task, threads
+
+    from gateway.web.fetch import FetchFailed, Fetcher
+
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if str(host).endswith(".stall.example"):
+            release.wait(30)
+            raise socket.gaierror("stalled")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    fetcher = Fetcher(reactor, max_size=1000, timeout=0.5, allow_private=False)
+    try:
+        fetches = [fetcher.fetch(f"http://n{n}.stall.example/f.png") for n in range(20)]
+        yield task.deferLater(reactor, 1.0, lambda: None)      # timed out: the lookups' threads still run
+        fetches += [fetcher.fetch(f"http://m{n}.stall.example/f.png") for n in range(20)]
+        for d in fetches:
+            d.addErrback(lambda f: f.trap(FetchFailed))
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        other = threads.deferToThread(lambda: "free")
+        done = []
+        other.addCallback(done.append)
+        for _ in range(300):                           # up to 3 s: the job needs a free thread, not the lookups
+            if done:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        assert done == ["free"]
+        yield defer.DeferredList(fetches)
+    finally:
+        release.set()
