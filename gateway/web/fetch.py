@@ -253,6 +253,7 @@ class Fetcher:
                 if not location:
                     raise FetchFailed(f"{url} redirects nowhere")
                 url = urllib.parse.urljoin(url, location)
+                allow_private = self.allow_private     # an allowance for one URL is not one for its redirects
                 continue
             if response.code != 200:
                 response.deliverBody(_Discard())
