@@ -1043,8 +1043,12 @@ class IRCSession:
         return self.conn is not None and "message-tags" in self.conn.caps
 
     def tagmsg(self, target: str, tags: dict[str, str]) -> None:
-        """A TAGMSG (typing) where the server takes client tags; nothing elsewhere."""
-        if self.tags_on:
+        """
+        A TAGMSG (typing) where the server takes client tags; nothing elsewhere,
+        and nothing while lines wait behind the throttle: typing is about now, and
+        queued it would grow the queue without bound and hold the user's messages.
+        """
+        if self.tags_on and not self.conn._pending:
             self.conn.send_lines([f"@{encode_tags(tags)} TAGMSG {target}"])
 
     def wire_lines(self, message: OutboundMessage, target: str) -> list[str]:

@@ -1,0 +1,38 @@
+"""
+A hostile XMPP user or IRC server against one IRC session in memory (the real
+adapter, session and connection of tests/unit/test_irc_session.py): each test
+failed before its fix (adversary review).
+"""
+
+from __future__ import annotations
+
+from tests.unit.test_irc_session import SERVER, USER, IRCSessionCase
+
+
+class TypingFloods(IRCSessionCase):
+    rate = 1.0
+    burst = 1
+
+    def sign_on_with(self, caps: str):
+        session = self.sign_on()
+        self.conn.lineReceived(f":{SERVER} CAP alice ACK :{caps}".encode())
+        self.transports[-1].clear()
+        return session
+
+    def test_typing_never_waits_behind_the_throttle(self):
+        """
+        Chat states went into the connection's send queue like commands (send_lines
+        has no bound): a user sending them faster than the throttle (2 lines/s)
+        grew the queue without limit, and the user's own messages were refused
+        behind it (QueueFull). Typing is passed on now or not at all.
+        """
+        self.sign_on_with("message-tags")
+        for n in range(5000):
+            typing = self.message(None)
+            typing.chat_state = "composing" if n % 2 else "paused"
+            self.adapter.typing(typing, self.registration)
+        self.assertLessEqual(len(self.conn._pending or ()), 1)
+        d = self.send(self.message("still here"))
+        for _ in range(5):
+            self.clock.advance(1.0)
+        self.assertIn("PRIVMSG bob :still here", self.written())
