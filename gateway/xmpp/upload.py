@@ -42,7 +42,7 @@ from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from gateway.interfaces import IFileUpload
-from gateway.web.files import safe_name
+from gateway.web.files import plain_type, safe_name
 from gateway.xmpp.stanzas import parse_jid
 
 log = Logger(namespace="gateway.xmpp.upload")
@@ -289,7 +289,7 @@ class UploadHandler(XMPPHandler):
             log.info("a file of {n} bytes for {user} is larger than {jid} takes ({max}); served from /files/",
                      n=len(data), user=user, jid=service.jid, max=service.max_size)
             return None
-        content_type = content_type or "application/octet-stream"
+        content_type = plain_type(content_type)           # into an XML attribute and an HTTP header
         name = safe_name(name, content_type)
         put_url, headers, get_url = yield self._slot(service, name, len(data), content_type)
         headers["Content-Type"] = content_type

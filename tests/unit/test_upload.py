@@ -262,3 +262,21 @@ def test_only_the_services_file_urls_count_as_its_own(wire):
                 "https://up.example.org/get/../metrics", "https://up.example.org/get/%2e%2e/metrics",
                 "https://up.example.org/get/9/%2E%2e/../../metrics", "https://up.example.org/getx/1"):
         assert not (yield wire.handler.is_upload_url(USER, url)), url
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_hostile_content_type_does_not_reach_the_slot_request(wire):
+    """
+    A mail part typed ``image/p\\x01ng`` (Python's email parser keeps control
+    characters): the type went into the slot request's content-type attribute
+    as it was, and a character XML forbids makes the server close the component
+    stream for every user. Anything not a plain type/subtype is sent as
+    application/octet-stream. (Found by the adversary review.)
+    """
+    d = wire.handler.upload(USER, b"hello", "a.png", "image/p\x01n\x0bg")
+    yield discover(wire)
+    request = yield answer(wire, "request", slot("https://up.example.org/put/1", "https://up.example.org/get/1/a.png"))
+    req = next(request.elements(NS_UPLOAD, "request"))
+    assert req["content-type"] == "application/octet-stream"
+    yield d
+    assert wire.puts.calls[-1][2]["Content-Type"] == "application/octet-stream"
