@@ -42,6 +42,9 @@ HOLD_TIMEOUT = 120.0
 #: Joins awaiting their history at once, and events held for one of them, at most.
 MAX_JOINS = 10000
 MAX_HELD = 5000
+#: Joins of one user awaiting their history at once: one user's many resources and rooms (on a
+#: server that never ends a join) must not fill MAX_JOINS and leave every other user's joins without.
+MAX_USER_JOINS = 100
 
 
 def to_us(seconds: float) -> int:
@@ -164,10 +167,10 @@ class RoomArchive:
         for key, join in list(self._joins.items()):
             if now - join.started > HOLD_TIMEOUT:
                 self._release(key)
-        if len(self._joins) >= MAX_JOINS:
-            return
         key = (user, resource, room)
         self._release(key)
+        if len(self._joins) >= MAX_JOINS or sum(1 for k in self._joins if k[0] == user) >= MAX_USER_JOINS:
+            return
         join = self._joins[key] = _Join(started=now)
         d = self._read_history(user, resource, room, registration, request)
         d.addErrback(lambda f: log.failure("reading the history of {room} for {user} failed", f, room=room,

@@ -123,3 +123,37 @@ def test_stalling_name_lookups_do_not_take_every_reactor_thread(monkeypatch):
         yield defer.DeferredList(fetches)
     finally:
         release.set()
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_users_pending_joins_do_not_take_every_others_history(panel, monkeypatch):
+    """
+    Joins awaiting their history were bounded for the whole gateway only
+    (MAX_JOINS): one user with many resources joining rooms that never finish
+    (a server that never ends the join) filled the table, and every other
+    user's join then got no history at all. Now each user has a share.
+    """
+    from gateway.bridge import archive
+
+    monkeypatch.setattr(archive, "MAX_JOINS", 20)
+    monkeypatch.setattr(archive, "MAX_USER_JOINS", 5, raising=False)
+    yield panel.register("bob@example.org/pc", "bob")
+    panel.feed(f"<presence from='bob@example.org/pc' to='{ROOM}/bob'><x xmlns='http://jabber.org/protocol/muc'/>"
+               "</presence>")
+    yield panel.wait(lambda el: el.name == "message" and find(el, "subject") is not None)
+    panel.bridge.adapter.say("bob@example.org", ["pc"], "panel-a", "carol", "for bob")
+    yield panel.quiet(0.1)
+
+    yield panel.register()
+    panel.bridge.adapter.subject_now = False
+    for n in range(30):
+        panel.feed(f"<presence from='alice@example.org/r{n}' to='{ROOM}/alice'>"
+                   "<x xmlns='http://jabber.org/protocol/muc'/></presence>")
+    yield panel.quiet(0.2)
+
+    panel.bridge.adapter.subject_now = True
+    panel.feed(f"<presence from='bob@example.org/laptop' to='{ROOM}/bob'><x xmlns='http://jabber.org/protocol/muc'/>"
+               "</presence>")
+    got = yield panel.quiet(0.3)
+    laptop = [text(m) for m in room_messages(got) if m["to"] == "bob@example.org/laptop"]
+    assert laptop == ["body:for bob", "subject:the topic"]
