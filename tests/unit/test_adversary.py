@@ -157,3 +157,47 @@ def test_one_users_pending_joins_do_not_take_every_others_history(panel, monkeyp
     got = yield panel.quiet(0.3)
     laptop = [text(m) for m in room_messages(got) if m["to"] == "bob@example.org/laptop"]
     assert laptop == ["body:for bob", "subject:the topic"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_invitations_passed_on_are_rate_limited(tmp_path):
+    """
+    A mediated invitation to a JID elsewhere is a message from the room's JID
+    to anyone: it went out with no rate limit (five per stanza, as many stanzas
+    as the user sends), a spam relay under the gateway's name. It counts against
+    the user's rate like any message they send.
+    """
+    from twisted.internet import defer as _defer
+    from zope.interface import implementer
+
+    from gateway.interfaces import IModeration
+
+    @implementer(IModeration)
+    class ModeratedPanel(PanelAdapter):
+        def set_role(self, registration, room, nick, role, reason):
+            return _defer.succeed(None)
+
+        def set_affiliation(self, registration, room, nick, affiliation, reason):
+            return _defer.succeed(None)
+
+        def invite(self, registration, room, address, reason):
+            return _defer.succeed(None)
+
+        def occupant_nick(self, room, address):
+            return None
+
+    w = yield Wire(os.path.join(tmp_path, "reg.sqlite"), adapter=ModeratedPanel,
+                   limits={"rate": 0.001, "burst": 3}).start()
+    try:
+        yield _joined(w)
+        for n in range(10):
+            w.feed(f"<message from='alice@example.org/phone' to='{ROOM}' id='i{n}'>"
+                   "<x xmlns='http://jabber.org/protocol/muc#user'>"
+                   + "".join(f"<invite to='victim{n}-{k}@elsewhere.example'/>" for k in range(5)) + "</x></message>")
+        got = yield w.quiet(0.3)
+        relayed = [m for m in got if m.name == "message" and m["to"].endswith("@elsewhere.example")]
+        assert len(relayed) <= 3
+        refused = [m for m in got if m.getAttribute("type") == "error"]
+        assert refused and all(error_of(m)[0] == "policy-violation" for m in refused)
+    finally:
+        w.stop()
