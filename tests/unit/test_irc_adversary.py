@@ -36,3 +36,21 @@ class TypingFloods(IRCSessionCase):
         for _ in range(5):
             self.clock.advance(1.0)
         self.assertIn("PRIVMSG bob :still here", self.written())
+
+
+class RawCommandFloods(IRCSessionCase):
+    def test_raw_commands_are_held_within_the_send_queue_bound(self):
+        """
+        Raw commands (messages to the server's JID) went into the send queue with
+        no bound: eight lines a message at the user's rate, drained at the server's
+        throttle, grew the queue (and the gateway's memory) without limit. Past
+        MAX_PENDING_LINES they are refused like any message (QueueFull).
+        """
+        from gateway.adapters.irc.client import MAX_PENDING_LINES, QueueFull
+
+        self.sign_on()
+        body = "\n".join(f"WHOIS nick{n}" for n in range(8))
+        results = [self.adapter.raw_command(self.registration, SERVER, body) for _ in range(1000)]
+        self.assertLessEqual(len(self.conn._pending or ()), MAX_PENDING_LINES)
+        self.failureResultOf(results[-1], QueueFull)
+        self.successResultOf(results[0])

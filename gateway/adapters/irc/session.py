@@ -1190,10 +1190,13 @@ class IRCSession:
         self.replies.notice(body)
 
     def send_raw(self, lines: list[str]) -> defer.Deferred:
+        """The user's own lines (raw commands, TOPIC): within the send queue's bound, or QueueFull."""
+        def queue(conn):
+            conn.send_message(lines).done.addErrback(lambda f: None)    # lost with the connection: as before
+
         if self.conn is not None:
-            self.conn.send_lines(lines)
-            return defer.succeed(None)
-        return self.ready().addCallback(lambda conn: conn.send_lines(lines))
+            return defer.maybeDeferred(queue, self.conn)
+        return self.ready().addCallback(queue)
 
     def send(self, target: str, message: OutboundMessage, reflect_room: Room | None = None) -> defer.Deferred:
         """
