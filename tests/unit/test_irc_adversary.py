@@ -54,3 +54,27 @@ class RawCommandFloods(IRCSessionCase):
         self.assertLessEqual(len(self.conn._pending or ()), MAX_PENDING_LINES)
         self.failureResultOf(results[-1], QueueFull)
         self.successResultOf(results[0])
+
+
+class NickChangeFloods(IRCSessionCase):
+    def test_nick_changes_are_held_within_the_send_queue_bound(self):
+        """
+        Each presence to room/othernick while joined queued a NICK line with no
+        bound (presences are not rate limited): a flood of them grew the send
+        queue without limit. Past MAX_PENDING_LINES the change is refused.
+        """
+        from gateway.adapters.irc.client import MAX_PENDING_LINES
+        from gateway.model import GatewayError
+
+        self.sign_on()
+        self.adapter.join(self.registration, "phone", f"#room%{SERVER}", "alice", None)
+        self.conn.lineReceived(b":alice!a@h JOIN #room")
+        self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
+        refused = 0
+        for n in range(5000):
+            try:
+                self.adapter.join(self.registration, "phone", f"#room%{SERVER}", f"alice{n}", None)
+            except GatewayError:
+                refused += 1
+        self.assertLessEqual(len(self.conn._pending or ()), MAX_PENDING_LINES)
+        self.assertGreater(refused, 0)

@@ -648,9 +648,10 @@ class IRCSession:
             room.key = text.one_line(password).replace(" ", "")
         if resource in room.resources and room.ready and nick != self.nick and self.conn is not None:
             # XEP-0045 nick change: presence to room/newnick while joined. IRC nicks are per connection.
+            # Within the send queue's bound (QueueFull past it): presences are not rate limited.
+            self.conn.send_message([f"NICK {nick}"]).done.addErrback(lambda f: None)
             room.resources[resource] = nick
             self._nick_request = (room, resource)
-            self.conn.send_lines([f"NICK {nick}"])
             return
         room.resources[resource] = nick
         told = room.told
