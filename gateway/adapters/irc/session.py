@@ -24,7 +24,8 @@ from gateway import metrics
 
 from gateway.adapters.irc import members, moderation, policy, text
 from gateway import fallback
-from gateway.adapters.irc.client import IRCConnection, Outgoing, encode_tags, safe_msgid, server_time
+from gateway.adapters.irc.client import (MAX_PENDING_LINES, IRCConnection, Outgoing, QueueFull, encode_tags, safe_msgid,
+                                          server_time)
 from gateway.adapters.irc.raw import ServerReplies
 from gateway.adapters.irc.scheduler import CONNECTED, Ticket, backoff
 from gateway.model import (GatewayError, InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
@@ -642,6 +643,11 @@ class IRCSession:
         key = channel.lower()
         room = self.rooms.get(key)
         first = room is None
+        if self.conn is not None and len(self.conn._pending or ()) >= MAX_PENDING_LINES:
+            # Joins (and the PARTs that leaving them costs) within the send queue's bound: presences
+            # are not rate limited, and join/leave cycles would queue lines without end.
+            raise QueueFull(f"IRC send queue full: {MAX_PENDING_LINES} lines already wait to go to {self.server} "
+                            "behind the send throttle; try again later")
         if first:
             room = self.rooms[key] = Room(channel)
         if password:
