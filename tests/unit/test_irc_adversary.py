@@ -97,3 +97,14 @@ class NickChangeFloods(IRCSessionCase):
             self.adapter.leave(USER, "phone", f"#other%{SERVER}")
         self.assertLessEqual(len(self.conn._pending or ()), MAX_PENDING_LINES + 1)
         self.assertGreater(refused, 0)
+
+
+class ChannelSettings(IRCSessionCase):
+    def test_a_history_length_in_other_digits_is_bad_request(self):
+        """'²' passed str.isdigit() and raised ValueError in int(): an internal error instead of bad-request."""
+        from gateway.model import GatewayError
+
+        for value in ("\u00b2", "\u0663"):
+            with self.assertRaises(GatewayError) as caught:
+                self.adapter._update_channel(self.registration, f"#room%{SERVER}", {"max_history": value})
+            self.assertEqual(caught.exception.condition, "bad-request")
