@@ -108,3 +108,26 @@ class ChannelSettings(IRCSessionCase):
             with self.assertRaises(GatewayError) as caught:
                 self.adapter._update_channel(self.registration, f"#room%{SERVER}", {"max_history": value})
             self.assertEqual(caught.exception.condition, "bad-request")
+
+
+class LongCorrections(IRCSessionCase):
+    rate = 0.0
+
+    def test_a_long_correction_does_not_hold_the_reactor(self):
+        """
+        The short-edit diff (s/old/new/) ran difflib over every word of the
+        corrected text: a 64 KB correction of ``x x x …`` against a remembered
+        message of the same words took seconds of the reactor per stanza, at
+        the user's message rate — every user of the gateway waited. A text
+        whose length differs by more than one short edit can make is sent whole
+        without a diff.
+        """
+        import time
+
+        session = self.sign_on()
+        message = self.message(" ".join(["x"] * 60000))
+        message.correction_of, message.ref_body = "m1", " ".join(["x"] * 250)
+        started = time.process_time()
+        lines = session.wire_lines(message, "bob")
+        self.assertLess(time.process_time() - started, 1.5)
+        self.assertTrue(lines[0].startswith("PRIVMSG bob :* x x"))
