@@ -415,7 +415,7 @@ def room_stanzas(domain: str, event, localpart=lambda address: address,
                     el.addElement((NS_SID, "origin-id"))["id"] = event.origin_id
                 if event.stanza_id:
                     sid = el.addElement((NS_SID, "stanza-id"))
-                    sid["id"] = event.stanza_id
+                    sid["id"] = xml_safe(event.stanza_id)     # as the hot path writes it
                     sid["by"] = room_jid
                 if event.timestamp:
                     delay = el.addElement((NS_DELAY, "delay"))

@@ -201,3 +201,27 @@ def test_invitations_passed_on_are_rate_limited(tmp_path):
         assert refused and all(error_of(m)[0] == "policy-violation" for m in refused)
     finally:
         w.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_network_id_unfit_for_xml_does_not_break_the_archive_answers(panel):
+    """
+    A group-chat adapter's message id went into the archive as the network gave
+    it; the live line had it cleaned (xml_safe), but MAM and history on join
+    wrote it raw: a control character made the stanza not well-formed, and the
+    server closes the component stream for everyone. Every path cleans it the same way.
+    """
+    from gateway.model import RoomEvent
+
+    yield _joined(panel)
+    bridge = panel.bridge
+    for n, bad in enumerate(["a\x01b", "c\x02d"]):
+        bridge.room_event(RoomEvent(bridge.component, "alice@example.org", ["phone"], "panel-a", "message",
+                                    nick="bob", body=f"m{n}", stanza_id=bad))
+    live = room_messages((yield panel.quiet(0.2)))
+    reply = yield panel.iq("set", f"<query xmlns='{MAM}' queryid='q'/>", to=ROOM)
+    results = room_messages(panel.sent())
+    assert reply["type"] == "result" and len(results) == 2
+    ids = [find(r, "result")["id"] for r in results]
+    assert ids == ["ab", "cd"]
+    assert [find(m, "stanza-id")["id"] for m in live] == ids        # the same id live and archived
