@@ -47,6 +47,10 @@ MAX_HELD = 5000
 MAX_USER_JOINS = 100
 
 
+#: 9999-12-31T23:59:59Z in microseconds: the last instant a datetime (and so a <delay/> stamp) can hold.
+LAST_STAMP_US = 253402300799 * 1_000_000
+
+
 def to_us(seconds: float) -> int:
     return int(round(seconds * 1_000_000))
 
@@ -100,8 +104,8 @@ class RoomArchive:
         if not event.stanza_id:
             event.stanza_id = seq
         stamp = to_us(event.timestamp) if event.timestamp else now_us
-        if not 0 <= stamp < 2 ** 62:
-            stamp = now_us
+        if not 0 <= stamp < LAST_STAMP_US:
+            stamp = now_us                              # no datetime (MAM's <delay/>) could say it
         self.registry.archive_room_message((self.component, event.user, event.room, seq, event.stanza_id,
                                             event.nick, event.body, event.origin_id, stamp, now_us))
 

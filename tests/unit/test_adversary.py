@@ -225,3 +225,22 @@ def test_a_network_id_unfit_for_xml_does_not_break_the_archive_answers(panel):
     ids = [find(r, "result")["id"] for r in results]
     assert ids == ["ab", "cd"]
     assert [find(m, "stanza-id")["id"] for m in live] == ids        # the same id live and archived
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_timestamp_past_year_9999_does_not_make_the_archive_unreadable(panel):
+    """
+    The archive took any stamp below 2**62 microseconds (year ~146000), but a
+    datetime ends in 9999: one such line from the network made every MAM
+    query of the room fail (internal-server-error) for good. A stamp no
+    datetime can hold is archived as the time it came.
+    """
+    from gateway.model import RoomEvent
+
+    yield _joined(panel)
+    bridge = panel.bridge
+    bridge.archive.record(RoomEvent(bridge.component, "alice@example.org", [], "panel-a", "message",
+                                    nick="bob", body="far", timestamp=1e12))
+    reply = yield panel.iq("set", f"<query xmlns='{MAM}' queryid='q'/>", to=ROOM)
+    assert reply["type"] == "result"
+    assert [str(find(r, "result", "forwarded", "message", "body")) for r in room_messages(panel.sent())] == ["far"]
