@@ -131,3 +131,30 @@ class LongCorrections(IRCSessionCase):
         lines = session.wire_lines(message, "bob")
         self.assertLess(time.process_time() - started, 1.5)
         self.assertTrue(lines[0].startswith("PRIVMSG bob :* x x"))
+
+
+class RefusedRoomLines(IRCSessionCase):
+    rate = 0.0
+
+    def test_a_line_the_channel_refuses_is_told_not_lost(self):
+        """
+        A moderated channel (+m) or one the server will not take our line in
+        answers 404 ERR_CANNOTSENDTOCHAN: the gateway ignored it, so the user's
+        message, already reflected, was lost without a word. The room says so.
+        """
+        from gateway.model import OutboundMessage
+
+        session = self.sign_on()
+        session.join("phone", "#room", "alice")
+        self.conn.lineReceived(b":alice!a@h JOIN #room")
+        self.conn.lineReceived(f":{SERVER} 366 alice #room :End of NAMES".encode())
+        self.context.events.clear()
+        message = OutboundMessage(component=self.context.component, user=USER, recipient=f"#room%{SERVER}",
+                                  body="hello", kind="groupchat", xmpp_id="x1")
+        self.successResultOf(self.send(message))
+        self.context.events.clear()
+        self.conn.lineReceived(f":{SERVER} 404 alice #room :Cannot send to channel (+m)".encode())
+        notices = [e for e in self.context.events if e.kind == "message" and not e.nick]
+        self.assertEqual(len(notices), 1)
+        self.assertIn("Cannot send to channel (+m)", notices[0].body)
+        self.assertEqual(notices[0].resources, ["phone"])

@@ -1151,6 +1151,13 @@ class IRCSession:
     def _forget_list(self) -> None:
         self._list_drop = self._list_cache = None
 
+    def on_cannot_send(self, channel: str, why: str) -> None:
+        """The channel refused a line of ours (404): said in the room, or the user's message is lost unseen."""
+        room = self._room(channel)
+        if room is not None and room.ready:
+            self._event(room, "message", body=f"{self.server} did not pass your message on to {room.channel}: "
+                                              f"{text.clean(why, 200) or 'refused'}")
+
     def on_join_refused(self, channel: str, condition: str, why: str) -> None:
         room = self.rooms.pop(channel.lower(), None)
         if room is not None:
