@@ -45,6 +45,10 @@ MAX_HELD = 5000
 #: Joins of one user awaiting their history at once: one user's many resources and rooms (on a
 #: server that never ends a join) must not fill MAX_JOINS and leave every other user's joins without.
 MAX_USER_JOINS = 100
+#: History on join per user: HISTORY_BURST messages at once, then HISTORY_RATE a second. Joins are
+#: not rate limited (a client joins its rooms at once), but each reads and sends up to MAX_HISTORY.
+HISTORY_BURST = 5000
+HISTORY_RATE = 500.0
 
 
 #: 9999-12-31T23:59:59Z in microseconds: the last instant a datetime (and so a <delay/> stamp) can hold.
@@ -88,6 +92,8 @@ class RoomArchive:
         self.component = bridge.component
         self._last_us = 0
         self._joins: dict[tuple[str, str, str], _Join] = {}
+        #: user -> (history messages left, when counted); a full budget is forgotten.
+        self._budgets: dict[str, tuple[float, float]] = {}
 
     # -- writing -----------------------------------------------------------------
 
@@ -181,11 +187,25 @@ class RoomArchive:
                                            user=user) and [])
         d.addCallback(lambda events: self._history_ready(key, join, events or []))
 
+    def _budget(self, user: str) -> tuple[float, float]:
+        now = self.bridge.clock.seconds()
+        left, then = self._budgets.get(user, (float(HISTORY_BURST), now))
+        return min(float(HISTORY_BURST), left + max(0.0, now - then) * HISTORY_RATE), now
+
+    def _spend(self, user: str, n: int) -> None:
+        left, now = self._budget(user)
+        self._budgets[user] = (left - n, now)
+        if len(self._budgets) > 10000:
+            for key, (tokens, then) in list(self._budgets.items()):
+                if tokens + (now - then) * HISTORY_RATE >= HISTORY_BURST:
+                    del self._budgets[key]
+
     @defer.inlineCallbacks
     def _read_history(self, user, resource, room, registration, request: HistoryRequest | None):
-        n = self.history_length(registration, room, request)
+        n = min(self.history_length(registration, room, request), max(0, int(self._budget(user)[0])))
         if n == 0 or (request is not None and request.maxchars is not None and request.maxchars <= 0):
             return []
+        self._spend(user, n)                    # taken now, so joins at once cannot each have the whole budget
         start_us = None
         if request is not None:
             if request.since is not None:
@@ -197,6 +217,7 @@ class RoomArchive:
         rows, _ = yield self.registry.room_archive_page(self.component, user, room, start_us=start_us, limit=n,
                                                         last=True)
         events = [self._event(user, resource, room, r) for r in rows]
+        self._spend(user, len(events) - n)      # what the archive did not have goes back
         if request is not None and request.maxchars is not None:
             # The newest first, as many whole stanzas as fit.
             left, kept = request.maxchars, []

@@ -244,3 +244,33 @@ def test_a_timestamp_past_year_9999_does_not_make_the_archive_unreadable(panel):
     reply = yield panel.iq("set", f"<query xmlns='{MAM}' queryid='q'/>", to=ROOM)
     assert reply["type"] == "result"
     assert [str(find(r, "result", "forwarded", "message", "body")) for r in room_messages(panel.sent())] == ["far"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_history_on_join_has_a_budget_per_user(panel, monkeypatch):
+    """
+    Joins are not rate limited (clients join dozens of rooms at once), and each
+    one read and wrote up to 1000 archived messages: leaving and joining in a
+    loop made the gateway serialise thousands of stanzas a second for one user,
+    the reactor's time taken from everyone. History comes out of a per-user
+    budget (HISTORY_BURST messages, refilled at HISTORY_RATE a second); a join
+    past it gets what is left (or none) and is otherwise a normal join.
+    """
+    from gateway.bridge import archive
+
+    monkeypatch.setattr(archive, "HISTORY_BURST", 100, raising=False)
+    monkeypatch.setattr(archive, "HISTORY_RATE", 0.001, raising=False)
+    yield _joined(panel)
+    for n in range(40):
+        panel.bridge.adapter.say("alice@example.org", ["phone"], "panel-a", "bob", f"m{n}")
+    yield panel.quiet(0.2)
+    history = subjects = 0
+    for n in range(10):
+        panel.feed(f"<presence from='alice@example.org/r{n}' to='{ROOM}/alice'>"
+                   "<x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='40'/></x></presence>")
+        got = room_messages((yield panel.quiet(0.15)))
+        history += sum(1 for m in got if find(m, "delay") is not None)
+        subjects += sum(1 for m in got if find(m, "subject") is not None)
+        panel.feed(f"<presence from='alice@example.org/r{n}' to='{ROOM}/alice' type='unavailable'/>")
+    assert subjects == 10                       # every join completes
+    assert history <= 100
