@@ -21,6 +21,7 @@ NAMES = ["flow", "stranger", "restart", "kill", "deadline", "limits", "size", "w
 NAMES += ["ircmod"]
 NAMES += ["ircarchive", "ircarchive2"]
 NAMES += ["conv", "convmail", "convsms"]
+NAMES += ["ircadv"]
 COMPONENTS = {f"{n}.localhost": f"{n}-component-secret" for n in NAMES}
 
 
