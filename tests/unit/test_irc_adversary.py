@@ -158,3 +158,26 @@ class RefusedRoomLines(IRCSessionCase):
         self.assertEqual(len(notices), 1)
         self.assertIn("Cannot send to channel (+m)", notices[0].body)
         self.assertEqual(notices[0].resources, ["phone"])
+
+
+class PrivateMessagesToNobody(IRCSessionCase):
+    rate = 0.0
+
+    def test_a_private_message_to_a_nick_not_there_is_told(self):
+        """
+        A private message to a nick that is not on the server is answered 401
+        ERR_NOSUCHNICK: the gateway ignored it, and the message, counted as
+        sent once written, was lost without a word. The nick's JID says so.
+        A 401 for a nick the user did not write to (a WHOIS) says nothing.
+        """
+        self.sign_on()
+        self.successResultOf(self.send(self.message("are you there?", to="ghost")))
+        self.context.delivered.clear()
+        self.conn.lineReceived(f":{SERVER} 401 alice whoisonly :No such nick or channel name".encode())
+        self.assertEqual(self.context.delivered, [])
+        self.conn.lineReceived(f":{SERVER} 401 alice ghost :No such nick or channel name".encode())
+        (told,) = self.context.delivered
+        self.assertEqual(told.sender, f"ghost%{SERVER}")
+        self.assertIn("not delivered", told.body)
+        self.conn.lineReceived(f":{SERVER} 401 alice ghost :No such nick or channel name".encode())
+        self.assertEqual(len(self.context.delivered), 1)            # told once per message written

@@ -62,6 +62,9 @@ WHO_LIMIT = 1000
 BORROW_FROM = 3
 #: Invitations from IRC passed on to the user per connection and minute.
 INVITES_PER_MINUTE = 5
+#: Private message targets remembered for a 401 (no such nick), and for how long (seconds).
+NOSUCHNICK_TARGETS = 20
+NOSUCHNICK_WINDOW = 60.0
 
 
 class Backlog:
@@ -185,7 +188,7 @@ class IRCSession:
                  "ticket", "failures", "_retry", "_notice", "_idle", "_trouble", "_attempt_why", "_server_error",
                  "_conn_reason", "_lost_at", "_ready", "closed", "signed_once", "sasl_ok", "_sasl_message",
                  "_nick_request", "_listing", "_list_cut", "_list_waiters", "_list_cache", "_list_drop", "replies",
-                 "_endpoint", "verdicts", "_invite_window", "_echoes")
+                 "_endpoint", "verdicts", "_invite_window", "_echoes", "_written_to")
 
     def __init__(self, adapter, registration, server: str, nick: str):
         self.adapter = adapter
@@ -198,6 +201,8 @@ class IRCSession:
         self.rooms: dict[str, Room] = {}
         #: Per target, the first lines of messages awaiting the server's echo: (text, XMPP id, recipient).
         self._echoes: dict[str, deque[tuple[str, str, str]]] = {}
+        #: Nicks (lower case) private messages were just written to, and when: a 401 for one is told.
+        self._written_to: dict[str, float] | None = None
         self.factory: _Factory | None = None
         self.connector = None
         #: Our place with the adapter's scheduler for the attempt under way (or waiting).
@@ -1158,6 +1163,30 @@ class IRCSession:
             self._event(room, "message", body=f"{self.server} did not pass your message on to {room.channel}: "
                                               f"{text.clean(why, 200) or 'refused'}")
 
+    def _note_written(self, target: str) -> None:
+        written = self._written_to
+        if written is None:
+            written = self._written_to = {}
+        written.pop(target.lower(), None)
+        written[target.lower()] = self.context.clock.seconds()
+        while len(written) > NOSUCHNICK_TARGETS:
+            del written[next(iter(written))]
+
+    def on_no_such_nick(self, nick: str, why: str) -> None:
+        """
+        401 for a nick a private message was just written to: the message went
+        nowhere, and the user hears it from that nick's JID (once), rather than
+        never. A 401 about anything else (a WHOIS, a moderation change) is not this.
+        """
+        written = self._written_to
+        when = written.pop(nick.lower(), None) if written else None
+        if when is None or self.context.clock.seconds() - when > NOSUCHNICK_WINDOW:
+            return
+        self.context.deliver(InboundMessage(
+            component=self.context.component, user=self.user, sender=f"{text.clean_name(nick).lower()}%{self.server}",
+            body=f"[not delivered] {self.server}: {text.clean(why, 200) or 'no such nick'}")).addErrback(
+            lambda f: log.failure("401 for {nick} not told", f, nick=nick))
+
     def on_join_refused(self, channel: str, condition: str, why: str) -> None:
         room = self.rooms.pop(channel.lower(), None)
         if room is not None:
@@ -1275,6 +1304,7 @@ class IRCSession:
         except GatewayError as e:                     # queue full, or a message longer than the queue
             return defer.fail(e)
         backlog.settle(key, message)                  # in line on the socket: later messages may follow it
+        self._note_written(target)
         if done == 0 and not (message.correction_of or message.reaction_to):
             self._await_echo(message, target, lines)
         return out.done.addCallbacks(lambda _: len(lines), lambda f: self._interrupted(f, message, done, out))
