@@ -62,3 +62,21 @@ def test_a_line_a_moderated_channel_refuses_is_told_in_the_room(prosody, ircd, g
             await owner.close()
 
     run(scenario(), 90)
+
+
+def test_a_private_message_to_a_nick_not_there_is_told(prosody, ircd, gateway):
+    """ngircd answers 401 to a PRIVMSG to a nick nobody has: the user hears it from that nick's JID."""
+    user = prosody.register(f"advghost{os.getpid()}", "pw")
+    ghost = f"nobodyhere%localhost@{DOMAIN}"
+
+    async def scenario():
+        alice = await Client(user, "pw").start(prosody.c2s_port)
+        try:
+            alice.send_raw(f"<message to='{ghost}' type='chat' id='g1'><body>anyone?</body></message>")
+            told = await alice.next_message(lambda m: m.get("from", "").startswith(ghost) and "not delivered"
+                                            in (m.findtext("{jabber:client}body") or ""), timeout=60)
+            assert told is not None
+        finally:
+            await alice.stop()
+
+    run(scenario(), 90)
