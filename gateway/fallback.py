@@ -52,6 +52,10 @@ def short_edit(old: str | None, new: str) -> str | None:
     if not old:
         return None
     a, b = old.split(), new.split()
+    if abs(len(a) - len(b)) > EDIT_LIMIT // 2:
+        # No short edit adds or takes that many words; and the diff below is quadratic in the
+        # words, which a long correction would make the reactor pay for.
+        return None
     changes = [op for op in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes() if op[0] != "equal"]
     if len(changes) != 1:
         return None

@@ -42,6 +42,17 @@ HOLD_TIMEOUT = 120.0
 #: Joins awaiting their history at once, and events held for one of them, at most.
 MAX_JOINS = 10000
 MAX_HELD = 5000
+#: Joins of one user awaiting their history at once: one user's many resources and rooms (on a
+#: server that never ends a join) must not fill MAX_JOINS and leave every other user's joins without.
+MAX_USER_JOINS = 100
+#: History on join per user: HISTORY_BURST messages at once, then HISTORY_RATE a second. Joins are
+#: not rate limited (a client joins its rooms at once), but each reads and sends up to MAX_HISTORY.
+HISTORY_BURST = 5000
+HISTORY_RATE = 500.0
+
+
+#: 9999-12-31T23:59:59Z in microseconds: the last instant a datetime (and so a <delay/> stamp) can hold.
+LAST_STAMP_US = 253402300799 * 1_000_000
 
 
 def to_us(seconds: float) -> int:
@@ -81,6 +92,8 @@ class RoomArchive:
         self.component = bridge.component
         self._last_us = 0
         self._joins: dict[tuple[str, str, str], _Join] = {}
+        #: user -> (history messages left, when counted); a full budget is forgotten.
+        self._budgets: dict[str, tuple[float, float]] = {}
 
     # -- writing -----------------------------------------------------------------
 
@@ -97,8 +110,8 @@ class RoomArchive:
         if not event.stanza_id:
             event.stanza_id = seq
         stamp = to_us(event.timestamp) if event.timestamp else now_us
-        if not 0 <= stamp < 2 ** 62:
-            stamp = now_us
+        if not 0 <= stamp < LAST_STAMP_US:
+            stamp = now_us                              # no datetime (MAM's <delay/>) could say it
         self.registry.archive_room_message((self.component, event.user, event.room, seq, event.stanza_id,
                                             event.nick, event.body, event.origin_id, stamp, now_us))
 
@@ -164,21 +177,35 @@ class RoomArchive:
         for key, join in list(self._joins.items()):
             if now - join.started > HOLD_TIMEOUT:
                 self._release(key)
-        if len(self._joins) >= MAX_JOINS:
-            return
         key = (user, resource, room)
         self._release(key)
+        if len(self._joins) >= MAX_JOINS or sum(1 for k in self._joins if k[0] == user) >= MAX_USER_JOINS:
+            return
         join = self._joins[key] = _Join(started=now)
         d = self._read_history(user, resource, room, registration, request)
         d.addErrback(lambda f: log.failure("reading the history of {room} for {user} failed", f, room=room,
                                            user=user) and [])
         d.addCallback(lambda events: self._history_ready(key, join, events or []))
 
+    def _budget(self, user: str) -> tuple[float, float]:
+        now = self.bridge.clock.seconds()
+        left, then = self._budgets.get(user, (float(HISTORY_BURST), now))
+        return min(float(HISTORY_BURST), left + max(0.0, now - then) * HISTORY_RATE), now
+
+    def _spend(self, user: str, n: int) -> None:
+        left, now = self._budget(user)
+        self._budgets[user] = (left - n, now)
+        if len(self._budgets) > 10000:
+            for key, (tokens, then) in list(self._budgets.items()):
+                if tokens + (now - then) * HISTORY_RATE >= HISTORY_BURST:
+                    del self._budgets[key]
+
     @defer.inlineCallbacks
     def _read_history(self, user, resource, room, registration, request: HistoryRequest | None):
-        n = self.history_length(registration, room, request)
+        n = min(self.history_length(registration, room, request), max(0, int(self._budget(user)[0])))
         if n == 0 or (request is not None and request.maxchars is not None and request.maxchars <= 0):
             return []
+        self._spend(user, n)                    # taken now, so joins at once cannot each have the whole budget
         start_us = None
         if request is not None:
             if request.since is not None:
@@ -190,6 +217,7 @@ class RoomArchive:
         rows, _ = yield self.registry.room_archive_page(self.component, user, room, start_us=start_us, limit=n,
                                                         last=True)
         events = [self._event(user, resource, room, r) for r in rows]
+        self._spend(user, len(events) - n)      # what the archive did not have goes back
         if request is not None and request.maxchars is not None:
             # The newest first, as many whole stanzas as fit.
             left, kept = request.maxchars, []

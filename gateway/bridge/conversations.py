@@ -78,8 +78,11 @@ class Conversations:
                 self._count -= len(gone)
         else:
             self._by_id.move_to_end(key)
-        if xmpp_id not in messages:
+        old = messages.get(xmpp_id)
+        if old is None:
             self._count += 1
+        elif old.ref and self._by_ref[key].get(old.ref) == xmpp_id:
+            del self._by_ref[key][old.ref]            # a reused id: the old message's reference goes with it
         messages[xmpp_id] = record
         messages.move_to_end(xmpp_id)
         if record.ref:

@@ -45,6 +45,9 @@ from gateway.model import GatewayError
 log = Logger(namespace="gateway.web.fetch")
 
 MAX_REDIRECTS = 3
+#: Name lookups of fetches running at once (each holds one of the reactor's ~10 threads for as long
+#: as the user's DNS takes, whatever the fetch's time-out): the others wait, within that time-out.
+MAX_LOOKUPS = 3
 USER_AGENT = b"xmpp-gateway (file transfer)"
 #: Characters left as they are when a URL with spaces or non-ASCII is made sendable.
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
@@ -165,13 +168,30 @@ class Fetcher:
         self.allow_private = allow_private
         #: host, port -> Deferred[list of addresses]; getaddrinfo in a thread by default.
         self._resolve = resolve or self._getaddrinfo
+        self._lookups = defer.DeferredSemaphore(MAX_LOOKUPS)
 
-    @staticmethod
-    def _getaddrinfo(host: str, port: int) -> defer.Deferred:
+    def _getaddrinfo(self, host: str, port: int) -> defer.Deferred:
         def lookup():
             infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
             return list(dict.fromkeys(info[4][0] for info in infos))
-        return threads.deferToThread(lookup)
+        # A lookup whose fetch timed out (cancelled) still runs to its end: its slot is freed then, not
+        # before, or cancelled lookups would take every thread after all.
+        acquired = self._lookups.acquire()
+        result = defer.Deferred(lambda _: acquired.cancel())
+
+        def ended(outcome):
+            self._lookups.release()
+            if not result.called:
+                if isinstance(outcome, failure.Failure):
+                    result.errback(outcome)
+                else:
+                    result.callback(outcome)
+
+        def start(_):
+            threads.deferToThread(lookup).addBoth(ended)     # not returned: a cancel must not reach it
+
+        acquired.addCallbacks(start, lambda f: f.trap(defer.CancelledError) and None)
+        return result
 
     # -- one request ------------------------------------------------------
 
@@ -233,6 +253,7 @@ class Fetcher:
                 if not location:
                     raise FetchFailed(f"{url} redirects nowhere")
                 url = urllib.parse.urljoin(url, location)
+                allow_private = self.allow_private     # an allowance for one URL is not one for its redirects
                 continue
             if response.code != 200:
                 response.deliverBody(_Discard())

@@ -31,6 +31,20 @@ INLINE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp", 
                           "audio/ogg", "video/mp4", "application/pdf"})
 
 
+#: A media type as RFC 6838 names them (``type/subtype``, restricted-name characters), nothing more.
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}", re.ASCII)
+
+
+def plain_type(content_type: str | None) -> str:
+    """
+    A file's media type fit for an XML attribute and an HTTP header: the
+    network's (a mail part's, which may hold control characters) when it is a
+    plain type/subtype, else application/octet-stream.
+    """
+    value = (content_type or "").partition(";")[0].strip().lower()
+    return value if _MEDIA_TYPE.fullmatch(value) else "application/octet-stream"
+
+
 def safe_name(name: str | None, content_type: str | None) -> str:
     name = os.path.basename((name or "").replace("\\", "/")).strip()
     name = re.sub(r"[^\w.\- ]+", "_", name)[:100].strip(" .")
@@ -92,8 +106,9 @@ class FileStore:
 
     def put(self, data: bytes, name: str | None, content_type: str | None) -> defer.Deferred:
         """Store a file; a Deferred firing with its public URL once the file is durably on disk."""
+        content_type = plain_type(content_type)
         name = safe_name(name, content_type)
-        return threads.deferToThread(self._write, data, name, content_type or "application/octet-stream")
+        return threads.deferToThread(self._write, data, name, content_type)
 
     def _token_of(self, url: str) -> str | None:
         prefix = f"{self.public_url}/files/"

@@ -120,7 +120,7 @@ class MAMHandler(ComponentHandler):
             raw = text_of(rsm, NS_RSM, "max")
             if raw is not None:
                 raw = raw.strip()
-                if not raw.isdigit() or len(raw) > 9:
+                if not (raw.isascii() and raw.isdigit()) or len(raw) > 9:
                     raise GatewayError("<max/> must be a whole number", "bad-request", "modify")
                 request["max"] = min(int(raw), MAX_PAGE)
             after = text_of(rsm, NS_RSM, "after")
@@ -148,7 +148,8 @@ class MAMHandler(ComponentHandler):
             result = message.addElement((NS_MAM, "result"))
             if queryid is not None:
                 result["queryid"] = queryid
-            result["id"] = event.stanza_id
+            sid_value = xml_safe(event.stanza_id)          # as the live line had it (a network's id)
+            result["id"] = sid_value
             forwarded = result.addElement((NS_FORWARD, "forwarded"))
             forwarded.addElement((NS_DELAY, "delay"))["stamp"] = _stamp(round(event.timestamp * 1_000_000))
             inner = forwarded.addElement(("jabber:client", "message"))
@@ -158,7 +159,7 @@ class MAMHandler(ComponentHandler):
             if event.origin_id:
                 inner.addElement((NS_SID, "origin-id"))["id"] = event.origin_id
             sid = inner.addElement((NS_SID, "stanza-id"))
-            sid["id"], sid["by"] = event.stanza_id, room_jid
+            sid["id"], sid["by"] = sid_value, room_jid
             self.send(message)
         reply = toResponse(iq, "result")
         fin = reply.addElement((NS_MAM, "fin"))
@@ -166,8 +167,8 @@ class MAMHandler(ComponentHandler):
             fin["complete"] = "true"
         rset = fin.addElement((NS_RSM, "set"))
         if events:
-            rset.addElement("first", content=events[0].stanza_id)
-            rset.addElement("last", content=events[-1].stanza_id)
+            rset.addElement("first", content=xml_safe(events[0].stanza_id))
+            rset.addElement("last", content=xml_safe(events[-1].stanza_id))
         else:
             rset.addElement("count", content="0")
         self.send(reply)

@@ -201,7 +201,9 @@ def origin_id(stanza: domish.Element) -> str | None:
 
 
 def _count(value: str | None, most: int) -> int | None:
-    if value is None or not value.strip().isdigit() or len(value.strip()) > 9:
+    # ASCII digits only: str.isdigit() is also true of '²', which int() refuses.
+    value = value.strip() if value is not None else None
+    if not value or not (value.isascii() and value.isdigit()) or len(value) > 9:
         return None
     return min(int(value), most)
 
@@ -413,7 +415,7 @@ def room_stanzas(domain: str, event, localpart=lambda address: address,
                     el.addElement((NS_SID, "origin-id"))["id"] = event.origin_id
                 if event.stanza_id:
                     sid = el.addElement((NS_SID, "stanza-id"))
-                    sid["id"] = event.stanza_id
+                    sid["id"] = xml_safe(event.stanza_id)     # as the hot path writes it
                     sid["by"] = room_jid
                 if event.timestamp:
                     delay = el.addElement((NS_DELAY, "delay"))

@@ -17,7 +17,7 @@ from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 
 from gateway.interfaces import IModeration
-from gateway.model import GatewayError
+from gateway.model import GatewayError, PolicyViolation
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.handler import ComponentHandler
 from gateway.xmpp.stanzas import parse_jid, text_of, xml_safe
@@ -143,6 +143,10 @@ class ModerationHandler(ComponentHandler):
             raise GatewayError(f"register with {self.domain} first", "registration-required", "auth")
         adapter = self.bridge.adapter
         for invite in invites:
+            if not self.bridge.limiter.allow(sender.userhost()):
+                # Each invitation is a message the user sends (one from the room's JID to anyone, when
+                # passed on): the user's rate limit holds, or the room is a relay for spam.
+                raise PolicyViolation(self.bridge.rate_text)
             to = invite.getAttribute("to")
             reason = text_of(invite, NS_MUC_USER, "reason")
             if parse_jid(to) is None:

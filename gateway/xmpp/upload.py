@@ -42,7 +42,7 @@ from wokkel.subprotocols import XMPPHandler
 from zope.interface import implementer
 
 from gateway.interfaces import IFileUpload
-from gateway.web.files import safe_name
+from gateway.web.files import plain_type, safe_name
 from gateway.xmpp.stanzas import parse_jid
 
 log = Logger(namespace="gateway.xmpp.upload")
@@ -64,6 +64,27 @@ class UploadService:
     max_size: int | None
     #: ``scheme://host:port`` of the URLs its slots hand out.
     origins: set[str] = field(default_factory=set)
+    #: ``scheme://host:port/first-segment/`` of those URLs: only URLs under one are the service's files
+    #: (the same web server has other pages, some meant for local addresses only).
+    prefixes: set[str] = field(default_factory=set)
+
+
+def file_prefix(url: str) -> str | None:
+    """
+    Where the files of a slot's GET URL live: its origin and first path segment
+    (``https://host:443/file_share/``; the whole path when it has one segment
+    only); None for a URL with ``.``/``..`` segments, plain or percent-encoded,
+    which a web server may resolve to another page.
+    """
+    origin = origin_of(url)
+    if origin is None:
+        return None
+    path = urllib.parse.urlsplit(url).path
+    segments = path.split("/")
+    if any(urllib.parse.unquote(seg) in (".", "..") or "\\" in urllib.parse.unquote(seg) for seg in segments):
+        return None
+    head, sep, _ = path.lstrip("/").partition("/")
+    return f"{origin}/{head}/" if sep else f"{origin}{path}"
 
 
 def origin_of(url: str) -> str | None:
@@ -156,6 +177,9 @@ class UploadHandler(XMPPHandler):
             if origin is None or origin_of(put.getAttribute("url")) is None:
                 raise ValueError("the upload service handed out a URL that is not http or https")
             service.origins.add(origin)
+            prefix = file_prefix(get_url)
+            if prefix is not None:
+                service.prefixes.add(prefix)
             return put.getAttribute("url"), headers, get_url
 
         return self._get(service.jid, request).addCallback(parsed)
@@ -265,7 +289,7 @@ class UploadHandler(XMPPHandler):
             log.info("a file of {n} bytes for {user} is larger than {jid} takes ({max}); served from /files/",
                      n=len(data), user=user, jid=service.jid, max=service.max_size)
             return None
-        content_type = content_type or "application/octet-stream"
+        content_type = plain_type(content_type)           # into an XML attribute and an HTTP header
         name = safe_name(name, content_type)
         put_url, headers, get_url = yield self._slot(service, name, len(data), content_type)
         headers["Content-Type"] = content_type
@@ -287,9 +311,12 @@ class UploadHandler(XMPPHandler):
 
     def is_upload_url(self, user: str, url: str) -> defer.Deferred:
         origin = origin_of(url)
-        if origin is None:
+        if origin is None or file_prefix(url) is None:
             return defer.succeed(False)
-        return self._known(user).addCallback(lambda service: service is not None and origin in service.origins)
+        at = origin + urllib.parse.urlsplit(url).path
+        return self._known(user).addCallback(
+            lambda service: service is not None and any(at == p or (p.endswith("/") and at.startswith(p))
+                                                        for p in service.prefixes))
 
 
 __all__ = ["UploadHandler", "UploadService", "NS_UPLOAD", "origin_of"]

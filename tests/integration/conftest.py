@@ -22,6 +22,7 @@ NAMES += ["ircmod"]
 NAMES += ["ircarchive", "ircarchive2"]
 NAMES += ["conv", "convmail", "convsms"]
 NAMES += ["ircbig", "bigload"]
+NAMES += ["ircadv"]
 COMPONENTS = {f"{n}.localhost": f"{n}-component-secret" for n in NAMES}
 
 

@@ -168,3 +168,17 @@ def test_https_checks_the_urls_name_on_the_pinned_connection(tmp_path):
                 f"https://files.test:{number}/ok.bin")                       # not a CA the system trusts
     finally:
         yield port.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_private_allowance_for_one_url_is_not_one_for_its_redirects(site):
+    """
+    The upload service's own URL may be on a private address (fetch(allow_private=True));
+    where it redirects is checked like any URL, or a redirect there (or on the same web
+    server) would reach any private address. (Found by the adversary review.)
+    """
+    fetcher = Fetcher(reactor, 100_000, 10, allow_private=False)
+    got = yield fetcher.fetch(f"http://127.0.0.1:{site.port}/ok.bin", allow_private=True)
+    assert got.data == BLOB
+    with pytest.raises(FetchRefused):
+        yield fetcher.fetch(f"http://127.0.0.1:{site.port}/again", allow_private=True)

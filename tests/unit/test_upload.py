@@ -56,7 +56,7 @@ def discover(wire, size=1000):
     second = yield answer(wire, "query", "<query xmlns='http://jabber.org/protocol/disco#info'>"
                           f"<feature var='{NS_UPLOAD}'/>{FORM.format(size=size)}</query>")
     assert second["to"] == "upload.example.org"       # the likelier name is asked first
-    yield answer(wire, "request", slot("https://up.example.org/probe", "https://up.example.org/probe"))
+    yield answer(wire, "request", slot("https://up.example.org/put/0/probe", "https://up.example.org/get/0/probe"))
 
 
 def slot(put, get, headers=""):
@@ -242,3 +242,41 @@ def test_a_stream_that_was_down_is_not_remembered_as_no_service(wire):
     yield discover(wire)                            # asked again at once, not after NEGATIVE_TTL
     yield answer(wire, "request", slot("https://up.example.org/put/3", "https://up.example.org/get/3/a.txt"))
     assert (yield d) == "https://up.example.org/get/3/a.txt"
+
+
+@pytest_twisted.inlineCallbacks
+def test_only_the_services_file_urls_count_as_its_own(wire):
+    """
+    A URL counts as the upload service's (and may then be on a private address)
+    only under the path its slots hand out: the same origin held every other
+    page of that web server too (Prosody's port 5280 serves /metrics, admin
+    and BOSH pages meant for local addresses), for the gateway to fetch and mail
+    to whoever the user writes to. (Found by the adversary review.)
+    """
+    d = wire.handler.upload(USER, b"hello", "a.txt", "text/plain")
+    yield discover(wire)
+    yield answer(wire, "request", slot("https://up.example.org/put/1", "https://up.example.org/get/1/a.txt"))
+    yield d
+    assert (yield wire.handler.is_upload_url(USER, "https://up.example.org/get/9/x.png"))
+    for url in ("https://up.example.org/metrics", "https://up.example.org/admin/get/1",
+                "https://up.example.org/get/../metrics", "https://up.example.org/get/%2e%2e/metrics",
+                "https://up.example.org/get/9/%2E%2e/../../metrics", "https://up.example.org/getx/1"):
+        assert not (yield wire.handler.is_upload_url(USER, url)), url
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_hostile_content_type_does_not_reach_the_slot_request(wire):
+    """
+    A mail part typed ``image/p\\x01ng`` (Python's email parser keeps control
+    characters): the type went into the slot request's content-type attribute
+    as it was, and a character XML forbids makes the server close the component
+    stream for every user. Anything not a plain type/subtype is sent as
+    application/octet-stream. (Found by the adversary review.)
+    """
+    d = wire.handler.upload(USER, b"hello", "a.png", "image/p\x01n\x0bg")
+    yield discover(wire)
+    request = yield answer(wire, "request", slot("https://up.example.org/put/1", "https://up.example.org/get/1/a.png"))
+    req = next(request.elements(NS_UPLOAD, "request"))
+    assert req["content-type"] == "application/octet-stream"
+    yield d
+    assert wire.puts.calls[-1][2]["Content-Type"] == "application/octet-stream"

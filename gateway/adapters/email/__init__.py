@@ -53,6 +53,9 @@ def _servers(values: list) -> str | None:
 INLINE_PARSE = 16 * 1024
 #: Files one outbound mail carries (XEP-0066 URLs in one message); more are refused.
 MAX_ATTACHMENTS = 10
+#: Files of one inbound mail uploaded and linked; the rest are counted in its text. Each is an
+#: upload to the user's server (or a file here) while the SMTP client waits.
+MAX_INBOUND_ATTACHMENTS = 20
 
 
 class MailIntake:
@@ -107,12 +110,16 @@ class MailIntake:
                 domain = reg.jid.rpartition("@")[2].lower()
                 if domain not in by_domain:
                     by_domain[domain] = []
-                    for name, content_type, payload in mail.attachments:
+                    for name, content_type, payload in mail.attachments[:MAX_INBOUND_ATTACHMENTS]:
                         url = yield self.context.offer_file(reg.jid, payload, name, content_type)
                         by_domain[domain].append(url)
                         links.append(url)
                 thread = yield self._thread(reg, mail)
                 text = f"[unverified sender: {doubt}]\n{mail.text or ''}" if doubt else mail.text
+                more = len(mail.attachments) - MAX_INBOUND_ATTACHMENTS
+                if more > 0:
+                    text = (f"{text}\n" if text else "") + (f"[{more} more attachments not passed on: at most "
+                                                             f"{MAX_INBOUND_ATTACHMENTS} per mail]")
                 messages.append(InboundMessage(
                     component=self.context.component, user=reg.jid, sender=sender, body=text or None,
                     subject=mail.subject or None, thread=thread, attachments=list(by_domain[domain]),

@@ -456,7 +456,7 @@ class IRCAdapter(AdapterBase):
             current["persistent"] = str(values["persistent"]).lower() in ("1", "true")
         if "max_history" in values:
             raw = str(values["max_history"] or "").strip()
-            if raw and not (raw.isdigit() and int(raw) <= 1000):
+            if raw and not (raw.isascii() and raw.isdigit() and int(raw) <= 1000):   # '²' is isdigit(), not int()
                 raise RegistrationError("the history length must be a number from 0 to 1000", "bad-request")
             current["max_history"] = raw
         channels[address] = current
@@ -635,7 +635,7 @@ class IRCAdapter(AdapterBase):
     def history_length(self, registration: Registration, room: str) -> int | None:
         """IRoomArchive: the channel's ``max_history`` setting (configure or muc#owner), None when unset."""
         raw = str(((registration.settings.get("channels") or {}).get(room) or {}).get("max_history") or "").strip()
-        return int(raw) if raw.isdigit() and len(raw) <= 4 else None
+        return int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 4 else None
 
     def connection_status(self, user: str, address: str) -> tuple[bool, str] | None:
         if "%" in address:

@@ -653,6 +653,16 @@ class IRCConnection(irc.IRCClient):
 
     irc_ERR_INVITEONLYCHAN = irc_ERR_CHANNELISFULL = irc_ERR_BADCHANNELKEY = irc_ERR_BANNEDFROMCHAN
 
+    def irc_ERR_NOSUCHNICK(self, prefix, params):
+        """401: also the answer to a private message to a nick not there, which the user must hear."""
+        if len(params) >= 2:
+            self.session.on_no_such_nick(params[1], params[-1] if len(params) > 2 else "")
+
+    def irc_ERR_CANNOTSENDTOCHAN(self, prefix, params):
+        """404: the channel did not take our line (+m, +n, a ban): the user must hear it was not sent."""
+        if len(params) >= 2:
+            self.session.on_cannot_send(params[1], params[-1] if len(params) > 2 else "")
+
     def irc_ERR_NOSUCHCHANNEL(self, prefix, params):
         self.session.on_join_refused(params[1], "item-not-found", params[-1])
 

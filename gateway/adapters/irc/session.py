@@ -24,7 +24,8 @@ from gateway import metrics
 
 from gateway.adapters.irc import members, moderation, policy, text
 from gateway import fallback
-from gateway.adapters.irc.client import IRCConnection, Outgoing, encode_tags, safe_msgid, server_time
+from gateway.adapters.irc.client import (MAX_PENDING_LINES, IRCConnection, Outgoing, QueueFull, encode_tags, safe_msgid,
+                                          server_time)
 from gateway.adapters.irc.raw import ServerReplies
 from gateway.adapters.irc.scheduler import CONNECTED, Ticket, backoff
 from gateway.model import (GatewayError, InboundMessage, LostOwnership, OutboundMessage, PermanentFailure, RoomEvent,
@@ -61,6 +62,9 @@ WHO_LIMIT = 1000
 BORROW_FROM = 3
 #: Invitations from IRC passed on to the user per connection and minute.
 INVITES_PER_MINUTE = 5
+#: Private message targets remembered for a 401 (no such nick), and for how long (seconds).
+NOSUCHNICK_TARGETS = 20
+NOSUCHNICK_WINDOW = 60.0
 
 
 class Backlog:
@@ -184,7 +188,7 @@ class IRCSession:
                  "ticket", "failures", "_retry", "_notice", "_idle", "_trouble", "_attempt_why", "_server_error",
                  "_conn_reason", "_lost_at", "_ready", "closed", "signed_once", "sasl_ok", "_sasl_message",
                  "_nick_request", "_listing", "_list_cut", "_list_waiters", "_list_cache", "_list_drop", "replies",
-                 "_endpoint", "verdicts", "_invite_window", "_echoes")
+                 "_endpoint", "verdicts", "_invite_window", "_echoes", "_written_to")
 
     def __init__(self, adapter, registration, server: str, nick: str):
         self.adapter = adapter
@@ -197,6 +201,8 @@ class IRCSession:
         self.rooms: dict[str, Room] = {}
         #: Per target, the first lines of messages awaiting the server's echo: (text, XMPP id, recipient).
         self._echoes: dict[str, deque[tuple[str, str, str]]] = {}
+        #: Nicks (lower case) private messages were just written to, and when: a 401 for one is told.
+        self._written_to: dict[str, float] | None = None
         self.factory: _Factory | None = None
         self.connector = None
         #: Our place with the adapter's scheduler for the attempt under way (or waiting).
@@ -642,15 +648,21 @@ class IRCSession:
         key = channel.lower()
         room = self.rooms.get(key)
         first = room is None
+        if self.conn is not None and len(self.conn._pending or ()) >= MAX_PENDING_LINES:
+            # Joins (and the PARTs that leaving them costs) within the send queue's bound: presences
+            # are not rate limited, and join/leave cycles would queue lines without end.
+            raise QueueFull(f"IRC send queue full: {MAX_PENDING_LINES} lines already wait to go to {self.server} "
+                            "behind the send throttle; try again later")
         if first:
             room = self.rooms[key] = Room(channel)
         if password:
             room.key = text.one_line(password).replace(" ", "")
         if resource in room.resources and room.ready and nick != self.nick and self.conn is not None:
             # XEP-0045 nick change: presence to room/newnick while joined. IRC nicks are per connection.
+            # Within the send queue's bound (QueueFull past it): presences are not rate limited.
+            self.conn.send_message([f"NICK {nick}"]).done.addErrback(lambda f: None)
             room.resources[resource] = nick
             self._nick_request = (room, resource)
-            self.conn.send_lines([f"NICK {nick}"])
             return
         room.resources[resource] = nick
         told = room.told
@@ -1043,8 +1055,12 @@ class IRCSession:
         return self.conn is not None and "message-tags" in self.conn.caps
 
     def tagmsg(self, target: str, tags: dict[str, str]) -> None:
-        """A TAGMSG (typing) where the server takes client tags; nothing elsewhere."""
-        if self.tags_on:
+        """
+        A TAGMSG (typing) where the server takes client tags; nothing elsewhere,
+        and nothing while lines wait behind the throttle: typing is about now, and
+        queued it would grow the queue without bound and hold the user's messages.
+        """
+        if self.tags_on and not self.conn._pending:
             self.conn.send_lines([f"@{encode_tags(tags)} TAGMSG {target}"])
 
     def wire_lines(self, message: OutboundMessage, target: str) -> list[str]:
@@ -1140,6 +1156,37 @@ class IRCSession:
     def _forget_list(self) -> None:
         self._list_drop = self._list_cache = None
 
+    def on_cannot_send(self, channel: str, why: str) -> None:
+        """The channel refused a line of ours (404): said in the room, or the user's message is lost unseen."""
+        room = self._room(channel)
+        if room is not None and room.ready:
+            self._event(room, "message", body=f"{self.server} did not pass your message on to {room.channel}: "
+                                              f"{text.clean(why, 200) or 'refused'}")
+
+    def _note_written(self, target: str) -> None:
+        written = self._written_to
+        if written is None:
+            written = self._written_to = {}
+        written.pop(target.lower(), None)
+        written[target.lower()] = self.context.clock.seconds()
+        while len(written) > NOSUCHNICK_TARGETS:
+            del written[next(iter(written))]
+
+    def on_no_such_nick(self, nick: str, why: str) -> None:
+        """
+        401 for a nick a private message was just written to: the message went
+        nowhere, and the user hears it from that nick's JID (once), rather than
+        never. A 401 about anything else (a WHOIS, a moderation change) is not this.
+        """
+        written = self._written_to
+        when = written.pop(nick.lower(), None) if written else None
+        if when is None or self.context.clock.seconds() - when > NOSUCHNICK_WINDOW:
+            return
+        self.context.deliver(InboundMessage(
+            component=self.context.component, user=self.user, sender=f"{text.clean_name(nick).lower()}%{self.server}",
+            body=f"[not delivered] {self.server}: {text.clean(why, 200) or 'no such nick'}")).addErrback(
+            lambda f: log.failure("401 for {nick} not told", f, nick=nick))
+
     def on_join_refused(self, channel: str, condition: str, why: str) -> None:
         room = self.rooms.pop(channel.lower(), None)
         if room is not None:
@@ -1186,10 +1233,13 @@ class IRCSession:
         self.replies.notice(body)
 
     def send_raw(self, lines: list[str]) -> defer.Deferred:
+        """The user's own lines (raw commands, TOPIC): within the send queue's bound, or QueueFull."""
+        def queue(conn):
+            conn.send_message(lines).done.addErrback(lambda f: None)    # lost with the connection: as before
+
         if self.conn is not None:
-            self.conn.send_lines(lines)
-            return defer.succeed(None)
-        return self.ready().addCallback(lambda conn: conn.send_lines(lines))
+            return defer.maybeDeferred(queue, self.conn)
+        return self.ready().addCallback(queue)
 
     def send(self, target: str, message: OutboundMessage, reflect_room: Room | None = None) -> defer.Deferred:
         """
@@ -1254,6 +1304,7 @@ class IRCSession:
         except GatewayError as e:                     # queue full, or a message longer than the queue
             return defer.fail(e)
         backlog.settle(key, message)                  # in line on the socket: later messages may follow it
+        self._note_written(target)
         if done == 0 and not (message.correction_of or message.reaction_to):
             self._await_echo(message, target, lines)
         return out.done.addCallbacks(lambda _: len(lines), lambda f: self._interrupted(f, message, done, out))

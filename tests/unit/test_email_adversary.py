@@ -1,0 +1,73 @@
+"""
+Hostile mail against the real intake (gateway/adapters/email MailIntake), the
+bridge replaced by a recorder as in tests/unit/test_irc_session.py: each test
+failed before its fix (adversary review).
+"""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+
+import pytest_twisted
+from twisted.internet import defer
+
+from gateway.adapters.email import MailIntake
+from gateway.model import Registration
+
+
+class Context:
+    component = "mail.example.org"
+
+    def __init__(self):
+        self.offered = []
+        self.delivered = []
+
+    def registration_by_foreign_id(self, address):
+        return defer.succeed(Registration(component=self.component, jid="alice@example.org", foreign_id=address))
+
+    def offer_file(self, user, data, name, content_type):
+        self.offered.append(name)
+        return defer.succeed(f"https://files.example.org/{len(self.offered)}")
+
+    def thread_of(self, user, ids):
+        return defer.succeed(None)
+
+    def add_to_thread(self, user, thread, message_id, subject=None):
+        return defer.succeed(None)
+
+    def deliver_all(self, messages):
+        self.delivered.extend(messages)
+        return defer.succeed([True] * len(messages))
+
+
+class Adapter:
+    sender_auth = None
+
+    def __init__(self, context):
+        self.context = context
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_mail_of_thousands_of_tiny_parts_is_not_thousands_of_uploads():
+    """
+    Every attachment of a mail was uploaded (one XEP-0363 slot and PUT, or one
+    file written here, each) and linked in one message, with no bound: a mail
+    of a few MB in 100-byte parts made thousands of uploads to the user's
+    server while the SMTP client waited, and a message of thousands of links.
+    Past MAX_INBOUND_ATTACHMENTS the parts are counted in the text instead.
+    """
+    from gateway.adapters import email as mail_adapter
+
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "eve@evil.example", "alice@mail.example.org", "parts"
+    mail["Message-ID"] = "<m1@evil.example>"
+    mail.set_content("look")
+    for n in range(300):
+        mail.add_attachment(b"x" * 100, maintype="application", subtype="octet-stream", filename=f"p{n}.bin")
+    context = Context()
+    yield MailIntake(Adapter(context)).receive(bytes(mail), ["alice@mail.example.org"], "eve@evil.example")
+    limit = getattr(mail_adapter, "MAX_INBOUND_ATTACHMENTS", 20)
+    assert len(context.offered) <= limit
+    (message,) = context.delivered
+    assert len(message.attachments) <= limit
+    assert f"{300 - len(message.attachments)} more attachments" in message.body
