@@ -386,10 +386,11 @@ class IAdapterContext(Interface):
         an upload service and the file could be fetched, else ``url`` itself.
         """
 
-    def fetch(url, user=None):
+    def fetch(url, user=None, max_size=None):
         """
         The file at a URL ``user`` sent (gateway.web.fetch.Fetched: data,
-        content type, name), size- and time-capped and never from a private
+        content type, name), size- (the operator's cap, or ``max_size`` when
+        smaller) and time-capped and never from a private
         address unless the operator allows it or it is the upload service of
         the user's own server; fails with a GatewayError the sender can read
         (not-allowed, policy-violation, item-not-found).

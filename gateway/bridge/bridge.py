@@ -249,7 +249,7 @@ class Bridge(service.MultiService):
         fetched = yield self.fetcher.fetch(url)
         return (yield self.uploads.upload(user, fetched.data, fetched.name, fetched.content_type))
 
-    def fetch(self, url: str, user: str | None = None) -> defer.Deferred:
+    def fetch(self, url: str, user: str | None = None, max_size: int | None = None) -> defer.Deferred:
         """
         The file at a URL a user sent, within the operator's limits
         (IAdapterContext). A URL of the upload service of the user's own
@@ -259,9 +259,9 @@ class Bridge(service.MultiService):
         if self.fetcher is None:
             return defer.fail(GatewayError("this gateway does not fetch files", "feature-not-implemented"))
         if self.uploads is None or user is None:
-            return self.fetcher.fetch(url)
+            return self.fetcher.fetch(url, max_size)
         d = self.uploads.is_upload_url(user, url)
-        return d.addCallback(lambda own: self.fetcher.fetch(url, allow_private=True if own else None))
+        return d.addCallback(lambda own: self.fetcher.fetch(url, max_size, allow_private=True if own else None))
 
     def checkpoint(self, message: OutboundMessage) -> defer.Deferred:
         return self.outbox.checkpoint(message)

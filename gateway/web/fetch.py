@@ -48,6 +48,10 @@ MAX_REDIRECTS = 3
 #: Name lookups of fetches running at once (each holds one of the reactor's ~10 threads for as long
 #: as the user's DNS takes, whatever the fetch's time-out): the others wait, within that time-out.
 MAX_LOOKUPS = 3
+#: Transfers (GET bodies) at once, over all users: each holds up to ``max_size`` bytes while it
+#: arrives, so this bounds the memory users' files can take at once; the others wait in turn,
+#: within their own time-out.
+MAX_FETCHES = 4
 USER_AGENT = b"xmpp-gateway (file transfer)"
 #: Characters left as they are when a URL with spaces or non-ASCII is made sendable.
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
@@ -169,6 +173,7 @@ class Fetcher:
         #: host, port -> Deferred[list of addresses]; getaddrinfo in a thread by default.
         self._resolve = resolve or self._getaddrinfo
         self._lookups = defer.DeferredSemaphore(MAX_LOOKUPS)
+        self._transfers = defer.DeferredSemaphore(MAX_FETCHES)
 
     def _getaddrinfo(self, host: str, port: int) -> defer.Deferred:
         def lookup():
@@ -287,7 +292,7 @@ class Fetcher:
         """
         limit = min(max_size or self.max_size, self.max_size)
         private = self.allow_private or bool(allow_private)
-        return self._bounded(self._get(url, limit, private), f"fetching {url}")
+        return self._bounded(self._transfers.run(self._get, url, limit, private), f"fetching {url}")
 
     @defer.inlineCallbacks
     def _put(self, url: str, data: bytes, headers: dict[str, str], allow_private: bool):

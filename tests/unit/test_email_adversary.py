@@ -71,3 +71,38 @@ def test_a_mail_of_thousands_of_tiny_parts_is_not_thousands_of_uploads():
     (message,) = context.delivered
     assert len(message.attachments) <= limit
     assert f"{300 - len(message.attachments)} more attachments" in message.body
+
+
+class Fetching:
+    """A context whose files are as large as the test says, honouring the cap it is given."""
+
+    def __init__(self, sizes):
+        self.sizes = dict(sizes)
+        self.caps = []
+
+    def fetch(self, url, user=None, max_size=None):
+        from gateway.web.fetch import Fetched, FileTooLarge
+        self.caps.append(max_size)
+        size = self.sizes[url]
+        if max_size is not None and size > max_size:
+            return defer.fail(FileTooLarge(f"{url} is larger than {max_size} bytes"))
+        return defer.succeed(Fetched(url=url, data=b"x" * size, content_type="application/octet-stream",
+                                     name=url))
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_mails_files_together_stay_within_its_size():
+    """
+    Each file of an outgoing mail was fetched up to the operator's per-file cap
+    (10 MiB), ten of them per mail: 100 MiB held for one mail. Together they
+    now stay within the mail's max_size, each fetch capped by what is left.
+    """
+    import pytest
+    from gateway.adapters.email import fetch_all
+    from gateway.model import GatewayError
+
+    context = Fetching({"a": 600, "b": 300, "c": 200})
+    got = yield fetch_all(context, "alice@example.org", ["a", "b"], 1000)
+    assert [len(f.data) for f in got] == [600, 300] and context.caps == [1000, 400]
+    with pytest.raises(GatewayError):
+        yield fetch_all(context, "alice@example.org", ["a", "b", "c"], 1000)

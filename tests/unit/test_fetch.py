@@ -182,3 +182,37 @@ def test_a_private_allowance_for_one_url_is_not_one_for_its_redirects(site):
     assert got.data == BLOB
     with pytest.raises(FetchRefused):
         yield fetcher.fetch(f"http://127.0.0.1:{site.port}/again", allow_private=True)
+
+
+@pytest_twisted.inlineCallbacks
+def test_transfers_at_once_are_bounded(site):
+    """Many users' files at once: at most MAX_FETCHES bodies are being read (each up to max_size
+    bytes in memory); the others wait their turn within their own time cap."""
+    from gateway.web import fetch as fetch_module
+    fetcher = Fetcher(reactor, 100_000, 20.0, allow_private=True)
+    pending = [fetcher.fetch(f"http://127.0.0.1:{site.port}/slow") for _ in range(fetch_module.MAX_FETCHES + 3)]
+    for _ in range(100):
+        if len(site.waiting) >= fetch_module.MAX_FETCHES:
+            break
+        yield deferLater(0.05)
+    yield deferLater(0.3)                      # time for any transfer past the bound to arrive
+    assert len(site.waiting) == fetch_module.MAX_FETCHES
+    for r in list(site.waiting):               # the first ones end: the waiting ones go
+        r.write(BLOB)
+        r.finish()
+    for _ in range(100):
+        if len(site.waiting) >= fetch_module.MAX_FETCHES + 3:
+            break
+        yield deferLater(0.05)
+    assert len(site.waiting) == fetch_module.MAX_FETCHES + 3
+    for r in site.waiting:
+        if not r.finished:
+            r.write(BLOB)
+            r.finish()
+    results = yield defer.gatherResults(pending)
+    assert all(r.data == BLOB for r in results)
+
+
+def deferLater(seconds: float):
+    from twisted.internet import task
+    return task.deferLater(reactor, seconds, lambda: None)

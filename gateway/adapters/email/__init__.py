@@ -53,6 +53,22 @@ def _servers(values: list) -> str | None:
 INLINE_PARSE = 16 * 1024
 #: Files one outbound mail carries (XEP-0066 URLs in one message); more are refused.
 MAX_ATTACHMENTS = 10
+#: Outgoing mails with files being put together at once (each up to ``max_size`` in all).
+ASSEMBLING = 2
+
+
+@defer.inlineCallbacks
+def fetch_all(context, user: str, urls: list[str], budget: int):
+    """The files at ``urls``, in order, within ``budget`` bytes together (a mail's largest size):
+    each is fetched with what the ones before it left, so the sum never passes it."""
+    files = []
+    for url in urls:
+        if budget <= 0:
+            raise PolicyViolation("the files are larger together than a mail may be")
+        fetched = yield context.fetch(url, user, max_size=budget)
+        budget -= len(fetched.data)
+        files.append(fetched)
+    return files
 #: Files of one inbound mail uploaded and linked; the rest are counted in its text. Each is an
 #: upload to the user's server (or a file here) while the SMTP client waits.
 MAX_INBOUND_ATTACHMENTS = 20
@@ -270,6 +286,7 @@ class EmailAdapter(AdapterBase):
         self.smtp = SMTPOut(options, context.clock)
         self.sender_auth = SenderAuth(options["dns_servers"]) if options["sender_auth"] != "off" else None
         self.intake = MailIntake(self)
+        self._assembling = defer.DeferredSemaphore(ASSEMBLING)
         self._port = None
         self._problems: list[str] = []
 
@@ -342,18 +359,29 @@ class EmailAdapter(AdapterBase):
             # In-Reply-To is the last of the references: the mail answered, not the thread's newest.
             references = [mid for mid in references if mid != answered] + [answered]
         subject = subject_for(message, first_subject)
-        files = []
-        # A file the user sent by URL (XEP-0066, an XEP-0363 upload) becomes a real MIME part:
-        # fetched within the operator's limits; a refusal fails the message with the reason.
-        for url in message.attachments[:MAX_ATTACHMENTS]:
-            files.append((yield self.context.fetch(url, registration.jid)))
         args = (message, registration.foreign_id, registration.settings.get("name", ""), self.mail_domain,
-                references, subject, files)
-        if sum(len(f.data) for f in files) > INLINE_PARSE:
-            data, mid = yield threads.deferToThread(compose, *args)   # base64 of megabytes stays off the reactor
+                references, subject)
+        if message.attachments:
+            # Mails with files are put together a few at a time, each within max_size in all: what
+            # users' files can hold in memory at once is bounded (ASSEMBLING × max_size, and the
+            # fetcher's own bound on bodies arriving).
+            mid = yield self._assembling.run(self._send_with_files, message, registration, args)
         else:
-            data, mid = compose(*args)
-        yield self.smtp.send(registration.foreign_id, message.recipient, data)
+            data, mid = compose(*args, [])
+            yield self.smtp.send(registration.foreign_id, message.recipient, data)
         yield self.context.add_to_counter(registration.jid, "mail", utc_day())
         yield self.context.add_to_thread(registration.jid, thread or mid.strip("<>"), mid, subject)
         return SendResult(foreign_id=mid, delivered=False)
+
+    @defer.inlineCallbacks
+    def _send_with_files(self, message: OutboundMessage, registration: Registration, args: tuple):
+        # A file the user sent by URL (XEP-0066, an XEP-0363 upload) becomes a real MIME part:
+        # fetched within the operator's limits; a refusal fails the message with the reason.
+        files = yield fetch_all(self.context, registration.jid, message.attachments[:MAX_ATTACHMENTS],
+                                self.config["max_size"])
+        if sum(len(f.data) for f in files) > INLINE_PARSE:
+            data, mid = yield threads.deferToThread(compose, *args, files)   # base64 of megabytes off the reactor
+        else:
+            data, mid = compose(*args, files)
+        yield self.smtp.send(registration.foreign_id, message.recipient, data)
+        return mid
