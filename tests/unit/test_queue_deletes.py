@@ -47,18 +47,21 @@ def test_the_deletes_of_one_transaction_go_together_and_each_caller_learns_its_o
     stale = QueueItem(**{**items[4].__dict__, "token": "not-our-claim"})
     gone = item(99)
     gone.token = "whatever"
+    unclaimed = item(50)
+    yield registry.enqueue(unclaimed, claimed=False)    # no claim token at all: never ours to delete
     first = busy(registry)
     waiting = len(registry._batch.pending)
     asked = [registry.finish(i) for i in items[:4]] + [registry.finish(stale), registry.finish(gone),
-                                                       registry.finish(items[0])]
-    assert len(registry._batch.pending) == waiting + 1          # one group for all seven deletes
+                                                       registry.finish(items[0]), registry.finish(unclaimed)]
+    assert len(registry._batch.pending) == waiting + 1          # one group for all eight deletes
     yield first
     results = []
     for d in asked:
         results.append((yield d))
-    # Ours deleted; the wrong claim fenced out; an unknown row 0; asked twice: the first one deleted it.
-    assert results == [1, 1, 1, 1, 0, 0, 0]
-    assert (yield registry.queue_depth("c.example")) == {"out": 2, "in": 0, "parked": 0}
+    # Ours deleted; the wrong claim fenced out; an unknown row 0; asked twice: the first one deleted it;
+    # a row without a claim is not deleted.
+    assert results == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert (yield registry.queue_depth("c.example")) == {"out": 3, "in": 0, "parked": 0}
 
 
 @pytest_twisted.inlineCallbacks
