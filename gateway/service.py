@@ -36,9 +36,13 @@ EXIT_FATAL = 2
 #: objects (Deferreds, dicts, stanza parts) that reference counting frees; at
 #: CPython's default (700, 10, 10) the cycle collector ran every few messages
 #: and took about 40 % of the process's CPU on the echo path
-#: (tests/benchmarks/core_path.py, docs/performance.md). Garbage in cycles
-#: still goes, a few thousand allocations later.
-GC_THRESHOLDS = (10_000, 20, 100)
+#: (tests/benchmarks/core_path.py, docs/performance.md). A collection walks
+#: every live young object, and under a burst those are the messages in flight
+#: (thousands, a few dozen objects each): at 10,000 the collector still took a
+#: fifth of the CPU in a burst, at 50,000 a fifth as many walks of the same
+#: backlog. Garbage in cycles still goes, at most 50,000 allocations later
+#: (tests/unit/test_gc_tuning.py).
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def token_key(secret_key: str) -> bytes:

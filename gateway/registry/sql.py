@@ -58,14 +58,48 @@ class _WriteBatcher:
         self._rows: dict[str, list[tuple]] = {}
         #: Rows add_row could not store (after the retry on their own), for the log and tests.
         self.rows_lost = 0
+        #: The queue rows' deletes gathered for the next transaction (delete_row), and the
+        #: rows other writes of that transaction touched after the group began.
+        self._deletes: _QueueDeletes | None = None
+        self._touched: set[str] = set()
 
-    def add(self, query: str, args: tuple) -> defer.Deferred:
-        return self.add_call(functools.partial(_rowcount, query=self.registry._sql(query), args=args))
+    def add(self, query: str, args: tuple, row: str | None = None) -> defer.Deferred:
+        """One statement; ``row``: the queue row it writes, if any (see delete_row)."""
+        return self.add_call(functools.partial(_rowcount, query=self.registry._sql(query), args=args),
+                             (row,) if row is not None else ())
 
-    def add_call(self, work) -> defer.Deferred:
-        """Run ``work(txn)`` in the next shared transaction; fires with its result once committed."""
+    def add_call(self, work, rows: Iterable[str] = ()) -> defer.Deferred:
+        """
+        Run ``work(txn)`` in the next shared transaction; fires with its result
+        once committed. ``rows``: the ids of the queue rows it writes.
+        """
         d = defer.Deferred()
+        if self._deletes is not None:
+            self._touched.update(rows)
         self.pending.append((work, d))
+        if not self.busy:
+            self._flush()
+        return d
+
+    def delete_row(self, row: str, token: str | None) -> defer.Deferred:
+        """
+        Delete queue row ``row`` if it still carries claim ``token``; fires with
+        1, or 0 if it does not (fenced out). The deletes of one transaction go
+        out as one statement per few hundred rows instead of one each. They
+        take the place of the first of them among the transaction's writes,
+        which is the order they were asked in for every row no write between
+        touched: a delete of a row written after the group began (an insert,
+        release, park, checkpoint or renewal of that row) starts a new group,
+        after that write, so no delete ever runs before a write asked for
+        before it on its row.
+        """
+        group = self._deletes
+        if group is None or row in self._touched:
+            group = self._deletes = _QueueDeletes(self.registry)
+            self._touched = set()
+            self.pending.append((group.run, group.done))
+        d = defer.Deferred()
+        group.rows.append((row, token, d))
         if not self.busy:
             self._flush()
         return d
@@ -96,6 +130,7 @@ class _WriteBatcher:
     def _flush(self) -> None:
         batch, self.pending = self.pending, []
         self._rows = {}
+        self._deletes, self._touched = None, set()
         if not batch:
             self.busy = False
             return
@@ -132,6 +167,57 @@ class _WriteBatcher:
     def _row_lost(self, failure) -> None:
         self.rows_lost += 1
         _log.failure("a row written without a waiting caller (the room archive) could not be stored", failure)
+
+
+class _QueueDeletes:
+    """
+    The fenced deletes of one transaction (_WriteBatcher.delete_row): one
+    statement per ``CHUNK`` rows, each row deleted only with its claim token,
+    and each caller told whether its row was. ``id IN (...)`` lets both
+    databases find the rows by primary key (SQLite scans the table for a
+    row-value IN alone); the pair check keeps the fence exact.
+    """
+
+    CHUNK = 400
+
+    def __init__(self, registry: "SQLRegistry"):
+        self.registry = registry
+        self.rows: list[tuple[str, str | None, defer.Deferred]] = []
+        #: Fires with the (id, token) pairs deleted once the transaction committed.
+        self.done = defer.Deferred()
+        self.done.addCallbacks(self._tell, self._one_by_one)
+
+    def _query(self, n: int) -> str:
+        return self.registry._sql(
+            "DELETE FROM queue WHERE id IN (" + ", ".join(["?"] * n) + ") AND (id, claim_token) IN (VALUES "
+            + ", ".join(["(?, ?)"] * n) + ") RETURNING id, claim_token")
+
+    def run(self, txn) -> set[tuple[str, str]]:
+        deleted: set[tuple[str, str]] = set()
+        rows = self.rows
+        for start in range(0, len(rows), self.CHUNK):
+            chunk = rows[start:start + self.CHUNK]
+            args = [row for row, _, _ in chunk]
+            for row, token, _ in chunk:
+                args += (row, token)
+            txn.execute(self._query(len(chunk)), args)
+            deleted.update((row, token) for row, token in txn.fetchall())
+        return deleted
+
+    def _tell(self, deleted: set[tuple[str, str]]) -> None:
+        for row, token, d in self.rows:
+            key = (row, token)
+            if key in deleted:
+                deleted.discard(key)        # asked twice: the first one deleted it
+                d.callback(1)
+            else:
+                d.callback(0)
+
+    def _one_by_one(self, _failure) -> None:
+        """The group failed in a batch and again on its own: each delete alone, so only a faulty one fails."""
+        query = self.registry._sql("DELETE FROM queue" + SQLRegistry._FENCE)
+        for row, token, d in self.rows:
+            self.registry.pool.runInteraction(_rowcount, query, (row, token)).chainDeferred(d)
 
 
 def _rowcount(txn, query: str, args: tuple) -> int:
@@ -671,7 +757,7 @@ class SQLRegistry:
 
     def enqueue(self, item: QueueItem, claimed: bool = True) -> defer.Deferred:
         """Store a message durably; by default already claimed by us, as we work on it at once."""
-        return self._batch.add(self._INSERT_QUEUE, self._insert_args(item, claimed, time.time()))
+        return self._batch.add(self._INSERT_QUEUE, self._insert_args(item, claimed, time.time()), item.id)
 
     def enqueue_all(self, items: list[QueueItem], keys: list[str | None] | None = None) -> defer.Deferred:
         """
@@ -696,7 +782,7 @@ class SQLRegistry:
                 stored.append(True)
             return stored
 
-        return self._batch.add_call(txn_insert)
+        return self._batch.add_call(txn_insert, [item.id for item in items])
 
     _QUEUE_COLUMNS = "id, component, jid, direction, payload, attempts, deadline, created_at, last_error, parked_at"
 
@@ -728,24 +814,24 @@ class SQLRegistry:
 
     def finish(self, item: QueueItem) -> defer.Deferred:
         """Remove a row whose work is done; fires with 0 if another process owns it now."""
-        return self._batch.add("DELETE FROM queue" + self._FENCE, (item.id, item.token))
+        return self._batch.delete_row(item.id, item.token)
 
     def release(self, item: QueueItem, next_attempt: float, attempts: int, error: str | None = None) -> defer.Deferred:
         """Give a row back for a later attempt (by any process), with its payload (an adapter's progress)."""
         return self._batch.add("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, claim_token = NULL, "
                                "next_attempt = ?, attempts = ?, last_error = ?, payload = ?" + self._FENCE,
-                               (next_attempt, attempts, error, json.dumps(item.payload), item.id, item.token))
+                               (next_attempt, attempts, error, json.dumps(item.payload), item.id, item.token), item.id)
 
     def park(self, item: QueueItem, reason: str) -> defer.Deferred:
         """Set a row aside as a dead letter with its reason; the rows behind it flow on."""
         return self._batch.add("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, claim_token = NULL, "
                                "parked_at = ?, last_error = ?" + self._FENCE,
-                               (time.time(), reason[:1000], item.id, item.token))
+                               (time.time(), reason[:1000], item.id, item.token), item.id)
 
     def checkpoint(self, item: QueueItem) -> defer.Deferred:
         """Store a changed payload (an adapter's progress on a multi-part send); fires with 0 if fenced out."""
         return self._batch.add("UPDATE queue SET payload = ?" + self._FENCE,
-                               (json.dumps(item.payload), item.id, item.token))
+                               (json.dumps(item.payload), item.id, item.token), item.id)
 
     def owns(self, item: QueueItem, margin: float, now: float | None = None) -> bool:
         """Whether this process's lease on ``item`` is known, without asking the database, to last ``margin`` s more."""
@@ -770,7 +856,7 @@ class SQLRegistry:
             return bool(count)
 
         return self._batch.add("UPDATE queue SET claimed_until = ?" + self._FENCE + " AND claimed_until >= ?",
-                               (until, item.id, item.token, now)).addCallback(held)
+                               (until, item.id, item.token, now), item.id).addCallback(held)
 
     def held_rows(self, component: str) -> dict[str, "QueueItem"]:
         """The dict an outbox keeps the rows it works on in; renew() extends exactly those."""

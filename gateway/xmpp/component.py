@@ -27,6 +27,7 @@ from twisted.words.xish import domish
 
 from gateway import metrics
 from gateway.xmpp.ping import unsent_bytes
+from gateway.xmpp.dispatch import RoutedXmlStream
 from gateway.xmpp.slots import PROBES, SlotProbe, is_probe
 from gateway.xmpp.stanzas import error_reply, parse_jid
 from wokkel.component import Component
@@ -104,6 +105,8 @@ class ComponentStream(Component):
         self.size_limit = settings["stanza_size_limit"]
         self.on_fatal = on_fatal
         self._reactor = reactor
+        # One dispatch per stanza kind instead of every XPath query per stanza (gateway/xmpp/dispatch.py).
+        self.factory.protocol = RoutedXmlStream
         self.factory.initialDelay = settings["reconnect_initial_delay"]
         self.factory.maxDelay = settings["reconnect_max_delay"]
         self.factory.factor = 2.0

@@ -1,0 +1,116 @@
+"""
+One dispatch per stanza kind instead of every XPath observer against every stanza.
+
+Twisted's ``EventDispatcher.dispatch`` matches each stanza against every XPath
+query registered on the stream: with the gateway's twenty-odd observers (every
+handler of gateway/xmpp/, wokkel's disco and IQ response tracking, the stream
+error watch) a chat message ran fifteen XPath matches, most of them IQ queries
+that could never match a message: about a tenth of the hot path's CPU.
+
+``StanzaRouter`` keeps the observer interface and its semantics exactly —
+handlers still call ``addObserver`` with their XPath (and wokkel's do too), in
+priority order, higher first, in registration order within a priority;
+one-time observers fire once; observers added or removed during a dispatch take
+effect after it; each matching observer is called whatever another did with
+the stanza (the ``handled`` flag is the handlers' own convention, as before) —
+but keeps, per element name, the observers whose query can match an element of
+that name: a query rooted at ``/message`` is only tried against messages, one
+rooted at ``/iq`` only against IQs. Queries that could match any element
+(``//x``, ``/*``) are tried against all of them. A query with nothing to check
+beyond the element's name (``/message``, ``/presence``, ``/iq``) is not run
+at all. The index is built lazily and thrown away whenever the observers
+change; a stream's observers change at connect and authentication, not per
+stanza.
+"""
+
+from __future__ import annotations
+
+from twisted.words.protocols.jabber import xmlstream
+from twisted.words.xish import utility, xpath
+
+
+def _root_name(query: xpath.XPathQuery) -> str | None:
+    """The element name a query's root step demands, or None if it can match any element."""
+    base = getattr(query, "baseLocation", None)
+    if type(base) is xpath._Location and base.elementName not in (None, "*"):
+        return base.elementName
+    return None
+
+
+def _name_only(query: xpath.XPathQuery) -> bool:
+    """Whether matching the root name is all the query checks."""
+    base = query.baseLocation
+    return not base.predicates and base.childLocation is None
+
+
+class StanzaRouter(utility.EventDispatcher):
+    """
+    An ``EventDispatcher`` (mixin for ``XmlStream``) whose XPath dispatch goes by
+    element name. Named events (``//event/...``) are dispatched as before.
+    """
+
+    #: element name -> ((priority, query, callbacks, needs_match), ...); None: build on next dispatch.
+    _routes: dict | None = None
+    #: The entries for names no query is rooted at: the queries that match any element.
+    _unrouted: tuple = ()
+
+    def _addObserver(self, onetime, event, observerfn, priority, *args, **kwargs):
+        self._routes = None
+        super()._addObserver(onetime, event, observerfn, priority, *args, **kwargs)
+
+    def removeObserver(self, event, observerfn):
+        self._routes = None
+        super().removeObserver(event, observerfn)
+
+    def _build_routes(self) -> dict:
+        entries = []
+        for priority in sorted(self._xpathObservers, reverse=True):
+            for query, callbacks in self._xpathObservers[priority].items():
+                name = _root_name(query)
+                entries.append((name, (priority, query, callbacks, name is None or not _name_only(query))))
+        names = {name for name, _ in entries if name is not None}
+        routes = {n: tuple(e for name, e in entries if name is None or name == n) for n in names}
+        self._unrouted = tuple(e for name, e in entries if name is None)
+        self._routes = routes
+        return routes
+
+    def dispatch(self, obj, event=None):
+        if event is not None:
+            return super().dispatch(obj, event)
+        routes = self._routes
+        if routes is None:
+            routes = self._build_routes()
+        entries = routes.get(obj.name, None)
+        if entries is None:
+            entries = self._unrouted
+        found = False
+        self._dispatchDepth += 1
+        try:
+            emptied = None
+            for priority, query, callbacks, needs_match in entries:
+                if needs_match and not query.matches(obj):
+                    continue
+                callbacks.callback(obj)
+                found = True
+                if not callbacks.callbacks:
+                    if emptied is None:
+                        emptied = []
+                    emptied.append((priority, query, callbacks))
+            if emptied:
+                for priority, query, callbacks in emptied:
+                    observers = self._xpathObservers.get(priority)
+                    # A nested dispatch may have removed it already.
+                    if observers is not None and observers.get(query) is callbacks and not callbacks.callbacks:
+                        del observers[query]
+                self._routes = None
+        finally:
+            self._dispatchDepth -= 1
+        if self._dispatchDepth == 0 and self._updateQueue:
+            updates, self._updateQueue = self._updateQueue, []
+            for update in updates:
+                update()
+        return found
+
+
+class RoutedXmlStream(StanzaRouter, xmlstream.XmlStream):
+    """The Jabber ``XmlStream`` with ``StanzaRouter``'s dispatch: what component streams are built from."""
