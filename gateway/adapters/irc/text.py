@@ -15,6 +15,7 @@ bounce the stanza, so the user would silently miss an occupant or a message.
 
 from __future__ import annotations
 
+import functools
 import re
 import stringprep
 import unicodedata
@@ -71,8 +72,28 @@ def clean_name(value: str | None, limit: int = NAME_LIMIT) -> str:
     then no whitespace and nothing stringprep prohibits; right-to-left letters
     are dropped when they break the bidi rule. Never empty. The same name always
     gives the same result, so events about one IRC nick stay about one occupant.
+
+    Called for every room event, so the usual case is cheap: an ASCII name
+    (after :func:`clean`, no control character is left) only loses its
+    whitespace, which is all stringprep would take from it (no ASCII printable
+    is prohibited, none is right-to-left, and the XEP-0106 characters are
+    escaped later); other names go through stringprep once and are remembered
+    (at most ``NAME_CACHE``, each at most ``limit`` characters).
     """
     value = clean(value, limit)
+    if value.isascii():
+        return "".join(value.split()) or EMPTY_NAME
+    return _prepared_name(value)
+
+
+#: Names outside ASCII remembered with what stringprep made of them (an LRU: a peer inventing
+#: names only evicts; each key is at most NAME_LIMIT characters for the callers here).
+NAME_CACHE = 1024
+
+
+@functools.lru_cache(maxsize=NAME_CACHE)
+def _prepared_name(value: str) -> str:
+    """The stringprep rules of :func:`clean_name` for an already :func:`clean` value."""
     value = "".join(ch for ch in value if not ch.isspace() and not _prohibited(ch)) or EMPTY_NAME
     for attempt in (value, _drop_rtl(value)):
         try:
