@@ -47,6 +47,8 @@ ESCAPES: dict[str, str] = {
     "\\": "\\5c",
 }
 _UNESCAPES: dict[str, str] = {seq[1:]: ch for ch, seq in ESCAPES.items()}
+#: Any character escape() changes (the ten, backslash among them): without one, the text is its own escape.
+_ESCAPED = re.compile("[" + re.escape("".join(ESCAPES)) + "]")
 
 #: Service discovery feature for XEP-0106 (the spec's own short name).
 FEATURE = "jid\\20escaping"
@@ -104,6 +106,8 @@ def escape(text: str) -> str:
         raise EscapingError("an empty address cannot be a JID localpart")
     if text[0] == " " or text[-1] == " ":
         raise EscapingError("a JID localpart cannot begin or end with a space (XEP-0106 §4.2)")
+    if _ESCAPED.search(text) is None:
+        return check_localpart(text)               # the usual address: nothing to escape, no walk
     out = []
     for i, ch in enumerate(text):
         if ch == "\\":
@@ -126,6 +130,8 @@ def address_of(localpart: str) -> str:
 
 
 def unescape(text: str) -> str:
+    if "\\" not in text:
+        return text                                # no sequence can start: nothing to undo
     out = []
     i = 0
     n = len(text)

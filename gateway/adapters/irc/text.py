@@ -132,6 +132,8 @@ def decode(line: bytes, fallback: str) -> str:
 
 def split_utf8(text: str, limit: int) -> list[str]:
     """Chunks of at most ``limit`` bytes in UTF-8, never splitting a character."""
+    if text and len(text.encode("utf-8")) <= limit:
+        return [text]                              # the usual line: one chunk, no walk over its characters
     chunks, current, size = [], [], 0
     for ch in text:
         n = len(ch.encode("utf-8"))
