@@ -23,7 +23,7 @@ Not included: the kernel's socket work, Prosody, the IRC server, biboumi —
 ``irc_throughput`` measures those end to end (it needs a quiet machine).
 
     .venv/bin/python -m tests.benchmarks.irc_cpu [--lines 5000] [--repeats 5] [--archive on|off]
-                     [--profile DIR]
+                     [--calls] [--profile DIR]
 """
 
 from __future__ import annotations
@@ -187,6 +187,25 @@ def run(args) -> dict:
                     profiler.disable()
                 results[name].append(used / args.lines * 1e6)
                 first += args.lines
+        calls: dict[str, float] = {}
+        if args.calls:
+            # Function calls per line (Python and C, as sys.setprofile sees them): unlike CPU time,
+            # the same on a busy machine, so it shows a change the noise of a shared machine hides.
+            for name in results:
+                count = [0]
+
+                def hook(frame, event, arg, count=count):
+                    if event == "call" or event == "c_call":
+                        count[0] += 1
+
+                sys.setprofile(hook)
+                try:
+                    yield getattr(bench, name)(args.lines, first)
+                finally:
+                    sys.setprofile(None)
+                first += args.lines
+                calls[name] = count[0] / args.lines
+        results["calls"] = calls
         for name, profiler in profiles.items():
             os.makedirs(args.profile, exist_ok=True)
             profiler.dump_stats(os.path.join(args.profile, f"{name}.pstats"))
@@ -213,6 +232,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--archive", choices=("on", "off"), default="on",
                         help="the room archive ([retention] room_archive), on by default as in the gateway")
+    parser.add_argument("--calls", action="store_true",
+                        help="also count function calls per line (one more run each way, under sys.setprofile)")
     parser.add_argument("--profile", metavar="DIR", help="cProfile each direction into DIR/<direction>.pstats")
     args = parser.parse_args()
     # Log events are written out and forgotten, as in the gateway.
@@ -234,8 +255,9 @@ def main() -> None:
           f"{args.lines} lines x {args.repeats} repeats")
     for name, label in (("irc_to_xmpp", "IRC → XMPP"), ("xmpp_to_irc", "XMPP → IRC")):
         runs = sorted(result[name])
+        calls = f", {result['calls'][name]:.0f} function calls per line" if name in result["calls"] else ""
         print(f"{label}: {runs[0]:6.1f} µs CPU per line (best; spread {runs[0]:.1f}–{runs[-1]:.1f}, "
-              f"median {runs[len(runs) // 2]:.1f})")
+              f"median {runs[len(runs) // 2]:.1f}){calls}")
     if args.profile:
         for name in ("irc_to_xmpp", "xmpp_to_irc"):
             print(f"\n== {name}")
