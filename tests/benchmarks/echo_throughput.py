@@ -193,8 +193,14 @@ adapter = "echo"
 
         async def run_all():
             client = await RawClient("bench@localhost", "benchpw", prosody.c2s_port).connect()
-            reply = await client.iq("gateway.localhost", "<query xmlns='jabber:iq:register'>"
-                                                         "<username>bench</username></query>", "reg")
+            # The gateway logs at "warn" (no "authenticated" line to wait for): asked until it is connected.
+            deadline = time.monotonic() + 30
+            while True:
+                reply = await client.iq("gateway.localhost", "<query xmlns='jabber:iq:register'>"
+                                                             "<username>bench</username></query>", "reg")
+                if "not-connected" not in reply or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
             assert "type='result'" in reply or 'type="result"' in reply, reply
             results = {}
             runs = [("baseline", "baseline.localhost", baseline.pid), ("gateway", "gateway.localhost", gateway.pid)]
