@@ -64,6 +64,9 @@ def test_version_and_ping(wire):
     assert find(reply, "query", "os") is None
     pong = yield wire.iq("get", "<ping xmlns='urn:xmpp:ping'/>", to=f"bob@{DOMAIN}", iq_id="p")
     assert pong["type"] == "result" and pong["from"] == f"bob@{DOMAIN}"
+    # A contact's version is the gateway's: nothing is asked of the person on the network (docs/irc.md).
+    theirs = yield wire.iq("get", "<query xmlns='jabber:iq:version'/>", to=f"bob@{DOMAIN}", iq_id="vb")
+    assert theirs["type"] == "result" and str(find(theirs, "query", "name")) == "xmpp-gateway"
 
 
 # -- stream guard ---------------------------------------------------------------
