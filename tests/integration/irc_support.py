@@ -297,3 +297,18 @@ class LoadComponent:
         except Exception:
             pass
         self._task.cancel()
+
+
+def start_irc_gateway(prosody, workdir: str, name: str, **servers):
+    """The gateway process as component ``name`` with the IRC adapter, serving the given IRC
+    servers (address → a started ngircd/InspIRCd), unthrottled, for one test module."""
+    import os
+    from tests.integration.gateway_fixture import start_gateway
+
+    path = os.path.join(workdir, f"{name}-gw")
+    os.makedirs(path, exist_ok=True)
+    return start_gateway(prosody, path, name, adapter="irc", options={
+        "servers": {address: {"host": "127.0.0.1", "port": server.port, "tls": False}
+                    for address, server in servers.items()},
+        "throttle_rate": 0.0, "allowed_servers": list(servers)})
+

@@ -8,9 +8,8 @@ import os
 import pytest
 
 from gateway.testing.ngircd import Ngircd
-from tests.integration.gateway_fixture import start_gateway
 from tests.integration.harness import Client, run
-from tests.integration.irc_support import RawIRC
+from tests.integration.irc_support import RawIRC, start_irc_gateway
 
 DOMAIN = "ircadv.localhost"
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -26,11 +25,7 @@ def ircd(workdir):
 
 @pytest.fixture(scope="module")
 def gateway(prosody, ircd, workdir):
-    path = os.path.join(workdir, "ircadv-gw")
-    os.makedirs(path, exist_ok=True)
-    gw = start_gateway(prosody, path, "ircadv", adapter="irc", options={
-        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False}},
-        "throttle_rate": 0.0, "allowed_servers": ["localhost"]})
+    gw = start_irc_gateway(prosody, workdir, "ircadv", localhost=ircd)
     yield gw
     gw.stop()
 

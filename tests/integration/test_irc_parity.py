@@ -11,7 +11,7 @@ from gateway.testing.inspircd import InspIRCd
 from gateway.testing.ngircd import Ngircd
 from tests.integration.gateway_fixture import start_gateway
 from tests.integration.harness import Client, error_condition, run
-from tests.integration.irc_support import RawIRC
+from tests.integration.irc_support import RawIRC, start_irc_gateway
 
 DOMAIN = "parity.localhost"
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -37,12 +37,7 @@ def inspircd(workdir):
 
 @pytest.fixture(scope="module")
 def gateway(prosody, ircd, inspircd, workdir):
-    path = os.path.join(workdir, "parity-gw")
-    os.makedirs(path, exist_ok=True)
-    gw = start_gateway(prosody, path, "parity", adapter="irc", options={
-        "servers": {"localhost": {"host": "127.0.0.1", "port": ircd.port, "tls": False},
-                    "insp.test": {"host": "127.0.0.1", "port": inspircd.port, "tls": False}},
-        "throttle_rate": 0.0, "allowed_servers": ["localhost", "insp.test"]})
+    gw = start_irc_gateway(prosody, workdir, "parity", **{"localhost": ircd, "insp.test": inspircd})
     yield gw
     gw.stop()
 
