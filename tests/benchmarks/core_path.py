@@ -113,12 +113,9 @@ def run(args) -> dict:
     return {"rate": args.messages / elapsed, "cpu_us": used / args.messages * 1e6}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=20000)
-    parser.add_argument("--contacts", type=int, default=20)
-    parser.add_argument("--profile", metavar="FILE", help="cProfile the measured part into FILE (pstats)")
-    args = parser.parse_args()
+def run_in_reactor(run, args) -> dict:
+    """Run the benchmark's ``run(args)`` Deferred in the reactor and return what it gave (or exit 1
+    with its traceback)."""
     result = {}
 
     def go():
@@ -132,6 +129,16 @@ def main() -> None:
     if "error" in result:
         result["error"].printTraceback()
         sys.exit(1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--contacts", type=int, default=20)
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the measured part into FILE (pstats)")
+    args = parser.parse_args()
+    result = run_in_reactor(run, args)
     print(f"{args.messages} echo round trips over {args.contacts} contacts, in process: "
           f"{result['rate']:.0f} msgs/s, {result['cpu_us']:.0f} µs CPU per message")
     if args.profile:

@@ -238,19 +238,8 @@ def main() -> None:
     args = parser.parse_args()
     # Log events are written out and forgotten, as in the gateway.
     globalLogBeginner.beginLoggingTo([lambda event: None], discardBuffer=True, redirectStandardIO=False)
-    result = {}
-
-    def go():
-        d = run(args)
-        d.addCallback(lambda r: result.update(r))
-        d.addErrback(lambda f: (result.update(error=f), None))
-        d.addBoth(lambda _: reactor.stop())
-
-    reactor.callWhenRunning(go)
-    reactor.run()
-    if "error" in result:
-        result["error"].printTraceback()
-        sys.exit(1)
+    from tests.benchmarks.core_path import run_in_reactor
+    result = run_in_reactor(run, args)
     print(f"commit {describe()}, python {sys.version.split()[0]}, archive {args.archive}, "
           f"{args.lines} lines x {args.repeats} repeats")
     for name, label in (("irc_to_xmpp", "IRC → XMPP"), ("xmpp_to_irc", "XMPP → IRC")):
