@@ -87,13 +87,18 @@ def text(el):
     return None
 
 
+def joined(panel):
+    """alice's phone joins the panel's room; fires at the subject, the join's last stanza."""
+    panel.feed(f"<presence from='alice@example.org/phone' to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'/>"
+               "</presence>")
+    return panel.wait(lambda el: el.name == "message" and find(el, "subject") is not None)
+
+
 @pytest_twisted.inlineCallbacks
 def test_a_third_party_room_gets_stanza_ids_mam_and_history(panel):
     yield panel.register()
     adapter = panel.bridge.adapter
-    panel.feed(f"<presence from='alice@example.org/phone' to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'/>"
-               "</presence>")
-    yield panel.wait(lambda el: el.name == "message" and find(el, "subject") is not None)
+    yield joined(panel)
     for n in range(3):
         adapter.say("alice@example.org", ["phone"], "panel-a", "bob", f"m{n}")
     live = room_messages((yield panel.quiet(0.2)))
@@ -111,9 +116,7 @@ def test_a_third_party_room_gets_stanza_ids_mam_and_history(panel):
 def test_history_comes_before_the_subject_and_what_follows_it_once(panel):
     yield panel.register()
     adapter = panel.bridge.adapter
-    panel.feed(f"<presence from='alice@example.org/phone' to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'/>"
-               "</presence>")
-    yield panel.wait(lambda el: el.name == "message" and find(el, "subject") is not None)
+    yield joined(panel)
     for n in range(3):
         adapter.say("alice@example.org", ["phone"], "panel-a", "bob", f"m{n}")
     yield panel.quiet(0.2)
@@ -160,9 +163,7 @@ def test_hostile_archive_queries_and_history_limits(panel):
 
     yield panel.register()
     adapter = panel.bridge.adapter
-    panel.feed(f"<presence from='alice@example.org/phone' to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'/>"
-               "</presence>")
-    yield panel.wait(lambda el: el.name == "message" and find(el, "subject") is not None)
+    yield joined(panel)
     adapter.say("alice@example.org", ["phone"], "panel-a", "bob", "kept")
     yield panel.quiet(0.1)
     bad = [
@@ -203,9 +204,7 @@ def test_hostile_archive_queries_and_history_limits(panel):
 def test_a_page_is_at_most_100_and_paging_goes_on_from_there(panel):
     yield panel.register()
     adapter = panel.bridge.adapter
-    panel.feed(f"<presence from='alice@example.org/phone' to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'/>"
-               "</presence>")
-    yield panel.wait(lambda el: el.name == "message" and find(el, "subject") is not None)
+    yield joined(panel)
     for n in range(120):
         adapter.say("alice@example.org", ["phone"], "panel-a", "bob", f"m{n}")
     yield panel.quiet(0.2)
