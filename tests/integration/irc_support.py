@@ -312,3 +312,23 @@ def start_irc_gateway(prosody, workdir: str, name: str, **servers):
                     for address, server in servers.items()},
         "throttle_rate": 0.0, "allowed_servers": list(servers)})
 
+
+def irc_server_fixture(kind: str, name: str):
+    """A module-scoped fixture of a started ngircd (``kind`` "ngircd", fixture ``ircd``) or
+    InspIRCd without SASL ("inspircd", fixture ``inspircd``), in its own directory ``<kind>-<name>``."""
+    import os
+
+    import pytest
+
+    @pytest.fixture(scope="module", name="ircd" if kind == "ngircd" else "inspircd")
+    def server(workdir):
+        if kind == "ngircd":
+            from gateway.testing.ngircd import Ngircd
+            started = Ngircd(os.path.join(workdir, f"ngircd-{name}")).start()
+        else:
+            from gateway.testing.inspircd import InspIRCd
+            started = InspIRCd(os.path.join(workdir, f"inspircd-{name}"), sasl=False).start()
+        yield started
+        started.stop()
+    return server
+

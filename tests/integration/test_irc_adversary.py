@@ -7,20 +7,15 @@ import os
 
 import pytest
 
-from gateway.testing.ngircd import Ngircd
 from tests.integration.harness import Client, run
-from tests.integration.irc_support import RawIRC, start_irc_gateway
+from tests.integration.irc_support import RawIRC, irc_server_fixture, start_irc_gateway
 
 DOMAIN = "ircadv.localhost"
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 
 
-@pytest.fixture(scope="module")
-def ircd(workdir):
-    server = Ngircd(os.path.join(workdir, "ngircd-ircadv")).start()
-    yield server
-    server.stop()
+ircd = irc_server_fixture("ngircd", "ircadv")
 
 
 @pytest.fixture(scope="module")

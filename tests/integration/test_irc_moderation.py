@@ -9,10 +9,8 @@ import os
 
 import pytest
 
-from gateway.testing.inspircd import InspIRCd
-from gateway.testing.ngircd import Ngircd
 from tests.integration.harness import Client, run
-from tests.integration.irc_support import RawIRC, start_irc_gateway
+from tests.integration.irc_support import RawIRC, irc_server_fixture, start_irc_gateway
 
 DOMAIN = "ircmod.localhost"
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -20,18 +18,10 @@ NS_MUC_USER = "http://jabber.org/protocol/muc#user"
 NS_ADMIN = "http://jabber.org/protocol/muc#admin"
 
 
-@pytest.fixture(scope="module")
-def ircd(workdir):
-    server = Ngircd(os.path.join(workdir, "ngircd-ircmod")).start()
-    yield server
-    server.stop()
+ircd = irc_server_fixture("ngircd", "ircmod")
 
 
-@pytest.fixture(scope="module")
-def inspircd(workdir):
-    server = InspIRCd(os.path.join(workdir, "inspircd-ircmod"), sasl=False).start()
-    yield server
-    server.stop()
+inspircd = irc_server_fixture("inspircd", "ircmod")
 
 
 @pytest.fixture(scope="module")

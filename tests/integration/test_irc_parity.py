@@ -7,11 +7,9 @@ import os
 
 import pytest
 
-from gateway.testing.inspircd import InspIRCd
-from gateway.testing.ngircd import Ngircd
 from tests.integration.gateway_fixture import start_gateway
 from tests.integration.harness import Client, error_condition, run
-from tests.integration.irc_support import RawIRC, start_irc_gateway
+from tests.integration.irc_support import RawIRC, irc_server_fixture, start_irc_gateway
 
 DOMAIN = "parity.localhost"
 NS_MUC = "http://jabber.org/protocol/muc"
@@ -20,19 +18,11 @@ PING = "<ping xmlns='urn:xmpp:ping'/>"
 NS_TRAFFIC = "http://jabber.org/protocol/muc#traffic"
 
 
-@pytest.fixture(scope="module")
-def ircd(workdir):
-    server = Ngircd(os.path.join(workdir, "ngircd-parity")).start()
-    yield server
-    server.stop()
+ircd = irc_server_fixture("ngircd", "parity")
 
 
-@pytest.fixture(scope="module")
-def inspircd(workdir):
-    """For what ngircd refuses: channel names with ':' (RFC 2812 keeps it for masks; InspIRCd allows it)."""
-    server = InspIRCd(os.path.join(workdir, "inspircd-parity"), sasl=False).start()
-    yield server
-    server.stop()
+# For what ngircd refuses: channel names with ':' (RFC 2812 keeps it for masks; InspIRCd allows it).
+inspircd = irc_server_fixture("inspircd", "parity")
 
 
 @pytest.fixture(scope="module")
