@@ -106,3 +106,49 @@ def test_a_mails_files_together_stay_within_its_size():
     assert [len(f.data) for f in got] == [600, 300] and context.caps == [1000, 400]
     with pytest.raises(GatewayError):
         yield fetch_all(context, "alice@example.org", ["a", "b", "c"], 1000)
+
+
+class Held:
+    """A context whose fetches wait until the test lets them go, counting those in flight."""
+
+    component = "mail.example.org"
+    clock = None
+
+    def __init__(self):
+        self.waiting = []
+
+    def counter(self, jid, name, period):
+        return defer.succeed(0)
+
+    def thread_of(self, user, ids):
+        return defer.succeed(None)
+
+    def thread_messages(self, user, thread):
+        return defer.succeed([])
+
+    def fetch(self, url, user=None, max_size=None):
+        d = defer.Deferred()
+        self.waiting.append(d)
+        return d
+
+
+def test_mails_with_files_are_put_together_a_few_at_once():
+    """Ten users' mails with a file each: only ASSEMBLING of them fetch and hold files at once."""
+    from twisted.internet import task
+    from gateway.adapters.email import ASSEMBLING, EmailAdapter
+    from gateway.model import OutboundMessage
+
+    context = Held()
+    context.clock = task.Clock()
+    options = {o.key: o.default for o in EmailAdapter.options}
+    options.update(mail_domain="mail.example.org", sender_auth="off")
+    adapter = EmailAdapter(options, context)
+    registration = Registration(component=context.component, jid="alice@example.org",
+                                foreign_id="alice@mail.example.org")
+    sends = [adapter.send(OutboundMessage(component=context.component, user="alice@example.org",
+                                          recipient="bob@example.net", body=None,
+                                          attachments=[f"https://files.example.org/{n}"]), registration)
+             for n in range(10)]
+    assert len(context.waiting) == ASSEMBLING
+    for d in sends:
+        d.addErrback(lambda f: None)           # the test ends with them pending or cancelled
