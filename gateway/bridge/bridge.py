@@ -280,6 +280,7 @@ class Bridge(service.MultiService):
 
     def room_event(self, event: RoomEvent) -> None:
         archive = self.archive
+        self.conversations.resolve_room_event(event)   # a reaction said in words gets a body: archived too
         if archive is not None:
             archive.record(event)            # also with no resource joined: a persistent room is the user's
         if event.kind == "message" and event.nick and not event.stanza_id and not event.archived:

@@ -188,6 +188,15 @@ class Conversations:
         self.remember(message.user, message.sender, message.id,
                       Record(own=False, author=message.sender, body=message.body, ref=message.foreign_id))
 
+    def resolve_room_event(self, event: RoomEvent) -> None:
+        """
+        What a room line refers to, resolved before the archive sees it: a reaction
+        to a message not known becomes a line in words here, and must be archived
+        under the stanza-id it is sent with (room_event resolving again is a no-op).
+        """
+        if event.kind == "message" and not event.message_id:
+            self._resolve(event, event.user, event.room)
+
     def room_event(self, event: RoomEvent) -> None:
         if event.kind != "message":
             return

@@ -1,0 +1,40 @@
+"""
+One stanza-id per room line: the id a client sees live is the one the room
+archive keeps (MAM, history on join), also for a line the bridge writes itself
+(a reaction from the network to a message it does not know, said in words).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+
+from gateway.model import RoomEvent
+from tests.unit.test_room_history import ROOM, PanelAdapter, joined, room_messages
+from tests.unit.wire import Wire, find
+
+
+@pytest.fixture
+def panel(tmp_path):
+    w = pytest_twisted.blockon(Wire(os.path.join(tmp_path, "reg.sqlite"), adapter=PanelAdapter).start())
+    yield w
+    w.stop()
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reaction_said_in_words_is_archived_under_the_id_it_was_sent_with(panel):
+    yield panel.register()
+    adapter = panel.bridge.adapter
+    yield joined(panel)
+    # A reaction to a message the gateway never relayed: it becomes a line with a body.
+    adapter.context.room_event(RoomEvent(adapter.context.component, "alice@example.org", ["phone"], "panel-a",
+                                         "message", nick="bob", ref="unknown-msgid", reactions=["\N{THUMBS UP SIGN}"]))
+    live = [m for m in room_messages((yield panel.quiet(0.2))) if find(m, "body") is not None]
+    assert len(live) == 1
+    sid = find(live[0], "stanza-id")["id"]
+
+    yield panel.iq("set", "<query xmlns='urn:xmpp:mam:2' queryid='x'/>", to=ROOM)
+    archived = [find(r, "result")["id"] for r in room_messages(panel.sent())]
+    assert archived == [sid]
