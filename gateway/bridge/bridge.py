@@ -283,8 +283,9 @@ class Bridge(service.MultiService):
         self.conversations.resolve_room_event(event)   # a reaction said in words gets a body: archived too
         if archive is not None:
             archive.record(event)            # also with no resource joined: a persistent room is the user's
-        if event.kind == "message" and event.nick and not event.stanza_id and not event.archived:
+        if archive is None and event.kind == "message" and event.nick and not event.stanza_id and not event.archived:
             # With the archive off a line still gets an id of its own, so clients can answer or react to it.
+            # With it on, only what it keeps has one: a client's MAM catch-up "after" an id must find it.
             event.stanza_id = new_id()
         self.conversations.room_event(event)
         if not event.resources or self._rooms_closed:

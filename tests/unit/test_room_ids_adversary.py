@@ -38,3 +38,22 @@ def test_a_reaction_said_in_words_is_archived_under_the_id_it_was_sent_with(pane
     yield panel.iq("set", "<query xmlns='urn:xmpp:mam:2' queryid='x'/>", to=ROOM)
     archived = [find(r, "result")["id"] for r in room_messages(panel.sent())]
     assert archived == [sid]
+
+
+@pytest_twisted.inlineCallbacks
+def test_no_stanza_id_goes_out_that_the_archive_does_not_know(panel):
+    # Clients catch up with MAM "after the last stanza-id seen": an id the archive does not
+    # have (on a typing notification) makes that query fail with item-not-found.
+    yield panel.register()
+    adapter = panel.bridge.adapter
+    yield joined(panel)
+    adapter.say("alice@example.org", ["phone"], "panel-a", "bob", "first")
+    adapter.context.room_event(RoomEvent(adapter.context.component, "alice@example.org", ["phone"], "panel-a",
+                                         "message", nick="bob", chat_state="composing"))
+    live = room_messages((yield panel.quiet(0.2)))
+    assert len(live) == 2
+    last = [find(m, "stanza-id")["id"] for m in live if find(m, "stanza-id") is not None][-1]
+
+    reply = yield panel.iq("set", "<query xmlns='urn:xmpp:mam:2' queryid='x'><set xmlns='http://jabber.org/protocol/rsm'>"
+                                  f"<after>{last}</after></set></query>", to=ROOM)
+    assert reply["type"] == "result"
