@@ -283,6 +283,8 @@ class Bridge(service.MultiService):
         self.conversations.resolve_room_event(event)   # a reaction said in words gets a body: archived too
         if archive is not None:
             archive.record(event)            # also with no resource joined: a persistent room is the user's
+            if event.kind == "message" and event.body is None and not event.archived:
+                event.stanza_id = None       # a reaction or typing is not kept: no id a MAM query would miss
         if archive is None and event.kind == "message" and event.nick and not event.stanza_id and not event.archived:
             # With the archive off a line still gets an id of its own, so clients can answer or react to it.
             # With it on, only what it keeps has one: a client's MAM catch-up "after" an id must find it.

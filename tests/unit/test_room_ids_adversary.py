@@ -57,3 +57,23 @@ def test_no_stanza_id_goes_out_that_the_archive_does_not_know(panel):
     reply = yield panel.iq("set", "<query xmlns='urn:xmpp:mam:2' queryid='x'><set xmlns='http://jabber.org/protocol/rsm'>"
                                   f"<after>{last}</after></set></query>", to=ROOM)
     assert reply["type"] == "result"
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_reaction_with_the_networks_id_carries_no_stanza_id_the_archive_lacks(panel):
+    # An IRC TAGMSG reaction has a msgid of its own; the archive keeps lines, not reactions.
+    yield panel.register()
+    adapter = panel.bridge.adapter
+    yield joined(panel)
+    component = adapter.context.component
+    adapter.context.room_event(RoomEvent(component, "alice@example.org", ["phone"], "panel-a", "message",
+                                         nick="bob", body="first", stanza_id="m1", foreign_id="m1"))
+    adapter.context.room_event(RoomEvent(component, "alice@example.org", ["phone"], "panel-a", "message",
+                                         nick="carol", ref="m1", reactions=["\N{THUMBS UP SIGN}"], stanza_id="m2"))
+    live = room_messages((yield panel.quiet(0.2)))
+    assert len(live) == 2 and find(live[1], "reactions")["id"] == "m1"
+    last = [find(m, "stanza-id")["id"] for m in live if find(m, "stanza-id") is not None][-1]
+
+    reply = yield panel.iq("set", "<query xmlns='urn:xmpp:mam:2' queryid='x'><set xmlns='http://jabber.org/protocol/rsm'>"
+                                  f"<after>{last}</after></set></query>", to=ROOM)
+    assert reply["type"] == "result"
