@@ -884,7 +884,7 @@ class IRCSession:
                 modes = room.occupants.pop(old)
                 room.occupants[members.nick(new)] = modes
                 if old in room.hosts:
-                    room.hosts[new] = room.hosts.pop(old)
+                    room.hosts[members.nick(new)] = room.hosts.pop(old)
                 role, aff = self._role(modes)
                 self._event(room, "presence", nick=old, unavailable=True, new_nick=new, own=mine,
                             role=role, affiliation=aff)
