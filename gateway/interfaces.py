@@ -295,6 +295,23 @@ class ITyping(Interface):
         may return a Deferred. Networks where the connection cannot carry it do nothing."""
 
 
+#: ``ISendNow.send_now``'s answer when only ``send`` (the Deferred) can tell.
+NOT_NOW = object()
+
+
+class ISendNow(Interface):
+    """
+    A network that can often take a room message at once (a connection up):
+    the bridge then sends it without a Deferred chain, the hot path of group
+    chats (issue 12). Otherwise, and with the same outcome, ``send``.
+    """
+
+    def send_now(message, registration):
+        """What ``send(message, registration)`` would fire with, when that is known at once: its result,
+        or raise the exception it would fail with. ``NOT_NOW``, having done nothing, when only ``send`` can
+        tell (no connection yet, a kind of message without a fast path): the bridge then calls ``send``."""
+
+
 class IAdapterContext(Interface):
     """What the bridge offers an adapter."""
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime
 import re
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.words.protocols.jabber.xmlstream import toResponse
 from twisted.words.xish import domish
 
@@ -180,7 +182,14 @@ class MUCHandler(ComponentHandler):
         if body is None and subject is None and not refs.reaction_to:
             d = self.bridge.chat_state(message)       # typing: passed on now or not at all
         elif kind == "groupchat":
-            d = self.bridge.send_direct(message)      # room traffic is about now: not queued
+            # Room traffic is about now: not queued; sent at once when it can be (no Deferred).
+            try:
+                d = self.bridge.send_direct_now(message)
+            except Exception:
+                self.refuse_failure(stanza, "accepting a room message")(Failure())
+                return
+            if not isinstance(d, defer.Deferred):
+                return
         else:
             d = self.bridge.ensure_registration(message.user)
             d.addCallback(lambda reg: self.bridge.submit(message, reg))

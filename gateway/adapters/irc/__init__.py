@@ -22,9 +22,9 @@ from gateway.adapters.irc import raw, text
 from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
 from gateway.adapters.irc.session import TYPING_OUT, Backlog, IRCSession
-from gateway.interfaces import (IAddressSettings, IConnections, IConnectionStatus, IContactNames, ICorrections,
-                                IGroupChat, IHealthReport, IHostsRooms, IModeration, IRawCommands, IReactions,
-                                IReplies, IRoomArchive, IRoomDirectory, ITyping)
+from gateway.interfaces import (NOT_NOW, IAddressSettings, IConnections, IConnectionStatus, IContactNames,
+                                ICorrections, IGroupChat, IHealthReport, IHostsRooms, IModeration, IRawCommands,
+                                IReactions, IReplies, IRoomArchive, IRoomDirectory, ISendNow, ITyping)
 from gateway.model import (AddressError, ConnectionInfo, Field, GatewayError, Occupancy, OutboundMessage, PermanentFailure,
                            PolicyViolation, Registration, RegistrationError, SendResult)
 from gateway.options import Option, endpoint, non_negative, positive
@@ -92,7 +92,7 @@ def _lines_sent(lines: int) -> SendResult:
 
 @implementer(IGroupChat, IModeration, IRoomDirectory, IAddressSettings, IRawCommands, IConnectionStatus,
              IConnections, IHostsRooms, IHealthReport, IRoomArchive, ICorrections, IReplies, IReactions, ITyping,
-             IContactNames)
+             IContactNames, ISendNow)
 class IRCAdapter(AdapterBase):
     name = "irc"
     gateway_type = "irc"
@@ -620,6 +620,32 @@ class IRCAdapter(AdapterBase):
         if room is None:
             return defer.fail(PermanentFailure(f"join {target} before writing to it", "not-acceptable"))
         return session.send(target, message, room).addCallback(_lines_sent)
+
+    def send_now(self, message: OutboundMessage, registration: Registration):
+        """
+        ISendNow: ``send`` of a room line to a connected session, at once (the
+        hot path: no Deferred). The same checks in the same order, the same
+        lines and reflection (IRCSession.send_now); NOT_NOW, before any of
+        them has an effect, for what only ``send`` does (a topic, a private
+        message, a session not connected yet).
+        """
+        if message.kind != "groupchat":
+            return NOT_NOW
+        body = message.body or ""
+        target, _, server = message.recipient.rpartition("%")
+        if message.subject is not None and not body:
+            return NOT_NOW
+        if not body.strip() and not (message.reaction_to and message.reactions):
+            return SendResult(parts=0)
+        if not target:
+            raise PermanentFailure("write to a channel or a nickname on that server", "not-acceptable")
+        session = self.sessions.get((registration.jid, server))
+        if session is None or session.closed or session.conn is None:
+            return NOT_NOW                     # self.session() would make one, or it waits to be ready
+        room = session._room(target)
+        if room is None:
+            raise PermanentFailure(f"join {target} before writing to it", "not-acceptable")
+        return _lines_sent(session.send_now(target, message, room))
 
     def typing(self, message: OutboundMessage, registration: Registration) -> None:
         """XEP-0085 to IRCv3 ``+typing`` (active, paused, done), where the server takes client tags."""

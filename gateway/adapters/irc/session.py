@@ -1266,6 +1266,35 @@ class IRCSession:
                         reactions=list(message.reactions), origin_id=message.origin_id)
         return defer.succeed(len(lines))
 
+    def send_now(self, target: str, message: OutboundMessage, reflect_room: Room) -> int:
+        """
+        ``send`` on a connected session, without Deferreds (the hot path of room
+        lines): the number of IRC lines queued, or the GatewayError ``send``
+        fails with raised. The same lines, the same echo bookkeeping and the
+        same reflection, in the same order.
+        """
+        lines = self.wire_lines(message, target)
+        if not lines:
+            return 0
+        self.conn.send_room_lines(lines)              # raises QueueFull or PermanentFailure, as send_message
+        if not (message.correction_of or message.reaction_to):
+            self._await_echo(message, target, lines)
+        self._reflect(reflect_room, message)
+        return len(lines)
+
+    def _reflect(self, room: Room, message: OutboundMessage) -> None:
+        """
+        XEP-0045: the room reflects the sender's own message (as they wrote it) to every joined resource.
+        What ``_event(room, "message", nick=self.nick, body=message.body, ...)`` makes, built directly.
+        """
+        nick, body = self.nick, message.body
+        self.context.room_event(RoomEvent(
+            component=self.context.component, user=self.user, resources=list(room.resources),
+            room=self.room_address(room.channel), kind="message", nick=text.clean_name(nick) if nick else nick,
+            body=text.clean(body) if body else body, message_id=message.xmpp_id,
+            correction_of=message.correction_of, reply_to=message.reply_to, ref_author=message.ref_author,
+            reaction_to=message.reaction_to, reactions=list(message.reactions), origin_id=message.origin_id))
+
     def send_private(self, message: OutboundMessage, target: str) -> defer.Deferred:
         """
         A private message from the outbox: fires with the number of IRC lines once
