@@ -35,6 +35,10 @@ NS_PING = "urn:xmpp:ping"
 NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_MUC_TRAFFIC = "http://jabber.org/protocol/muc#traffic"
 CHAT_STATES = frozenset({"active", "composing", "paused", "inactive", "gone"})
+#: The namespaces of the elements references.parse reads (a message without any has no references).
+_REFERRING = frozenset({references.NS_CORRECT, references.NS_REPLY, references.NS_REACTIONS})
+#: references.parse of a message referring to nothing, but for ``body`` (never changed: read only).
+_NO_REFS = references.References()
 
 
 def is_muc_stanza(adapter, stanza: domish.Element) -> bool:
@@ -142,27 +146,37 @@ class MUCHandler(ComponentHandler):
     # -- messages ---------------------------------------------------------------
 
     def on_message(self, stanza: domish.Element) -> None:
-        if getattr(stanza, "handled", False):
+        handled, body_el, subject_el, chat_state, referring, origin_el = read_message(stanza)
+        if handled:
             return                                  # an invitation (gateway/xmpp/muc_admin.py)
-        if stanza.getAttribute("type") == "error" or not is_muc_stanza(self.bridge.adapter, stanza):
+        attributes = stanza.attributes
+        if attributes.get("type") == "error" or not IGroupChat.providedBy(self.bridge.adapter):
+            return
+        to = parse_jid(attributes.get("to"))
+        if to is None or not to.user:
+            return
+        local = unescape(to.user)
+        adapter = self.bridge.adapter
+        if not adapter.is_room(local):              # by its shape: a refused room still gets an answer
             return
         stanza.handled = True
-        sender = parse_jid(stanza.getAttribute("from"))
+        sender = parse_jid(attributes.get("from"))
         try:
-            to, room = self._room(stanza)
+            room = adapter.normalize_address(local)
         except GatewayError as e:
             self.stream.refuse(stanza, e.condition, e.text, e.error_type)
             return
-        body = text_of(stanza, None, "body")
-        subject = text_of(stanza, None, "subject")
-        chat_state = next((el.name for el in stanza.elements() if el.uri == NS_CHATSTATES
-                           and el.name in CHAT_STATES), None)
-        try:
-            refs = references.parse(stanza, body)
-        except GatewayError as e:
-            self.stream.refuse(stanza, e.condition, e.text, e.error_type)
-            return
-        body = refs.body
+        body = str(body_el) if body_el is not None else None
+        subject = str(subject_el) if subject_el is not None else None
+        if referring:
+            try:
+                refs = references.parse(stanza, body)
+            except GatewayError as e:
+                self.stream.refuse(stanza, e.condition, e.text, e.error_type)
+                return
+        else:
+            refs = _NO_REFS                          # what references.parse finds in such a stanza
+        body = refs.body if referring else body
         if body is None and subject is None and not refs.reaction_to and chat_state is None:
             return
         if to.resource:                              # private message to an occupant
@@ -176,9 +190,10 @@ class MUCHandler(ComponentHandler):
         message = OutboundMessage(component=self.domain, user=sender.userhost(), recipient=recipient, body=body,
                                   subject=subject, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,
                                   kind=kind, chat_state=chat_state, correction_of=refs.correction_of,
-                                  reply_to=refs.reply_to, reaction_to=refs.reaction_to, reactions=refs.reactions,
+                                  reply_to=refs.reply_to, reaction_to=refs.reaction_to,
+                                  reactions=refs.reactions if referring else [],
                                   ref_body=refs.quoted, ref_author=author_nick,
-                                  origin_id=origin_id(stanza))
+                                  origin_id=_origin_id(origin_el))
         if body is None and subject is None and not refs.reaction_to:
             d = self.bridge.chat_state(message)       # typing: passed on now or not at all
         elif kind == "groupchat":
@@ -196,14 +211,55 @@ class MUCHandler(ComponentHandler):
         d.addErrback(self.refuse_failure(stanza, "accepting a room message"))
 
 
+def read_message(stanza: domish.Element):
+    """
+    What the MUC handler reads of a message, in one walk over its children (the
+    hot path walked them five times): whether it is ``handled`` (as
+    ``getattr(stanza, "handled", False)`` says, which finds a ``<handled/>``
+    child through domish's ``__getattr__``), the first ``body`` and ``subject``
+    elements (any namespace, as ``text_of``), the first chat state, whether
+    ``references.parse`` has anything to read, and the first ``origin-id``
+    element. tests/unit/test_muc_read_fast.py compares it with those helpers.
+    """
+    body_el = subject_el = origin_el = None
+    chat_state = None
+    handled = stanza.__dict__["handled"] if "handled" in stanza.__dict__ else None
+    referring = False
+    for el in stanza.children:
+        if isinstance(el, str):
+            continue
+        name, uri = el.name, el.uri
+        if name == "handled" and handled is None:
+            handled = el
+        if name == "body":
+            if body_el is None:
+                body_el = el
+        elif name == "subject":
+            if subject_el is None:
+                subject_el = el
+        elif uri == NS_SID:
+            if name == "origin-id" and origin_el is None:
+                origin_el = el
+        elif uri == NS_CHATSTATES:
+            if chat_state is None and name in CHAT_STATES:
+                chat_state = name
+        elif uri in _REFERRING:
+            referring = True                         # references.parse has something to read
+    return handled, body_el, subject_el, chat_state, referring, origin_el
+
+
 #: Longest client id kept (origin-id): a longer one is not an id anyone needs back.
 MAX_ID = 200
 
 
 def origin_id(stanza: domish.Element) -> str | None:
     """The sender's XEP-0359 origin-id, if it is one we can give back (bounded, XML-safe)."""
-    el = next(stanza.elements(NS_SID, "origin-id"), None)
-    value = el.getAttribute("id") if el is not None else None
+    return _origin_id(next(stanza.elements(NS_SID, "origin-id"), None))
+
+
+def _origin_id(el: domish.Element | None) -> str | None:
+    """origin_id of the stanza's first ``origin-id`` element ``el``."""
+    value = el.attributes.get("id") if el is not None else None
     if not value or len(value) > MAX_ID or xml_safe(value) != value:
         return None
     return value
@@ -477,4 +533,4 @@ def _fake_presence(to: str, sent_to: str) -> domish.Element:
 
 
 __all__ = ["MUCHandler", "RoomListHandler", "room_stanzas", "room_message_strings", "is_muc_stanza", "status_codes",
-           "origin_id", "parse_history"]
+           "origin_id", "parse_history", "read_message"]
