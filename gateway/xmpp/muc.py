@@ -18,7 +18,7 @@ from twisted.words.xish import domish
 
 from gateway.interfaces import IGroupChat, IRoomDirectory
 from gateway.bridge.archive import stamp_us
-from gateway.model import GatewayError, HistoryRequest, OutboundMessage
+from gateway.model import GatewayError, HistoryRequest, OutboundMessage, SendResult
 from gateway.xmpp import references
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.stanzas import error_reply, escape_text, parse_jid, quote_attr, text_of, xml_safe
@@ -203,8 +203,8 @@ class MUCHandler(ComponentHandler):
             except Exception:
                 self.refuse_failure(stanza, "accepting a room message")(Failure())
                 return
-            if not isinstance(d, defer.Deferred):
-                return
+            if d is None or type(d) is SendResult or not isinstance(d, defer.Deferred):
+                return                               # sent at once (an ABC's isinstance costs two calls)
         else:
             d = self.bridge.ensure_registration(message.user)
             d.addCallback(lambda reg: self.bridge.submit(message, reg))

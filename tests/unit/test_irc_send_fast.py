@@ -17,6 +17,7 @@ import tempfile
 import pytest_twisted
 from twisted.internet import defer
 
+from gateway.adapters.irc import text
 from gateway.bridge.bridge import Bridge
 from gateway.model import OutboundMessage, SendResult
 from tests.unit.wire import DOMAIN
@@ -168,3 +169,62 @@ def test_a_room_message_to_a_connected_session_is_sent_without_a_deferred():
 
 def test_the_reference_path_is_there():
     assert Bridge.fast_direct is True
+
+
+def _message_lines_by_walk(command: str, target: str, body: str, nick: str = "", ctcp: str | None = None):
+    """text.message_lines without its one-line fast path, as the reference."""
+    prefix = f"{command} {target} :"
+    wrap = (f"\x01{ctcp} ", "\x01") if ctcp else ("", "")
+    budget = text.LINE_LIMIT - 2 - len(prefix.encode()) - text.RELAY_OVERHEAD - len(wrap[0]) - len(wrap[1])
+    budget = max(budget, 32)
+    lines = []
+    for raw in body.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        raw = raw.replace("\x00", "")
+        if not raw.strip():
+            continue
+        for chunk in text.split_utf8(raw, budget):
+            lines.append(f"{prefix}{wrap[0]}{chunk}{wrap[1]}")
+    return lines
+
+
+def test_message_lines_gives_what_the_split_gives():
+    rng = random.Random(5)
+    alphabet = ["a", " ", "\u00e9", "\u20ac", "\U0001F600", "\n", "\r", "\x00", "\t", "\u2028", "\x85", "\u3000"]
+    targets = ["#c", "#" + "c" * 50, "nick", "#" + "\u00e9" * 200, "#" + "x" * 600]
+    for _ in range(6000):
+        size = rng.choice([0, 1, 2, 5, 40, 300, 360, 370, 380, 390, 400, 900])
+        body = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, size)))
+        if rng.random() < 0.3:
+            body = "x" * rng.randint(340, 400)                    # about the limit of one line
+        target = rng.choice(targets)
+        ctcp = rng.choice([None, None, "ACTION"])
+        assert text.message_lines("PRIVMSG", target, body, "alice", ctcp) == \
+            _message_lines_by_walk("PRIVMSG", target, body, "alice", ctcp), (target, body, ctcp)
+
+
+def _adapter(**extra):
+    from gateway.adapters.irc import IRCAdapter
+    from tests.unit.test_irc_session import Recorder
+    options = {o.key: o.default for o in IRCAdapter.options}
+    options.update(servers={SERVER: {"host": "127.0.0.1", "port": 6667, "tls": False}}, **extra)
+    return IRCAdapter(options, Recorder())
+
+
+def test_normalize_address_remembers_only_what_it_would_answer_again():
+    rng = random.Random(9)
+    pieces = ["#", "&", "+", "!", "a", "B", "%", "irc.test", "IRC.Test", "localhost", ":6697", " ", "\u00e9", ".",
+              "-", "x" * 300, "[", "\\", "|", "\t"]
+    for extra in ({}, {"fixed_server": SERVER}, {"allowed_servers": [SERVER]}):
+        memo, plain = _adapter(**extra), _adapter(**extra)
+        samples = ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 6))) for _ in range(3000)]
+        for value in samples + samples:                        # each asked twice: the second from memory
+            try:
+                expected = plain._normalize(value)
+            except Exception as e:
+                expected = (type(e), str(e))
+            try:
+                got = memo.normalize_address(value)
+            except Exception as e:
+                got = (type(e), str(e))
+            assert got == expected, (value, extra)
+        assert len(memo._normalized) <= 4096 and all(len(k) <= 256 for k in memo._normalized)

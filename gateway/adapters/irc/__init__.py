@@ -82,6 +82,11 @@ def mask_command(command: str) -> str:
     return m.group(1) + MASK if m else command
 
 
+#: Bounds of IRCAdapter.normalize_address's memory: entries, and characters of an address kept.
+NORMALIZED = 4096
+MAX_ADDRESS = 256
+
+
 def _lines_sent(lines: int) -> SendResult:
     notice = None
     if lines > 1:
@@ -222,6 +227,9 @@ class IRCAdapter(AdapterBase):
         self.ident_table: IdentTable | None = IdentTable() if options.get("identd_listen") else None
         self._ident_port = None
         self._problems: list[str] = []
+        #: normalize_address's answers for addresses it took (every room message asks for its room):
+        #: at most NORMALIZED entries of at most MAX_ADDRESS characters; refused addresses are not kept.
+        self._normalized: dict[str, str] = {}
         metrics.IRC_CONNECT_WAITING.labels(context.component).set_function(
             lambda: sum(h.waiting for h in scheduler.hosts.values()))
         metrics.IRC_CONNECT_IN_FLIGHT.labels(context.component).set_function(
@@ -296,6 +304,17 @@ class IRCAdapter(AdapterBase):
     # -- addresses ----------------------------------------------------------------
 
     def normalize_address(self, text_: str) -> str:
+        found = self._normalized.get(text_)
+        if found is not None:
+            return found                       # a pure function of the address and the (fixed) options
+        result = self._normalize(text_)
+        if type(text_) is str and len(text_) <= MAX_ADDRESS:
+            if len(self._normalized) >= NORMALIZED:
+                self._normalized.clear()       # a peer inventing addresses only makes us start again
+            self._normalized[text_] = result
+        return result
+
+    def _normalize(self, text_: str) -> str:
         raw = (text_ or "").strip()
         fixed = self.config["fixed_server"]
         if fixed and "%" not in raw and (_CHANNEL.match(raw) or _NICK.match(raw)):

@@ -152,6 +152,12 @@ def message_lines(command: str, target: str, body: str, nick: str = "", ctcp: st
     The IRC lines carrying ``body``: one command per line of the body (empty lines
     dropped), each short enough that the server can relay it within 512 bytes.
     """
+    if not ctcp and "\n" not in body and "\r" not in body and "\x00" not in body and not body.isspace() and body:
+        # The usual message: one line, no CTCP, short enough: the line itself, with no split or walk
+        # (the budget below is at least what this leaves; tests/unit/test_irc_send_fast.py compares).
+        line = f"{command} {target} :{body}"
+        if len(line.encode()) <= LINE_LIMIT - 2 - RELAY_OVERHEAD:
+            return [line]
     prefix = f"{command} {target} :"
     wrap = (f"\x01{ctcp} ", "\x01") if ctcp else ("", "")
     budget = LINE_LIMIT - 2 - len(prefix.encode()) - RELAY_OVERHEAD - len(wrap[0]) - len(wrap[1])
