@@ -676,9 +676,11 @@ class Bridge(service.MultiService):
     def _direct_sent(self, result, message: OutboundMessage):
         """send_direct's last step (``sent``), shared by the fast path."""
         self._sent_direct.inc()
-        if isinstance(result, SendResult):
-            self.split_notices.sent(message, result)
-            self.conversations.sent(message, result.foreign_id)
+        if type(result) is SendResult or isinstance(result, SendResult):
+            if result.split_notice:                  # what split_notices.sent and conversations.sent
+                self.split_notices.sent(message, result)     # look at first: no call for the usual line
+            if result.foreign_id:
+                self.conversations.sent(message, result.foreign_id)
         return result
 
     def chat_state(self, message: OutboundMessage) -> defer.Deferred:

@@ -188,7 +188,7 @@ class MUCHandler(ComponentHandler):
         author = parse_jid(refs.reply_jid) if refs.reply_jid else None
         author_nick = author.resource if author is not None and author.userhost() == to.userhost() else None
         message = OutboundMessage(component=self.domain, user=sender.userhost(), recipient=recipient, body=body,
-                                  subject=subject, xmpp_id=stanza.getAttribute("id"), resource=sender.resource,
+                                  subject=subject, xmpp_id=attributes.get("id"), resource=sender.resource,
                                   kind=kind, chat_state=chat_state, correction_of=refs.correction_of,
                                   reply_to=refs.reply_to, reaction_to=refs.reaction_to,
                                   reactions=refs.reactions if referring else [],

@@ -14,6 +14,8 @@ of a room event or private message passes text.clean / text.clean_name in
 
 from __future__ import annotations
 
+import functools
+
 from collections import deque
 
 from twisted.internet import defer, error, protocol, ssl
@@ -1288,9 +1290,11 @@ class IRCSession:
         What ``_event(room, "message", nick=self.nick, body=message.body, ...)`` makes, built directly.
         """
         nick, body = self.nick, message.body
+        if nick:
+            nick = _own_nick(nick) if len(nick) <= 64 else text.clean_name(nick)
         self.context.room_event(RoomEvent(
             component=self.context.component, user=self.user, resources=list(room.resources),
-            room=self.room_address(room.channel), kind="message", nick=text.clean_name(nick) if nick else nick,
+            room=self.room_address(room.channel), kind="message", nick=nick,
             body=text.clean(body) if body else body, message_id=message.xmpp_id,
             correction_of=message.correction_of, reply_to=message.reply_to, ref_author=message.ref_author,
             reaction_to=message.reaction_to, reactions=list(message.reactions), origin_id=message.origin_id))
@@ -1363,6 +1367,11 @@ class IRCSession:
                 log.failure("progress of {id} not stored; a retry may repeat {n} line(s)", id=message.id,
                             n=done + out.written)
         failure.raiseException()
+
+
+#: text.clean_name of the user's own nick, on every reflected line: a pure function, remembered
+#: (for nicks of at most 64 characters, at most 1,024 of them).
+_own_nick = functools.lru_cache(maxsize=1024)(text.clean_name)
 
 
 def _borrow(room: Room, theirs: Room, nick: str) -> bool:
