@@ -19,6 +19,7 @@ from twisted.internet import defer
 
 from gateway.adapters.irc import text
 from gateway.bridge.bridge import Bridge
+from gateway.interfaces import NOT_NOW
 from gateway.model import OutboundMessage, SendResult
 from tests.unit.wire import DOMAIN
 from tests.benchmarks.irc_cpu import CHANNEL, NICK, RESOURCE, SERVER, USER, Bench
@@ -121,6 +122,7 @@ def _run(stanzas: list[str], fast: bool, chunk: int = 7):
         for _ in range(20):
             bench.clock.advance(1)
             yield bench.wire.registry.settled()
+        yield bench.wire.registry.settled()
         return _normalised(bench.xmpp.value()), bench.irc_out.value()
     finally:
         bench.wire.stop()
@@ -151,17 +153,19 @@ def test_a_room_message_to_a_connected_session_is_sent_without_a_deferred():
                                   body="hello", xmpp_id="h1", resource=RESOURCE, kind="groupchat")
         result = bridge.send_direct_now(message)
         assert isinstance(result, SendResult) and result.parts == 1
-        assert b"PRIVMSG #bench :hello\r\n" in bench.irc_out.value() or bench.irc_out.count == 1
-        # Not connected any more: the Deferred path, as before.
+        assert bench.irc_out.value().endswith(b"PRIVMSG #bench :hello\r\n")
+        # Not connected any more: the adapter says NOT_NOW (the bridge then takes the Deferred path), and
+        # nothing of the message went anywhere.
         session = next(iter(bridge.adapter.sessions.values()))
         conn, session.conn = session.conn, None
+        later = OutboundMessage(component=bridge.component, user=USER, recipient=f"{CHANNEL}%{SERVER}",
+                                body="later", xmpp_id="h2", resource=RESOURCE, kind="groupchat")
         try:
-            d = bridge.send_direct_now(OutboundMessage(component=bridge.component, user=USER,
-                                                       recipient=f"{CHANNEL}%{SERVER}", body="later",
-                                                       xmpp_id="h2", resource=RESOURCE, kind="groupchat"))
-            assert isinstance(d, defer.Deferred) and not d.called
+            assert bridge.adapter.send_now(later, bridge.known_registration(USER)) is NOT_NOW
         finally:
             session.conn = conn
+        assert bench.irc_out.count == 2
+        yield bench.wire.registry.settled()
     finally:
         bench.wire.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -228,3 +232,45 @@ def test_normalize_address_remembers_only_what_it_would_answer_again():
                 got = (type(e), str(e))
             assert got == expected, (value, extra)
         assert len(memo._normalized) <= 4096 and all(len(k) <= 256 for k in memo._normalized)
+
+
+from tests.unit.test_irc_session import IRCSessionCase  # noqa: E402
+from gateway.adapters.irc.client import MAX_PENDING_LINES, QueueFull  # noqa: E402
+from twisted.internet.testing import StringTransport  # noqa: E402
+
+
+class LinesAreWrittenAsTwistedWritesThem(IRCSessionCase):
+    rate = 0.0
+
+    def test_the_usual_line_gives_the_bytes_of_irc_client_send_line(self):
+        session = self.sign_on()
+        reference = StringTransport()
+        rng = random.Random(4)
+        alphabet = ["a", " ", ":", "\u00e9", "\U0001F600", "\x10", "\x00", "\r", "\n", "\x01", "\t"]
+        for _ in range(3000):
+            line = "PRIVMSG #c :" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+            self.transports[-1].clear()
+            reference.clear()
+            session.conn.send_lines([line])
+            conn_transport, session.conn.transport = session.conn.transport, reference
+            session.conn.sendLine(line)                     # Twisted's IRCClient.sendLine
+            session.conn.transport = conn_transport
+            self.assertEqual(self.transports[-1].value(), reference.value(), repr(line))
+
+
+class RoomLinesKeepTheQueueBound(IRCSessionCase):
+    rate = 1.0
+    burst = 1
+
+    def test_room_lines_wait_behind_the_throttle_and_are_bounded_like_a_message(self):
+        session = self.sign_on()
+        conn = session.conn
+        conn.send_room_lines(["PRIVMSG #c :one", "PRIVMSG #c :two"])
+        self.assertEqual(self.written(), ["PRIVMSG #c :one"])
+        self.clock.advance(1.0)
+        self.assertEqual(self.written(), ["PRIVMSG #c :one", "PRIVMSG #c :two"])
+        conn.send_room_lines(["PRIVMSG #c :x"] * (MAX_PENDING_LINES - 1))
+        self.assertRaises(QueueFull, conn.send_room_lines, ["PRIVMSG #c :y"] * 2)
+        self.assertRaises(QueueFull, conn.send_message, ["PRIVMSG #c :y"] * 2)
+        self.lose()                                         # what waits is dropped, nothing fails
+        self.assertIsNone(conn._pending)
