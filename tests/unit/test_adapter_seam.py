@@ -17,7 +17,7 @@ from gateway.adapters.echo import EchoAdapter
 from gateway.adapters.email import EmailAdapter
 from gateway.adapters.irc import IRCAdapter
 from gateway.adapters.sms import SMSAdapter
-from gateway.interfaces import IAdapter, IGroupChat, IModeration
+from gateway.interfaces import IAdapter, IGroupChat, IModeration, ISendNow
 from gateway.model import GatewayError, RoomEvent
 from tests.unit.wire import DOMAIN, Wire, children, find
 
@@ -37,6 +37,12 @@ def test_the_irc_adapter_moderates():
     """IModeration (muc#admin kicks, voice, op, bans; invitations) is declared and implemented by IRC."""
     assert IModeration in list(implementedBy(IRCAdapter))
     assert verifyClass(IModeration, IRCAdapter)
+
+
+def test_the_irc_adapter_sends_room_lines_at_once():
+    """ISendNow (the hot path of room messages, tests/unit/test_irc_send_fast.py) is declared and implemented."""
+    assert ISendNow in list(implementedBy(IRCAdapter))
+    assert verifyClass(ISendNow, IRCAdapter)
 
 
 @implementer(IGroupChat)
