@@ -42,8 +42,11 @@ def _esc(value: str) -> str:
             .replace('"', "&quot;").replace("\r", "&#13;").replace("\t", "&#9;"))
 
 
-def _stanzas(rng: random.Random, n: int, room_jid: str, domain: str) -> list[str]:
-    """Groupchat messages as clients send them, with the odd hostile or malformed one."""
+def _stanzas(rng: random.Random, n: int, room_jid: str, domain: str, private: bool = True) -> list[str]:
+    """
+    Groupchat messages as clients send them, with the odd hostile or malformed one; with ``private``,
+    a few private messages to an occupant (through the outbox: on the registry's time, not the clock's).
+    """
     out = []
     sent_ids: list[str] = []
     for i in range(n):
@@ -53,7 +56,7 @@ def _stanzas(rng: random.Random, n: int, room_jid: str, domain: str) -> list[str
             to = f"#other%{SERVER}@{domain}"                             # a room not joined
         elif r < 0.05:
             to = f"#bad\\20room%{SERVER}@{domain}"                        # a room name that is none
-        elif r < 0.07:
+        elif r < 0.07 and private:
             to = f"{room_jid}/bob"                                       # private, to an occupant
         mtype = rng.choice(["groupchat"] * 12 + ["error", "chat", "normal"])
         mid = rng.choice([f"m{i}", f"m{i}", f"m{i}", "", "x" * 300, "a'b"])
@@ -105,21 +108,22 @@ def _normalised(data: bytes) -> bytes:
 
 
 @defer.inlineCallbacks
-def _run(stanzas: list[str], fast: bool, chunk: int = 7):
+def _run(stanzas: list[str], fast: bool, chunk: int = 7, throttle: float = 0.0):
     work = tempfile.mkdtemp(prefix="gwsendfast-", dir="/tmp")
     bench = Bench(work, archive=True)
     bench.wire.bridge.fast_direct = fast
+    bench.wire.bridge.adapter.config.update(throttle_rate=throttle, throttle_burst=5)
     try:
         yield bench.start()
         yield bench.xmpp_to_irc(1, 0)                 # the registration is cached from here on
         bench.xmpp.keep = bench.irc_out.keep = True
         for start in range(0, len(stanzas), chunk):
             bench.wire.feed("".join(stanzas[start:start + chunk]))
-            bench.clock.advance(0)
+            bench.clock.advance(1 if throttle else 0)          # with a throttle, a few lines drain
         # Everything here ran at once (a cached registration, a connected session); the odd error
         # stanza or private message goes through the registry: give them time.
         yield bench.until(lambda: bench.wire.registry.settled().called, "the registry")
-        for _ in range(20):
+        for _ in range(20 if not throttle else 400):
             bench.clock.advance(1)
             yield bench.wire.registry.settled()
         yield bench.wire.registry.settled()
@@ -136,6 +140,23 @@ def test_random_and_hostile_room_messages_give_what_the_deferred_path_gives():
     slow = yield _run(stanzas, fast=False)
     fast = yield _run(stanzas, fast=True)
     assert slow[1].count(b"PRIVMSG ") > 300 and slow[0].count(b"<error") > 10      # the corpus says something
+    assert fast[1] == slow[1]
+    assert fast[0] == slow[0]
+
+
+@pytest_twisted.inlineCallbacks
+def test_behind_a_throttle_and_a_full_queue_too():
+    """Rate 2 lines/s and a small queue: it fills (QueueFull, an error to the sender) and drains alike."""
+    from gateway.adapters.irc import client
+    rng = random.Random(2121)
+    stanzas = _stanzas(rng, 400, f"{CHANNEL}%{SERVER}@{DOMAIN}", DOMAIN, private=False)
+    bound, client.MAX_PENDING_LINES = client.MAX_PENDING_LINES, 40     # reached within the corpus
+    try:
+        slow = yield _run(stanzas, fast=False, chunk=20, throttle=2.0)
+        fast = yield _run(stanzas, fast=True, chunk=20, throttle=2.0)
+    finally:
+        client.MAX_PENDING_LINES = bound
+    assert b"send queue full" in slow[0]                       # the corpus reaches the bound
     assert fast[1] == slow[1]
     assert fast[0] == slow[0]
 
