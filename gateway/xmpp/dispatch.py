@@ -25,6 +25,7 @@ stanza.
 
 from __future__ import annotations
 
+from twisted.python import log
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import utility, xpath
 
@@ -35,6 +36,20 @@ def _root_name(query: xpath.XPathQuery) -> str | None:
     if type(base) is xpath._Location and base.elementName not in (None, "*"):
         return base.elementName
     return None
+
+
+def _plain_methods(callbacks: utility.CallbackList) -> tuple | None:
+    """
+    The observers of a CallbackList when calling them directly is what its
+    ``callback`` does (none is one-time, none has arguments of its own): in its
+    order, without a wrapper and two dict copies per observer. None otherwise.
+    """
+    methods = []
+    for wrapper, onetime in callbacks.callbacks.values():
+        if onetime or type(wrapper) is not utility._MethodWrapper or wrapper.args or wrapper.kwargs:
+            return None
+        methods.append(wrapper.method)
+    return tuple(methods)
 
 
 def _name_only(query: xpath.XPathQuery) -> bool:
@@ -49,7 +64,8 @@ class StanzaRouter(utility.EventDispatcher):
     element name. Named events (``//event/...``) are dispatched as before.
     """
 
-    #: element name -> ((priority, query, callbacks, needs_match), ...); None: build on next dispatch.
+    #: element name -> ((priority, query, callbacks, needs_match, methods), ...); None: build on next
+    #: dispatch. ``methods``: the observers to call directly (_plain_methods), or None.
     _routes: dict | None = None
     #: The entries for names no query is rooted at: the queries that match any element.
     _unrouted: tuple = ()
@@ -67,7 +83,8 @@ class StanzaRouter(utility.EventDispatcher):
         for priority in sorted(self._xpathObservers, reverse=True):
             for query, callbacks in self._xpathObservers[priority].items():
                 name = _root_name(query)
-                entries.append((name, (priority, query, callbacks, name is None or not _name_only(query))))
+                entries.append((name, (priority, query, callbacks, name is None or not _name_only(query),
+                                       _plain_methods(callbacks))))
         names = {name for name, _ in entries if name is not None}
         routes = {n: tuple(e for name, e in entries if name is None or name == n) for n in names}
         self._unrouted = tuple(e for name, e in entries if name is None)
@@ -87,10 +104,18 @@ class StanzaRouter(utility.EventDispatcher):
         self._dispatchDepth += 1
         try:
             emptied = None
-            for priority, query, callbacks, needs_match in entries:
+            for priority, query, callbacks, needs_match, methods in entries:
                 if needs_match and not query.matches(obj):
                     continue
-                callbacks.callback(obj)
+                if methods is None:
+                    callbacks.callback(obj)
+                else:
+                    # What CallbackList.callback does for these (the index is rebuilt when they change).
+                    for method in methods:
+                        try:
+                            method(obj)
+                        except BaseException:
+                            log.err()
                 found = True
                 if not callbacks.callbacks:
                     if emptied is None:
