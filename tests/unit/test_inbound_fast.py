@@ -114,3 +114,28 @@ def test_the_edge_strategy_does_reach_the_simple_path():
 
     count()
     assert sum(taken) > 30, sum(taken)
+
+
+class _Factory:
+    def connection_closed(self, proto):
+        pass
+
+
+def test_smtp_replies_end_in_crlf():
+    """RFC 5321 4.2: every reply line ends in <CRLF> (the listener reads bare LF, but must not send it)."""
+    from twisted.internet import error
+    from twisted.internet.testing import StringTransport
+    from twisted.python import failure
+
+    from gateway.adapters.email.smtp_in import _ESMTP
+
+    proto = _ESMTP()
+    proto.host, proto.factory, proto.max_size = b"mail.test", _Factory(), 1000
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    proto.dataReceived(b"EHLO client.test\r\nNOOP\r\n")
+    data = transport.value()
+    proto.connectionLost(failure.Failure(error.ConnectionDone()))
+    lines = data.split(b"\n")[:-1]
+    assert len(lines) >= 4 and data.endswith(b"\n"), data
+    assert all(line.endswith(b"\r") for line in lines), data

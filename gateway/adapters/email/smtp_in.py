@@ -165,6 +165,14 @@ class _ESMTP(smtp.ESMTP):
             self._stop_data_timer()
         return result
 
+    def sendLine(self, line: bytes) -> None:
+        """
+        Replies end in <CRLF> (RFC 5321 4.2), whatever ``delimiter`` reads:
+        LineReceiver would write the bare LF it splits input on. One write per
+        line, not Twisted's two-part writeSequence.
+        """
+        self.transport.write(line + b"\r\n")
+
     def lineLengthExceeded(self, line):
         self.sendCode(500, f"5.5.2 line longer than {MAX_LINE} octets".encode())
         self.transport.loseConnection()
