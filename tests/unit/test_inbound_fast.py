@@ -139,3 +139,56 @@ def test_smtp_replies_end_in_crlf():
     lines = data.split(b"\n")[:-1]
     assert len(lines) >= 4 and data.endswith(b"\n"), data
     assert all(line.endswith(b"\r") for line in lines), data
+
+
+# -- the web site's forms -------------------------------------------------------
+
+class _Seen:
+    """A leaf resource keeping its requests; it reads ``args`` only after the request ended, if at all."""
+
+    isLeaf = True
+
+    def __init__(self):
+        self.requests = []
+
+    def render(self, request):
+        self.requests.append((request, request.content.read()))
+        return b"ok"
+
+    def getChildWithDefault(self, name, request):
+        return self
+
+
+def _args_from(site_class, content_type: bytes, body: bytes, query: bytes):
+    from twisted.internet.testing import StringTransport
+    from zope.interface import directlyProvides
+    from twisted.web.resource import IResource
+
+    seen = _Seen()
+    directlyProvides(seen, IResource)
+    site = site_class(seen)
+    channel = site.buildProtocol(None)
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"POST /h?" + query + b" HTTP/1.1\r\nHost: x\r\nContent-Type: " + content_type
+                         + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    if not seen.requests:
+        return None
+    request, content = seen.requests[0]
+    return {k: list(v) for k, v in request.args.items()}, content
+
+
+_form_bytes = st.lists(st.sampled_from([b"a", b"b", b"=", b"&", b"+", b"%", b"%20", b"%zz", b"%C3%A9", b"\xc3",
+                                         b";", b"", b"x=1"]), max_size=20).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([b"application/x-www-form-urlencoded", b"Application/X-WWW-Form-Urlencoded; charset=utf-8",
+                        b"text/plain", b"application/json", b"application/x-www-form-urlencoded ;a=b"]),
+       _form_bytes, _form_bytes.filter(lambda q: b" " not in q and b"#" not in q))
+def test_site_args_read_late_are_twisteds(content_type, body, query):
+    """LimitedSite parses a urlencoded body into ``args`` when they are read; they equal Twisted's own Site's."""
+    from twisted.web import server
+
+    from gateway.web.limits import LimitedSite
+
+    assert _args_from(LimitedSite, content_type, body, query) == _args_from(server.Site, content_type, body, query)
