@@ -119,6 +119,7 @@ class LimitedRequest(server.Request):
     _parse_forms = True
 
     def __init__(self, *args, **kwargs):
+        self._args = {}
         super().__init__(*args, **kwargs)
         # Twisted's form parsing runs every POST's Content-Type through
         # ``email.message.EmailMessage`` (header registry, policy objects) just
@@ -134,11 +135,32 @@ class LimitedRequest(server.Request):
             self._parsePOSTFormSubmission = self._parse_forms   # rare here: Twisted's own parser, as before
         super().requestReceived(command, path, version)
 
-    def process(self):
+    #: A urlencoded POST body not yet parsed into ``args`` (see ``process``).
+    _form: bytes | None = None
+
+    @property
+    def args(self) -> dict[bytes, list[bytes]]:
         """
         ``request.args`` as Twisted makes them (the query's arguments, then a
-        urlencoded POST body's), but the Content-Type compared without the email
-        package: the media type before any parameter, without case or spaces.
+        urlencoded POST body's), the body's parsed when ``args`` is first read:
+        the webhooks read their body themselves (a signature covers it as
+        sent), so parsing it here too was a second parse of every webhook.
+        """
+        form = self._form
+        if form is not None:
+            self._form = None
+            self._args.update(http.parse_qs(form, 1))
+        return self._args
+
+    @args.setter
+    def args(self, value: dict) -> None:
+        self._args = value
+
+    def process(self):
+        """
+        The Content-Type compared without the email package: the media type
+        before any parameter, without case or spaces; a urlencoded POST body
+        becomes part of ``args`` when they are read.
         """
         if self.method == b"POST" and self._parse_forms and not self._parsePOSTFormSubmission:
             ctype = self.requestHeaders.getRawHeaders(b"content-type")
@@ -146,7 +168,7 @@ class LimitedRequest(server.Request):
                 body = self.content.read()
                 self.content.seek(0, 0)
                 if body:
-                    self.args.update(http.parse_qs(body, 1))
+                    self._form = body
         return super().process()
 
     def _release(self) -> None:

@@ -155,8 +155,18 @@ class MailIntake:
         log.info("mail {mid} from {sender} stored for {jids}", mid=mail.message_id, sender=sender,
                  jids=", ".join(regs))
 
-    @defer.inlineCallbacks
     def _authenticate(self, data: bytes, envelope_from: str, peer: tuple[str, str] | None):
+        """
+        None at once when there is nothing to check (``sender_auth`` off, mail
+        from ``xmpp-gateway deliver``); else _check's Deferred.
+        """
+        checker = self.adapter.sender_auth
+        if checker is None or not peer or len(peer) < 2 or not peer[1]:
+            return None
+        return self._check(checker, data, envelope_from, peer)
+
+    @defer.inlineCallbacks
+    def _check(self, checker, data: bytes, envelope_from: str, peer: tuple[str, str]):
         """
         SPF, DKIM and DMARC (gateway/adapters/email/auth.py) for mail from an
         SMTP client: raises SenderRefused when the From domain's DMARC policy
@@ -165,9 +175,6 @@ class MailIntake:
         None. Mail from ``xmpp-gateway deliver`` (no client address) is left to
         the MTA in front, which saw the client.
         """
-        checker = self.adapter.sender_auth
-        if checker is None or not peer or len(peer) < 2 or not peer[1]:
-            return None
         helo, ip = peer[0], peer[1]
         try:
             address = ipaddress.ip_address(ip)
@@ -184,20 +191,26 @@ class MailIntake:
                                      "DMARC, and this mail does")
         return verdict.problem()
 
-    @defer.inlineCallbacks
     def _thread(self, reg: Registration, mail):
         """
-        The XMPP thread of ``mail`` for one user. Its id is recorded before the
-        message is stored (the record is idempotent): recorded after, a failure
-        there would fail a mail already stored, and its retry would duplicate it.
+        The XMPP thread of ``mail`` for one user (a Deferred, or the thread at
+        once when nothing is to be asked or recorded). Its id is recorded before
+        the message is stored (the record is idempotent): recorded after, a
+        failure there would fail a mail already stored, and its retry would
+        duplicate it.
         """
         known = mail.references + mail.in_reply_to
-        thread = (yield self.context.thread_of(reg.jid, known)) if known else None
+        if known:
+            return self.context.thread_of(reg.jid, known).addCallback(self._record_thread, reg, mail)
+        return self._record_thread(None, reg, mail)
+
+    def _record_thread(self, thread, reg: Registration, mail):
         if thread is None:
             root = (mail.references or mail.in_reply_to or [mail.message_id or ""])[0]
             thread = root.strip("<>") or None
         if thread and mail.message_id:
-            yield self.context.add_to_thread(reg.jid, thread, mail.message_id, mail.subject)
+            return self.context.add_to_thread(reg.jid, thread, mail.message_id, mail.subject).addCallback(
+                lambda _: thread)
         return thread
 
     def _bounce(self, reg: Registration, mail):

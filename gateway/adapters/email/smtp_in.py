@@ -119,15 +119,17 @@ class _Delivery:
     def validateFrom(self, helo, origin):
         return origin       # anyone may write to a user, and <> (bounces) is allowed
 
-    @defer.inlineCallbacks
     def validateTo(self, user):
+        """A registered user's address: a message factory; otherwise SMTPBadRcpt (raised, or as the Deferred's failure)."""
         address = f"{user.dest.local.decode('utf-8', 'replace')}@{user.dest.domain.decode('utf-8', 'replace')}"
         domain = user.dest.domain.decode("utf-8", "replace").lower()
         if domain != self.adapter.mail_domain:
             raise smtp.SMTPBadRcpt(user.dest, 550, f"5.7.1 relaying denied: only mail for @{self.adapter.mail_domain}"
                                                    " is accepted here")
         address = address.lower()
-        reg = yield self.adapter.context.registration_by_foreign_id(address)
+        return self.adapter.context.registration_by_foreign_id(address).addCallback(self._accepted, user, address)
+
+    def _accepted(self, reg, user, address: str):
         if reg is None:
             raise smtp.SMTPBadRcpt(user.dest, 550, f"5.1.1 <{address}>: no such user here")
         origin = str(user.orig) if user.orig else ""
@@ -164,6 +166,14 @@ class _ESMTP(smtp.ESMTP):
         if self.mode != smtp.DATA and self._data_timer is not None:
             self._stop_data_timer()
         return result
+
+    def sendLine(self, line: bytes) -> None:
+        """
+        Replies end in <CRLF> (RFC 5321 4.2), whatever ``delimiter`` reads:
+        LineReceiver would write the bare LF it splits input on. One write per
+        line, not Twisted's two-part writeSequence.
+        """
+        self.transport.write(line + b"\r\n")
 
     def lineLengthExceeded(self, line):
         self.sendCode(500, f"5.5.2 line longer than {MAX_LINE} octets".encode())

@@ -175,6 +175,9 @@ class SMSAdapter(AdapterBase):
             elif opts["provider"] == "telnyx":
                 fields += [Field("api_key", "Your Telnyx API key (optional)", type="text-private")]
         self.registration_fields = fields
+        #: What a webhook taken is answered (the provider's empty reply).
+        self._ok = (200, *self.provider.webhook_reply)
+        self._webhook_counters: dict[tuple[str, str], Any] = {}
 
     def startService(self):
         super().startService()
@@ -308,47 +311,78 @@ class SMSAdapter(AdapterBase):
                     found[number] = reg.secrets["auth_token"]
         return found
 
-    @defer.inlineCallbacks
+    def _counted(self, kind: str, outcome: str) -> None:
+        counter = self._webhook_counters.get((kind, outcome))
+        if counter is None:
+            counter = self._webhook_counters[(kind, outcome)] = WEBHOOKS.labels(self.context.component, kind, outcome)
+        counter.inc()
+
     def handle_webhook(self, kind: str, request: WebhookRequest):
-        component = self.context.component
-        ok = (200, *self.provider.webhook_reply)
-        secrets = yield self._user_secrets(request)
+        """
+        A provider's webhook: (code, content type, body) to answer, or a
+        Deferred of it. An inbound text is answered 200 only once it is stored.
+        Plain calls and callbacks rather than inlineCallbacks on the common
+        path (an inbound text without media, no per-user credentials): each
+        generator layer cost more than the rest of the adapter's own work.
+        """
+        if self.config["user_credentials"]:
+            return self._user_secrets(request).addCallback(lambda secrets: self._handle(kind, request, secrets))
+        return self._handle(kind, request, {})
+
+    def _handle(self, kind: str, request: WebhookRequest, secrets: dict):
         try:
             if kind == "inbound":
                 sms = self.provider.parse_inbound(request, secrets.get)
             else:
                 report = self.provider.parse_status(request, secrets.get)
         except WebhookRejected as e:
-            WEBHOOKS.labels(component, kind, "rejected").inc()
+            self._counted(kind, "rejected")
             log.warn("refused a {kind} webhook: {why}", kind=kind, why=str(e))
             return 403, b"text/plain", b"forbidden\n"
         if kind == "status":
-            WEBHOOKS.labels(component, kind, "accepted").inc()
-            query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url).query)
-            ours = (query.get("gw_id") or [""])[0]
-            # A split text is delivered when its last part is; any part failing fails it.
-            final = (query.get("part") or ["1"])[0] == (query.get("parts") or ["1"])[0]
-            foreign_id = ours or report.id       # without gw_id: a message sent before statuses named ours
-            if report.delivered is None and foreign_id:
-                yield self.context.confirmed(foreign_id)      # queued/sent: the provider has it
-            if report.delivered is not None and foreign_id and (final or report.delivered is False):
-                yield self.context.report(DeliveryReport(component, "", foreign_id, report.delivered,
-                                                         None if report.delivered else "recipient-unavailable",
-                                                         report.reason))
-            return ok
-        reg = yield self.context.registration_by_foreign_id(sms.recipient)
+            return self._status(request, report)
+        return self.context.registration_by_foreign_id(sms.recipient).addCallback(self._inbound, sms)
+
+    def _inbound(self, reg: Registration | None, sms):
         if reg is None:
-            WEBHOOKS.labels(component, kind, "unknown-number").inc()
+            self._counted("inbound", "unknown-number")
             log.info("inbound SMS to {number}, which no user has registered: not delivered", number=sms.recipient)
-            return ok  # 200, so the provider does not retry a message nobody can receive
+            return self._ok  # 200, so the provider does not retry a message nobody can receive
         sender = sender_address(sms.sender, self.config["default_region"] or None)
+        if sms.media:
+            return self._inbound_with_media(reg, sms, sender)
+        return self.context.deliver(self._message(reg, sms, sender, [])).addCallback(self._delivered)
+
+    @defer.inlineCallbacks
+    def _inbound_with_media(self, reg: Registration, sms, sender: str):
         media = []
         for url, _ in sms.media:
             # On the user's own server (XEP-0363) when it has an upload service; else the provider's URL.
             media.append((yield self.context.rehost(reg.jid, url)))
-        yield self.context.deliver(InboundMessage(
-            component=component, user=reg.jid, sender=sender, body=sms.body or None,
-            attachments=media, foreign_id=sms.id,
-            dedupe_key=f"{self.provider.name}:{sms.dedupe_id}" if sms.dedupe_id else None))
-        WEBHOOKS.labels(component, kind, "delivered").inc()
-        return ok
+        yield self.context.deliver(self._message(reg, sms, sender, media))
+        return self._delivered(None)
+
+    def _message(self, reg: Registration, sms, sender: str, media: list) -> InboundMessage:
+        return InboundMessage(component=self.context.component, user=reg.jid, sender=sender, body=sms.body or None,
+                              attachments=media, foreign_id=sms.id,
+                              dedupe_key=f"{self.provider.name}:{sms.dedupe_id}" if sms.dedupe_id else None)
+
+    def _delivered(self, _):
+        self._counted("inbound", "delivered")
+        return self._ok
+
+    @defer.inlineCallbacks
+    def _status(self, request: WebhookRequest, report):
+        self._counted("status", "accepted")
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(request.url).query)
+        ours = (query.get("gw_id") or [""])[0]
+        # A split text is delivered when its last part is; any part failing fails it.
+        final = (query.get("part") or ["1"])[0] == (query.get("parts") or ["1"])[0]
+        foreign_id = ours or report.id       # without gw_id: a message sent before statuses named ours
+        if report.delivered is None and foreign_id:
+            yield self.context.confirmed(foreign_id)      # queued/sent: the provider has it
+        if report.delivered is not None and foreign_id and (final or report.delivered is False):
+            yield self.context.report(DeliveryReport(self.context.component, "", foreign_id, report.delivered,
+                                                     None if report.delivered else "recipient-unavailable",
+                                                     report.reason))
+        return self._ok

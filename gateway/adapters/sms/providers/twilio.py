@@ -8,6 +8,7 @@ followed by every POST parameter name and value, sorted by name.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from urllib.parse import urlsplit, urlunsplit
@@ -40,8 +41,13 @@ def signature(auth_token: str, url: str, params: dict[str, list[str]]) -> str:
     return base64.b64encode(mac.digest()).decode("ascii")
 
 
-def _url_variants(url: str) -> list[str]:
-    """Twilio signs the URL as configured; proxies may add or drop the default port."""
+@functools.lru_cache(maxsize=32)
+def _url_variants(url: str) -> tuple[str, ...]:
+    """
+    Twilio signs the URL as configured; proxies may add or drop the default
+    port. Cached (pure; 32 URLs of at most the request line's 16 KiB): every
+    webhook of a kind has the same URL.
+    """
     parts = urlsplit(url)
     variants = [url]
     default = 443 if parts.scheme == "https" else 80
@@ -49,7 +55,7 @@ def _url_variants(url: str) -> list[str]:
         variants.append(urlunsplit(parts._replace(netloc=f"{parts.hostname}:{default}")))
     elif parts.port == default:
         variants.append(urlunsplit(parts._replace(netloc=parts.hostname)))
-    return variants
+    return tuple(variants)
 
 
 class TwilioProvider(SMSProvider):
