@@ -18,7 +18,7 @@ import pytest_twisted
 
 from gateway.adapters.email import EmailAdapter
 from gateway.options import validate_table
-from tests.unit.wire import DOMAIN, Wire
+from tests.unit.wire import Wire
 
 USER = "alice@example.org"
 MAIL_DOMAIN = "mail.test"
