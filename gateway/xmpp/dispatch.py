@@ -30,6 +30,18 @@ from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import utility, xpath
 
 
+def already_handled(stanza) -> bool:
+    """
+    Whether another handler took this stanza (set ``stanza.handled = True``).
+
+    Read from the instance itself, never as ``getattr(stanza, "handled")``: domish
+    answers a missing attribute with the first child element of that name, so a
+    peer's ``<handled/>`` child made a message, a room line or a presence look taken
+    and it was dropped without an answer (tests/hostile/test_xmpp.py).
+    """
+    return bool(stanza.__dict__.get("handled", False))
+
+
 def _root_name(query: xpath.XPathQuery) -> str | None:
     """The element name a query's root step demands, or None if it can match any element."""
     base = getattr(query, "baseLocation", None)
