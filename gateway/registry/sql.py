@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.interfaces import IRegistry
+from gateway.ids import new_id
 from gateway.model import Registration
 from gateway.registry.crypto import SecretBox, SecretsUnreadable, new_salt
 from gateway.registry.backup import check_schema
@@ -34,7 +35,8 @@ _log = Logger(namespace="gateway.registry")
 
 
 def new_token() -> str:
-    return os.urandom(16).hex()
+    """A claim token: unique and unguessable, from the same pool as message ids."""
+    return new_id()
 
 
 class _WriteBatcher:
