@@ -106,6 +106,27 @@ class _WriteBatcher:
             self._flush()
         return d
 
+    def delete_rows(self, pairs: list[tuple[str, str | None]]) -> defer.Deferred:
+        """
+        delete_row for many rows with one Deferred for them all: fires with
+        the list of their outcomes (1 or 0 each, in order). The inbound
+        barrier's batch needs no Deferred per row.
+        """
+        if not pairs:
+            return defer.succeed([])
+        group = self._deletes
+        if group is None or not self._touched.isdisjoint(row for row, _ in pairs):
+            group = self._deletes = _QueueDeletes(self.registry)
+            self._touched = set()
+            self.pending.append((group.run, group.done))
+        d = defer.Deferred()
+        start = len(group.rows)
+        group.rows.extend((row, token, None) for row, token in pairs)
+        group.batches.append((start, len(group.rows), d))
+        if not self.busy:
+            self._flush()
+        return d
+
     def add_row(self, query: str, args: tuple) -> None:
         """
         One more row for ``query`` in the next shared transaction, written with
@@ -184,7 +205,9 @@ class _QueueDeletes:
 
     def __init__(self, registry: "SQLRegistry"):
         self.registry = registry
-        self.rows: list[tuple[str, str | None, defer.Deferred]] = []
+        self.rows: list[tuple[str, str | None, defer.Deferred | None]] = []
+        #: Callers of delete_rows: their slice of ``rows`` and the Deferred told its outcomes.
+        self.batches: list[tuple[int, int, defer.Deferred]] = []
         #: Fires with the (id, token) pairs deleted once the transaction committed.
         self.done = defer.Deferred()
         self.done.addCallbacks(self._tell, self._one_by_one)
@@ -207,19 +230,39 @@ class _QueueDeletes:
         return deleted
 
     def _tell(self, deleted: set[tuple[str, str]]) -> None:
+        outcomes = []
         for row, token, d in self.rows:
             key = (row, token)
             if key in deleted:
                 deleted.discard(key)        # asked twice: the first one deleted it
-                d.callback(1)
+                outcomes.append(1)
             else:
-                d.callback(0)
+                outcomes.append(0)
+            if d is not None:
+                d.callback(outcomes[-1])
+        for start, stop, d in self.batches:
+            d.callback(outcomes[start:stop])
 
     def _one_by_one(self, _failure) -> None:
-        """The group failed in a batch and again on its own: each delete alone, so only a faulty one fails."""
+        """
+        The group failed in a batch and again on its own: each delete alone, so
+        only a faulty one fails (a delete_rows caller is told the first failure
+        among its rows; those not deleted are taken again when their leases lapse).
+        """
         query = self.registry._sql("DELETE FROM queue" + SQLRegistry._FENCE)
+        alone = []
         for row, token, d in self.rows:
-            self.registry.pool.runInteraction(_rowcount, query, (row, token)).chainDeferred(d)
+            done = self.registry.pool.runInteraction(_rowcount, query, (row, token))
+            if d is not None:
+                done.chainDeferred(d)
+            else:
+                alone.append(done)
+        at = 0
+        for start, stop, d in self.batches:
+            count = stop - start
+            defer.gatherResults(alone[at:at + count], consumeErrors=True).addErrback(
+                lambda f: f.value.subFailure).chainDeferred(d)
+            at += count
 
 
 def _rowcount(txn, query: str, args: tuple) -> int:
@@ -817,6 +860,10 @@ class SQLRegistry:
     def finish(self, item: QueueItem) -> defer.Deferred:
         """Remove a row whose work is done; fires with 0 if another process owns it now."""
         return self._batch.delete_row(item.id, item.token)
+
+    def finish_all(self, items: list[QueueItem]) -> defer.Deferred:
+        """finish() for many rows with one Deferred: fires with each row's count (1, or 0 if fenced out), in order."""
+        return self._batch.delete_rows([(item.id, item.token) for item in items])
 
     def release(self, item: QueueItem, next_attempt: float, attempts: int, error: str | None = None) -> defer.Deferred:
         """Give a row back for a later attempt (by any process), with its payload (an adapter's progress)."""
