@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -436,10 +436,12 @@ class Outbox:
         item = self._inbound_item(message)
         return self.registry.enqueue(item).addCallback(lambda _: self._stored_inbound(item, message))
 
-    def deliver_all(self, messages: list[InboundMessage]) -> defer.Deferred:
+    def deliver_all(self, messages: list[InboundMessage],
+                    threads: Iterable[tuple[str, str, str, str, str | None]] = ()) -> defer.Deferred:
         """
-        Store several messages in one transaction (all or none); fires with
-        which were new (not repeats of a ``dedupe_key``). Delivery goes on after.
+        Store several messages in one transaction (all or none), with their
+        thread records (SQLRegistry.enqueue_all); fires with which were new
+        (not repeats of a ``dedupe_key``). Delivery goes on after.
         """
         items = [self._inbound_item(m) for m in messages]
 
@@ -451,7 +453,7 @@ class Outbox:
                     log.info("{key}: already accepted; not delivered again", key=message.dedupe_key)
             return new
 
-        return self.registry.enqueue_all(items, [m.dedupe_key for m in messages]).addCallback(stored)
+        return self.registry.enqueue_all(items, [m.dedupe_key for m in messages], threads).addCallback(stored)
 
     def _stored_inbound(self, item: QueueItem, message: InboundMessage) -> None:
         self._active[item.id] = item

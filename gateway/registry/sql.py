@@ -728,11 +728,12 @@ class SQLRegistry:
 
     # -- threads ----------------------------------------------------------
 
+    _INSERT_THREAD = ("INSERT INTO threads (component, jid, thread, message_id, subject, created_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (component, jid, message_id) DO NOTHING")
+
     def add_to_thread(self, component: str, jid: str, thread: str, message_id: str,
                       subject: str | None = None) -> defer.Deferred:
-        return self._op("INSERT INTO threads (component, jid, thread, message_id, subject, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (component, jid, message_id) DO NOTHING",
-                        (component, jid, thread, message_id, subject, time.time()))
+        return self._op(self._INSERT_THREAD, (component, jid, thread, message_id, subject, time.time()))
 
     def thread_messages(self, component: str, jid: str, thread: str) -> defer.Deferred:
         """[(message_id, subject)] of a thread, oldest first."""
@@ -804,17 +805,27 @@ class SQLRegistry:
         """Store a message durably; by default already claimed by us, as we work on it at once."""
         return self._batch.add(self._INSERT_QUEUE, self._insert_args(item, claimed, time.time()), item.id)
 
-    def enqueue_all(self, items: list[QueueItem], keys: list[str | None] | None = None) -> defer.Deferred:
+    def enqueue_all(self, items: list[QueueItem], keys: list[str | None] | None = None,
+                    threads: Iterable[tuple[str, str, str, str, str | None]] = ()) -> defer.Deferred:
         """
         Store several messages in one transaction: all of them or, on any
         failure, none. An item whose key (a foreign message id) was accepted
         before is left out; fires with which items were stored.
+
+        ``threads``: (component, jid, thread, message_id, subject) records
+        (add_to_thread) that belong to these messages, written in the same
+        transaction, so the commit that acknowledges a mail also holds its
+        thread record (no second fsync, and no record left behind by a mail
+        that was never stored). They are idempotent, so a repeat writes none.
         """
         now = time.time()
         rows = [self._insert_args(item, True, now) for item in items]
         keys = keys or [None] * len(items)
+        thread_rows = [(*record, now) for record in threads]
 
         def txn_insert(txn):
+            if thread_rows:
+                txn.executemany(self._sql(self._INSERT_THREAD), thread_rows)
             stored = []
             for item, key, args in zip(items, keys, rows):
                 if key:
