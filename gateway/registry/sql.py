@@ -28,6 +28,7 @@ from gateway.interfaces import IRegistry
 from gateway.ids import new_id
 from gateway.model import Registration
 from gateway.registry.crypto import SecretBox, SecretsUnreadable, new_salt
+from gateway.registry import payloads
 from gateway.registry.backup import check_schema
 from gateway.registry.migrations import MIGRATIONS
 
@@ -797,7 +798,7 @@ class SQLRegistry:
     def _insert_args(self, item: QueueItem, claimed: bool, now: float) -> tuple:
         if claimed:
             item.token, item.lease_until = new_token(), now + self.lease
-        return (item.id, item.component, item.jid, item.direction, json.dumps(item.payload), item.attempts,
+        return (item.id, item.component, item.jid, item.direction, payloads.encode(item), item.attempts,
                 now, item.deadline, self.claimant if claimed else None,
                 item.lease_until if claimed else None, item.token if claimed else None, item.created_at)
 
@@ -843,7 +844,8 @@ class SQLRegistry:
     _QUEUE_COLUMNS = "id, component, jid, direction, payload, attempts, deadline, created_at, last_error, parked_at"
 
     def _item(self, row, token: str | None = None, lease_until: float = 0.0) -> QueueItem:
-        return QueueItem(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7],
+        return QueueItem(row[0], row[1], row[2], row[3], payloads.decode(row[4], row[0], row[2], row[1], row[7]),
+                         row[5], row[6], row[7],
                          token=token, lease_until=lease_until, last_error=row[8], parked_at=row[9])
 
     def claim(self, component: str, direction: str, limit: int = 100,
@@ -880,7 +882,7 @@ class SQLRegistry:
         """Give a row back for a later attempt (by any process), with its payload (an adapter's progress)."""
         return self._batch.add("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, claim_token = NULL, "
                                "next_attempt = ?, attempts = ?, last_error = ?, payload = ?" + self._FENCE,
-                               (next_attempt, attempts, error, json.dumps(item.payload), item.id, item.token), item.id)
+                               (next_attempt, attempts, error, payloads.encode(item), item.id, item.token), item.id)
 
     def park(self, item: QueueItem, reason: str) -> defer.Deferred:
         """Set a row aside as a dead letter with its reason; the rows behind it flow on."""
@@ -891,7 +893,7 @@ class SQLRegistry:
     def checkpoint(self, item: QueueItem) -> defer.Deferred:
         """Store a changed payload (an adapter's progress on a multi-part send); fires with 0 if fenced out."""
         return self._batch.add("UPDATE queue SET payload = ?" + self._FENCE,
-                               (json.dumps(item.payload), item.id, item.token), item.id)
+                               (payloads.encode(item), item.id, item.token), item.id)
 
     def owns(self, item: QueueItem, margin: float, now: float | None = None) -> bool:
         """Whether this process's lease on ``item`` is known, without asking the database, to last ``margin`` s more."""
