@@ -502,6 +502,9 @@ class IRegistry(Interface):
     def finish(item):
         """Remove a row once its work is done, if our claim on it still stands; fires with the row count."""
 
+    def finish_all(items):
+        """finish() for many rows at once; fires with the list of their row counts, in order."""
+
     def release(item, next_attempt, attempts, error=None):
         """Give a row back for a later attempt, if our claim on it still stands."""
 
