@@ -29,6 +29,8 @@ from twisted.python import log
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import utility, xpath
 
+from gateway.xmpp.parser import element_stream
+
 
 def already_handled(stanza) -> bool:
     """
@@ -150,4 +152,13 @@ class StanzaRouter(utility.EventDispatcher):
 
 
 class RoutedXmlStream(StanzaRouter, xmlstream.XmlStream):
-    """The Jabber ``XmlStream`` with ``StanzaRouter``'s dispatch: what component streams are built from."""
+    """
+    The Jabber ``XmlStream`` with ``StanzaRouter``'s dispatch and the lean
+    parser (gateway/xmpp/parser.py): what component streams are built from.
+    """
+
+    def _initializeStream(self) -> None:
+        self.stream = element_stream()
+        self.stream.DocumentStartEvent = self.onDocumentStart
+        self.stream.ElementEvent = self.onElement
+        self.stream.DocumentEndEvent = self.onDocumentEnd
