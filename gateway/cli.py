@@ -115,7 +115,7 @@ def _with_registry(args, work):
         except Exception as e:          # raised again below, outside the reactor, for the command to report
             result["error"] = e
         finally:
-            registry.close()
+            yield registry.close()
 
     try:
         task.react(main)

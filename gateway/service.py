@@ -202,4 +202,4 @@ class GatewayService(service.MultiService):
                 yield self.registry.stop_instance()
             except Exception:
                 log.failure("unregistering this instance failed")
-        self.registry.close()
+        yield self.registry.close()        # after the writes the bridges asked for while stopping

@@ -4,6 +4,7 @@ Durable state: registrations, address and message-id mappings, and the queue
 serves SQLite and PostgreSQL; see ``sql.py``.
 """
 
-from gateway.registry.sql import InstanceConflict, QueueItem, RegistrationConflict, SQLRegistry, open_registry
+from gateway.registry.sql import (InstanceConflict, QueueItem, RegistrationConflict, RegistryClosed, SQLRegistry,
+                                  open_registry)
 
-__all__ = ["SQLRegistry", "InstanceConflict", "QueueItem", "RegistrationConflict", "open_registry"]
+__all__ = ["SQLRegistry", "InstanceConflict", "QueueItem", "RegistrationConflict", "RegistryClosed", "open_registry"]

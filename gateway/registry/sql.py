@@ -21,6 +21,7 @@ from typing import Any, Iterable
 from twisted.enterprise import adbapi
 from twisted.internet import defer, threads
 from twisted.logger import Logger
+from twisted.python import failure
 
 from zope.interface import implementer
 
@@ -38,6 +39,14 @@ _log = Logger(namespace="gateway.registry")
 def new_token() -> str:
     """A claim token: unique and unguessable, from the same pool as message ids."""
     return new_id()
+
+
+def _closed_failure() -> failure.Failure:
+    return failure.Failure(RegistryClosed("the registry is closing: the write was not made"))
+
+
+def _closed() -> defer.Deferred:
+    return defer.fail(_closed_failure())
 
 
 class _WriteBatcher:
@@ -65,6 +74,8 @@ class _WriteBatcher:
         #: rows other writes of that transaction touched after the group began.
         self._deletes: _QueueDeletes | None = None
         self._touched: set[str] = set()
+        #: Set by SQLRegistry.close(): what was asked before still commits, nothing more is taken.
+        self.closed = False
 
     def add(self, query: str, args: tuple, row: str | None = None) -> defer.Deferred:
         """One statement; ``row``: the queue row it writes, if any (see delete_row)."""
@@ -76,6 +87,8 @@ class _WriteBatcher:
         Run ``work(txn)`` in the next shared transaction; fires with its result
         once committed. ``rows``: the ids of the queue rows it writes.
         """
+        if self.closed:
+            return _closed()
         d = defer.Deferred()
         if self._deletes is not None:
             self._touched.update(rows)
@@ -96,6 +109,8 @@ class _WriteBatcher:
         after that write, so no delete ever runs before a write asked for
         before it on its row.
         """
+        if self.closed:
+            return _closed()
         group = self._deletes
         if group is None or row in self._touched:
             group = self._deletes = _QueueDeletes(self.registry)
@@ -115,6 +130,8 @@ class _WriteBatcher:
         """
         if not pairs:
             return defer.succeed([])
+        if self.closed:
+            return _closed()
         group = self._deletes
         if group is None or not self._touched.isdisjoint(row for row, _ in pairs):
             group = self._deletes = _QueueDeletes(self.registry)
@@ -135,6 +152,9 @@ class _WriteBatcher:
         there is, for traffic nobody waits on (the room archive). No Deferred:
         settled() says when it is in; a failure is logged and counted.
         """
+        if self.closed:
+            self._row_lost(_closed_failure())
+            return
         rows = self._rows.get(query)
         if rows is None:
             rows = self._rows[query] = []
@@ -280,6 +300,10 @@ class RegistrationConflict(Exception):
     """Another user already holds this foreign identity."""
 
 
+class RegistryClosed(Exception):
+    """A write asked after the registry began to close: it was not made."""
+
+
 class InstanceConflict(Exception):
     """Another live process already uses this instance id (or, on SQLite, this file)."""
 
@@ -367,12 +391,18 @@ class SQLRegistry:
                                      cp_noisy=False)
 
     def _run(self, query: str, args: Iterable = ()) -> defer.Deferred:
+        if self.pool is None:
+            return _closed()
         return self.pool.runQuery(self._sql(query), tuple(args))
 
     def _op(self, query: str, args: Iterable = ()) -> defer.Deferred:
+        if self.pool is None:
+            return _closed()
         return self.pool.runOperation(self._sql(query), tuple(args))
 
     def _interaction(self, fn, *args) -> defer.Deferred:
+        if self.pool is None:
+            return _closed()
         return self.pool.runInteraction(fn, *args)
 
     @defer.inlineCallbacks
@@ -412,10 +442,26 @@ class SQLRegistry:
         d = self._run("SELECT MAX(version) FROM schema_version")
         return d.addCallback(lambda rows: rows[0][0])
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+    def close(self) -> defer.Deferred:
+        """
+        Close once every write asked before has committed (or failed). The
+        service stops right after its bridges' last writes (a claim released,
+        a delivered row deleted), often with a group commit in flight:
+        closing the pool under it lost the writes waiting for the next one.
+        A write asked from now on fails with RegistryClosed. When nothing is
+        in flight the pool is closed before this returns.
+        """
+        if self.pool is None:
+            return defer.succeed(None)
+        self._batch.closed = True
+
+        def shut(result):
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
+            return result
+
+        return self._batch.settled().addBoth(shut)
 
     def ping(self) -> defer.Deferred:
         return self._run("SELECT 1").addCallback(lambda rows: rows[0][0] == 1)
