@@ -8,7 +8,7 @@ spacing, non-UTF-8, very long lines, colons, prefixes without ``!`` or ``@``,
 channel names with odd characters), read in chunks cut anywhere. The real stack
 in memory (component, bridge, room archive in SQLite, IRC adapter);
 the reference is the code before the short path: the line-by-line walk of
-``IRCConnection.dataReceived`` into ``lineReceived`` and the uncached
+``IRCConnection.dataReceived``, ``lineReceived`` into the general parser and the uncached
 ``room_message_strings`` (both copied below as they were), so the split, the CR
 handling and the stanza writer's caches are compared too, not only the parser.
 """
@@ -63,6 +63,19 @@ def _reference_data_received(self, data: bytes) -> None:
         self.overlong += 1
         self._skipping, rest = True, b""
     self._inbuf = rest
+
+
+def _reference_line_received(self, line):
+    """IRCConnection.lineReceived before the short path (37a710c), as the reference."""
+    if self._hello is not None:
+        self._sign_on()
+    if isinstance(line, bytes):
+        line = self._decode(line)
+    parsed = client.parse_line(line)
+    if parsed is None:
+        return
+    self.tags, prefix, command, params = parsed
+    self.handleCommand(command, prefix, params)
 
 
 def _reference_room_message_strings(domain: str, event, localpart=lambda address: address, cache=None) -> list[str]:
@@ -239,9 +252,10 @@ def _run(reads: list[bytes], fast: bool, caps: set[str]):
         room_event(event)
 
     bridge.room_event = recording
-    saved = IRCConnection.dataReceived, messages.room_message_strings
+    saved = IRCConnection.dataReceived, IRCConnection.lineReceived, messages.room_message_strings
     if not fast:
         IRCConnection.dataReceived = _reference_data_received
+        IRCConnection.lineReceived = _reference_line_received
         messages.room_message_strings = _reference_room_message_strings
     try:
         yield bench.start()
@@ -271,7 +285,7 @@ def _run(reads: list[bytes], fast: bool, caps: set[str]):
         return (events, _normalised(bench.xmpp.value()), bench.irc_out.value(), bench.irc.bad_lines,
                 bench.irc.overlong, bench.irc._inbuf, bench.irc._skipping)
     finally:
-        IRCConnection.dataReceived, messages.room_message_strings = saved
+        IRCConnection.dataReceived, IRCConnection.lineReceived, messages.room_message_strings = saved
         # Wire.stop, but the writes the stop itself makes (the closed IRC connection's session) are
         # let in before the registry closes, so none lands on a closed one.
         wire = bench.wire
@@ -346,12 +360,12 @@ def test_the_usual_lines_take_the_short_path():
              b"@msgid=abc;time=2020-05-06T07:08:09.123Z :carol!c@h PRIVMSG #bench :with tags\r\n",
              b":Dave!d@h NOTICE #bench :a notice\n"]
     general = []
-    original = IRCConnection.lineReceived
-    IRCConnection.lineReceived = lambda self, line: (general.append(line), original(self, line))
+    original = client.parse_line
+    client.parse_line = lambda line: (general.append(line), original(line))[1]
     try:
         result = yield _run(reads, fast=True, caps=set())
     finally:
-        IRCConnection.lineReceived = original
+        client.parse_line = original
     said = ("hello there", "with tags", "a notice")
     assert general and not [line for line in general if any(t in str(line) for t in said)]
     assert len(result[0]) == 3

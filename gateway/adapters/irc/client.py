@@ -113,7 +113,7 @@ def shared_features(tokens: tuple[str, ...], previous: irc.ServerSupportedFeatur
 #: servers space it, whose nick and text are already what text.clean_name and text.clean would
 #: leave (printable ASCII nick without ``!`` or ``@``, no control, C1 or noncharacter in the
 #: text, which is not CTCP and short enough that no cut applies, even after a notice's mark).
-#: Only such a line takes the short path (IRCConnection.dataReceived to Session.on_room_line);
+#: Only such a line takes the short path (IRCConnection.lineReceived to Session.on_room_line);
 #: anything else, or anything odd, goes through parse_line and Twisted's dispatch. Both give the
 #: same room events: tests/unit/test_irc_in_fast.py.
 _ROOM_LINE = re.compile(
@@ -436,9 +436,7 @@ class IRCConnection(irc.IRCClient):
         """
         Lines split on LF (CR dropped, as Twisted's IRCClient does), never holding
         more than MAX_LINE bytes of a line: the rest of an overlong one is
-        discarded as it arrives, up to its newline. The read is split into lines
-        once; the usual line (ROOM_LINE) goes to the session without the general
-        parser and Twisted's dispatch, every other one through lineReceived.
+        discarded as it arrives, up to its newline. The read is split once.
         """
         if self._skipping:
             cut = data.find(b"\n")
@@ -457,40 +455,35 @@ class IRCConnection(irc.IRCClient):
             if len(line) > MAX_LINE:
                 self.overlong += 1
                 continue
-            if line[-1:] == b"\r":
-                line = line[:-1]
-            if b"\r" in line:
-                line = line.replace(b"\r", b"")
-            if self._hello is not None:
-                self._sign_on()                        # the server spoke first: no need to wait
-            try:
-                decoded = line.decode("utf-8")
-            except UnicodeDecodeError:
-                self.lineReceived(line)               # the channel's or the fallback charset: the general path
-                continue
-            found = _ROOM_LINE.fullmatch(decoded)
-            if found is None:
-                self.lineReceived(decoded)
-                continue
-            raw_tags, nick, command, target, body = found.groups()
-            if "echo-message" in self.caps and nick.lower() == (self.nickname or "").lower():
-                self.lineReceived(decoded)            # our own line back (on_echo): the general path
-                continue
-            self.tags = tags = parse_tags(raw_tags) if raw_tags else {}
-            try:
-                self.session.on_room_line(nick, target, body, tags, command == "NOTICE")
-            except Exception as e:
-                self._not_understood(command, e)
+            self.lineReceived(line.replace(b"\r", b"") if b"\r" in line else line)
         if len(rest) > MAX_LINE:
             self.overlong += 1
             self._skipping, rest = True, b""
         self._inbuf = rest
 
     def lineReceived(self, line):
+        """
+        The usual line (_ROOM_LINE) goes to the session without the general parser
+        and Twisted's dispatch; every other one through parse_line and handleCommand.
+        """
         if self._hello is not None:
             self._sign_on()                            # the server spoke first: no need to wait
         if isinstance(line, bytes):
-            line = self._decode(line)
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                line = self._decode(line)
+        found = _ROOM_LINE.fullmatch(line)
+        if found is not None:
+            raw_tags, nick, command, target, body = found.groups()
+            if "echo-message" not in self.caps or nick.lower() != (self.nickname or "").lower():
+                self.tags = tags = parse_tags(raw_tags) if raw_tags else {}
+                try:
+                    self.session.on_room_line(nick, target, body, tags, command == "NOTICE")
+                except Exception as e:
+                    self._not_understood(command, e)
+                return
+            # Our own line back (echo-message): on_echo, by the general path.
         parsed = parse_line(line)
         if parsed is None:
             return
