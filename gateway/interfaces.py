@@ -328,11 +328,14 @@ class IAdapterContext(Interface):
         acknowledged the same way but not delivered twice.
         """
 
-    def deliver_all(messages):
+    def deliver_all(messages, threads=()):
         """
         Queue several InboundMessages in one transaction: all stored, or (on
         failure) none. Messages whose ``dedupe_key`` was accepted before are
-        acknowledged but left out.
+        acknowledged but left out. ``threads``: (jid, thread, message_id,
+        subject) records as add_to_thread takes them, written in the same
+        transaction, so a message and its thread record are on disk together
+        or not at all (and cost one commit).
         """
 
     def checkpoint(message):
@@ -498,6 +501,9 @@ class IRegistry(Interface):
 
     def finish(item):
         """Remove a row once its work is done, if our claim on it still stands; fires with the row count."""
+
+    def finish_all(items):
+        """finish() for many rows at once; fires with the list of their row counts, in order."""
 
     def release(item, next_attempt, attempts, error=None):
         """Give a row back for a later attempt, if our claim on it still stands."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Iterable
 
 from twisted.application import service
 from twisted.internet import defer, task
@@ -196,11 +196,12 @@ class Bridge(service.MultiService):
         self.conversations.inbound(message)
         return self.outbox.deliver(message)
 
-    def deliver_all(self, messages: list[InboundMessage]) -> defer.Deferred:
+    def deliver_all(self, messages: list[InboundMessage],
+                    threads: Iterable[tuple[str, str, str, str | None]] = ()) -> defer.Deferred:
         for message in messages:
             message.component = self.component
             self.conversations.inbound(message)
-        return self.outbox.deliver_all(messages)
+        return self.outbox.deliver_all(messages, [(self.component, *record) for record in threads])
 
     def offer_file(self, user: str, data: bytes, name: str | None, content_type: str | None) -> defer.Deferred:
         """

@@ -94,10 +94,11 @@ class Conversations:
 
     def _drop_oldest(self, key: tuple[str, str]) -> None:
         messages = self._by_id[key]
-        _, gone = messages.popitem(last=False)
+        gone_id, gone = messages.popitem(last=False)
         self._count -= 1
-        if gone.ref:
-            self._by_ref[key].pop(gone.ref, None)
+        refs = self._by_ref[key]
+        if gone.ref and refs.get(gone.ref) == gone_id:   # a reused ref belongs to the newer message
+            del refs[gone.ref]
         if not messages:
             del self._by_id[key]
             self._by_ref.pop(key, None)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -329,14 +329,37 @@ class Outbox:
     def _finish(self, item: QueueItem) -> defer.Deferred:
         """Delete a row whose work is done; fires False if another process had taken it over meanwhile."""
         self._active.pop(item.id, None)
+        return self._fenced(self.registry.finish, item).addCallback(self._counted, item)
 
-        def finished(count):
-            if not count:
-                self._fenced_count.inc()
-                log.warn("{id}: finished here after another process had taken it over", id=item.id)
-            return bool(count)
+    def _finish_all(self, items: list[QueueItem]) -> defer.Deferred:
+        """
+        _finish for a batch (the barrier's) in one registry call, with one
+        Deferred instead of a chain per row. A row fenced out because a poll
+        re-claimed it for us meanwhile (its token changed) is finished again
+        under the new claim, as _fenced does for one.
+        """
+        tokens = []
+        for item in items:
+            self._active.pop(item.id, None)
+            tokens.append(item.token)
 
-        return self._fenced(self.registry.finish, item).addCallback(finished)
+        def finished(counts):
+            for item, token, count in zip(items, tokens, counts):
+                if count:
+                    continue
+                if item.token != token:
+                    self._fenced(self.registry.finish, item).addCallback(self._counted, item).addErrback(
+                        lambda f: log.failure("inbound finish failed", f))
+                else:
+                    self._counted(0, item)
+
+        return self.registry.finish_all(items).addCallback(finished)
+
+    def _counted(self, count: int, item: QueueItem) -> bool:
+        if not count:
+            self._fenced_count.inc()
+            log.warn("{id}: finished here after another process had taken it over", id=item.id)
+        return bool(count)
 
     @defer.inlineCallbacks
     def _park(self, item: QueueItem, reason: str):
@@ -413,10 +436,12 @@ class Outbox:
         item = self._inbound_item(message)
         return self.registry.enqueue(item).addCallback(lambda _: self._stored_inbound(item, message))
 
-    def deliver_all(self, messages: list[InboundMessage]) -> defer.Deferred:
+    def deliver_all(self, messages: list[InboundMessage],
+                    threads: Iterable[tuple[str, str, str, str, str | None]] = ()) -> defer.Deferred:
         """
-        Store several messages in one transaction (all or none); fires with
-        which were new (not repeats of a ``dedupe_key``). Delivery goes on after.
+        Store several messages in one transaction (all or none), with their
+        thread records (SQLRegistry.enqueue_all); fires with which were new
+        (not repeats of a ``dedupe_key``). Delivery goes on after.
         """
         items = [self._inbound_item(m) for m in messages]
 
@@ -428,7 +453,7 @@ class Outbox:
                     log.info("{key}: already accepted; not delivered again", key=message.dedupe_key)
             return new
 
-        return self.registry.enqueue_all(items, [m.dedupe_key for m in messages]).addCallback(stored)
+        return self.registry.enqueue_all(items, [m.dedupe_key for m in messages], threads).addCallback(stored)
 
     def _stored_inbound(self, item: QueueItem, message: InboundMessage) -> None:
         self._active[item.id] = item
@@ -474,9 +499,9 @@ class Outbox:
                         if self._active.get(item.id) is item:
                             self._hold(item)
                     continue
-                for item in batch:
-                    if self._active.get(item.id) is item:
-                        self._finish(item).addErrback(lambda f: log.failure("inbound finish failed", f))
+                self._finish_all([item for item in batch if self._active.get(item.id) is item]).addErrback(
+                    lambda f: log.failure("inbound finish failed (the rows are taken again when their leases lapse)",
+                                          f))
         finally:
             self._barrier_running = False
 

@@ -25,8 +25,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from gateway.interfaces import IRegistry
+from gateway.ids import new_id
 from gateway.model import Registration
 from gateway.registry.crypto import SecretBox, SecretsUnreadable, new_salt
+from gateway.registry import payloads
 from gateway.registry.backup import check_schema
 from gateway.registry.migrations import MIGRATIONS
 
@@ -34,7 +36,8 @@ _log = Logger(namespace="gateway.registry")
 
 
 def new_token() -> str:
-    return os.urandom(16).hex()
+    """A claim token: unique and unguessable, from the same pool as message ids."""
+    return new_id()
 
 
 class _WriteBatcher:
@@ -100,6 +103,27 @@ class _WriteBatcher:
             self.pending.append((group.run, group.done))
         d = defer.Deferred()
         group.rows.append((row, token, d))
+        if not self.busy:
+            self._flush()
+        return d
+
+    def delete_rows(self, pairs: list[tuple[str, str | None]]) -> defer.Deferred:
+        """
+        delete_row for many rows with one Deferred for them all: fires with
+        the list of their outcomes (1 or 0 each, in order). The inbound
+        barrier's batch needs no Deferred per row.
+        """
+        if not pairs:
+            return defer.succeed([])
+        group = self._deletes
+        if group is None or not self._touched.isdisjoint(row for row, _ in pairs):
+            group = self._deletes = _QueueDeletes(self.registry)
+            self._touched = set()
+            self.pending.append((group.run, group.done))
+        d = defer.Deferred()
+        start = len(group.rows)
+        group.rows.extend((row, token, None) for row, token in pairs)
+        group.batches.append((start, len(group.rows), d))
         if not self.busy:
             self._flush()
         return d
@@ -182,7 +206,9 @@ class _QueueDeletes:
 
     def __init__(self, registry: "SQLRegistry"):
         self.registry = registry
-        self.rows: list[tuple[str, str | None, defer.Deferred]] = []
+        self.rows: list[tuple[str, str | None, defer.Deferred | None]] = []
+        #: Callers of delete_rows: their slice of ``rows`` and the Deferred told its outcomes.
+        self.batches: list[tuple[int, int, defer.Deferred]] = []
         #: Fires with the (id, token) pairs deleted once the transaction committed.
         self.done = defer.Deferred()
         self.done.addCallbacks(self._tell, self._one_by_one)
@@ -205,19 +231,39 @@ class _QueueDeletes:
         return deleted
 
     def _tell(self, deleted: set[tuple[str, str]]) -> None:
+        outcomes = []
         for row, token, d in self.rows:
             key = (row, token)
             if key in deleted:
                 deleted.discard(key)        # asked twice: the first one deleted it
-                d.callback(1)
+                outcomes.append(1)
             else:
-                d.callback(0)
+                outcomes.append(0)
+            if d is not None:
+                d.callback(outcomes[-1])
+        for start, stop, d in self.batches:
+            d.callback(outcomes[start:stop])
 
     def _one_by_one(self, _failure) -> None:
-        """The group failed in a batch and again on its own: each delete alone, so only a faulty one fails."""
+        """
+        The group failed in a batch and again on its own: each delete alone, so
+        only a faulty one fails (a delete_rows caller is told the first failure
+        among its rows; those not deleted are taken again when their leases lapse).
+        """
         query = self.registry._sql("DELETE FROM queue" + SQLRegistry._FENCE)
+        alone = []
         for row, token, d in self.rows:
-            self.registry.pool.runInteraction(_rowcount, query, (row, token)).chainDeferred(d)
+            done = self.registry.pool.runInteraction(_rowcount, query, (row, token))
+            if d is not None:
+                done.chainDeferred(d)
+            else:
+                alone.append(done)
+        at = 0
+        for start, stop, d in self.batches:
+            count = stop - start
+            defer.gatherResults(alone[at:at + count], consumeErrors=True).addErrback(
+                lambda f: f.value.subFailure).chainDeferred(d)
+            at += count
 
 
 def _rowcount(txn, query: str, args: tuple) -> int:
@@ -683,11 +729,12 @@ class SQLRegistry:
 
     # -- threads ----------------------------------------------------------
 
+    _INSERT_THREAD = ("INSERT INTO threads (component, jid, thread, message_id, subject, created_at) "
+                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (component, jid, message_id) DO NOTHING")
+
     def add_to_thread(self, component: str, jid: str, thread: str, message_id: str,
                       subject: str | None = None) -> defer.Deferred:
-        return self._op("INSERT INTO threads (component, jid, thread, message_id, subject, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (component, jid, message_id) DO NOTHING",
-                        (component, jid, thread, message_id, subject, time.time()))
+        return self._op(self._INSERT_THREAD, (component, jid, thread, message_id, subject, time.time()))
 
     def thread_messages(self, component: str, jid: str, thread: str) -> defer.Deferred:
         """[(message_id, subject)] of a thread, oldest first."""
@@ -751,7 +798,7 @@ class SQLRegistry:
     def _insert_args(self, item: QueueItem, claimed: bool, now: float) -> tuple:
         if claimed:
             item.token, item.lease_until = new_token(), now + self.lease
-        return (item.id, item.component, item.jid, item.direction, json.dumps(item.payload), item.attempts,
+        return (item.id, item.component, item.jid, item.direction, payloads.encode(item), item.attempts,
                 now, item.deadline, self.claimant if claimed else None,
                 item.lease_until if claimed else None, item.token if claimed else None, item.created_at)
 
@@ -759,17 +806,27 @@ class SQLRegistry:
         """Store a message durably; by default already claimed by us, as we work on it at once."""
         return self._batch.add(self._INSERT_QUEUE, self._insert_args(item, claimed, time.time()), item.id)
 
-    def enqueue_all(self, items: list[QueueItem], keys: list[str | None] | None = None) -> defer.Deferred:
+    def enqueue_all(self, items: list[QueueItem], keys: list[str | None] | None = None,
+                    threads: Iterable[tuple[str, str, str, str, str | None]] = ()) -> defer.Deferred:
         """
         Store several messages in one transaction: all of them or, on any
         failure, none. An item whose key (a foreign message id) was accepted
         before is left out; fires with which items were stored.
+
+        ``threads``: (component, jid, thread, message_id, subject) records
+        (add_to_thread) that belong to these messages, written in the same
+        transaction, so the commit that acknowledges a mail also holds its
+        thread record (no second fsync, and no record left behind by a mail
+        that was never stored). They are idempotent, so a repeat writes none.
         """
         now = time.time()
         rows = [self._insert_args(item, True, now) for item in items]
         keys = keys or [None] * len(items)
+        thread_rows = [(*record, now) for record in threads]
 
         def txn_insert(txn):
+            if thread_rows:
+                txn.executemany(self._sql(self._INSERT_THREAD), thread_rows)
             stored = []
             for item, key, args in zip(items, keys, rows):
                 if key:
@@ -787,7 +844,8 @@ class SQLRegistry:
     _QUEUE_COLUMNS = "id, component, jid, direction, payload, attempts, deadline, created_at, last_error, parked_at"
 
     def _item(self, row, token: str | None = None, lease_until: float = 0.0) -> QueueItem:
-        return QueueItem(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], row[6], row[7],
+        return QueueItem(row[0], row[1], row[2], row[3], payloads.decode(row[4], row[0], row[2], row[1], row[7]),
+                         row[5], row[6], row[7],
                          token=token, lease_until=lease_until, last_error=row[8], parked_at=row[9])
 
     def claim(self, component: str, direction: str, limit: int = 100,
@@ -816,11 +874,15 @@ class SQLRegistry:
         """Remove a row whose work is done; fires with 0 if another process owns it now."""
         return self._batch.delete_row(item.id, item.token)
 
+    def finish_all(self, items: list[QueueItem]) -> defer.Deferred:
+        """finish() for many rows with one Deferred: fires with each row's count (1, or 0 if fenced out), in order."""
+        return self._batch.delete_rows([(item.id, item.token) for item in items])
+
     def release(self, item: QueueItem, next_attempt: float, attempts: int, error: str | None = None) -> defer.Deferred:
         """Give a row back for a later attempt (by any process), with its payload (an adapter's progress)."""
         return self._batch.add("UPDATE queue SET claimed_by = NULL, claimed_until = NULL, claim_token = NULL, "
                                "next_attempt = ?, attempts = ?, last_error = ?, payload = ?" + self._FENCE,
-                               (next_attempt, attempts, error, json.dumps(item.payload), item.id, item.token), item.id)
+                               (next_attempt, attempts, error, payloads.encode(item), item.id, item.token), item.id)
 
     def park(self, item: QueueItem, reason: str) -> defer.Deferred:
         """Set a row aside as a dead letter with its reason; the rows behind it flow on."""
@@ -831,7 +893,7 @@ class SQLRegistry:
     def checkpoint(self, item: QueueItem) -> defer.Deferred:
         """Store a changed payload (an adapter's progress on a multi-part send); fires with 0 if fenced out."""
         return self._batch.add("UPDATE queue SET payload = ?" + self._FENCE,
-                               (json.dumps(item.payload), item.id, item.token), item.id)
+                               (payloads.encode(item), item.id, item.token), item.id)
 
     def owns(self, item: QueueItem, margin: float, now: float | None = None) -> bool:
         """Whether this process's lease on ``item`` is known, without asking the database, to last ``margin`` s more."""

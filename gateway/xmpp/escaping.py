@@ -101,7 +101,62 @@ def _is_sequence(text: str, i: int) -> bool:
     return text[i] == "\\" and text[i + 1 : i + 3].lower() in _UNESCAPES
 
 
+#: Answers kept per cache: every message asks for its contact's JID, and a
+#: gateway talks to far fewer contacts at a time than this.
+CACHE_ENTRIES = 4096
+#: Longer addresses are answered and not kept: the caches' memory stays at
+#: CACHE_ENTRIES short strings whatever a hostile peer sends.
+CACHE_MAX_LENGTH = 256
+
+
+class _Answers(dict):
+    """
+    A bounded cache of a function's answers, errors included (as their text,
+    raised anew as a fresh EscapingError on a hit, so no traceback is kept or
+    chained). Full, it forgets its oldest entry: insertion order, no bookkeeping
+    per hit, and a flood of new keys only pushes old ones out.
+    """
+
+    __slots__ = ()
+
+    def keep(self, key: str, answer: str | EscapingError) -> None:
+        if len(key) > CACHE_MAX_LENGTH:
+            return
+        if len(self) >= CACHE_ENTRIES:
+            del self[next(iter(self))]
+        self[key] = answer.args[0] if isinstance(answer, EscapingError) else (answer,)
+
+
+_escaped = _Answers()
+_addresses = _Answers()
+
+
+def clear_caches() -> None:
+    _escaped.clear()
+    _addresses.clear()
+
+
+def cache_sizes() -> int:
+    return len(_escaped) + len(_addresses)
+
+
 def escape(text: str) -> str:
+    """The XEP-0106 localpart for ``text``; EscapingError when no JID can hold it."""
+    known = _escaped.get(text)
+    if known is not None:
+        if type(known) is tuple:
+            return known[0]
+        raise EscapingError(known)
+    try:
+        answer = _escape(text)
+    except EscapingError as e:
+        _escaped.keep(text, e)
+        raise
+    _escaped.keep(text, answer)
+    return answer
+
+
+def _escape(text: str) -> str:
     if not text:
         raise EscapingError("an empty address cannot be a JID localpart")
     if text[0] == " " or text[-1] == " ":
@@ -122,6 +177,21 @@ def address_of(localpart: str) -> str:
     The foreign address a JID's localpart names; EscapingError when the
     localpart is not the canonical escaping of any address.
     """
+    known = _addresses.get(localpart)
+    if known is not None:
+        if type(known) is tuple:
+            return known[0]
+        raise EscapingError(known)
+    try:
+        answer = _address_of(localpart)
+    except EscapingError as e:
+        _addresses.keep(localpart, e)
+        raise
+    _addresses.keep(localpart, answer)
+    return answer
+
+
+def _address_of(localpart: str) -> str:
     address = unescape(localpart)
     if escape(address).lower() != localpart.lower():
         raise EscapingError(f"{localpart!r} is not a valid XEP-0106 escaped address "

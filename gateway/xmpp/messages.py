@@ -20,6 +20,7 @@ from gateway import metrics
 from gateway.bridge.bridge import UNKNOWN
 from gateway.interfaces import IGroupChat, IStanzaOutput
 from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMessage
+from gateway.xmpp.dispatch import already_handled
 from gateway.xmpp.escaping import EscapingError, address_of, escape
 from gateway.xmpp import references
 from gateway.xmpp.muc import NS_SID, room_message_strings, room_stanzas
@@ -53,7 +54,7 @@ class MessageHandler(ComponentHandler):
 
     def on_message(self, stanza: domish.Element) -> None:
         stype = stanza.getAttribute("type", "normal")
-        if stype == "error" or getattr(stanza, "handled", False):
+        if stype == "error" or already_handled(stanza):
             return
         to = parse_jid(stanza.getAttribute("to"))
         sender = parse_jid(stanza.getAttribute("from"))

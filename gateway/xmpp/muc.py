@@ -20,6 +20,7 @@ from gateway.interfaces import IGroupChat, IRoomDirectory
 from gateway.bridge.archive import stamp_us
 from gateway.model import GatewayError, HistoryRequest, OutboundMessage, SendResult
 from gateway.xmpp import references
+from gateway.xmpp.dispatch import already_handled
 from gateway.xmpp.escaping import EscapingError, escape, unescape
 from gateway.xmpp.stanzas import error_reply, escape_text, parse_jid, quote_attr, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
@@ -214,23 +215,20 @@ class MUCHandler(ComponentHandler):
 def read_message(stanza: domish.Element):
     """
     What the MUC handler reads of a message, in one walk over its children (the
-    hot path walked them five times): whether it is ``handled`` (as
-    ``getattr(stanza, "handled", False)`` says, which finds a ``<handled/>``
-    child through domish's ``__getattr__``), the first ``body`` and ``subject``
-    elements (any namespace, as ``text_of``), the first chat state, whether
-    ``references.parse`` has anything to read, and the first ``origin-id``
-    element. tests/unit/test_muc_read_fast.py compares it with those helpers.
+    hot path walked them five times): whether another handler took it
+    (``already_handled``: a peer's ``<handled/>`` child does not count), the
+    first ``body`` and ``subject`` elements (any namespace, as ``text_of``),
+    the first chat state, whether ``references.parse`` has anything to read,
+    and the first ``origin-id`` element. tests/unit/test_muc_read_fast.py compares it with those helpers.
     """
     body_el = subject_el = origin_el = None
     chat_state = None
-    handled = stanza.__dict__["handled"] if "handled" in stanza.__dict__ else None
+    handled = already_handled(stanza)
     referring = False
     for el in stanza.children:
         if isinstance(el, str):
             continue
         name, uri = el.name, el.uri
-        if name == "handled" and handled is None:
-            handled = el
         if name == "body":
             if body_el is None:
                 body_el = el

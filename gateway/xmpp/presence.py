@@ -14,6 +14,7 @@ from twisted.words.xish import domish
 from gateway.interfaces import IConnectionStatus
 from gateway.model import GatewayError
 from gateway.xmpp.caps import caps_element
+from gateway.xmpp.dispatch import already_handled
 from gateway.xmpp.escaping import EscapingError, address_of
 from gateway.xmpp.stanzas import parse_jid, xml_safe
 from gateway.xmpp.handler import ComponentHandler
@@ -69,7 +70,7 @@ class PresenceHandler(ComponentHandler):
     # -- receiving --------------------------------------------------------
 
     def on_presence(self, stanza: domish.Element) -> None:
-        if getattr(stanza, "handled", False):
+        if already_handled(stanza):
             return                       # a group chat join or leave, taken by the MUC handler
         stanza.handled = True
         sender = parse_jid(stanza.getAttribute("from"))

@@ -10,6 +10,7 @@ from twisted.words.xish import domish
 
 from gateway.interfaces import IRawCommands
 from gateway.model import GatewayError, RegistrationError
+from gateway.xmpp.dispatch import already_handled
 from gateway.xmpp.escaping import EscapingError, address_of
 from gateway.xmpp.handler import ComponentHandler
 from gateway.xmpp.stanzas import parse_jid, text_of
@@ -21,7 +22,7 @@ class RawCommandHandler(ComponentHandler):
             self.xmlstream.addObserver("/message", self.on_message, priority=5)
 
     def on_message(self, stanza: domish.Element) -> None:
-        if stanza.getAttribute("type") == "error" or getattr(stanza, "handled", False):
+        if stanza.getAttribute("type") == "error" or already_handled(stanza):
             return
         to = parse_jid(stanza.getAttribute("to"))
         sender = parse_jid(stanza.getAttribute("from"))

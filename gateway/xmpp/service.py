@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from gateway.xmpp.commands import CommandsHandler
 from gateway.xmpp.component import ComponentStream
 from gateway.xmpp.disco import GatewayDisco
+from gateway.xmpp.dispatch import already_handled
 from gateway.xmpp.iq_gateway import GatewayIQHandler
 from gateway.xmpp.messages import MessageHandler, StanzaOutput
 from gateway.xmpp.muc import MUCHandler, RoomListHandler
@@ -37,7 +38,7 @@ class DiscoHandler(_WokkelDiscoHandler):
     """wokkel's disco, leaving alone queries another handler answered (room lists with paging)."""
 
     def handleRequest(self, iq):
-        if getattr(iq, "handled", False):
+        if already_handled(iq):
             return
         super().handleRequest(iq)
 

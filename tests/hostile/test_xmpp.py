@@ -435,3 +435,57 @@ def test_command_forms_of_the_wrong_shape_are_refused(hostile_prosody, echo_gw):
             await admin.stop()
 
     run(scenario())
+
+
+# -- a child element named like the handlers' own flag ----------------------------
+
+#: domish reads a missing attribute as the first child of that name, so ``getattr(stanza,
+#: "handled", False)`` found a client's ``<handled/>`` element and took the stanza as
+#: already handled: it was dropped with no answer at all.
+HANDLED_CHILD = "<handled xmlns='urn:example:hostile'/>"
+
+
+def test_a_handled_child_element_does_not_silence_a_message(hostile_prosody, echo_gw):
+    async def scenario():
+        client = await registered_client(hostile_prosody, DOMAIN, "hxhandled", Client)
+        try:
+            client.send_raw(f"<message xmlns='jabber:client' type='chat' to='echo@{DOMAIN}' id='hd1'>"
+                            f"{HANDLED_CHILD}<body>with a handled child</body></message>")
+            reply = await client.next_message(lambda m: body(m) == "with a handled child")
+            assert reply.get("from") == f"echo@{DOMAIN}"
+            await client.quiet("presences", 0.5)                 # the gateway's presence at log-in
+            client.send_raw(f"<presence xmlns='jabber:client' type='probe' to='{DOMAIN}'>{HANDLED_CHILD}</presence>")
+            await client.next_presence(lambda p: p.get("from") == DOMAIN and p.get("type") is None)
+        finally:
+            await client.stop()
+
+    run(scenario())
+
+
+def test_a_handled_child_element_does_not_silence_a_room_line(hostile_prosody, ircd, irc_gw):
+    from tests.integration.irc_support import RawIRC
+
+    user = hostile_prosody.register(f"hxhroom{os.getpid()}", "pw")
+    room = f"#handled%localhost@{IRC_DOMAIN}"
+
+    async def scenario():
+        bob = await RawIRC(ircd.port, "hbob").connect()
+        bob.send("JOIN #handled")
+        await bob.expect(lambda line: " 366 " in line)
+        client = await Client(user, "pw").start(hostile_prosody.c2s_port)
+        try:
+            client.send_raw(f"<presence to='{room}/hnick'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+            await client.next_presence(lambda p: p.get("from") == f"{room}/hnick" and p.get("type") != "error")
+            await bob.expect(lambda line: "JOIN" in line and "hnick" in line)
+            client.send_raw(f"<message xmlns='jabber:client' type='groupchat' to='{room}' id='hd2'>"
+                            f"{HANDLED_CHILD}<body>room line with a handled child</body></message>")
+            line = await bob.expect(lambda line: "PRIVMSG #handled" in line)
+            assert line.endswith(":room line with a handled child")
+            client.send_raw(f"<presence xmlns='jabber:client' to='{room}/hnick' type='unavailable'>"
+                            f"{HANDLED_CHILD}</presence>")
+            await bob.expect(lambda line: ("PART #handled" in line or "QUIT" in line) and "hnick" in line)
+        finally:
+            await client.stop()
+            await bob.close()
+
+    run(scenario(), timeout=90)

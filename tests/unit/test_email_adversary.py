@@ -35,7 +35,7 @@ class Context:
     def add_to_thread(self, user, thread, message_id, subject=None):
         return defer.succeed(None)
 
-    def deliver_all(self, messages):
+    def deliver_all(self, messages, threads=()):
         self.delivered.extend(messages)
         return defer.succeed([True] * len(messages))
 

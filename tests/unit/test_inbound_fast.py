@@ -192,3 +192,120 @@ def test_site_args_read_late_are_twisteds(content_type, body, query):
     from gateway.web.limits import LimitedSite
 
     assert _args_from(LimitedSite, content_type, body, query) == _args_from(server.Site, content_type, body, query)
+
+
+# -- the plain split (_split_plain): what compat32's parser gives, or None ------------------------
+
+def _compat32(raw: bytes):
+    import email
+    import email.policy
+    mail = email.message_from_bytes(raw, policy=email.policy.compat32)
+    headers: dict[str, list[str]] = {}
+    for name, value in mail.items():
+        headers.setdefault(name.lower(), []).append(value)
+    return headers, mail.get_payload(decode=True) or b"", mail.is_multipart()
+
+
+def split_same(raw: bytes) -> bool:
+    """Whether the plain split took ``raw``; if it did, the parser's headers and (7/8-bit) body."""
+    from gateway.adapters.email.parse import _split_plain
+    split = _split_plain(raw)
+    if split is None:
+        return False
+    headers, body = split
+    want_headers, want_body, multipart = _compat32(raw)
+    assert headers == want_headers, raw
+    # The body is what _parse_simple reads when it goes on: a text/plain (or untyped), 7/8-bit mail.
+    from gateway.adapters.email.parse import _SIMPLE_CTE, _SIMPLE_TYPE
+    ctype = headers.get("content-type")
+    cte = headers.get("content-transfer-encoding")
+    if (ctype is None or (len(ctype) == 1 and _SIMPLE_TYPE.fullmatch(ctype[0]))) and \
+            (cte is None or (len(cte) == 1 and _SIMPLE_CTE.fullmatch(cte[0]))):
+        assert not multipart, raw
+        assert (body or b"") == want_body, raw
+    return True
+
+
+_HEAD_PIECES = st.one_of(st.sampled_from([b"\r\n", b"\n", b"\r", b"\r\n ", b"\r\n\t", b":", b": ", b"From ",
+                                          b"Subject", b"X-A", b" ", b"\t", b"\xc3\xa9", b"\x00", b"=?utf-8?q?x?=",
+                                          b"\r\n\r\n", b"a:b", b"Content-Type: multipart/mixed; boundary=B"]),
+                         st.binary(max_size=5))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(_HEAD_PIECES, max_size=30).map(b"".join))
+def test_the_plain_split_reads_a_head_as_the_parser_does(raw):
+    split_same(raw)
+
+
+_NAME = st.one_of(st.sampled_from([b"From", b"from", b"FROM ", b"Subject", b"Content-Type", b"X", b"", b"From x",
+                                   b"a\x80b", b"Content-Transfer-Encoding", b"~!#"]),
+                  st.from_regex(rb"[!-9;-~]{1,8}", fullmatch=True))
+_VALUE = st.one_of(st.from_regex(rb"[ -~]{0,20}", fullmatch=True),
+                   st.sampled_from([b" ", b"  x  ", b"\t x", b"x\r", b"caf\xc3\xa9", b"text/plain", b" 8bit",
+                                    b"multipart/mixed; boundary=B", b"<a@b>"]))
+_LINE = st.builds(lambda n, sep, v: n + sep + v, _NAME, st.sampled_from([b":", b": ", b":  ", b" :", b""]), _VALUE)
+_EOL = st.sampled_from([b"\r\n"] * 8 + [b"\n", b"\r", b"\r\n ", b"\r\n\t"])
+
+
+@st.composite
+def heads(draw) -> bytes:
+    """Header blocks mostly as the split takes them, with the odd line or line end that it must refuse."""
+    lines = draw(st.lists(st.tuples(_LINE, _EOL), max_size=8))
+    head = b"".join(line + eol for line, eol in lines)
+    return head + draw(st.sampled_from([b"\r\n", b"\r\n", b"\n", b""])) + draw(st.binary(max_size=60))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(heads())
+def test_the_plain_split_reads_built_heads_as_the_parser_does(raw):
+    split_same(raw)
+
+
+def test_the_built_heads_do_reach_the_split():
+    taken = []
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(heads())
+    def count(data):
+        taken.append(split_same(data))
+
+    count()
+    assert sum(taken) > 15, sum(taken)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.one_of(plain_mails(), mails(), st.binary(max_size=300)))
+def test_the_plain_split_on_mails_reads_them_as_the_parser_does(raw):
+    split_same(raw)
+
+
+def test_the_plain_split_does_take_plain_mails():
+    assert split_same(SMTP_SOURCE)
+    taken = []
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(plain_mails())
+    def count(data):
+        taken.append(split_same(data))
+
+    count()
+    assert sum(taken) > 30, sum(taken)
+
+
+def test_smtp_sources_mail_is_read_in_few_calls():
+    """Before: compat32's feed parser, line by line, about 200 Python calls for this mail; now a split."""
+    import sys
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event == "call":
+            count += 1
+    sys.setprofile(profile)
+    try:
+        mail = parse(SMTP_SOURCE)
+    finally:
+        sys.setprofile(None)
+    assert mail.sender == "bench@sender.test" and mail.text.startswith("La de da")
+    assert count <= 25, count

@@ -1,6 +1,6 @@
 """
 gateway.xmpp.muc.read_message (one walk over a message's children) finds what the
-helpers the MUC handler used to call one by one find: getattr(stanza, "handled"),
+helpers the MUC handler used to call one by one find: the handled mark,
 text_of for body and subject, the first chat state, references.parse, origin_id —
 on random and hostile messages, parsed by the same expat stream as the component's.
 """
@@ -46,7 +46,7 @@ def _stanzas(n: int, rng: random.Random) -> list[domish.Element]:
 
 def _reference(stanza: domish.Element):
     """What the handler read before, helper by helper."""
-    handled = bool(getattr(stanza, "handled", False))
+    handled = bool(stanza.__dict__.get("handled", False))    # the mark, never a <handled/> child
     body = text_of(stanza, None, "body")
     subject = text_of(stanza, None, "subject")
     chat_state = next((el.name for el in stanza.elements() if el.uri == muc.NS_CHATSTATES
@@ -88,3 +88,11 @@ def test_a_handled_mark_set_by_another_handler_counts_and_a_false_one_does_not()
     stanza.handled = False
     stanza.addElement("handled")
     assert not muc.read_message(stanza)[0] and not getattr(stanza, "handled", False)
+
+
+def test_a_handled_child_element_is_not_the_handled_mark():
+    stanza = _stanzas(1, random.Random(2))[0]
+    stanza.__dict__.pop("handled", None)
+    stanza.addElement(("urn:example:hostile", "handled"))
+    assert getattr(stanza, "handled", False)             # what the old read saw
+    assert muc.read_message(stanza)[0] is False

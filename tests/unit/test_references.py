@@ -218,3 +218,23 @@ def test_malformed_references_are_refused_on_the_stream(wire):
               f"<fallback xmlns='{NS_FALLBACK}' for='{NS_REPLY}'><body start='0' end='4'/></fallback></message>")
     echo = yield wire.wait(lambda el: el.name == "message" and find(el, "body") is not None)
     assert str(find(echo, "body")) == "> q\nfine"
+
+
+def test_dropping_an_old_message_keeps_a_newer_ones_reference_to_the_same_ref(monkeypatch):
+    """
+    A network reference can be reused (an IRC server's msgid after a restart, an
+    email Message-ID sent twice): the newer message owns it. Forgetting the older
+    message must not take the newer one's reference with it.
+    """
+    monkeypatch.setattr(conversations, "MESSAGES", 2)
+    memory = Conversations(Plain())
+    memory.remember("u@x", "c", "old", Record(own=False, body="first", ref="R"))
+    memory.remember("u@x", "c", "new", Record(own=False, body="second", ref="R"))
+    memory.remember("u@x", "c", "third", Record(own=False, body="third"))      # "old" goes
+    assert memory.find("u@x", "c", "old") is None
+    found = memory.by_ref("u@x", "c", "R")
+    assert found is not None and found[0] == "new"
+    monkeypatch.setattr(conversations, "TOTAL", 2)
+    memory.remember("u@x", "d", "x1", Record(own=False, body="x", ref="S"))
+    memory.remember("u@x", "d", "x2", Record(own=False, body="y", ref="S"))   # the total bound drops "new"...
+    assert memory.by_ref("u@x", "d", "S")[0] == "x2"

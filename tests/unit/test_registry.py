@@ -261,6 +261,21 @@ def test_enqueue_all_is_all_or_nothing(registry):
 
 
 @pytest_twisted.inlineCallbacks
+def test_thread_records_commit_with_their_messages_or_not_at_all(registry):
+    """enqueue_all's ``threads`` are part of its transaction, on both databases (issue 11)."""
+    record = ("c.example", "u@example.org", "root@x", "<m1@x>", "hi")
+    yield registry.enqueue(item(n=2, direction="in"))
+    with pytest.raises(Exception):
+        yield registry.enqueue_all([item(n=1, direction="in"), item(n=2, direction="in")], threads=[record])
+    assert (yield registry.thread_of("c.example", "u@example.org", ["<m1@x>"])) is None
+    assert (yield registry.enqueue_all([item(n=1, direction="in")], ["k1"], threads=[record])) == [True]
+    assert (yield registry.thread_of("c.example", "u@example.org", ["<m1@x>"])) == "root@x"
+    # A repeat (same key, same record): acknowledged, nothing new, no error.
+    assert (yield registry.enqueue_all([item(n=3, direction="in")], ["k1"], threads=[record])) == [False]
+    assert (yield registry.thread_messages("c.example", "u@example.org", "root@x")) == [("<m1@x>", "hi")]
+
+
+@pytest_twisted.inlineCallbacks
 def test_export_import_round_trip(registry, fresh_dir):
     yield registry.put_registration(Registration("c.example", "u@example.org", "+1", {"k": "v"}, {"pw": "s3cret"}))
     rows = yield registry.export()

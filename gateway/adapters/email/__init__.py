@@ -122,6 +122,7 @@ class MailIntake:
             # linked for every recipient on it: they all got the same mail.
             by_domain: dict[str, list[str]] = {}
             messages = []
+            thread_records = []
             for reg in regs.values():
                 domain = reg.jid.rpartition("@")[2].lower()
                 if domain not in by_domain:
@@ -131,6 +132,8 @@ class MailIntake:
                         by_domain[domain].append(url)
                         links.append(url)
                 thread = yield self._thread(reg, mail)
+                if thread and mail.message_id:
+                    thread_records.append((reg.jid, thread, mail.message_id, mail.subject))
                 text = f"[unverified sender: {doubt}]\n{mail.text or ''}" if doubt else mail.text
                 more = len(mail.attachments) - MAX_INBOUND_ATTACHMENTS
                 if more > 0:
@@ -142,7 +145,9 @@ class MailIntake:
                     foreign_id=mail.message_id, dedupe_key=f"mail:{digest}:{reg.jid}" if digest else None,
                     # The mail answered: a reply (XEP-0461) to it when the gateway remembers it.
                     ref=mail.in_reply_to[-1] if mail.in_reply_to else None))
-            stored = yield self.context.deliver_all(messages)
+            # The thread records go in the mail's own transaction: on disk together
+            # before the 250, or neither (the sender's retry then finds no stale record).
+            stored = yield self.context.deliver_all(messages, thread_records)
             if links and not any(stored or ()):
                 # A repeat of a mail already stored: its first copy's links are the ones users have.
                 yield self.context.files.discard(links)
@@ -194,23 +199,22 @@ class MailIntake:
     def _thread(self, reg: Registration, mail):
         """
         The XMPP thread of ``mail`` for one user (a Deferred, or the thread at
-        once when nothing is to be asked or recorded). Its id is recorded before
-        the message is stored (the record is idempotent): recorded after, a
-        failure there would fail a mail already stored, and its retry would
-        duplicate it.
+        once when nothing is to be asked). The caller records it with the
+        message (deliver_all's ``threads``), in one transaction: recorded
+        before in a commit of its own, a mail that then failed to be stored
+        left a record of a message nobody has (and paid a second fsync);
+        recorded after, a failure there would fail a mail already stored.
         """
         known = mail.references + mail.in_reply_to
         if known:
-            return self.context.thread_of(reg.jid, known).addCallback(self._record_thread, reg, mail)
-        return self._record_thread(None, reg, mail)
+            return self.context.thread_of(reg.jid, known).addCallback(self._thread_or_root, mail)
+        return self._thread_or_root(None, mail)
 
-    def _record_thread(self, thread, reg: Registration, mail):
+    @staticmethod
+    def _thread_or_root(thread, mail):
         if thread is None:
             root = (mail.references or mail.in_reply_to or [mail.message_id or ""])[0]
             thread = root.strip("<>") or None
-        if thread and mail.message_id:
-            return self.context.add_to_thread(reg.jid, thread, mail.message_id, mail.subject).addCallback(
-                lambda _: thread)
         return thread
 
     def _bounce(self, reg: Registration, mail):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
-from urllib.parse import parse_qs
+from urllib.parse import unquote
 
 import requests
 import urllib3.exceptions
@@ -63,6 +63,36 @@ class StatusReport:
     reason: str | None = None
 
 
+def parse_form(text: str) -> dict[str, list[str]]:
+    """
+    ``urllib.parse.parse_qs(text, keep_blank_values=True)``, the same result
+    (tests/unit/test_webhook_forms.py compares them on random and hostile
+    forms) at a fraction of the cost: a Twilio webhook's 19 fields took 38
+    calls of ``unquote`` and its helpers, where most names and values hold
+    neither ``+`` nor ``%`` and need nothing done. Bounded by the body, which
+    the site bounds (MAX_BODY).
+    """
+    form: dict[str, list[str]] = {}
+    for item in text.split("&"):
+        if not item:
+            continue
+        name, _, value = item.partition("=")
+        if "+" in name:
+            name = name.replace("+", " ")
+        if "%" in name:
+            name = unquote(name)
+        if "+" in value:
+            value = value.replace("+", " ")
+        if "%" in value:
+            value = unquote(value)
+        values = form.get(name)
+        if values is None:
+            form[name] = [value]
+        else:
+            values.append(value)
+    return form
+
+
 @dataclass
 class WebhookRequest:
     #: The URL exactly as the provider called it (public_url + path): signatures cover it.
@@ -74,7 +104,7 @@ class WebhookRequest:
         """The form body, parsed once: the per-user secret lookup and the signature check both read it."""
         form = self.__dict__.get("_form")
         if form is None:
-            form = self.__dict__["_form"] = parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+            form = self.__dict__["_form"] = parse_form(self.body.decode("utf-8", "replace"))
         return form
 
     def header(self, name: str) -> str | None:
