@@ -100,7 +100,7 @@ class Bridge(service.MultiService):
             self.adapter.setServiceParent(self)
         self.set_limits(limits)
         self.outbox = Outbox(registry, component, self.adapter, lambda: self.output, self._sending_registration,
-                             clock, outbox_settings, on_sent=self._sent)
+                             clock, outbox_settings, on_sent=self._sent, known_registration=self._known_for_sending)
         self._cache: dict[str, tuple[float, Registration | None]] = {}
         #: Registrations by foreign id (webhooks, SMTP recipients): see registration_by_foreign_id.
         self._by_foreign: dict[str, tuple[float, Registration]] = {}
@@ -472,6 +472,11 @@ class Bridge(service.MultiService):
         """After a change to ``jid``'s registration: neither cache may answer with the old one."""
         self._cache.pop(jid, None)
         self._by_foreign.clear()     # rare (a registration change), and the old foreign id is not known here
+
+    def _known_for_sending(self, jid: str) -> Registration | None:
+        """_sending_registration's answer when the cache has it and it needs no check (else None): no Deferred."""
+        reg = self.known_registration(jid)
+        return None if reg is UNKNOWN else reg
 
     def _sending_registration(self, jid: str) -> defer.Deferred:
         """For the outbox: a registration whose secrets no key opens fails the send with SecretsUndecryptable."""

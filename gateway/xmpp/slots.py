@@ -186,11 +186,15 @@ class StreamGroup:
     # -- what StanzaOutput uses ---------------------------------------------
 
     def _writing(self):
-        stream = self.current()
-        if stream.connected:
-            seen = self._written.get(stream)
-            # Written on an earlier connection of this stream too: a ping on this one cannot confirm that.
-            self._written[stream] = stream.generation if seen in (None, stream.generation) else -1
+        # Every stanza written: the usual answer (the primary holds its slot) without the member list.
+        stream = self.primary
+        if not stream.connected:
+            stream = self.current()
+            if not stream.connected:
+                return stream
+        seen = self._written.get(stream)
+        # Written on an earlier connection of this stream too: a ping on this one cannot confirm that.
+        self._written[stream] = stream.generation if seen in (None, stream.generation) else -1
         return stream
 
     def send(self, obj) -> None:

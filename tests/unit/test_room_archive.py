@@ -111,3 +111,23 @@ def test_retention_by_age_and_by_rows_per_room_and_with_the_user(registry):
     yield registry.put_registration(Registration(C, U))
     yield registry.delete_registration(C, U)
     assert not (yield registry.has_room_archive(C, U, R))
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_executemany_per_group_commit(registry, monkeypatch):
+    """The rows of a burst go in as one statement per batch, not one per row (issue 12)."""
+    from gateway.registry import sql
+    batches = []
+    original = sql._executemany
+
+    def counting(txn, query, rows):
+        batches.append(len(rows))
+        return original(txn, query, rows)
+
+    monkeypatch.setattr(sql, "_executemany", counting)
+    for n in range(300):
+        registry.archive_room_message(row(n))
+    yield registry.settled()
+    # The first row goes at once (nothing was being written); the other 299 wait for that commit.
+    assert batches == [1, 299]
+    assert (yield registry._run("SELECT COUNT(*) FROM room_archive", ()))[0][0] == 300
