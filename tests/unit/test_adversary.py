@@ -46,10 +46,14 @@ def test_history_with_unicode_digits_still_joins(panel):
     """<history maxstanzas='²'/>: the join was never answered; now the value is as if not given."""
     yield _joined(panel)
     panel.bridge.adapter.say("alice@example.org", ["phone"], "panel-a", "bob", "kept")
-    yield panel.quiet(0.1)
+    yield panel.registry.settled()          # the line is in the archive (not a guess at how long that takes)
+    panel.sent()
     panel.feed(f"<presence from='alice@example.org/laptop' to='{ROOM}/alice'><x xmlns='http://jabber.org/protocol/muc'>"
                "<history maxstanzas='\u00b2' maxchars='\u00b9' seconds='\u00b3'/></x></presence>")
-    got = yield panel.quiet(0.3)
+    # The subject closes the history (XEP-0045 §7.2.15): wait for it, then take what came before it.
+    subject = yield panel.wait(lambda el: el.name == "message" and el.getAttribute("to", "").endswith("/laptop")
+                               and find(el, "subject") is not None, timeout=30)
+    got = panel.sent() + [subject]
     laptop = [text(m) for m in room_messages(got) if m["to"].endswith("/laptop")]
     assert laptop == ["body:kept", "subject:the topic"]
 
