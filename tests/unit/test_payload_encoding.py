@@ -7,7 +7,6 @@ PostgreSQL, and rows written by the old encoder (plain ``json.dumps``) are
 still read as they were.
 """
 
-import itertools
 import json
 import sqlite3
 
@@ -18,22 +17,15 @@ from hypothesis import given, settings, strategies as st
 from gateway.model import InboundMessage, OutboundMessage
 from gateway.registry import QueueItem, SQLRegistry
 from gateway.registry.crypto import SecretBox
+from tests.unit.registries import open_either
 
 KEY = SecretBox.generate()
-_dbs = itertools.count()
 COMP = "sms.example.org"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry(request, fresh_dir):
-    if request.param == "sqlite":
-        url = f"sqlite:///{fresh_dir}/registry.sqlite"
-    else:
-        url = request.getfixturevalue("postgresql").create_database(f"pay{next(_dbs)}")
-    reg = SQLRegistry(url, KEY, instance_id="test-pay", lease=60)
-    pytest_twisted.blockon(reg.open())
-    yield reg
-    reg.close()
+    return open_either(request, fresh_dir, KEY, "pay", "test-pay")
 
 
 def row_for(payload: dict, direction: str = "out", **columns) -> QueueItem:

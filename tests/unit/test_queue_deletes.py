@@ -5,28 +5,20 @@ whether its row was deleted, a delete never overtakes an earlier write to its
 row, and a failing transaction still lets the good deletes through.
 """
 
-import itertools
 
 import pytest
 import pytest_twisted
 
-from gateway.registry import QueueItem, SQLRegistry
+from gateway.registry import QueueItem
 from gateway.registry.crypto import SecretBox
+from tests.unit.registries import open_either
 
 KEY = SecretBox.generate()
-_dbs = itertools.count()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry(request, fresh_dir):
-    if request.param == "sqlite":
-        url = f"sqlite:///{fresh_dir}/registry.sqlite"
-    else:
-        url = request.getfixturevalue("postgresql").create_database(f"del{next(_dbs)}")
-    reg = SQLRegistry(url, KEY, instance_id="test-del", lease=60)
-    pytest_twisted.blockon(reg.open())
-    yield reg
-    reg.close()
+    return open_either(request, fresh_dir, KEY, "del", "test-del")
 
 
 def item(n: int) -> QueueItem:

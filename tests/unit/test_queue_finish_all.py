@@ -6,7 +6,6 @@ under our claim, a row another process took over stays (and is counted), and
 a row a poll re-claimed for us while the delete waited is still deleted.
 """
 
-import itertools
 
 import pytest
 import pytest_twisted
@@ -14,24 +13,17 @@ from twisted.internet import defer, reactor, task
 
 from gateway import metrics
 from gateway.model import InboundMessage
-from gateway.registry import QueueItem, SQLRegistry
+from gateway.registry import QueueItem
 from gateway.registry.crypto import SecretBox
 from tests.unit.test_outbox_faults import COMP, make
+from tests.unit.registries import open_either
 
 KEY = SecretBox.generate()
-_dbs = itertools.count()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry(request, fresh_dir):
-    if request.param == "sqlite":
-        url = f"sqlite:///{fresh_dir}/registry.sqlite"
-    else:
-        url = request.getfixturevalue("postgresql").create_database(f"fin{next(_dbs)}")
-    reg = SQLRegistry(url, KEY, instance_id="test-fin", lease=60)
-    pytest_twisted.blockon(reg.open())
-    yield reg
-    reg.close()
+    return open_either(request, fresh_dir, KEY, "fin", "test-fin")
 
 
 def item(n: int) -> QueueItem:

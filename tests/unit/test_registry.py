@@ -14,6 +14,7 @@ from gateway.model import Registration
 from gateway.registry import QueueItem, RegistrationConflict, SQLRegistry
 from gateway.registry.crypto import KeyError_, SecretBox
 from gateway.registry.migrations import MIGRATIONS
+from tests.unit.registries import open_either
 
 KEY = SecretBox.generate()
 _dbs = itertools.count()
@@ -21,14 +22,7 @@ _dbs = itertools.count()
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def registry(request, fresh_dir):
-    if request.param == "sqlite":
-        url = f"sqlite:///{fresh_dir}/registry.sqlite"
-    else:
-        url = request.getfixturevalue("postgresql").create_database(f"reg{next(_dbs)}")
-    reg = SQLRegistry(url, KEY, instance_id="test-1", lease=60)
-    pytest_twisted.blockon(reg.open())
-    yield reg
-    reg.close()
+    return open_either(request, fresh_dir, KEY, "reg", "test-1")
 
 
 def item(component="c.example", jid="u@example.org", direction="out", n=0, deadline=10**12):
