@@ -249,6 +249,8 @@ class StanzaOutput:
         #: Room events go through a paced, coalescing queue (gateway/xmpp/pacing.py) when the
         #: config says how ([xmpp] room_pacing_*); without it (unit tests built by hand) they are written at once.
         self.pacer: RoomPacer | None = None
+        #: room_message_strings' caches (the room JID and sender, the recipients), bounded there.
+        self._room_strings: tuple[dict, dict] = ({}, {})
         if pacing is not None and clock is not None:
             dropped = metrics.ROOM_EVENTS_DROPPED.labels(self.domain)
             self.pacer = RoomPacer(self._write_room_event, lambda: self.stream.connected, clock,
@@ -382,7 +384,7 @@ class StanzaOutput:
         size = 0
         if event.kind == "message" and not event.timestamp:
             # The hot path (every channel line): the stanza written as a string, not a domish tree.
-            for xml in room_message_strings(self.domain, event, self.localpart):
+            for xml in room_message_strings(self.domain, event, self.localpart, self._room_strings):
                 self.stream.send_serialized(xml, "message")
                 size += len(xml)
             return size

@@ -490,14 +490,33 @@ def room_stanzas(domain: str, event, localpart=lambda address: address,
     return out
 
 
-def room_message_strings(domain: str, event, localpart=lambda address: address) -> list[str]:
-    """A groupchat message said now (no delay) as serialised stanzas, one per resource: the hot path."""
-    try:
-        room_jid = f"{escape(xml_safe(localpart(event.room)))}@{domain}"
-    except EscapingError:
-        return []
-    nick = xml_safe(event.nick)
-    sender = quote_attr(f"{room_jid}/{nick}" if nick else room_jid)
+#: Entries in each of room_message_strings' caches (a peer inventing nicks or resources only evicts).
+ROOM_STRINGS = 2048
+
+
+def room_message_strings(domain: str, event, localpart=lambda address: address,
+                         cache: tuple[dict, dict] | None = None) -> list[str]:
+    """
+    A groupchat message said now (no delay) as serialised stanzas, one per resource: the hot path.
+    ``cache``: two dicts the caller keeps (bounded here by ROOM_STRINGS) for the strings that
+    repeat from line to line, the escaped room JID with its sender attribute per (room, nick) and
+    the quoted recipient per (user, resource); ``domain`` and ``localpart`` must be the same for
+    every call given the same cache.
+    """
+    senders, recipients = cache if cache is not None else ({}, {})
+    key = (event.room, event.nick)
+    found = senders.get(key)
+    if found is None:
+        try:
+            room_jid = f"{escape(xml_safe(localpart(event.room)))}@{domain}"
+        except EscapingError:
+            return []
+        nick = xml_safe(event.nick)
+        found = (room_jid, quote_attr(f"{room_jid}/{nick}" if nick else room_jid))
+        if len(senders) >= ROOM_STRINGS:
+            del senders[next(iter(senders))]
+        senders[key] = found
+    room_jid, sender = found
     message_id = f" id={quote_attr(event.message_id)}" if event.message_id else ""
     body = "" if event.body is None and (event.chat_state or event.reaction_to) else \
         f"<body>{escape_text(xml_safe(event.body) or '')}</body>"
@@ -506,8 +525,19 @@ def room_message_strings(domain: str, event, localpart=lambda address: address) 
     if event.stanza_id:
         body += f"<stanza-id xmlns='{NS_SID}' id={quote_attr(xml_safe(event.stanza_id))} by={quote_attr(room_jid)}/>"
     head = f"<message type='groupchat' from={sender}{message_id} to="
-    tail = f">{body}{_extras(room_jid, event)}</message>"
-    return [head + quote_attr(f"{event.user}/{r}" if r else event.user) + tail for r in event.resources]
+    tail = f">{body}{_extras(room_jid, event)}</message>" if (
+        event.correction_of or event.reply_to or event.reaction_to or event.chat_state) else f">{body}</message>"
+    out = []
+    user = event.user
+    for r in event.resources:
+        to = recipients.get((user, r))
+        if to is None:
+            to = quote_attr(f"{user}/{r}" if r else user)
+            if len(recipients) >= ROOM_STRINGS:
+                del recipients[next(iter(recipients))]
+            recipients[(user, r)] = to
+        out.append(head + to + tail)
+    return out
 
 
 def _extras(room_jid: str, event) -> str:

@@ -37,8 +37,10 @@ def quote_attr(value: str) -> str:
 
 
 def escape_text(text: str) -> str:
-    """Character data for stanzas written as strings."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Character data for stanzas written as strings (most text has nothing to escape: no replace then)."""
+    if "&" in text or "<" in text or ">" in text:
+        return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return text
 
 
 def parse_jid(value: str | None) -> JID | None:

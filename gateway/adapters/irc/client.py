@@ -109,6 +109,19 @@ def shared_features(tokens: tuple[str, ...], previous: irc.ServerSupportedFeatur
     return tokens, features
 
 
+#: The usual line: a channel PRIVMSG or NOTICE from a user, with or without IRCv3 tags, spaced as
+#: servers space it, whose nick and text are already what text.clean_name and text.clean would
+#: leave (printable ASCII nick without ``!`` or ``@``, no control, C1 or noncharacter in the
+#: text, which is not CTCP and short enough that no cut applies, even after a notice's mark).
+#: Only such a line takes the short path (IRCConnection.lineReceived to Session.on_room_line);
+#: anything else, or anything odd, goes through parse_line and Twisted's dispatch. Both give the
+#: same room events: tests/unit/test_irc_in_fast.py.
+_ROOM_LINE = re.compile(
+    r"(?:@([^ ]+) )?:([\x22-\x3f\x41-\x7e]{1,%d})![^ ]* (PRIVMSG|NOTICE) ([#&+!][^ ]*) "
+    r":([^\x00-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]{1,%d})"
+    % (text.NAME_LIMIT, text.TEXT_LIMIT - len(text.NOTICE_MARK)))
+
+
 def parse_tags(raw: str) -> dict[str, str]:
     """IRCv3 message tags, each value unescaped in one pass (``\\\\s`` is a backslash then ``s``)."""
     tags = {}
@@ -423,7 +436,7 @@ class IRCConnection(irc.IRCClient):
         """
         Lines split on LF (CR dropped, as Twisted's IRCClient does), never holding
         more than MAX_LINE bytes of a line: the rest of an overlong one is
-        discarded as it arrives, up to its newline.
+        discarded as it arrives, up to its newline. The read is split once.
         """
         if self._skipping:
             cut = data.find(b"\n")
@@ -431,28 +444,46 @@ class IRCConnection(irc.IRCClient):
                 return
             self._skipping = False
             data = data[cut + 1:]
-        buf = self._inbuf + data if self._inbuf else data
-        start = 0
-        while not self._lost and not getattr(self.transport, "disconnecting", False):
-            end = buf.find(b"\n", start)
-            if end < 0:
+        lines = (self._inbuf + data if self._inbuf else data).split(b"\n")
+        rest = lines.pop()
+        done = 0
+        for line in lines:
+            if self._lost or getattr(self.transport, "disconnecting", False):
+                rest = b"\n".join(lines[done:] + [rest])     # kept unread, as the line-by-line walk left it
                 break
-            line, start = buf[start:end], end + 1
+            done += 1
             if len(line) > MAX_LINE:
                 self.overlong += 1
                 continue
-            self.lineReceived(line.replace(b"\r", b""))
-        rest = buf[start:]
+            self.lineReceived(line.replace(b"\r", b"") if b"\r" in line else line)
         if len(rest) > MAX_LINE:
             self.overlong += 1
             self._skipping, rest = True, b""
         self._inbuf = rest
 
     def lineReceived(self, line):
+        """
+        The usual line (_ROOM_LINE) goes to the session without the general parser
+        and Twisted's dispatch; every other one through parse_line and handleCommand.
+        """
         if self._hello is not None:
             self._sign_on()                            # the server spoke first: no need to wait
         if isinstance(line, bytes):
-            line = self._decode(line)
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                line = self._decode(line)
+        found = _ROOM_LINE.fullmatch(line)
+        if found is not None:
+            raw_tags, nick, command, target, body = found.groups()
+            if "echo-message" not in self.caps or nick.lower() != (self.nickname or "").lower():
+                self.tags = tags = parse_tags(raw_tags) if raw_tags else {}
+                try:
+                    self.session.on_room_line(nick, target, body, tags, command == "NOTICE")
+                except Exception as e:
+                    self._not_understood(command, e)
+                return
+            # Our own line back (echo-message): on_echo, by the general path.
         parsed = parse_line(line)
         if parsed is None:
             return
@@ -486,10 +517,13 @@ class IRCConnection(irc.IRCClient):
             else:
                 self.irc_unknown(prefix, command, params)
         except Exception as e:
-            self.bad_lines += 1
-            if self.bad_lines <= 3:
-                log.warn("{server}: line not understood ({command}: {error!r})", server=self.session.server,
-                         command=text.clean(command, 32), error=e)
+            self._not_understood(command, e)
+
+    def _not_understood(self, command: str, error: Exception) -> None:
+        self.bad_lines += 1
+        if self.bad_lines <= 3:
+            log.warn("{server}: line not understood ({command}: {error!r})", server=self.session.server,
+                     command=text.clean(command, 32), error=error)
 
     def ctcpQuery(self, user, channel, messages):
         """

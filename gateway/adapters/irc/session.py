@@ -982,7 +982,7 @@ class IRCSession:
     def on_message(self, nick: str, target: str, body: str, tags: dict, notice: bool = False) -> None:
         body = text.clean(body)
         if notice:
-            body = f"[notice] {body}"
+            body = text.NOTICE_MARK + body
         stamp, msgid = server_time(tags), safe_msgid(tags)
         ref = safe_msgid(tags, "+draft/reply")
         if target.startswith(("#", "&", "+", "!")):
@@ -997,6 +997,24 @@ class IRCSession:
                                             sender=f"{text.clean_name(nick).lower()}%{self.server}", body=body,
                                             timestamp=stamp, foreign_id=msgid, ref=ref)).addErrback(
             lambda f: log.failure("private message from {nick} not stored", f, nick=nick))
+
+    def on_room_line(self, nick: str, channel: str, body: str, tags: dict, notice: bool) -> None:
+        """
+        on_message for the usual line, which the client's short path (client._ROOM_LINE) took
+        without the general parser: ``nick`` and ``body`` are already what text.clean_name and
+        text.clean leave them, so the event is built here without _event's walk over its fields.
+        """
+        room = self.rooms.get(channel.lower())
+        if room is None or not room.ready:
+            return
+        if tags:
+            stamp, msgid, ref = server_time(tags), safe_msgid(tags), safe_msgid(tags, "+draft/reply")
+        else:
+            stamp = msgid = ref = None
+        self.context.room_event(RoomEvent(component=self.context.component, user=self.user,
+                                          resources=list(room.resources), room=f"{room.channel.lower()}%{self.server}",
+                                          kind="message", nick=nick, body=text.NOTICE_MARK + body if notice else body,
+                                          timestamp=stamp, stanza_id=msgid, foreign_id=msgid, ref=ref))
 
     def on_tagmsg(self, nick: str, target: str, tags: dict) -> None:
         """A TAGMSG: typing (``+typing``) in a room, or a reaction (``+draft/react`` to ``+draft/reply``)."""

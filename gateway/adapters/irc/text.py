@@ -42,6 +42,8 @@ TEXT_LIMIT = 4096
 NAME_LIMIT = 128
 #: What an empty name (every character was unfit) becomes.
 EMPTY_NAME = "_"
+#: What marks a NOTICE's text in the room.
+NOTICE_MARK = "[notice] "
 
 
 def clean(value: str | None, limit: int = TEXT_LIMIT) -> str:
