@@ -349,6 +349,13 @@ class IAdapterContext(Interface):
     def room_event(event):
         """Pass a RoomEvent to the user's joined resources now (not queued)."""
 
+    def room_backlog():
+        """
+        How many room events wait toward XMPP now (in the paced output queue, or
+        held while the component stream is down): an adapter holds back work that
+        makes more of them (an IRC reconnect storm) while this is high.
+        """
+
     def contact_status(user, address, available, status):
         """A contact's presence changed (a connection up or down): shown to the user now, not queued."""
 
@@ -449,6 +456,9 @@ class IStanzaOutput(Interface):
 
     def flush_room_events():
         """Write every room event still waiting for the pacing budget now (at shutdown); how many."""
+
+    def room_backlog():
+        """Room events queued in this output and not yet written (0 for an output that queues none)."""
 
     def barrier():
         """

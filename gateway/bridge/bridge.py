@@ -50,6 +50,9 @@ class _Disconnected:
     def flush_room_events(self):
         return 0
 
+    def room_backlog(self):
+        return 0
+
     def barrier(self):
         return defer.fail(RuntimeError("no XMPP output attached"))
 
@@ -300,6 +303,9 @@ class Bridge(service.MultiService):
             if event is None:
                 return
         self._route_room_event(event)
+
+    def room_backlog(self) -> int:
+        return len(self._held_room_events) + self.output.room_backlog()
 
     def _route_room_event(self, event: RoomEvent) -> None:
         if self._rooms_closed:

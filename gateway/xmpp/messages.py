@@ -379,6 +379,9 @@ class StanzaOutput:
         """Write every queued room event now, whatever the pacing budget (before the stream closes)."""
         return self.pacer.flush() if self.pacer is not None else 0
 
+    def room_backlog(self) -> int:
+        return self.pacer.pending if self.pacer is not None else 0
+
     def _write_room_event(self, event) -> int:
         """Render and write one room event; the bytes written (for the pacing budget)."""
         size = 0

@@ -57,6 +57,9 @@ class Context:
         self.events = 0
         self.delivered = 0
 
+    def room_backlog(self):
+        return 0
+
     def room_event(self, event):
         self.events += 1
 

@@ -48,6 +48,9 @@ class Recorder:
     def room_event(self, event):
         self.events.append(event)
 
+    def room_backlog(self):
+        return 0
+
     def contact_status(self, user, address, available, status):
         self.statuses.append((user, address, available, status))
 

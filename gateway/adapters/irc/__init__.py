@@ -146,6 +146,11 @@ class IRCAdapter(AdapterBase):
         Option("max_connections_per_server", int, 0, check=non_negative,
                doc="Connections to one IRC server this gateway holds at most (signed on or connecting); 0: no "
                    "cap. Beyond it users wait in line and are told (resource-constraint, their place in line)."),
+        Option("connect_backlog_limit", int, 5000, check=non_negative,
+               doc="Room events waiting toward XMPP (the paced room queue, or held while the component stream "
+                   "is down) above which no new connection attempt starts, at any server, until the queue is "
+                   "back under it: a reconnect storm cannot grow the heap faster than the stream drains. "
+                   "0: no bound."),
         Option("connect_timeout", float, 15.0, check=positive,
                doc="Seconds a TCP (and TLS) connect may take; then the attempt is dropped and retried."),
         Option("notify_after", float, 30.0, check=positive,
@@ -221,7 +226,9 @@ class IRCAdapter(AdapterBase):
         #: Every connection attempt of every user, to every server, is drawn from this one scheduler.
         self.scheduler = ConnectScheduler(context.clock, concurrent=options.get("connect_concurrency", 4),
                                           rate=options.get("connect_rate", 5.0),
-                                          max_connections=options.get("max_connections_per_server", 0))
+                                          max_connections=options.get("max_connections_per_server", 0),
+                                          backlog=context.room_backlog,
+                                          backlog_limit=options.get("connect_backlog_limit", 5000))
         scheduler = self.scheduler
         #: Open connections by port pair, for the identd; None when the identd is off.
         self.ident_table: IdentTable | None = IdentTable() if options.get("identd_listen") else None

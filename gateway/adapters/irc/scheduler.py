@@ -15,7 +15,14 @@ share the limits) gets
   a paced queue;
 - an optional cap on connections in total (``max_connections``: attempts in
   flight plus signed-on connections; 0 is no cap), beyond which users wait in
-  line and are told so.
+  line and are told so;
+- backpressure from the XMPP side (``backlog``, ``backlog_limit``): while more
+  room events wait toward XMPP than the bound, no new attempt starts (at any
+  server). Each rejoin queues an occupant presence per member and the
+  component stream drains at its paced rate, so without it a storm grows the
+  heap as fast as servers welcome users. The queue is looked at again every
+  ``BACKLOG_RECHECK`` seconds while over (the only wake-up that is a poll: the
+  queue drains from its own timers and tells nobody).
 
 Waiting tickets are served round robin between users (a user holding several
 tickets for one host cannot starve the others), and users with an XMPP client
@@ -37,6 +44,8 @@ from twisted.logger import Logger
 log = Logger(namespace="gateway.adapters.irc.scheduler")
 
 WAITING, ATTEMPTING, CONNECTED, DONE = "waiting", "attempting", "connected", "done"
+#: Seconds between looks at the XMPP-side room queue while it is over its bound.
+BACKLOG_RECHECK = 0.25
 
 
 def backoff(failures: int, initial: float, maximum: float, rand: Callable[[], float] = random.random) -> float:
@@ -179,6 +188,10 @@ class _Host:
         try:
             s = self.scheduler
             while self.queue and len(self.attempting) < s.concurrent and not self.full():
+                if s.backed_up():
+                    if self.timer is None or not self.timer.active():
+                        self.timer = s.clock.callLater(BACKLOG_RECHECK, self._wake)
+                    break
                 if s.rate > 0:
                     now = s.clock.seconds()
                     self.tokens = min(1.0, self.tokens + max(0.0, now - self.last) * s.rate)
@@ -220,14 +233,23 @@ class ConnectScheduler:
     then reports back through the ticket.
     """
 
-    def __init__(self, clock, concurrent: int = 4, rate: float = 5.0, max_connections: int = 0):
+    def __init__(self, clock, concurrent: int = 4, rate: float = 5.0, max_connections: int = 0,
+                 backlog: Callable[[], int] | None = None, backlog_limit: int = 0):
         self.clock = clock
+        #: Room events waiting toward XMPP now (IAdapterContext.room_backlog), and the bound over
+        #: which no attempt starts (0: not checked).
+        self.backlog = backlog
+        self.backlog_limit = backlog_limit
         self.concurrent = max(1, concurrent)
         self.rate = rate
         self.max_connections = max_connections
         self.hosts: dict[str, _Host] = {}
         #: Attempts started, all hosts together (for tests and logs).
         self.attempts = 0
+
+    def backed_up(self) -> bool:
+        """More room events wait toward XMPP than the bound: new attempts wait too."""
+        return bool(self.backlog_limit) and self.backlog is not None and self.backlog() > self.backlog_limit
 
     def request(self, key: str, user: str, start: Callable[[Ticket], None],
                 online: Callable[[], bool] = lambda: True) -> Ticket:
