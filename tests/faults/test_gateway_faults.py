@@ -85,6 +85,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(prosody, fresh_d
             for k in range(kills):
                 await steady(clients, ledger, contacts, rng.uniform(0.5, 2.0), rate=20, prefix=f"k{k}")
                 gateway.kill()
+                ledger.killed(gateway.db)
                 for c in clients:
                     await server_knows_it_is_gone(c, gateway.domain, ledger)
                 await steady(clients, ledger, contacts, rng.uniform(0.0, 0.5), rate=20, prefix=f"d{k}")
