@@ -123,6 +123,10 @@ class RolesFollowModes(IRCSessionCase):
         room2 = self.adapter.sessions[("carol@example.org", SERVER)].rooms["#room"]
         self.assertEqual(set(room2.occupants), {"alice", "bob", "carol"})
         self.assertIs(next(k for k in room.occupants if k == "bob"), next(k for k in room2.occupants if k == "bob"))
+        for c in (self.conn, conn):                               # a later member with a user and host
+            c.lineReceived(":dave!" .encode() + b"d@dave.example JOIN #room")
+        self.assertEqual(room.hosts["dave"], ("d", "dave.example"))
+        self.assertIs(room.hosts["dave"], room2.hosts["dave"])    # one tuple for both connections
         conn.transport.connected = False
         conn.connectionLost(Failure(ConnectionDone()))
 
@@ -265,3 +269,13 @@ class HotObjectsHaveSlots(IRCSessionCase):
         own = set(vars(self.conn)) & set(type(self.conn).__slots__)
         self.assertEqual(own, set())
         self.assertLessEqual(len(vars(self.conn)), 16)
+
+
+def test_the_shared_user_host_table_is_bounded(monkeypatch):
+    """A server inventing a new host per line cannot grow the table past its bound."""
+    monkeypatch.setattr(members, "USERHOST_LIMIT", 100)
+    monkeypatch.setattr(members, "_USERHOSTS", {})
+    kept = [members.userhost(("u", f"h{n}.example")) for n in range(250)]
+    assert len(members._USERHOSTS) <= 100
+    assert kept[0] == ("u", "h0.example")                         # handed-out pairs stay valid
+    assert members.userhost(("u", "h249.example")) is kept[249]

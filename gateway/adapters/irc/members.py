@@ -55,8 +55,24 @@ def nick(name: str) -> str:
     return sys.intern(name) if type(name) is str else sys.intern(str(name))
 
 
+#: The shared (user, host) pairs, at most USERHOST_LIMIT (emptied when full, so a server
+#: inventing hosts cannot grow it: pairs already handed out stay valid, only unshared).
+_USERHOSTS: dict[tuple[str, str], tuple[str, str]] = {}
+USERHOST_LIMIT = 65536
+
+
 def userhost(found: tuple[str, str]) -> tuple[str, str]:
-    """An occupant's (user, host) with both strings shared, as nicks are: many users' connections
-    see the same occupant, and a host is the longest thing kept per member."""
-    user, host = found
-    return sys.intern(user), sys.intern(host)
+    """
+    An occupant's (user, host), one tuple for every connection that sees
+    that occupant: in a channel of a hundred joined by a hundred users each
+    pair would otherwise be a hundred tuples (56 bytes each), the largest
+    per-member cost left. Its strings are interned, as nicks are.
+    """
+    shared = _USERHOSTS.get(found)
+    if shared is None:
+        if len(_USERHOSTS) >= USERHOST_LIMIT:
+            _USERHOSTS.clear()
+        user, host = found
+        shared = (sys.intern(user), sys.intern(host))
+        _USERHOSTS[shared] = shared
+    return shared
