@@ -282,6 +282,8 @@ async def run_one(name: str, gateway: Server, room_of, ircd: Ngircd, prosody: Pr
     try:
         if before_join is not None:
             await before_join(load, users)
+        if args.heap and name == "ours":
+            os.kill(pid, signal.SIGUSR2)                 # the heap's baseline, before the joins
         await asyncio.sleep(args.settle)
         rss0 = status_kb(pid, "VmRSS")
         cpu0 = cpu_seconds(pid)
