@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from gateway.adapters.irc import members
+from gateway.adapters.irc import client, members
 from gateway.model import Registration
 from tests.unit.test_irc_session import SERVER, IRCSessionCase
 
@@ -279,3 +279,57 @@ def test_the_shared_user_host_table_is_bounded(monkeypatch):
     assert len(members._USERHOSTS) <= 100
     assert kept[0] == ("u", "h0.example")                         # handed-out pairs stay valid
     assert members.userhost(("u", "h249.example")) is kept[249]
+
+
+class OneKeepaliveTimerPerAdapter(SharedISupport):
+    """
+    The keepalive PINGs come from the adapter's one wheel (heartbeat.py), not a
+    LoopingCall and DelayedCall per connection (about 650 bytes each): still every
+    heartbeatInterval seconds per connection, and never after the connection ends.
+    """
+
+    def pings(self, conn) -> int:
+        return sum(1 for line in conn.transport.value().decode().splitlines() if line.startswith("PING "))
+
+    def test_more_connections_add_no_timer(self):
+        a = self.connection("a@example.org", "anna")
+        self.clock.advance(1.0)
+        timers = len(self.clock.getDelayedCalls())
+        others = [self.connection(f"u{n}@example.org", f"user{n}") for n in range(5)]
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.clock.getDelayedCalls()), timers)
+        for conn in [a, *others]:
+            self.drop(conn)
+        self.assertEqual(self.clock.getDelayedCalls(), [])          # an idle adapter keeps no keepalive timer
+
+    def test_each_connection_is_pinged_every_interval_until_it_ends(self):
+        interval = client.IRCConnection.heartbeatInterval
+        a = self.connection("a@example.org", "anna")
+        started_a = self.clock.seconds()
+        self.clock.advance(interval / 2)
+        b = self.connection("b@example.org", "bert")
+        started_b = self.clock.seconds()
+        seen: dict[str, list[float]] = {"a": [], "b": []}
+        counts = {"a": 0, "b": 0}
+        while self.clock.seconds() < started_a + 3 * interval + 2:
+            self.clock.advance(0.5)
+            for name, conn in (("a", a), ("b", b)):
+                if self.pings(conn) > counts[name]:
+                    counts[name] = self.pings(conn)
+                    seen[name].append(self.clock.seconds())
+            if len(seen["a"]) == 2 and not a._lost:
+                self.drop(a)
+        self.assertEqual(len(seen["a"]), 2)                         # none after the connection ended
+        self.assertEqual(len(seen["b"]), 2)
+        for times, start in ((seen["a"], started_a), (seen["b"], started_b)):
+            self.assertGreater(times[0] - start, interval - 1.5)    # the hand moves by whole seconds
+            self.assertLessEqual(times[0] - start, interval + 0.5)
+            self.assertAlmostEqual(times[1] - times[0], interval, delta=0.5)
+
+    def test_a_late_reactor_still_pings_everyone_once(self):
+        conns = [self.connection(f"u{n}@example.org", f"user{n}") for n in range(3)]
+        for n in range(3):
+            conns[n].transport.clear()
+            self.clock.advance(7.0)
+        self.clock.advance(client.IRCConnection.heartbeatInterval * 3)  # one jump: many ticks at once
+        self.assertEqual([self.pings(c) for c in conns], [1, 1, 1])

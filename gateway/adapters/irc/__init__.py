@@ -21,6 +21,7 @@ from gateway.adapters.base import AdapterBase
 from gateway.adapters.irc import raw, text
 from gateway.adapters.irc.identd import IdentFactory, IdentTable, ident_token, webirc_address
 from gateway.adapters.irc.scheduler import ConnectScheduler
+from gateway.adapters.irc.heartbeat import HeartbeatWheel
 from gateway.adapters.irc.session import TYPING_OUT, Backlog, IRCSession
 from gateway.interfaces import (NOT_NOW, IAddressSettings, IConnections, IConnectionStatus, IContactNames,
                                 ICorrections, IGroupChat, IHealthReport, IHostsRooms, IModeration, IRawCommands,
@@ -232,6 +233,8 @@ class IRCAdapter(AdapterBase):
         scheduler = self.scheduler
         #: Open connections by port pair, for the identd; None when the identd is off.
         self.ident_table: IdentTable | None = IdentTable() if options.get("identd_listen") else None
+        #: One keepalive timer per PING interval for all connections, not a LoopingCall each (heartbeat.py).
+        self._wheels: dict[float, HeartbeatWheel] = {}
         self._ident_port = None
         self._problems: list[str] = []
         #: normalize_address's answers for addresses it took (every room message asks for its room):
@@ -297,6 +300,13 @@ class IRCAdapter(AdapterBase):
             host = f"{token}.xmpp"
         ip = conf.get("webirc_ip") or webirc_address(self._token_key(), jid)
         return f"WEBIRC {password} {conf.get('webirc_gateway') or 'xmpp-gateway'} {host} {ip}"
+
+    def heartbeat_wheel(self, interval: float) -> HeartbeatWheel:
+        """The one keepalive wheel of this adapter for PINGs every ``interval`` seconds."""
+        wheel = self._wheels.get(interval)
+        if wheel is None:
+            wheel = self._wheels[interval] = HeartbeatWheel(self.context.clock, interval)
+        return wheel
 
     def stopService(self):
         self.scheduler.concurrent = 0          # a session closing frees a place: no other attempt may start now

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from twisted.internet import defer, interfaces, task
+from twisted.internet import defer, interfaces
 from twisted.logger import Logger
 from twisted.words.protocols import irc
 from zope.interface import implementer
@@ -236,7 +236,7 @@ class IRCConnection(irc.IRCClient):
     __slots__ = ("session", "sasl", "fallback", "tags", "_caps_done", "_rate", "_burst", "_clock", "_tokens", "_last",
                  "_pending", "_drain", "_lost", "_inbuf", "_skipping", "overlong", "bad_lines", "_offered",
                  "_isupport_lines", "_isupport", "_deadline", "_hello", "_ctcp_window", "greeted", "signed_on_at",
-                 "_ident_ends")
+                 "_ident_ends", "_beat", "_wheel")
 
     versionName = "xmpp-gateway"
     versionNum = __version__
@@ -282,6 +282,9 @@ class IRCConnection(irc.IRCClient):
         self.signed_on_at: float | None = None
         #: (our address, the server's) while listed with the adapter's identd.
         self._ident_ends = None
+        #: The adapter's keepalive wheel while in it, and the bucket there (heartbeat.py).
+        self._wheel = None
+        self._beat: int | None = None
 
     # -- registration with CAP ---------------------------------------------------
 
@@ -544,10 +547,22 @@ class IRCConnection(irc.IRCClient):
                 if self._ctcp_window[1] <= CTCP_ANSWERS:
                     getattr(self, f"ctcpQuery_{tag}")(user, channel, data)
 
-    def _createHeartbeat(self):
-        heartbeat = task.LoopingCall(self._sendHeartbeat)
-        heartbeat.clock = self._clock
-        return heartbeat
+    def startHeartbeat(self) -> None:
+        """
+        PING every ``heartbeatInterval`` seconds, from the adapter's one wheel
+        instead of Twisted's LoopingCall per connection (650 bytes each).
+        """
+        self.stopHeartbeat()
+        if self.heartbeatInterval is None:
+            return
+        self._wheel = self.session.adapter.heartbeat_wheel(self.heartbeatInterval)
+        self._wheel.add(self)
+
+    def stopHeartbeat(self) -> None:
+        """Out of the wheel (at the end of the connection, from IRCClient.connectionLost)."""
+        wheel, self._wheel = self._wheel, None
+        if wheel is not None:
+            wheel.remove(self)
 
     def signedOn(self):
         self.signed_on_at = self._clock.seconds()
