@@ -23,7 +23,7 @@ from gateway.model import AddressError, GatewayError, InboundMessage, OutboundMe
 from gateway.xmpp.dispatch import already_handled
 from gateway.xmpp.escaping import EscapingError, address_of, escape
 from gateway.xmpp import references
-from gateway.xmpp.muc import NS_SID, room_message_strings, room_stanzas
+from gateway.xmpp.muc import NS_SID, room_message_strings, room_presence_strings, room_stanzas
 from gateway.xmpp.pacing import RoomPacer
 from gateway.xmpp.stanzas import error_reply, escape_text, parse_jid, quote_attr, text_of, xml_safe
 from gateway.xmpp.handler import ComponentHandler
@@ -391,6 +391,15 @@ class StanzaOutput:
                 self.stream.send_serialized(xml, "message")
                 size += len(xml)
             return size
+        if event.kind == "presence":
+            # Joins and storms: n² occupant presences, also written as strings when plain.
+            strings = room_presence_strings(self.domain, event, self.localpart, self.non_anonymous, self.occupant,
+                                            self._room_strings)
+            if strings is not None:
+                for xml in strings:
+                    self.stream.send_serialized(xml, "presence")
+                    size += len(xml)
+                return size
         for el in room_stanzas(self.domain, event, self.localpart, self.non_anonymous, self.occupant):
             if not el.getAttribute("from"):
                 el["from"] = self.domain

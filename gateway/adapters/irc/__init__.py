@@ -222,6 +222,9 @@ class IRCAdapter(AdapterBase):
         self.sessions: dict[tuple[str, str], IRCSession] = {}
         #: The same sessions by server, then user.
         self._by_server: dict[str, dict[str, IRCSession]] = {}
+        #: The same sessions by user, then server: the per-user limits are checked on every join,
+        #: and a scan of every session made N joins cost N² (10,000 users: 10⁸ steps).
+        self._by_user: dict[str, dict[str, IRCSession]] = {}
         #: Kept by the adapter, not the session: a session may be replaced while messages wait for retries.
         self.backlog = Backlog(context.clock)
         #: Every connection attempt of every user, to every server, is drawn from this one scheduler.
@@ -540,11 +543,12 @@ class IRCAdapter(AdapterBase):
         found = self.sessions.get(key)
         if found is None or found.closed:
             limit = self.config["max_sessions_per_user"]
-            if sum(1 for (user, _), s in self.sessions.items() if user == registration.jid and not s.closed) >= limit:
+            if sum(1 for s in self.sessions_of(registration.jid) if not s.closed) >= limit:
                 raise PolicyViolation(f"you are connected to {limit} IRC servers, the most this gateway allows; "
                                       "leave every room of one of them first")
             found = self.sessions[key] = IRCSession(self, registration, server, nick)
             self._by_server.setdefault(server, {})[registration.jid] = found
+            self._by_user.setdefault(registration.jid, {})[server] = found
         return found
 
     def joined_nick(self, user: str, resource: str, room: str) -> str | None:
@@ -559,14 +563,20 @@ class IRCAdapter(AdapterBase):
         """Every user's session with ``server`` (an index: a big gateway has thousands of sessions)."""
         return list(self._by_server.get(server, {}).values())
 
+    def sessions_of(self, user: str) -> list[IRCSession]:
+        """Every session of ``user`` (the index the per-user limits read)."""
+        return list(self._by_user.get(user, {}).values())
+
     def session_closed(self, session: IRCSession) -> None:
         if self.sessions.get((session.user, session.server)) is session:
             del self.sessions[(session.user, session.server)]
-        on_server = self._by_server.get(session.server)
-        if on_server is not None and on_server.get(session.user) is session:
-            del on_server[session.user]
-            if not on_server:
-                del self._by_server[session.server]
+        for index, outer, inner in ((self._by_server, session.server, session.user),
+                                    (self._by_user, session.user, session.server)):
+            found = index.get(outer)
+            if found is not None and found.get(inner) is session:
+                del found[inner]
+                if not found:
+                    del index[outer]
 
     # -- rooms ----------------------------------------------------------------------
 
@@ -578,8 +588,7 @@ class IRCAdapter(AdapterBase):
         existing = self.sessions.get((registration.jid, server))
         if existing is None or existing.closed or channel.lower() not in existing.rooms:
             limit = self.config["max_rooms_per_user"]
-            rooms = sum(len(s.rooms) for (user, _), s in self.sessions.items() if user == registration.jid
-                        and not s.closed)
+            rooms = sum(len(s.rooms) for s in self.sessions_of(registration.jid) if not s.closed)
             if rooms >= limit:
                 raise PolicyViolation(f"you are in {limit} IRC channels, the most this gateway allows; "
                                       "leave one first")
@@ -709,9 +718,10 @@ class IRCAdapter(AdapterBase):
 
     def connections(self, user: str) -> list[ConnectionInfo]:
         found = []
-        for (owner, server), session in sorted(self.sessions.items()):
-            if owner != user or session.closed:
+        for session in sorted(self.sessions_of(user), key=lambda s: s.server):
+            if session.closed:
                 continue
+            server = session.server
             host, port, tls, _ = self.endpoint(server, session.settings)
             conn = session.conn
             found.append(ConnectionInfo(server, host, port, tls, text.clean_name(session.nick), conn is not None,
@@ -722,8 +732,7 @@ class IRCAdapter(AdapterBase):
         return sorted({user for (user, _), session in self.sessions.items() if not session.closed})
 
     def disconnect(self, user: str, address: str | None, reason: str) -> int:
-        closing = [s for (owner, server), s in list(self.sessions.items())
-                   if owner == user and not s.closed and address in (None, server)]
+        closing = [s for s in self.sessions_of(user) if not s.closed and address in (None, s.server)]
         for session in closing:
             session.disconnect(text.one_line(reason)[:200] or "Disconnected")
         return len(closing)
@@ -740,6 +749,5 @@ class IRCAdapter(AdapterBase):
         return session.raw_command(lines)
 
     def user_unregistered(self, registration: Registration) -> None:
-        for (user, _), session in list(self.sessions.items()):
-            if user == registration.jid:
-                session.close("Unregistered")
+        for session in self.sessions_of(registration.jid):
+            session.close("Unregistered")
