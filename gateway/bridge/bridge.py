@@ -113,7 +113,7 @@ class Bridge(service.MultiService):
         self._rooms_closed = False
         self._warned_room_hold = False
         self._room_events_dropped = metrics.ROOM_EVENTS_DROPPED.labels(component)
-        self._sent_direct = metrics.MESSAGES.labels(component, "out")
+        self._sent_direct = metrics.tally(metrics.MESSAGES.labels(component, "out"))   # read at scrape time
         self._secrets_unreadable = metrics.SECRETS_UNREADABLE.labels(component)
         self.split_notices = SplitNotices(self)
         #: The room archive (MAM, history on join) of a group-chat network; None when turned off.
@@ -648,7 +648,7 @@ class Bridge(service.MultiService):
             return defer.maybeDeferred(self.adapter.send, message, reg)
 
         def sent(result):
-            self._sent_direct.inc()
+            self._sent_direct.n += 1
             if isinstance(result, SendResult):
                 self.split_notices.sent(message, result)
                 self.conversations.sent(message, result.foreign_id)
@@ -687,7 +687,7 @@ class Bridge(service.MultiService):
 
     def _direct_sent(self, result, message: OutboundMessage):
         """send_direct's last step (``sent``), shared by the fast path."""
-        self._sent_direct.inc()
+        self._sent_direct.n += 1
         if type(result) is SendResult or isinstance(result, SendResult):
             if result.split_notice:                  # what split_notices.sent and conversations.sent
                 self.split_notices.sent(message, result)     # look at first: no call for the usual line

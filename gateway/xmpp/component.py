@@ -147,8 +147,9 @@ class ComponentStream(Component):
             self.factory.clientConnectionFailed = connection_failed
         self._closing: list[defer.Deferred] = []
         self._stopping = False
-        self._count_in = {k: metrics.STANZAS.labels(domain, "in", k) for k in ("message", "presence", "iq")}
-        self._count_out = {k: metrics.STANZAS.labels(domain, "out", k) for k in ("message", "presence", "iq")}
+        # Plain numbers read at scrape time (metrics.tally): counted on every stanza.
+        self._count_in = {k: metrics.tally(metrics.STANZAS.labels(domain, "in", k)) for k in ("message", "presence", "iq")}
+        self._count_out = {k: metrics.tally(metrics.STANZAS.labels(domain, "out", k)) for k in ("message", "presence", "iq")}
 
     def set_allowed_domains(self, allowed_domains: list[str]) -> None:
         self.allowed_domains = frozenset(d.lower() for d in allowed_domains) | {self.domain}
@@ -190,7 +191,7 @@ class ComponentStream(Component):
                     obj["from"] = self.domain
                 counter = counters.get(obj.name)
                 if counter is not None:
-                    counter.inc()
+                    counter.n += 1
             raw_send(obj)
 
         xs.send = send
@@ -396,7 +397,7 @@ class ComponentStream(Component):
     def _admit(self, element: domish.Element, size: int) -> bool:
         counter = self._count_in.get(element.name)
         if counter is not None:
-            counter.inc()
+            counter.n += 1
         if element.name not in ("message", "presence", "iq") or not self.authenticated:
             return True
         stype = element.getAttribute("type")
@@ -448,7 +449,7 @@ class ComponentStream(Component):
         """Write a stanza already serialised (hot paths); counted like any other."""
         counter = self._count_out.get(kind)
         if counter is not None:
-            counter.inc()
+            counter.n += 1
         xs = self.xmlstream
         if self.authenticated and xs is not None and xs.transport is not None and not xs.rawDataOutFn:
             # Straight to the transport: the layers in between only look for domish elements.
