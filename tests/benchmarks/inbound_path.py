@@ -30,7 +30,13 @@ a busy machine. ``inbound_throughput`` is the end-to-end figure against bare
 baselines (it needs a quiet machine).
 
     .venv/bin/python -m tests.benchmarks.inbound_path [--sms 5000] [--mails 2000] [--inflight 20]
-                     [--sessions 10] [--repeats 3] [--calls] [--profile FILE]
+                     [--sessions 10] [--repeats 3] [--calls] [--db] [--profile FILE]
+
+``--db`` adds the registry's SQLite thread per message: transactions (adbapi
+interactions), the thread's CPU (``time.thread_time``, so its Python work and
+SQLite's own, not its waits), the longest transaction's CPU, and the commit's
+wall time (the fsync) per transaction: whether that thread holds the CPU, and so
+the GIL, in long stretches the reactor would wait behind.
 
 ``--profile FILE`` writes cProfile statistics of one measured run of each path
 to FILE.sms and FILE.mail (pstats) and prints the top of each.
@@ -49,6 +55,7 @@ import tempfile
 import time
 import urllib.parse
 
+from twisted.enterprise import adbapi
 from twisted.internet import address, defer, error, reactor, task
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogBeginner
@@ -328,6 +335,8 @@ class Bench:
         requests = [webhook_request(i, f"R{self.runs}x") for i in range(n)]
         server = self.servers["sms"]
         server.echoes = 0
+        db0 = dict(DB, max_cpu=0.0)
+        DB["max_cpu"] = 0.0
         t0, c0, r0 = time.perf_counter(), cpu(), time.thread_time()
         if profiler:
             profiler.enable()
@@ -341,7 +350,7 @@ class Bench:
         assert not clients.failed, clients.failed[:3]
         lat = sorted(clients.latencies)
         return {"rate": n / elapsed, "cpu_us": used / n * 1e6, "reactor_us": reactor_used / n * 1e6, "p50": lat[len(lat) // 2],
-                "p99": lat[max(0, int(len(lat) * 0.99) - 1)]}
+                "p99": lat[max(0, int(len(lat) * 0.99) - 1)], **db_figures(db0, n)}
 
     @defer.inlineCallbacks
     def run_mail(self, n: int, profiler=None) -> dict:
@@ -349,6 +358,8 @@ class Bench:
         mails = [smtp_source_mail(i, f"r{self.runs}x") for i in range(n)]
         server = self.servers["mail"]
         server.echoes = 0
+        db0 = dict(DB, max_cpu=0.0)
+        DB["max_cpu"] = 0.0
         t0, c0, r0 = time.perf_counter(), cpu(), time.thread_time()
         if profiler:
             profiler.enable()
@@ -359,13 +370,51 @@ class Bench:
             profiler.disable()
         elapsed, used, reactor_used = time.perf_counter() - t0, cpu() - c0, time.thread_time() - r0
         assert not clients.failed, clients.failed[:3]
-        return {"rate": n / elapsed, "cpu_us": used / n * 1e6, "reactor_us": reactor_used / n * 1e6}
+        return {"rate": n / elapsed, "cpu_us": used / n * 1e6, "reactor_us": reactor_used / n * 1e6,
+                **db_figures(db0, n)}
 
     def stop(self):
         for poll in self.polls:
             poll.stop()
         self.sms.stop()
         self.mail.stop()
+
+
+#: The SQLite thread's totals since watch_db(): transactions, thread CPU, longest
+#: transaction's CPU, commit wall time (seconds).
+DB = {"n": 0, "cpu": 0.0, "max_cpu": 0.0, "commit": 0.0}
+
+
+def watch_db() -> None:
+    """Time every adbapi interaction in its thread (``--db``): measurement only, the work is unchanged."""
+    run = adbapi.ConnectionPool._runInteraction
+
+    def timed(self, *args, **kw):
+        c0 = time.thread_time()
+        try:
+            return run(self, *args, **kw)
+        finally:
+            used = time.thread_time() - c0
+            DB["n"] += 1
+            DB["cpu"] += used
+            DB["max_cpu"] = max(DB["max_cpu"], used)
+
+    def commit(self):
+        w0 = time.perf_counter()
+        try:
+            return self._connection.commit()
+        finally:
+            DB["commit"] += time.perf_counter() - w0
+
+    adbapi.ConnectionPool._runInteraction = timed
+    adbapi.Connection.commit = commit
+
+
+def db_figures(before: dict, n: int) -> dict:
+    """The SQLite thread's figures for the ``n`` messages since ``before`` (a copy of DB)."""
+    count = DB["n"] - before["n"]
+    return {"db_per_msg": count / n, "db_cpu_us": (DB["cpu"] - before["cpu"]) / n * 1e6,
+            "db_max_ms": DB["max_cpu"] * 1e3, "db_commit_ms": (DB["commit"] - before["commit"]) / max(1, count) * 1e3}
 
 
 def count_calls(run, n: int):
@@ -442,10 +491,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--calls", action="store_true",
                         help="also count function calls per message (one more run each, under sys.setprofile)")
+    parser.add_argument("--db", action="store_true",
+                        help="also the SQLite thread per message: transactions, CPU, longest transaction, commit time")
     parser.add_argument("--profile", metavar="FILE", help="cProfile one run of each path into FILE.sms, FILE.mail")
     args = parser.parse_args()
     # Log events are written out and forgotten, as in the gateway.
     globalLogBeginner.beginLoggingTo([lambda event: None], discardBuffer=True, redirectStandardIO=False)
+    if args.db:
+        watch_db()
     result = run_in_reactor(run, args)
     print(f"commit {describe()}, python {sys.version.split()[0]}, in process; "
           f"{args.sms} webhooks ({args.inflight} in flight), {args.mails} mails ({args.sessions} sessions), "
@@ -465,6 +518,11 @@ def main() -> None:
                     f"{min(runs, key=lambda r: r['cpu_us'])['p99']:.2f}"
         if name in result["calls"]:
             line += f"; calls/msg {result['calls'][name]:.0f}"
+        if args.db:
+            best = min(runs, key=lambda r: r["cpu_us"])
+            line += (f"; SQLite thread (best run): {best['db_per_msg']:.3f} transactions/msg, "
+                     f"CPU {best['db_cpu_us']:.0f} µs/msg, longest transaction's CPU {best['db_max_ms']:.2f} ms, "
+                     f"commit {best['db_commit_ms']:.2f} ms/transaction")
         print(line)
     if args.profile:
         for name in ("sms", "mail"):
