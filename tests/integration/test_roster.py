@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import shutil
 import time
 
@@ -112,6 +113,7 @@ def gateway(priv_prosody, simulator, smarthost, ircd, workdir):
                  web_port=web_port)
     gw = GatewayProcess(config, os.path.join(path, "roster.log")).start(wait_authenticated=4)
     gw.smtp_port = smtp_port
+    gw.db = os.path.join(path, "roster.sqlite")
     gw.hooks = {d: f"http://127.0.0.1:{web_port}/hooks/{d}/twilio/inbound" for d in SECRETS}
     yield gw
     gw.stop()
@@ -339,6 +341,14 @@ def test_a_restarted_gateway_does_not_push_again(priv_prosody, gateway):
                      "--header", "Subject: hi", "--body", text)
         assert sent.returncode == 0, sent.stdout + sent.stderr
 
+    def recorded(contact: str) -> bool:
+        conn = sqlite3.connect(f"file:{gateway.db}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT count(*) FROM roster_contacts WHERE component = ? AND address = ? "
+                                "AND method = 'roster'", (MAIL, contact)).fetchone()[0] > 0
+        finally:
+            conn.close()
+
     async def scenario():
         user = priv_prosody.register(f"rostergus{os.getpid()}", "pw")
         client = await RosterClient(user, "pw").start(priv_prosody.c2s_port)
@@ -346,6 +356,14 @@ def test_a_restarted_gateway_does_not_push_again(priv_prosody, gateway):
             await client.iq(MAIL, "set", register_form({"alias": alias}))
             await asyncio.to_thread(mail, "before the restart")
             await client.next_push(jid)
+            # The record is written once the server answered the push; a stop before that pushes
+            # again after the restart (docs/servers.md). A CI run under load stopped in that instant.
+            for _ in range(200):
+                if await asyncio.to_thread(recorded, "yan@example.net"):
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                raise AssertionError("the gateway never recorded the roster push")
             await asyncio.to_thread(gateway.stop)
             await asyncio.to_thread(gateway.start, len(SECRETS))
             await asyncio.to_thread(mail, "after the restart")
