@@ -519,12 +519,18 @@ def room_presence_strings(domain: str, event, localpart=lambda address: address,
     senders, recipients = cache if cache is not None else ({}, {})
 
     def sender():
+        # Keyed apart from room_message_strings' entries, which name the bare room for a nick
+        # that cleans to nothing; a presence always comes from room/nick (or not from here).
+        nick = xml_safe(event.nick)
         room_jid = f"{escape(xml_safe(localpart(event.room)))}@{domain}"
-        return room_jid, quote_attr(f"{room_jid}/{xml_safe(event.nick)}")
+        return (room_jid, quote_attr(f"{room_jid}/{nick}")) if nick else False
     try:
-        room_jid, from_ = _cached(senders, (event.room, event.nick), sender)
+        found = _cached(senders, (event.room, event.nick, "presence"), sender)
     except EscapingError:
         return []
+    if found is False:
+        return None
+    room_jid, from_ = found
     real = None
     if non_anonymous and not event.own:
         real = occupant_jid(domain, event.room, event.nick, event.occupant_user, event.occupant_host, localpart,

@@ -12,6 +12,7 @@ from twisted.words.xish import domish
 
 from gateway.model import RoomEvent
 from gateway.xmpp import muc
+from gateway.xmpp.stanzas import xml_safe
 
 DOMAIN = "irc.example.org"
 NASTY = ["", "a", "bob", "o'neil", 'q"uote', "<x>", "a&b", "tab\there", "nl\nx", "\x00ctl", "\ud800", "é€𝄞",
@@ -77,7 +78,7 @@ def test_random_and_hostile_presences_say_what_the_trees_say():
         strings = muc.room_presence_strings(DOMAIN, event, non_anonymous=non_anonymous, occupant=occupant,
                                             cache=cache)
         if strings is None:
-            assert event.actor or event.reason or event.new_nick or not event.nick
+            assert event.actor or event.reason or event.new_nick or not xml_safe(event.nick or "")
             continue
         written += 1
         want = expected(event, non_anonymous, occupant)
@@ -96,3 +97,16 @@ def test_the_plain_presence_is_one_string_per_resource():
     assert strings == [
         f"<presence from='#c%irc.test@{DOMAIN}/bob' to='u@example.org/{r}'><x xmlns='{muc.NS_MUC_USER}'>"
         "<item affiliation='none' role='participant'/></x></presence>" for r in ("a", "b")]
+
+
+def test_a_nick_that_cleans_to_nothing_shares_no_cache_entry_with_room_messages():
+    """room_message_strings caches the bare room as the sender of such a nick; a presence
+    must not take it from the shared cache (it is written by the tree path instead)."""
+    cache = ({}, {})
+    line = RoomEvent(component=DOMAIN, user="u@example.org", resources=["a"], room="#c%irc.test",
+                     kind="message", nick="\x00", body="hi")
+    muc.room_message_strings(DOMAIN, line, cache=cache)
+    presence = RoomEvent(component=DOMAIN, user="u@example.org", resources=["a"], room="#c%irc.test",
+                         kind="presence", nick="\x00")
+    assert muc.room_presence_strings(DOMAIN, presence, cache=cache) is None
+    assert expected(presence, False, None)                    # the tree path writes it
