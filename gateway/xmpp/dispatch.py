@@ -78,19 +78,18 @@ def _value_source(value, var: str) -> str | None:
         if value.attribname == "xmlns":
             return f"{var}.uri"
         return f"{var}.attributes.get({value.attribname!r})"
-    if kind is xpath.CompareValue:
+    if kind is xpath.CompareValue or kind is xpath.BooleanValue:
+        op = _OPERATORS.get(value.value.__func__)
         lhs, rhs = _value_source(value.lhs, var), _value_source(value.rhs, var)
-        if lhs is None or rhs is None:
+        if op is None or lhs is None or rhs is None:
             return None
-        op = "==" if value.value.__func__ is xpath.CompareValue._compareEqual else "!="
-        return f"({lhs} {op} {rhs})"
-    if kind is xpath.BooleanValue:
-        lhs, rhs = _value_source(value.lhs, var), _value_source(value.rhs, var)
-        if lhs is None or rhs is None:
-            return None
-        op = "and" if value.value.__func__ is xpath.BooleanValue._booleanAnd else "or"
         return f"({lhs} {op} {rhs})"
     return None
+
+
+#: The Python operator of each comparison and boolean Twisted's xpath parser builds.
+_OPERATORS = {xpath.CompareValue._compareEqual: "==", xpath.CompareValue._compareNotEqual: "!=",
+              xpath.BooleanValue._booleanAnd: "and", xpath.BooleanValue._booleanOr: "or"}
 
 
 #: Deepest query translated (the gateway's are at most three steps deep).
