@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import shutil
 import signal
@@ -52,6 +51,7 @@ from gateway.testing.ngircd import Ngircd
 from gateway.testing.process import Server, wait_for
 from gateway.testing.prosody import Prosody
 from tests.benchmarks.echo_throughput import bench_config, cpu_seconds
+from tests.integration import irc_support
 
 NS_MUC = "http://jabber.org/protocol/muc"
 NS_MUC_USER = "http://jabber.org/protocol/muc#user"
@@ -109,11 +109,13 @@ class ConnectionSampler(threading.Thread):
         return best
 
 
-class LoadComponent:
+class LoadComponent(irc_support.LoadComponent):
     """Every user, on one component stream; what comes back is counted per user and dropped."""
 
+    READ_SIZE = 262144
+
     def __init__(self, port: int, rejoin_delay: float = 2.0):
-        self.port = port
+        super().__init__(port, LOAD, LOAD_SECRET)
         self.rejoin_delay = rejoin_delay
         #: user JID -> (monotonic time, True joined / False told it left) of its latest self-presence.
         self.own: dict[str, tuple[float, bool]] = {}
@@ -123,47 +125,13 @@ class LoadComponent:
         self.rejoin = False
         self.resent = 0
         self.errors = 0
-        self.stanzas = 0
-        self.changed = asyncio.Event()
+        self.count = 0
 
-    async def start(self) -> "LoadComponent":
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        self.writer.write(f"<stream:stream xmlns='jabber:component:accept' "
-                          f"xmlns:stream='http://etherx.jabber.org/streams' to='{LOAD}'>".encode())
-        self.parser = ET.XMLPullParser(("start", "end"))
-        self.depth = 0
-        self.root = None
-        self.handshake = asyncio.Event()
-        self.task = asyncio.ensure_future(self._read())
-        while self.root is None:
-            await asyncio.sleep(0.01)
-        digest = hashlib.sha1((self.root.get("id") + LOAD_SECRET).encode()).hexdigest()
-        self.writer.write(f"<handshake>{digest}</handshake>".encode())
-        await asyncio.wait_for(self.handshake.wait(), 10)
-        return self
-
-    async def _read(self) -> None:
-        while data := await self.reader.read(262144):
-            self.parser.feed(data)
-            for event, el in self.parser.read_events():
-                if event == "start":
-                    if self.depth == 0:
-                        self.root = el
-                    self.depth += 1
-                    continue
-                self.depth -= 1
-                if self.depth == 1:
-                    self._stanza(el)
-            if self.root is not None:
-                del self.root[:]                 # the stanzas seen: counted, not kept
-            self.changed.set()
-
-    def _stanza(self, el) -> None:
-        self.stanzas += 1
+    def on_stanza(self, el) -> None:
+        """Counted, not kept."""
+        self.count += 1
         tag = el.tag.rsplit("}", 1)[-1]
-        if tag == "handshake":
-            self.handshake.set()
-        elif tag == "iq":
+        if tag == "iq":
             waiter = self.iq_waiters.pop(el.get("id"), None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(el)
@@ -207,25 +175,12 @@ class LoadComponent:
                                   f"<x xmlns='jabber:x:data' type='submit'>{values}</x></command>", iq_id + "b")
 
     async def until(self, predicate, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
-            except asyncio.TimeoutError:
-                pass
-        return True
-
-    async def close(self) -> None:
+        """``wait``, saying whether it came instead of failing."""
         try:
-            self.writer.write(b"</stream:stream>")
-            self.writer.close()
-        except Exception:
-            pass
-        self.task.cancel()
+            await self.wait(predicate, timeout, "")
+        except AssertionError:
+            return False
+        return True
 
 
 def start_ours(work: str, component_port: int, ircd_port: int, args) -> Server:
@@ -258,6 +213,7 @@ servers = {{ "localhost" = {{ host = "127.0.0.1", port = {ircd_port}, tls = fals
 
 
 def start_biboumi(work: str, component_port: int) -> Server:
+    """biboumi 9.0 as component irc-bb.localhost of the Prosody (irc_throughput uses it too)."""
     bdir = os.path.join(work, "biboumi")
     os.makedirs(bdir)
     with open(os.path.join(bdir, "biboumi.cfg"), "w") as f:
@@ -267,7 +223,11 @@ def start_biboumi(work: str, component_port: int) -> Server:
                 f"realname_from_jid=false\nca_file=\npolicy_directory={bdir}\n")
     biboumi = Server("biboumi", ["biboumi", os.path.join(bdir, "biboumi.cfg")],
                      os.path.join(bdir, "biboumi.log")).start()
-    wait_for(lambda: "Authenticated with the XMPP server" in biboumi.log(), 20, "biboumi")
+    try:
+        wait_for(lambda: "Authenticated with the XMPP server" in biboumi.log(), 20, "biboumi")
+    except BaseException:
+        biboumi.stop()
+        raise
     return biboumi
 
 

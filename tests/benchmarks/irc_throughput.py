@@ -33,9 +33,10 @@ import tempfile
 import time
 
 from gateway.testing.ngircd import Ngircd
-from gateway.testing.process import Server, wait_for
+from gateway.testing.process import Server
 from gateway.testing.prosody import Prosody
 from tests.benchmarks.echo_throughput import RawClient, bench_config, cpu_seconds
+from tests.benchmarks.irc_scale import start_biboumi
 from tests.integration.irc_support import RawIRC
 
 
@@ -185,17 +186,8 @@ def main() -> None:
                 procs.remove(gateway)
 
         async def theirs():
-            bdir = os.path.join(work, "biboumi")
-            os.makedirs(bdir)
-            with open(os.path.join(bdir, "biboumi.cfg"), "w") as f:
-                f.write(f"hostname=irc-bb.localhost\npassword=bb-secret\nxmpp_server_ip=127.0.0.1\n"
-                        f"port={prosody.component_port}\nadmin=admin@localhost\nidentd_port=0\n"
-                        f"db_name={bdir}/biboumi.sqlite\nlog_file=\nlog_level=1\nrealname_customization=true\n"
-                        f"realname_from_jid=false\nca_file=\npolicy_directory={bdir}\n")
-            biboumi = Server("biboumi", ["biboumi", os.path.join(bdir, "biboumi.cfg")],
-                             os.path.join(bdir, "biboumi.log")).start()
+            biboumi = start_biboumi(work, prosody.component_port)
             procs.append(biboumi)
-            wait_for(lambda: "Authenticated with the XMPP server" in biboumi.log(), 20, "biboumi")
             flooder = await RawIRC(ircd.port, "flooder").connect()
             flooder.send("JOIN #bench-bb")
             bb_user = await XMPPUser("bench@localhost", "benchpw", prosody.c2s_port).connect()

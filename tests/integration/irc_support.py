@@ -230,15 +230,19 @@ class LoadComponent:
     """
     Many XMPP users for the price of one socket: an XEP-0114 component of the
     test's Prosody whose users (``u1@load.localhost``...) join rooms of the
-    gateway. What the gateway sends them is parsed as it comes.
+    gateway. What the gateway sends them is parsed as it comes and kept in
+    ``stanzas``; a subclass that only counts overrides ``on_stanza`` (and
+    ``on_data`` to see the bytes as they come).
     """
 
     NS = "jabber:component:accept"
+    READ_SIZE = 65536
 
     def __init__(self, port: int, domain: str, secret: str):
         self.port, self.domain, self.secret = port, domain, secret
         self.stanzas: list = []
         self.changed = asyncio.Event()
+        self.handshaken = asyncio.Event()
 
     async def start(self) -> "LoadComponent":
         import hashlib
@@ -249,31 +253,41 @@ class LoadComponent:
                           f"to='{self.domain}'>".encode())
         self.parser = ET.XMLPullParser(("start", "end"))
         self.depth = 0
-        stream_id = None
-        while stream_id is None:
+        self.root = None
+        while self.root is None:
             self.parser.feed(await self.reader.read(4096))
             for event, el in self.parser.read_events():
                 if event == "start" and el.tag.endswith("}stream"):
-                    stream_id = el.get("id")
+                    self.root = el
                     self.depth = 1
                     break
-        digest = hashlib.sha1((stream_id + self.secret).encode()).hexdigest()
+        digest = hashlib.sha1((self.root.get("id") + self.secret).encode()).hexdigest()
         self.writer.write(f"<handshake>{digest}</handshake>".encode())
         self._task = asyncio.ensure_future(self._read())
-        await self.wait(lambda: any(s.tag.endswith("handshake") for s in self.stanzas), 10, "handshake")
+        await asyncio.wait_for(self.handshaken.wait(), 10)
         return self
 
     async def _read(self):
-        while data := await self.reader.read(65536):
+        while data := await self.reader.read(self.READ_SIZE):
+            self.on_data(data)
             self.parser.feed(data)
             for event, el in self.parser.read_events():
                 if event == "start":
                     self.depth += 1
-                else:
-                    self.depth -= 1
-                    if self.depth == 1:
-                        self.stanzas.append(el)
-                        self.changed.set()
+                    continue
+                self.depth -= 1
+                if self.depth == 1:
+                    if el.tag.endswith("}handshake"):
+                        self.handshaken.set()
+                    self.on_stanza(el)
+            del self.root[:]                  # the stream's element keeps no stanza: on_stanza decides
+            self.changed.set()
+
+    def on_data(self, data: bytes) -> None:
+        """Bytes as they came (before parsing)."""
+
+    def on_stanza(self, el) -> None:
+        self.stanzas.append(el)
 
     def send(self, xml: str) -> None:
         self.writer.write(xml.encode())

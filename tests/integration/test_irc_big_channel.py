@@ -42,18 +42,8 @@ class TimedLoad(LoadComponent):
         self.chunks: list[tuple[float, int]] = []
         return await super().start()
 
-    async def _read(self):
-        while data := await self.reader.read(65536):
-            self.chunks.append((time.monotonic(), len(data)))
-            self.parser.feed(data)
-            for event, el in self.parser.read_events():
-                if event == "start":
-                    self.depth += 1
-                else:
-                    self.depth -= 1
-                    if self.depth == 1:
-                        self.stanzas.append(el)
-                        self.changed.set()
+    def on_data(self, data: bytes) -> None:
+        self.chunks.append((time.monotonic(), len(data)))
 
     def most_in_window(self, since: float, window: float) -> int:
         chunks = [(t, n) for t, n in self.chunks if t >= since]
